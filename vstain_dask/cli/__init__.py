@@ -1,0 +1,103 @@
+"""The ``vstain-dask`` command line: a click group of thin commands.
+
+Each command parses its options, builds a config, calls one library function and prints the
+result. Heavy imports (torch, dask, zarr) happen inside the commands so that ``--help`` is quick.
+Nothing in the package imports this module.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+import click
+
+from vstain_dask.errors import VStainError
+
+__all__ = ["main"]
+
+# command name -> "module:attribute", loaded on first use so ``--help`` stays fast and a broken
+# optional dependency only breaks the command that needs it.
+_COMMANDS: dict[str, str] = {
+    "demo": "vstain_dask.cli.demo:demo",
+    "import": "vstain_dask.cli.volumes:import_",
+    "info": "vstain_dask.cli.volumes:info",
+    "phantom": "vstain_dask.cli.phantom:phantom",
+    "phantom-pairs": "vstain_dask.cli.phantom:phantom_pairs",
+    "model": "vstain_dask.cli.model:model",
+}
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text
+
+
+class _Group(click.Group):
+    """A group that loads its commands lazily and turns user errors into one line."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(_COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = _COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module, attr = target.split(":")
+        return getattr(importlib.import_module(module), attr)
+
+    def invoke(self, ctx: click.Context):
+        debug = bool(ctx.params.get("debug"))
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except VStainError as exc:
+            if debug:
+                raise
+            click.echo(f"error: {_one_line(exc)}", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            if debug:
+                raise
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
+        except OSError as exc:
+            # permissions, full disks, vanished files: the user's environment, not our bug
+            if debug:
+                raise
+            click.echo(f"error: {_one_line(exc)}", err=True)
+            ctx.exit(1)
+        except Exception as exc:
+            if debug:
+                raise
+            click.echo(
+                f"internal error: {type(exc).__name__}: {_one_line(exc)} "
+                "(rerun with --debug for the traceback and please report it)",
+                err=True,
+            )
+            ctx.exit(1)
+
+
+def _version() -> str:
+    from vstain_dask import __version__
+
+    return __version__
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(version=_version(), prog_name="vstain-dask")
+@click.option("--debug", is_flag=True, help="Show full tracebacks and debug logging.")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
+    """Virtual histological staining of 3D X-ray micro-CT volumes, on dask.
+
+    Start with `vstain-dask demo`; every command has -h.
+    """
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    ctx.obj = {"debug": debug}

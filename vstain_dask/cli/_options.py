@@ -1,0 +1,29 @@
+"""Small parsing helpers shared by the commands."""
+
+from __future__ import annotations
+
+import click
+
+
+class IntTuple(click.ParamType):
+    """A comma-separated tuple of positive integers, such as ``64,256,256``."""
+
+    name = "Z,Y,X"
+
+    def __init__(self, length: int | None = None, name: str | None = None) -> None:
+        self.length = length
+        if name:
+            self.name = name
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            parts = tuple(int(p) for p in str(value).replace("x", ",").split(",") if p.strip())
+        except ValueError:
+            self.fail(f"expected comma-separated integers like {self.name}, got {value!r}", param, ctx)
+        if self.length is not None and len(parts) != self.length:
+            self.fail(f"expected {self.length} integers ({self.name}), got {value!r}", param, ctx)
+        if any(p <= 0 for p in parts):
+            self.fail(f"expected positive integers, got {value!r}", param, ctx)
+        return parts
