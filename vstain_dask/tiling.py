@@ -1,0 +1,736 @@
+"""Globally anchored 2D tile grids, blend weights and batched tiled inference.
+
+A plane is stained by running the generator on overlapping tiles (the paper: 256×256 pixels,
+placed every 64 pixels) and blending the overlapping predictions (the paper: a plain average).
+Two properties make this safe to split into blocks:
+
+- the grid is anchored to the whole plane, not to the block being processed, so a block sees
+  exactly the tiles that whole-plane inference would use for its pixels;
+- every pixel sums its weighted tile predictions in float64, one tile after the other, in the
+  grid's fixed row-major order, so the blended value does not depend on which block (or which
+  batch of tiles) produced it.
+
+Together they make :func:`predict_region` return, bit for bit, what whole-plane inference gives
+for the same pixels (provided the generator gives the same output for a tile whatever else is in
+its batch), so there are no seams at block borders. float64 accumulation also makes a
+position-independent model come back exactly: with ``x + 1`` as the model, the blended output is
+``x + 1`` in float32 for every grid and blend mode.
+
+Planes smaller than a tile along an axis (only possible when the whole plane is) are
+reflect-padded at their end to the tile size, so that the generator always sees tile-sized inputs
+and its instance-normalization statistics match those of full tiles.
+
+Only numpy is needed to build grids and weights; torch is imported by the inference functions.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from vstain_dask.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "BlendMode",
+    "TileGrid",
+    "tile_starts",
+    "blend_weights",
+    "predict_region",
+    "predict_plane",
+    "count_tiles",
+]
+
+#: smallest blend weight, relative to the largest (MONAI's importance maps use the same floor);
+#: keeps every pixel of every tile contributing, so no pixel of a plane is left without weight.
+_MIN_WEIGHT = 1e-3
+
+#: Gaussian sigma as a fraction of the tile size (MONAI's default ``sigma_scale``)
+_SIGMA_SCALE = 0.125
+
+Region = tuple[int, int, int, int]
+
+
+class BlendMode(StrEnum):
+    """How overlapping tile predictions are combined.
+
+    ``mean``
+        plain average of all tiles covering a pixel (the paper).
+    ``gaussian``
+        weighted average with a Gaussian importance map (sigma = tile / 8), which favours the
+        centre of each tile, where the generator sees the most context; allows larger steps
+        (fewer tiles) for the same quality.
+    ``cosine``
+        weighted average with a Hann (cos²) window, which falls to the floor at the tile edges
+        and sums to a nearly flat total when the step is half the tile.
+    """
+
+    MEAN = "mean"
+    GAUSSIAN = "gaussian"
+    COSINE = "cosine"
+
+
+# ---------------------------------------------------------------------------------------------
+# validation helpers
+
+
+def _int(name: str, value: Any, *, minimum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise InputError(f"{name} must be an integer, got {value!r}")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise InputError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _pair(name: str, value: Any, *, minimum: int | None = None) -> tuple[int, int]:
+    """An int or a pair of ints -> a pair of ints (an int applies to both axes)."""
+    if isinstance(value, Sequence | np.ndarray) and not isinstance(value, str):
+        if len(value) != 2:
+            raise InputError(f"{name} must be an integer or a (y, x) pair, got {value!r}")
+        return (
+            _int(f"{name}[0]", value[0], minimum=minimum),
+            _int(f"{name}[1]", value[1], minimum=minimum),
+        )
+    v = _int(name, value, minimum=minimum)
+    return (v, v)
+
+
+def _check_tile_step(tile: int, step: int) -> None:
+    tile = _int("tile", tile)
+    if tile < 1:
+        raise InputError(f"tile must be >= 1, got {tile}")
+    step = _int("step", step)
+    if not 1 <= step <= tile:
+        raise InputError(
+            f"step must be in 1..{tile}, got {step} (a step larger than the tile leaves gaps)"
+        )
+
+
+def _blend_mode(value: Any) -> BlendMode:
+    try:
+        return BlendMode(value)
+    except ValueError:
+        members = ", ".join(repr(m.value) for m in BlendMode)
+        raise InputError(f"blend must be one of {members}, got {value!r}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# the grid
+
+
+def tile_starts(length: int, *, tile: int, step: int) -> np.ndarray:
+    """Start positions of the tiles along one plane axis, anchored at 0.
+
+    Parameters
+    ----------
+    length : int
+        Size of the whole plane along the axis (pixels).
+    tile : int
+        Tile size along the axis (pixels).
+    step : int
+        Distance between consecutive tiles (pixels), ``1 <= step <= tile``.
+
+    Returns
+    -------
+    (n,) int64
+        ``0, step, 2·step, …`` and, when that lattice does not end exactly at the edge, one
+        last tile aligned to it (start ``length - tile``). Strictly increasing; every pixel in
+        ``[0, length)`` is covered. When ``length <= tile`` there is one tile at 0 (the plane is
+        reflect-padded to the tile size by the inference functions).
+    """
+    _check_tile_step(tile, step)
+    length = _int("length", length, minimum=1)
+    if length <= tile:
+        return np.zeros(1, dtype=np.int64)
+    last = length - tile
+    starts = np.arange(0, last + 1, step, dtype=np.int64)
+    if starts[-1] != last:
+        starts = np.append(starts, np.int64(last))
+    return starts
+
+
+def _readonly(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False
+    return a
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """The global tile grid of one 2D plane.
+
+    Parameters
+    ----------
+    extent : (H, W) or int
+        Size of the whole plane (pixels). An int means a square plane.
+    tile : (th, tw) or int
+        Tile size (pixels); default 256×256 as in the paper.
+    step : (sy, sx) or int
+        Distance between tiles (pixels), ``1 <= step <= tile`` per axis; default 64 as in the
+        paper.
+
+    Notes
+    -----
+    Tiles are numbered in row-major order of their start positions ``(y0, x0)``; inference adds
+    tiles into each pixel in this order. A tile covers ``[y0, y0 + th) × [x0, x0 + tw)`` of the
+    plane, clipped to the plane when the plane is smaller than the tile (the rest is reflect
+    padding). Regions are half-open ``(y0, y1, x0, x1)`` in plane pixels.
+    """
+
+    extent: tuple[int, int]
+    tile: tuple[int, int] = (256, 256)
+    step: tuple[int, int] = (64, 64)
+
+    def __post_init__(self) -> None:
+        extent = _pair("extent", self.extent, minimum=1)
+        tile = _pair("tile", self.tile)
+        step = _pair("step", self.step)
+        for t, s in zip(tile, step, strict=True):
+            _check_tile_step(t, s)
+        object.__setattr__(self, "extent", extent)
+        object.__setattr__(self, "tile", tile)
+        object.__setattr__(self, "step", step)
+
+    @functools.cached_property
+    def ys(self) -> np.ndarray:
+        """(ny,) int64: tile start rows."""
+        return _readonly(tile_starts(self.extent[0], tile=self.tile[0], step=self.step[0]))
+
+    @functools.cached_property
+    def xs(self) -> np.ndarray:
+        """(nx,) int64: tile start columns."""
+        return _readonly(tile_starts(self.extent[1], tile=self.tile[1], step=self.step[1]))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(ny, nx): number of tile rows and columns."""
+        return (len(self.ys), len(self.xs))
+
+    @property
+    def n_tiles(self) -> int:
+        """Number of tiles covering the plane."""
+        return len(self.ys) * len(self.xs)
+
+    @property
+    def padded_extent(self) -> tuple[int, int]:
+        """(H', W'): the plane size after reflect padding to at least one tile."""
+        return (max(self.extent[0], self.tile[0]), max(self.extent[1], self.tile[1]))
+
+    def tiles(self) -> np.ndarray:
+        """(n_tiles, 2) int64: all tile starts ``(y0, x0)`` in the global row-major order."""
+        return _starts_product(self.ys, self.xs)
+
+    def _region(self, region: Sequence[int] | None) -> Region:
+        H, W = self.extent
+        if region is None:
+            return (0, H, 0, W)
+        try:
+            y0, y1, x0, x1 = (_int("region", v) for v in region)
+        except (TypeError, ValueError) as e:
+            raise InputError(
+                f"region must be four integers (y0, y1, x0, x1), got {region!r}"
+            ) from e
+        if not (0 <= y0 < y1 <= H and 0 <= x0 < x1 <= W):
+            raise InputError(
+                f"region must be (y0, y1, x0, x1) with 0 <= y0 < y1 <= {H} and "
+                f"0 <= x0 < x1 <= {W} (inside the {H}×{W} plane, not empty), got {region!r}"
+            )
+        return (y0, y1, x0, x1)
+
+    def _touching(self, region: Region) -> tuple[slice, slice]:
+        """Index ranges (rows, columns) of the tiles whose footprint meets ``region``."""
+        y0, y1, x0, x1 = region
+        # a tile [s, s + t) clipped to the plane meets [lo, hi) iff s < hi and s + t > lo
+        # (the plane extends past lo because the region is inside it)
+        rows = slice(
+            int(np.searchsorted(self.ys + self.tile[0], y0, side="right")),
+            int(np.searchsorted(self.ys, y1, side="left")),
+        )
+        cols = slice(
+            int(np.searchsorted(self.xs + self.tile[1], x0, side="right")),
+            int(np.searchsorted(self.xs, x1, side="left")),
+        )
+        return rows, cols
+
+    def tiles_touching(self, region: Sequence[int] | None = None) -> np.ndarray:
+        """Tiles that contribute to any pixel of ``region``.
+
+        Parameters
+        ----------
+        region : (y0, y1, x0, x1), optional
+            Half-open output region in plane pixels; default the whole plane.
+
+        Returns
+        -------
+        (k, 2) int64
+            Tile starts ``(y0, x0)`` in the global row-major order.
+        """
+        rows, cols = self._touching(self._region(region))
+        return _starts_product(self.ys[rows], self.xs[cols])
+
+    def read_region(self, region: Sequence[int] | None = None) -> Region:
+        """The smallest region of the plane holding every tile that touches ``region``.
+
+        This is what a block must read to compute the output ``region``.
+
+        Parameters
+        ----------
+        region : (y0, y1, x0, x1), optional
+            Half-open output region in plane pixels; default the whole plane.
+
+        Returns
+        -------
+        (y0, y1, x0, x1)
+            Half-open input region in plane pixels (tiles clipped to the plane).
+        """
+        rows, cols = self._touching(self._region(region))
+        ys, xs = self.ys[rows], self.xs[cols]
+        H, W = self.extent
+        return (
+            int(ys[0]),
+            min(int(ys[-1]) + self.tile[0], H),
+            int(xs[0]),
+            min(int(xs[-1]) + self.tile[1], W),
+        )
+
+
+def _starts_product(ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    yy, xx = np.meshgrid(ys, xs, indexing="ij")
+    return np.stack([yy.ravel(), xx.ravel()], axis=1).astype(np.int64)
+
+
+def count_tiles(
+    shape: Sequence[int],
+    *,
+    tile: int | tuple[int, int] = 256,
+    step: int | tuple[int, int] = 64,
+    axes: Sequence[int | str] | int | str = (0,),
+) -> int:
+    """Number of tile predictions needed to stain a 3D volume along the given axes.
+
+    Parameters
+    ----------
+    shape : (Z, Y, X)
+        Volume size (voxels).
+    tile, step : int or (th, tw)
+        Tile size and step (pixels), as for :class:`TileGrid`.
+    axes : sequence of {0, 1, 2, "z", "y", "x"}, or a string such as ``"zx"``
+        Axes along which the volume is sliced; each slice perpendicular to an axis is one plane
+        whose (rows, columns) are the two remaining axes in (z, y, x) order.
+
+    Returns
+    -------
+    int
+        Sum over ``axes`` of (number of planes) × (tiles per plane).
+    """
+    if len(shape) != 3:
+        raise InputError(f"shape must be a 3D (Z, Y, X) volume shape, got {tuple(shape)!r}")
+    shape = tuple(_int("shape", s, minimum=1) for s in shape)
+    names = {"z": 0, "y": 1, "x": 2}
+    if isinstance(axes, str):
+        axes = tuple(axes)  # "zx" -> ("z", "x")
+    elif isinstance(axes, int | np.integer):
+        axes = (axes,)
+    total = 0
+    for axis in axes:
+        a = names.get(axis, axis) if isinstance(axis, str) else axis
+        if isinstance(a, str) or isinstance(a, bool) or a not in (0, 1, 2):
+            raise InputError(f"axes must hold 0, 1, 2 or 'z', 'y', 'x', got {axis!r}")
+        plane = tuple(s for i, s in enumerate(shape) if i != int(a))
+        total += shape[int(a)] * TileGrid(extent=plane, tile=tile, step=step).n_tiles
+    return total
+
+
+# ---------------------------------------------------------------------------------------------
+# blend weights
+
+
+def _profile(t: int, mode: BlendMode) -> np.ndarray:
+    # distance from the tile centre, exactly symmetric so the weights are too
+    d = np.abs(np.arange(t, dtype=np.float64) - (t - 1) / 2)
+    if mode is BlendMode.GAUSSIAN:
+        sigma = _SIGMA_SCALE * t
+        return np.exp(-0.5 * (d / sigma) ** 2)
+    if mode is BlendMode.COSINE:
+        # Hann window sampled at pixel centres: sin²(π (i + ½) / t), never exactly 0
+        return np.cos(np.pi * d / t) ** 2
+    return np.ones(t, dtype=np.float64)
+
+
+@functools.lru_cache(maxsize=64)
+def _weights(th: int, tw: int, mode: BlendMode) -> np.ndarray:
+    w = np.outer(_profile(th, mode), _profile(tw, mode))
+    w /= w.max()
+    if mode is not BlendMode.MEAN:
+        w = np.maximum(w, _MIN_WEIGHT)
+    return _readonly(w.astype(np.float32))
+
+
+def blend_weights(
+    tile: int | tuple[int, int], *, mode: BlendMode | str = BlendMode.MEAN
+) -> np.ndarray:
+    """Per-pixel weight of a tile's prediction in the blend.
+
+    Parameters
+    ----------
+    tile : int or (th, tw)
+        Tile size (pixels).
+    mode : BlendMode or str
+        ``"mean"`` (all ones, the paper), ``"gaussian"`` (sigma = tile / 8 per axis, as MONAI's
+        default ``sigma_scale=0.125``) or ``"cosine"`` (Hann window at pixel centres).
+
+    Returns
+    -------
+    (th, tw) float32, read-only
+        Strictly positive weights with maximum 1, symmetric under flips of either axis, largest
+        at the centre; values below 1e-3 are raised to 1e-3. Computed once per (tile, mode) and
+        cached.
+    """
+    th, tw = _pair("tile", tile, minimum=1)
+    return _weights(th, tw, _blend_mode(mode))
+
+
+# ---------------------------------------------------------------------------------------------
+# inference
+
+
+#: (id(predict), backend) -> (predict, compiled): the last few compiled callables, so a model is
+#: compiled once per process; bounded because the entries keep their models alive
+_COMPILED: OrderedDict[tuple[int, str], tuple[Callable, Callable]] = OrderedDict()
+_COMPILED_MAX = 4
+
+
+def _compiled(predict: Callable, backend: str) -> Callable:
+    import torch
+
+    key = (id(predict), backend)
+    entry = _COMPILED.get(key)
+    if entry is None:
+        try:
+            entry = (predict, torch.compile(predict, backend=backend))
+        except torch._dynamo.exc.InvalidBackend as e:
+            raise InputError(
+                f"compile must be True, False or a torch.compile backend name "
+                f"({', '.join(torch._dynamo.list_backends())}), got {backend!r}"
+            ) from e
+        _COMPILED[key] = entry
+        while len(_COMPILED) > _COMPILED_MAX:
+            _COMPILED.popitem(last=False)
+    _COMPILED.move_to_end(key)
+    return entry[1]
+
+
+def _reflect_index(n: int, size: int) -> np.ndarray:
+    """Indices ``0..size-1`` reflected into ``[0, n)`` (numpy's "reflect", for any size)."""
+    i = np.arange(size)
+    if n == 1:
+        return np.zeros(size, dtype=np.int64)
+    period = 2 * (n - 1)
+    i = i % period
+    return np.where(i < n, i, period - i).astype(np.int64)
+
+
+def _batches(n_positions: int, n_planes: int, batch_size: int) -> Iterator[list[tuple]]:
+    """Split the (position, plane) work list, position-major, into batches of segments.
+
+    Each segment ``(p, n0, n1, j0)`` is tile position ``p`` of planes ``n0:n1``, stored from
+    row ``j0`` of the batch. Keeping all planes of one position together lets one tensor
+    operation blend them all.
+    """
+    total = n_positions * n_planes
+    for k0 in range(0, total, batch_size):
+        k1 = min(k0 + batch_size, total)
+        segments = []
+        for p in range(k0 // n_planes, (k1 - 1) // n_planes + 1):
+            n0 = max(k0 - p * n_planes, 0)
+            n1 = min(k1 - p * n_planes, n_planes)
+            segments.append((p, n0, n1, p * n_planes + n0 - k0))
+        yield segments
+
+
+def _as_planes(planes: Any, crop: tuple[slice, slice], device: Any) -> torch.Tensor:
+    """The cropped planes as a float32 tensor on ``device``; copies only when it must."""
+    import torch
+
+    if isinstance(planes, torch.Tensor):
+        return planes[..., crop[0], crop[1]].to(device=device, dtype=torch.float32)
+    a = planes[..., crop[0], crop[1]]
+    if a.dtype != np.float32 or not a.flags.writeable or min(a.strides) < 0:
+        a = np.array(a, dtype=np.float32, order="C")
+    return torch.from_numpy(a).to(device=device)
+
+
+def predict_region(
+    planes: np.ndarray | torch.Tensor,
+    predict: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    grid: TileGrid,
+    region: Sequence[int] | None = None,
+    origin: tuple[int, int] | None = None,
+    blend: BlendMode | str = BlendMode.MEAN,
+    batch_size: int = 16,
+    device: str | torch.device | None = None,
+    autocast: bool | None = None,
+    channels_last: bool | None = None,
+    compile: bool | str = False,
+    pad_batch: bool = True,
+    out_channels: int | None = None,
+) -> np.ndarray:
+    """Blended tiled prediction for one region of a stack of planes.
+
+    Parameters
+    ----------
+    planes : (N, C, h, w) float32, numpy or torch
+        Network input (already normalized) of ``N`` planes that share ``grid``; the ``h × w``
+        pixels start at plane pixel ``origin`` and must contain ``grid.read_region(region)``.
+    predict : callable
+        Maps a ``(B, C, th, tw)`` float32 tensor on ``device`` to ``(B, out_channels, th, tw)``
+        (for example a generator in eval mode). Called inside ``torch.inference_mode()``.
+    grid : TileGrid
+        The grid of the whole plane.
+    region : (y0, y1, x0, x1), optional
+        Half-open output region in plane pixels; default the whole plane.
+    origin : (y, x), optional
+        Plane pixel of ``planes[..., 0, 0]``; default the top-left of
+        ``grid.read_region(region)`` (``planes`` is exactly the read region).
+    blend : BlendMode or str
+        How overlapping tiles are combined (see :class:`BlendMode`).
+    batch_size : int
+        Tiles per forward pass; tiles of all ``N`` planes are batched together and extracted
+        batch by batch, so memory holds one batch of tiles, the input and the accumulators.
+        Every forward pass gets ``min(batch_size, N * grid.n_tiles)`` tiles (see
+        ``pad_batch``).
+    device : str or torch.device, optional
+        Where inference and blending run; default the device of ``planes`` (CPU for numpy).
+    autocast : bool, optional
+        bfloat16 autocast for the forward pass; default on for CUDA, off elsewhere.
+    channels_last : bool, optional
+        Pass batches in channels-last memory format (convert the model too for the speed-up);
+        default on for CUDA.
+    compile : bool or str
+        Wrap ``predict`` with ``torch.compile`` (compiled once per callable and process);
+        ``True`` uses the default backend (inductor), a string names another backend (for
+        example ``"cudagraphs"``, or ``"eager"`` to check that the model can be captured).
+    pad_batch : bool
+        Pad the last batch (by repeating its last tile) so that every forward pass has the
+        same shape, which depends on the grid and ``N`` but not on ``region``. Convolution
+        backends choose kernels by shape, and a tile's output differs in the last bits between
+        batch sizes (oneDNN on CPU, cuDNN), so this is what makes regions agree bit for bit
+        with whole-plane inference; it also avoids recompiling with ``compile``. Costs at
+        most ``batch_size - 1`` extra tiles per call.
+    out_channels : int, optional
+        Expected number of output channels; checked against the first forward pass.
+
+    Returns
+    -------
+    (N, out_channels, y1 - y0, x1 - x0) float32
+        The blended prediction for ``region``: at every pixel, the weighted mean of the
+        predictions of all tiles covering it. With ``pad_batch``, bit for bit what whole-plane
+        inference with the same ``batch_size`` and ``N`` gives for the same pixels, for any
+        region and origin (as long as ``predict`` gives a tile the same output wherever it sits
+        in a batch of a given size, as convolution networks in eval mode do).
+
+    Notes
+    -----
+    Weighted predictions and weights are accumulated in float64, tile by tile in the grid's
+    row-major order, then divided and cast to float32. Planes smaller than a tile (when the
+    whole plane is) are reflect-padded at the bottom/right to the tile size.
+    """
+    import torch
+
+    if not isinstance(planes, torch.Tensor):
+        planes = np.asarray(planes)
+    if not isinstance(grid, TileGrid):
+        raise InputError(f"grid must be a TileGrid, got {type(grid).__name__}")
+    mode = _blend_mode(blend)
+    batch_size = _int("batch_size", batch_size, minimum=1)
+    if out_channels is not None:
+        out_channels = _int("out_channels", out_channels, minimum=1)
+    region = grid._region(region)
+    read = grid.read_region(region)
+
+    shape = tuple(planes.shape)
+    if len(shape) != 4:
+        raise InputError(f"planes must be (N, C, h, w), got shape {shape}")
+    n_planes, _, h, w = shape
+    oy, ox = (read[0], read[2]) if origin is None else _pair("origin", origin)
+    if not (oy <= read[0] and ox <= read[2] and oy + h >= read[1] and ox + w >= read[3]):
+        raise InputError(
+            f"planes must cover the read region {read} (y0, y1, x0, x1) of the plane; they "
+            f"cover ({oy}, {oy + h}, {ox}, {ox + w}): read grid.read_region(region)"
+        )
+    if device is None:
+        device = planes.device if isinstance(planes, torch.Tensor) else "cpu"
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    autocast = cuda if autocast is None else bool(autocast)
+    channels_last = cuda if channels_last is None else bool(channels_last)
+    if compile is True:
+        fn = _compiled(predict, "inductor")
+    elif isinstance(compile, str) and compile:
+        fn = _compiled(predict, compile)
+    elif compile is False:
+        fn = predict
+    else:
+        raise InputError(
+            f"compile must be True, False or a torch.compile backend name, got {compile!r}"
+        )
+    # float64 is not available everywhere (Apple MPS): accumulate on the CPU there
+    acc_device = device if device.type in ("cpu", "cuda") else torch.device("cpu")
+
+    th, tw = grid.tile
+    H, W = grid.extent
+    ry0, ry1, rx0, rx1 = region
+    rh, rw = ry1 - ry0, rx1 - rx0
+    positions = grid.tiles_touching(region)
+    if pad_batch:
+        # a function of the grid and N only, so every region runs the same batch shape
+        batch_size = min(batch_size, n_planes * grid.n_tiles)
+
+    weights = blend_weights(grid.tile, mode=mode)
+    weights64 = weights.astype(np.float64)
+    # Weight sums, added in the same tile order as the predictions: identical for every region.
+    wsum = np.zeros((rh, rw), dtype=np.float64)
+    boxes = []
+    for ty, tx in positions:
+        ty, tx = int(ty), int(tx)
+        a0, a1 = max(ty, ry0), min(ty + th, ry1)
+        b0, b1 = max(tx, rx0), min(tx + tw, rx1)
+        out_sl = (slice(a0 - ry0, a1 - ry0), slice(b0 - rx0, b1 - rx0))
+        tile_sl = (slice(a0 - ty, a1 - ty), slice(b0 - tx, b1 - tx))
+        wsum[out_sl] += weights64[tile_sl]
+        boxes.append((ty - read[0], tx - read[2], out_sl, tile_sl))
+
+    with torch.inference_mode():
+        x = _as_planes(
+            planes, (slice(read[0] - oy, read[1] - oy), slice(read[2] - ox, read[3] - ox)), device
+        )
+        if H < th:
+            x = x.index_select(2, torch.from_numpy(_reflect_index(H, th)).to(device))
+        if W < tw:
+            x = x.index_select(3, torch.from_numpy(_reflect_index(W, tw)).to(device))
+        w_dev = None
+        if mode is not BlendMode.MEAN:
+            w_dev = torch.from_numpy(weights64).to(acc_device)
+        acc = None
+
+        for segments in _batches(len(positions), n_planes, batch_size):
+            parts = []
+            for p, n0, n1, _ in segments:
+                py, px = boxes[p][:2]
+                parts.append(x[n0:n1, :, py : py + th, px : px + tw])
+            batch = torch.cat(parts) if len(parts) > 1 else parts[0]
+            n_batch = batch.shape[0]
+            if pad_batch and n_batch < batch_size:
+                # the copies' outputs are dropped
+                filler = batch[-1:].expand(batch_size - n_batch, -1, -1, -1)
+                batch = torch.cat([batch, filler])
+            memory_format = torch.channels_last if channels_last else torch.contiguous_format
+            batch = batch.contiguous(memory_format=memory_format)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                y = fn(batch)
+            if acc is None:
+                _check_output(y, batch.shape[0], (th, tw), out_channels)
+                out_channels = y.shape[1]
+                acc = torch.zeros(
+                    (n_planes, out_channels, rh, rw), dtype=torch.float64, device=acc_device
+                )
+            elif not isinstance(y, torch.Tensor) or y.shape != (
+                batch.shape[0],
+                out_channels,
+                th,
+                tw,
+            ):
+                _check_output(y, batch.shape[0], (th, tw), out_channels)
+            y = y[:n_batch].to(device=acc_device, dtype=torch.float64)
+            if w_dev is not None:
+                y.mul_(w_dev)
+            for p, n0, n1, j0 in segments:
+                out_sl, tile_sl = boxes[p][2:]
+                acc[n0:n1, :, out_sl[0], out_sl[1]] += y[
+                    j0 : j0 + n1 - n0, :, tile_sl[0], tile_sl[1]
+                ]
+
+        acc /= torch.from_numpy(wsum).to(acc_device)
+        return acc.to(torch.float32).cpu().numpy()
+
+
+def _check_output(y: Any, n: int, tile: tuple[int, int], out_channels: int | None) -> None:
+    import torch
+
+    shape = tuple(y.shape) if isinstance(y, torch.Tensor) else None
+    ok = (
+        shape is not None
+        and len(shape) == 4
+        and shape[0] == n
+        and shape[2:] == tile
+        and (out_channels is None or shape[1] == out_channels)
+    )
+    if not ok:
+        c = "out_channels" if out_channels is None else str(out_channels)
+        got = f"shape {shape}" if shape is not None else type(y).__name__
+        raise InputError(
+            f"predict must map a ({n}, C, {tile[0]}, {tile[1]}) tensor to a "
+            f"({n}, {c}, {tile[0]}, {tile[1]}) tensor, got {got}"
+        )
+
+
+def predict_plane(
+    plane: np.ndarray | torch.Tensor,
+    predict: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    tile: int | tuple[int, int] = 256,
+    step: int | tuple[int, int] = 64,
+    blend: BlendMode | str = BlendMode.MEAN,
+    batch_size: int = 16,
+    device: str | torch.device | None = None,
+    autocast: bool | None = None,
+    channels_last: bool | None = None,
+    compile: bool | str = False,
+    pad_batch: bool = True,
+) -> np.ndarray:
+    """Blended tiled prediction for whole planes.
+
+    Parameters
+    ----------
+    plane : (C, H, W) or (N, C, H, W) float32, numpy or torch
+        Network input, already normalized.
+    predict : callable
+        Maps ``(B, C, th, tw)`` to ``(B, out_channels, th, tw)``, as for
+        :func:`predict_region`.
+    tile, step : int or (th, tw)
+        Tile size and step (pixels); the paper uses 256 and 64.
+    blend, batch_size, device, autocast, channels_last, compile, pad_batch
+        As for :func:`predict_region`.
+
+    Returns
+    -------
+    (out_channels, H, W) or (N, out_channels, H, W) float32
+        Same leading shape as ``plane``.
+    """
+    ndim = len(plane.shape)
+    if ndim not in (3, 4):
+        raise InputError(f"plane must be (C, H, W) or (N, C, H, W), got shape {tuple(plane.shape)}")
+    planes = plane[None] if ndim == 3 else plane
+    grid = TileGrid(extent=tuple(planes.shape[-2:]), tile=tile, step=step)
+    out = predict_region(
+        planes,
+        predict,
+        grid=grid,
+        blend=blend,
+        batch_size=batch_size,
+        device=device,
+        autocast=autocast,
+        channels_last=channels_last,
+        compile=compile,
+        pad_batch=pad_batch,
+    )
+    return out[0] if ndim == 3 else out
