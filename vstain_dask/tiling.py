@@ -10,11 +10,12 @@ Two properties make this safe to split into blocks:
   grid's fixed row-major order, so the blended value does not depend on which block (or which
   batch of tiles) produced it.
 
-Together they make :func:`predict_region` return, bit for bit, what whole-plane inference gives
-for the same pixels (provided the generator gives the same output for a tile whatever else is in
-its batch), so there are no seams at block borders. float64 accumulation also makes a
-position-independent model come back exactly: with ``x + 1`` as the model, the blended output is
-``x + 1`` in float32 for every grid and blend mode.
+Together with forward passes of one fixed batch shape (convolution backends pick kernels by
+shape, and results differ in the last bits between batch sizes), they make
+:func:`predict_region` return, bit for bit, what whole-plane inference gives for the same pixels,
+so there are no seams at block borders. float64 accumulation also makes a position-independent
+model come back exactly: with ``x + 1`` as the model, the blended output is ``x + 1`` in float32
+for every grid and blend mode.
 
 Planes smaller than a tile along an axis (only possible when the whole plane is) are
 reflect-padded at their end to the tile size, so that the generator always sees tile-sized inputs
@@ -619,7 +620,7 @@ def predict_region(
             x = x.index_select(3, torch.from_numpy(_reflect_index(W, tw)).to(device))
         w_dev = None
         if mode is not BlendMode.MEAN:
-            w_dev = torch.from_numpy(weights64).to(acc_device)
+            w_dev = torch.tensor(weights, device=acc_device)
         acc = None
 
         for segments in _batches(len(positions), n_planes, batch_size):
@@ -650,14 +651,17 @@ def predict_region(
                 tw,
             ):
                 _check_output(y, batch.shape[0], (th, tw), out_channels)
-            y = y[:n_batch].to(device=acc_device, dtype=torch.float64)
-            if w_dev is not None:
-                y.mul_(w_dev)
+            y = y.to(acc_device)
             for p, n0, n1, j0 in segments:
                 out_sl, tile_sl = boxes[p][2:]
-                acc[n0:n1, :, out_sl[0], out_sl[1]] += y[
-                    j0 : j0 + n1 - n0, :, tile_sl[0], tile_sl[1]
-                ]
+                dst = acc[n0:n1, :, out_sl[0], out_sl[1]]
+                src = y[j0 : j0 + n1 - n0, :, tile_sl[0], tile_sl[1]]
+                # computed in float64, where float32 × float32 products are exact, so each
+                # pixel gets one rounding per tile whichever kernel (fused or not) runs
+                if w_dev is None:
+                    dst.add_(src)
+                else:
+                    dst.addcmul_(src, w_dev[tile_sl])
 
         acc /= torch.from_numpy(wsum).to(acc_device)
         return acc.to(torch.float32).cpu().numpy()
