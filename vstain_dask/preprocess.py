@@ -86,9 +86,11 @@ class CTLevels:
     n_samples : int or None
         Number of voxels the estimate is based on.
     metal_threshold : float or None
-        Automatic estimation only: values at or above it were set aside as metal (Ti screw).
+        Automatic estimation only: voxels whose 3x3(x3) median is at or above it were set aside
+        as metal (a Ti screw).
     air_threshold : float or None
-        Automatic estimation only: values below it were set aside as empty air / holder.
+        Automatic estimation only: voxels whose median is below it were set aside as empty
+        air or holder (or padding, for values equal to the dtype's minimum).
     """
 
     bone: float
@@ -572,8 +574,9 @@ def estimate_ct_levels(
                 )
             if not is_metal:
                 break
-            metal_threshold = c.lo
-            keep = values < c.lo
+            # cut well clear of the bone's upper tail, not at Otsu's first empty bin
+            metal_threshold = max(c.lo, min(b.mean + 4.0 * b.width, 0.5 * (b.mean + c.mean)))
+            keep = values < metal_threshold
             raw, values = raw[keep], values[keep]
             pops = populations()
 
@@ -670,13 +673,13 @@ def levels_from_rois(
 
 
 def _normalize_block(
-    block: np.ndarray, *, offset: float, scale: float, target: float, dtype: np.dtype
+    block: np.ndarray, *, offset: float, scale: float, target: float, out_dtype: np.dtype
 ) -> np.ndarray:
     out = (block.astype(np.float64) - offset) * scale + target
-    if dtype.kind in "iu":
-        info = np.iinfo(dtype)
+    if out_dtype.kind in "iu":
+        info = np.iinfo(out_dtype)
         out = np.clip(np.rint(out), info.min, info.max)
-    return out.astype(dtype)
+    return out.astype(out_dtype)
 
 
 def normalize_ct(
@@ -745,7 +748,7 @@ def normalize_ct(
         "offset": levels.background,
         "scale": (bone_target - background_target) / (levels.bone - levels.background),
         "target": background_target,
-        "dtype": out_dtype,
+        "out_dtype": out_dtype,
     }
     if isinstance(data, da.Array):
         out = data.map_blocks(
