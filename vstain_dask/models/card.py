@@ -1,0 +1,175 @@
+"""Markdown model cards, rendered from a checkpoint's metadata.
+
+The card is written beside each checkpoint (``model.pt`` -> ``model.md``) and printed by
+``vstain-dask model info``. It is rendered from the metadata stored in the checkpoint, so it can
+always be regenerated from the file alone.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["render_card", "card_path"]
+
+_VARIANT_TEXT = {
+    "mod-cyclegan": "paired (modified) CycleGAN of the paper: cycle, identity, masked pixelwise "
+    "and greyscale losses",
+    "cyclegan": "standard CycleGAN baseline (cycle and identity losses)",
+    "cyclegan-invct": "standard CycleGAN baseline trained on inverted CT",
+    "pix2pix": "Pix2Pix baseline: U-Net generator, conditional PatchGAN, L1",
+}
+
+_ROLE_TEXT = {
+    "generator": "CT -> stain",
+    "inverse_generator": "stain -> CT",
+    "discriminator": "judges stained images",
+    "inverse_discriminator": "judges CT",
+}
+
+
+def card_path(model_path: str | pathlib.Path) -> pathlib.Path:
+    """Where the card of ``model_path`` lives: the same name with the suffix ``.md``."""
+    return pathlib.Path(model_path).with_suffix(".md")
+
+
+def _describe_architecture(arch: Mapping[str, Any]) -> str:
+    if arch.get("type") == "discriminator":
+        n = arch.get("n_layers")
+        cond = arch.get("condition_channels", 0)
+        text = (
+            f"PatchGAN discriminator ({arch.get('kind')}), {n} strided layers, "
+            f"{arch.get('ndf')} base features, {arch.get('in_channels')} input channels"
+        )
+        if cond:
+            text += f" conditioned on {cond} channels"
+        return text + f", {arch.get('norm')} norm"
+    if arch.get("kind") == "unet":
+        text = (
+            f"U-Net generator, {arch.get('depth')} downsamplings, {arch.get('ngf')} base "
+            f"features, {arch.get('in_channels')} -> {arch.get('out_channels')} channels, "
+            f"{arch.get('norm')} norm"
+        )
+        return text + (", dropout 0.5 in training" if arch.get("dropout") else "")
+    upsample = {
+        "nearest": "nearest upsampling + 3x3 convolution",
+        "transpose": "3x3 transposed convolutions",
+    }.get(str(arch.get("upsample")), str(arch.get("upsample")))
+    text = (
+        f"ResNet generator, {arch.get('n_blocks')} residual blocks, {arch.get('ngf')} base "
+        f"features, {arch.get('in_channels')} -> {arch.get('out_channels')} channels, "
+        f"{upsample}, outer reflection pad {arch.get('outer_pad')}, {arch.get('norm')} norm"
+    )
+    return text + (", dropout 0.5 in training" if arch.get("dropout") else "")
+
+
+def _size_note(arch: Mapping[str, Any]) -> str:
+    if arch.get("kind") == "unet":
+        m = 2 ** int(arch.get("depth", 8))
+        return (
+            f"Any height and width: inputs are padded to multiples of {m} (reflect, or "
+            "replicate where a side is too short) and the output is cropped back."
+        )
+    return (
+        "Any height and width: inputs are reflect-padded to multiples of 4 (at least 8) and the "
+        "output is cropped back; 256 x 256 tiles run unpadded."
+    )
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    if isinstance(v, Mapping | list | tuple):
+        return "`" + json.dumps(v, sort_keys=True, default=str) + "`"
+    return str(v)
+
+
+def _table(data: Mapping[str, Any] | None, *, empty: str = "not recorded") -> list[str]:
+    if not data:
+        return [f"_{empty}_", ""]
+    rows = ["| | |", "|---|---|"]
+    for key, value in data.items():
+        rows.append(f"| {key} | {_value(value)} |".replace("\n", " "))
+    return [*rows, ""]
+
+
+def render_card(meta: Mapping[str, Any], *, sha256: str, file_name: str) -> str:
+    """The Markdown model card of a checkpoint.
+
+    Parameters
+    ----------
+    meta : mapping
+        The checkpoint's metadata (see :mod:`vstain_dask.models.checkpoint`).
+    sha256 : str
+        The checkpoint's content hash.
+    file_name : str
+        Name of the checkpoint file, shown in the title.
+    """
+    variant = str(meta.get("variant"))
+    kind = meta.get("kind", "model")
+    archs: Mapping[str, Any] = meta.get("architectures", {})
+    params: Mapping[str, Any] = meta.get("parameters", {})
+    lines = [f"# Model card: {file_name}", ""]
+    lines += [
+        "| | |",
+        "|---|---|",
+        f"| Variant | `{variant}`: {_VARIANT_TEXT.get(variant, 'unknown variant')} |",
+        "| Kind | "
+        + (
+            "training checkpoint (all networks and optimizer state)"
+            if kind == "training"
+            else "model (the CT -> stain generator)"
+        )
+        + " |",
+        f"| Content SHA-256 | `{sha256}` |",
+        f"| Created | {meta.get('created', 'unknown')} |",
+        f"| Format | vstain-dask model, version {meta.get('format_version', '?')} |",
+        "",
+    ]
+    if meta.get("notes"):
+        lines += [str(meta["notes"]), ""]
+    lines += ["## Architecture", ""]
+    for role, arch in archs.items():
+        count = params.get(role)
+        count_text = f"; {count:,} parameters" if isinstance(count, int) else ""
+        role_text = _ROLE_TEXT.get(role, role)
+        lines.append(f"- **{role}** ({role_text}): {_describe_architecture(arch)}{count_text}")
+    if "generator" in archs:
+        lines += ["", f"Sizes: {_size_note(archs['generator'])}"]
+    lines += ["", "## Input and output", ""]
+    norm = meta.get("normalization", {})
+    lines.append(f"- Input: {_normalization_text(norm)}")
+    out = meta.get("output", {})
+    channels = ", ".join(str(c) for c in out.get("channels", []))
+    lines.append(f"- Output: channels {channels}; tanh in [-1, 1] -> uint8 `{out.get('to_uint8')}`")
+    lines += ["", "## Training hyperparameters", ""]
+    lines += _table(meta.get("training"))
+    lines += ["## Data and split", ""]
+    lines += _table(meta.get("split"))
+    lines += ["## Evaluation metrics", ""]
+    lines += _table(meta.get("metrics"))
+    lines += ["## Reproducibility", ""]
+    seed = meta.get("seed")
+    lines.append(f"- Seed: {'not recorded' if seed is None else seed}")
+    command = meta.get("command")
+    lines.append(f"- Command line: {'not recorded' if not command else '`' + command + '`'}")
+    lines += ["", "Hardware:", ""]
+    lines += _table(meta.get("hardware"))
+    lines += ["Software:", ""]
+    lines += _table(meta.get("software"))
+    source = meta.get("source")
+    if source:
+        lines += ["## Imported from", ""]
+        lines += _table(source)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _normalization_text(norm: Mapping[str, Any]) -> str:
+    from vstain_dask.models.config import InputNormalization
+
+    try:
+        return InputNormalization.from_dict(norm).describe()
+    except Exception:  # a card must render even from odd metadata
+        return _value(dict(norm))
