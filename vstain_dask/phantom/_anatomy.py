@@ -75,7 +75,7 @@ _ATTENUATION = {
     Tissue.DEGRADATION: 0.78,
     Tissue.SCREW: 1.0,  # replaced per material
     Tissue.VESSEL: 0.17,
-    Tissue.LACUNA: 0.15,
+    Tissue.LACUNA: 0.4,  # sub-voxel cavities: partial volume keeps them grey
 }
 # screw attenuation relative to bone: PEEK below bone, Mg about bone, Ti well above
 SCREW_ATTENUATION = {"mg": 0.97, "ti": 2.6, "peek": 0.32}

@@ -210,15 +210,31 @@ def _value_noise_points(coords, cell, key, shape) -> np.ndarray:
             key, [np.arange(lo, lo + n, dtype=np.int64) for lo, n in zip(los, ns, strict=True)]
         )
     out = np.zeros(cs[0].shape, dtype=np.float32)
+    if table is not None:
+        # flat index of each point's first corner; every tap is a constant offset from it
+        strides = [int(np.prod(ns[k + 1 :])) for k in range(d)]
+        base = np.zeros(cs[0].shape, dtype=np.int64)
+        for k in range(d):
+            base += (i0s[k] - los[k]) * strides[k]
+        flat = table.reshape(-1)
+        outer = list(np.ndindex(*([4] * (d - 1))))
+        for taps in outer:
+            off = sum(t * strides[k] for k, t in enumerate(taps))
+            part = np.zeros(cs[0].shape, dtype=np.float32)
+            for t in range(4):
+                v = np.take(flat, base + (off + t * strides[d - 1]))
+                v *= ws[d - 1][t]
+                part += v
+            for k, t in enumerate(taps):
+                part *= ws[k][t]
+            out += part
+        return out.reshape(shape)
     for taps in np.ndindex(*([4] * d)):
         w = ws[0][taps[0]].copy()
         for k in range(1, d):
             w *= ws[k][taps[k]]
-        if table is not None:
-            v = table[tuple(i0s[k] - los[k] + taps[k] for k in range(d))]
-        else:
-            h = hash_ints(key, *[i0s[k] + taps[k] for k in range(d)])
-            v = ((h >> np.uint64(40)).astype(np.float32) * np.float32(2.0 / (1 << 24))) - 1.0
+        h = hash_ints(key, *[i0s[k] + taps[k] for k in range(d)])
+        v = ((h >> np.uint64(40)).astype(np.float32) * np.float32(2.0 / (1 << 24))) - 1.0
         w *= v
         out += w
     return out.reshape(shape)
