@@ -40,7 +40,7 @@ def _describe_architecture(arch: Mapping[str, Any]) -> str:
         n = arch.get("n_layers")
         cond = arch.get("condition_channels", 0)
         text = (
-            f"PatchGAN discriminator ({arch.get('kind')}), {n} strided layers, "
+            f"PatchGAN discriminator ({arch.get('kind')}), {_count(n, 'strided layer')}, "
             f"{arch.get('ndf')} base features, {arch.get('in_channels')} input channels"
         )
         if cond:
@@ -58,11 +58,15 @@ def _describe_architecture(arch: Mapping[str, Any]) -> str:
         "transpose": "3x3 transposed convolutions",
     }.get(str(arch.get("upsample")), str(arch.get("upsample")))
     text = (
-        f"ResNet generator, {arch.get('n_blocks')} residual blocks, {arch.get('ngf')} base "
+        f"ResNet generator, {_count(arch.get('n_blocks'), 'residual block')}, {arch.get('ngf')} base "
         f"features, {arch.get('in_channels')} -> {arch.get('out_channels')} channels, "
         f"{upsample}, outer reflection pad {arch.get('outer_pad')}, {arch.get('norm')} norm"
     )
     return text + (", dropout 0.5 in training" if arch.get("dropout") else "")
+
+
+def _count(n: Any, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _size_note(arch: Mapping[str, Any]) -> str:
