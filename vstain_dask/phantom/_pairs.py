@@ -8,10 +8,11 @@ small affine plus a smooth elastic field), the residual misalignment of a real r
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,14 +49,12 @@ _PAIRS_PER_SAMPLE = 2
 _MASK_LABELS = (*BONE_LABELS, Tissue.SCREW, Tissue.DEGRADATION, Tissue.LACUNA, Tissue.VESSEL)
 
 
-class PlaneKind:
+class PlaneKind(enum.StrEnum):
     """How a section is cut relative to the screw."""
 
     LONGITUDINAL = "longitudinal"  # contains the screw axis (the usual histology cut)
-    OBLIQUE = "oblique"  # tilted 10–25° from the screw axis
+    OBLIQUE = "oblique"  # tilted 10-25° from the screw axis
     AXIAL = "axial"  # perpendicular to the screw axis
-
-    ALL = (LONGITUDINAL, OBLIQUE, AXIAL)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,15 +178,21 @@ def phantom_pair(
     seed = check_seed(seed)
     sample_seed = seed if sample_seed is None else check_seed(sample_seed)
     voxel_size = check_voxel_size(voxel_size)
-    if plane is not None and plane not in PlaneKind.ALL:
-        raise InputError(f"plane must be one of {', '.join(PlaneKind.ALL)} or None, got {plane!r}")
+    if plane is not None:
+        try:
+            plane = PlaneKind(plane)
+        except ValueError as e:
+            raise InputError(
+                f"plane must be one of {', '.join(k.value for k in PlaneKind)} or None, "
+                f"got {plane!r}"
+            ) from e
     n = max(size)
     frame = Frame((n, n, n), voxel_size)
     sp = specimen(sample_seed, mat.value, frame.vox)
     sc = scanner(sample_seed)
     rng = np.random.default_rng([seed, 7])
     if plane is None:
-        plane = str(rng.choice(PlaneKind.ALL, p=[0.6, 0.25, 0.15]))
+        plane = list(PlaneKind)[int(rng.choice(3, p=[0.6, 0.25, 0.15]))]
     pl = _draw_plane(sp, plane, rng, frame.vox, size)
     key = derive_key(seed, 31)
     h, w = size
@@ -222,7 +227,7 @@ def phantom_pair(
         "generator_version": GENERATOR_VERSION,
         "seed": seed,
         "sample_seed": sample_seed,
-        "plane": plane,
+        "plane": plane.value,
         "zoom": round(frame.vox / pl.vox, 4),
         "max_misalignment_px": round(float(np.hypot(di, dj).max()), 3),
         "stain_session": {
@@ -319,11 +324,27 @@ def write_phantom_pairs(
     size: tuple[int, int] = (512, 512),
     voxel_size: float = 5.0,
     overwrite: bool = False,
+    on_pair: Callable[[dict[str, Any]], None] | None = None,
 ) -> Path:
     """Write ``n`` phantom pairs to a pairs store (see :mod:`vstain_dask.pairs`).
 
     Materials follow the 7:1:2 Mg:Ti:PEEK mix, two pairs per sample; the split role is left
     None. Generation parameters go into each pair's attributes.
+
+    Parameters
+    ----------
+    path : output pairs store (zarr v3 group)
+    n : number of pairs
+    seed : int
+        Seeds everything; the same seed writes the same store.
+    size : (Y, X)
+        Image size in pixels.
+    voxel_size : float
+        µm per pixel.
+    overwrite : replace an existing store
+    on_pair : callable, optional
+        Called with each pair's summary (``id``, ``material``, ``sample``) once it is written,
+        e.g. to advance a progress bar.
 
     Returns
     -------
@@ -361,4 +382,6 @@ def write_phantom_pairs(
             role=None,
             attrs={**pair["attrs"], "pairs_seed": seed},
         )
+        if on_pair is not None:
+            on_pair({k: pair[k] for k in ("id", "material", "sample")})
     return p
