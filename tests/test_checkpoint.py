@@ -452,3 +452,17 @@ def test_invalid_architecture_and_normalization(model_file):
 def test_bad_device_names_the_parameter(model_file):
     with pytest.raises(InputError, match="device must be a torch device"):
         load_model(model_file, device="gpu-please")
+
+
+def test_wrapped_modules_are_saved_under_plain_names(tmp_path, generator):
+    # (torch.compile's wrapper is unwrapped the same way; importing the compiler takes ~10 s)
+    for wrapped in (torch.nn.DataParallel(generator),):
+        path = save_model(
+            tmp_path / "w.pt",
+            generator=wrapped,
+            normalization=InputNormalization(),
+            variant="cyclegan",
+            overwrite=True,
+        )
+        keys = list(torch.load(path, weights_only=True)["state_dicts"]["generator"])
+        assert keys == list(generator.state_dict())

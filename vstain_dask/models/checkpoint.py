@@ -422,6 +422,19 @@ def _match_state_dict(
             )
 
 
+def _unwrap(net: Any) -> Any:
+    """The plain module inside torch.compile, DataParallel and DistributedDataParallel wrappers,
+    so that saved keys do not carry ``_orig_mod.`` or ``module.`` prefixes."""
+    for _ in range(4):
+        inner = getattr(net, "_orig_mod", None)
+        if inner is None and isinstance(net, nn.DataParallel | nn.parallel.DistributedDataParallel):
+            inner = net.module
+        if inner is None:
+            return net
+        net = inner
+    return net
+
+
 def _output_channels(config: GeneratorConfig, names: Sequence[str] | None) -> list[str]:
     if names is None:
         if config.out_channels == 3:
@@ -479,6 +492,7 @@ def _write(
     parameters: dict[str, int] = {}
     state_dicts: dict[str, dict[str, torch.Tensor]] = {}
     for role, (net, config) in networks.items():
+        net = _unwrap(net)
         if not isinstance(net, nn.Module):
             raise InputError(f"network {role!r} must be a torch nn.Module, got {type(net)}")
         config = getattr(net, "config", None) if config is None else config

@@ -326,7 +326,11 @@ class InputNormalization:
             )
         _check_bool(self.invert, "invert")
         _check_bool(self.ct_normalized, "ct_normalized")
-        if isinstance(self.channels, bool) or self.channels not in (1, 3):
+        if (
+            not isinstance(self.channels, int)
+            or isinstance(self.channels, bool)
+            or self.channels not in (1, 3)
+        ):
             raise InputError(f"channels must be 1 or 3, got {self.channels!r}")
 
     def describe(self) -> str:
