@@ -12,7 +12,7 @@ import logging
 import os
 import threading
 from collections.abc import Iterator
-from enum import Enum
+from enum import Enum, StrEnum
 from typing import Any
 
 from vstain_dask.errors import ClusterError, InputError
@@ -22,7 +22,7 @@ __all__ = ["ClusterKind", "ClusterConfig", "connect", "dashboard_url", "worker_m
 log = logging.getLogger(__name__)
 
 
-class ClusterKind(str, Enum):
+class ClusterKind(StrEnum):
     """Where the work runs."""
 
     LOCAL = "local"  #: distributed.LocalCluster on this machine (default)
@@ -120,9 +120,7 @@ def _cuda_cluster(config: ClusterConfig):
     try:
         from dask_cuda import LocalCUDACluster
     except ImportError as e:
-        raise ClusterError(
-            "cluster 'cuda' needs dask-cuda: pip install 'vstain-dask[cuda]'"
-        ) from e
+        raise ClusterError("cluster 'cuda' needs dask-cuda: pip install 'vstain-dask[cuda]'") from e
     try:
         return LocalCUDACluster(
             n_workers=config.workers,
@@ -269,7 +267,7 @@ def worker_model(path: str, sha256: str, *, device: str | None = None):
             threads = os.environ.get("VSTAIN_TORCH_THREADS")
             if threads:
                 torch.set_num_threads(int(threads))
-            from vstain_dask.models import load_model
+            from vstain_dask.models.checkpoint import load_model
 
             model = load_model(path, device=device)
             if model.sha256 != sha256:

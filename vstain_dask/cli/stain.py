@@ -1,0 +1,141 @@
+"""``vstain-dask stain``: the main job."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from vstain_dask.cli._options import IntTuple
+
+
+def _ct_levels(value: str):
+    if value.lower() in ("auto", "none"):
+        return value.lower()
+    try:
+        bone, background = (float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(
+            f"expected 'auto', 'none' or BONE,BACKGROUND (two numbers), got {value!r}"
+        ) from None
+    return (bone, background)
+
+
+@click.command()
+@click.argument("input_path", metavar="INPUT", type=click.Path())
+@click.option("-o", "--output", type=click.Path(), help="Output store [INPUT.stained.ome.zarr].")
+@click.option("--model", type=click.Path(), help="Checkpoint [the bundled phantom model].")
+@click.option(
+    "--axes", default="z", show_default=True, help="Staining axes: z, or zyx to fuse three."
+)
+@click.option("--tile", default=256, show_default=True, help="Tile size in pixels.")
+@click.option("--step", default=64, show_default=True, help="Tile step in pixels (paper: 64).")
+@click.option("--blend", default="mean", show_default=True, help="mean, gaussian or cosine.")
+@click.option("--fuse", default="mean", show_default=True, help="Axis fusion: mean or median.")
+@click.option("--batch-size", default=8, show_default=True, help="Tiles per model call.")
+@click.option(
+    "--prefilter-sigma",
+    default=0.0,
+    show_default=True,
+    help="3D Gaussian prefilter, voxels (paper: 1).",
+)
+@click.option(
+    "--ct-levels",
+    default="auto",
+    show_default=True,
+    help="CT normalization: auto, none, or BONE,BACKGROUND raw means.",
+)
+@click.option("--alpha", is_flag=True, help="Add an alpha channel (255 - mean RGB).")
+@click.option("--uncertainty", is_flag=True, help="Also write the spread between axes.")
+@click.option("--chunks", type=IntTuple(3), help="Output chunks Z,Y,X [64,256,256].")
+@click.option("--block", type=IntTuple(3), help="Block (task) shape Z,Y,X.")
+@click.option("--ngff-version", type=click.Choice(["0.4", "0.5"]), default="0.5", show_default=True)
+@click.option("--resume", is_flag=True, help="Continue an interrupted job on OUTPUT.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT.")
+@click.option("--cluster", default="local", show_default=True, help="local, cuda, slurm.")
+@click.option("--scheduler", help="Address of a running dask scheduler (overrides --cluster).")
+@click.option("--workers", type=int, help="Local worker processes, or SLURM jobs.")
+@click.option("--threads-per-worker", type=int, help="Torch threads per worker.")
+@click.option("--memory", help="Memory per worker/job, e.g. 16GiB.")
+@click.option("--jobs", type=int, help="SLURM jobs (alias of --workers for slurm).")
+@click.option("--cores", type=int, help="SLURM cores per job.")
+@click.option("--walltime", help="SLURM walltime, e.g. 02:00:00.")
+@click.option("--gpus-per-job", type=int, help="SLURM GPUs per job.")
+@click.option("--queue", help="SLURM partition.")
+@click.option("--account", help="SLURM account.")
+@click.option("--interface", help="Network interface for SLURM workers (e.g. ib0).")
+@click.option("--device", help="Torch device [cuda if present, else cpu].")
+@click.option("--autocast/--no-autocast", default=None, help="bf16 autocast [on for CUDA].")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the generator.")
+@click.option("--retries", default=2, show_default=True, help="Retries per failed block.")
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+def stain(input_path, output, model, axes, tile, step, blend, fuse, batch_size, prefilter_sigma,
+          ct_levels, alpha, uncertainty, chunks, block, ngff_version, resume, overwrite, cluster,
+          scheduler, workers, threads_per_worker, memory, jobs, cores, walltime, gpus_per_job,
+          queue, account, interface, device, autocast, compile_, retries, progress):  # fmt: skip
+    """Stain a CT volume (OME-Zarr) into an RGB OME-Zarr volume."""
+    from vstain_dask.cluster import ClusterConfig
+    from vstain_dask.stain import StainConfig, run_stain
+
+    config = StainConfig(
+        axes=axes,
+        tile=tile,
+        step=step,
+        blend=blend,
+        fuse=fuse,
+        batch_size=batch_size,
+        prefilter_sigma=prefilter_sigma,
+        alpha=alpha,
+        uncertainty=uncertainty,
+        block=block,
+        autocast=autocast,
+        compile=compile_,
+        device=device,
+    )
+    cluster_config = ClusterConfig(
+        kind=cluster,
+        scheduler=scheduler,
+        workers=jobs or workers,
+        threads_per_worker=threads_per_worker,
+        memory_limit=memory,
+        cores=cores,
+        walltime=walltime,
+        gpus_per_job=gpus_per_job,
+        queue=queue,
+        account=account,
+        interface=interface,
+    )
+    if model is None:
+        click.echo(
+            "using the bundled model, trained on synthetic phantoms (not on real samples)",
+            err=True,
+        )
+
+    def on_start(client):
+        from vstain_dask.cluster import dashboard_url
+
+        url = dashboard_url(client)
+        n = len(client.scheduler_info().get("workers", {}))
+        click.echo(f"dashboard: {url or 'not available'} ({n} worker(s))", err=True)
+
+    report = run_stain(
+        input_path,
+        output,
+        model=model,
+        config=config,
+        cluster=cluster_config,
+        ct_levels=_ct_levels(ct_levels),
+        on_start=on_start,
+        chunks=chunks,
+        ngff_version=ngff_version,
+        resume=resume,
+        overwrite=overwrite,
+        retries=retries,
+        progress=progress,
+        command=" ".join(["vstain-dask", *sys.argv[1:]]),
+    )
+    click.echo(
+        f"wrote {report.output}: {report.blocks} blocks ({report.blocks_skipped} resumed), "
+        f"{report.tiles} tiles in {report.seconds:.1f} s: {report.blocks_per_s:.2f} blocks/s, "
+        f"{report.voxels_per_s:,.0f} voxels/s, {report.tiles_per_s:.1f} tiles/s"
+    )

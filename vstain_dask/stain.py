@@ -1,0 +1,1085 @@
+"""Staining a CT volume: blocks -> tiles -> model -> blend -> fuse -> write.
+
+The volume is cut into coarse 3D blocks. Each block is one task: it reads its input with the halo
+that the global tile grid needs (plus the Gaussian prefilter's halo), runs the model over every
+tile of every plane that touches the block, along each requested axis, blends (on the global tile
+grid, so a block returns exactly what whole-plane inference would), fuses the axes, and writes the
+output chunks that it alone owns. The model is loaded once per worker process
+(:func:`vstain_dask.cluster.worker_model`), never captured in the graph.
+
+A ledger of finished blocks inside the output lets an interrupted job resume; a lock file refuses
+a second job on the same output; the output is marked complete only after every block and the
+pyramid are written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import socket
+import time
+from collections.abc import Sequence
+from enum import Enum, StrEnum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vstain_dask.errors import (
+    InputError,
+    JobError,
+    OutputExistsError,
+)
+from vstain_dask.tiling import BlendMode, TileGrid, predict_region
+
+__all__ = [
+    "Axis",
+    "FuseMode",
+    "StainConfig",
+    "StainReport",
+    "Block",
+    "plan_blocks",
+    "stain",
+    "stain_block",
+    "stain_to_zarr",
+]
+
+log = logging.getLogger(__name__)
+
+#: the paper's CT normalization targets (uint16): bone mean and background mean
+_BONE_TARGET = 30000.0
+_BACKGROUND_TARGET = 10000.0
+#: volume axes, and for each staining axis the two volume axes that span its planes
+_DIMS = ("z", "y", "x")
+_PLANE_DIMS = {"z": (1, 2), "y": (0, 2), "x": (0, 1)}
+_LEDGER = ".vstain-job"
+_LOCK = "lock.json"
+
+
+def _members(enum: type[Enum]) -> str:
+    return ", ".join(m.value for m in enum)
+
+
+class Axis(StrEnum):
+    """Axis along which slices are stained (planes perpendicular to it)."""
+
+    Z = "z"
+    Y = "y"
+    X = "x"
+
+
+class FuseMode(StrEnum):
+    """How predictions made along several axes are combined."""
+
+    MEAN = "mean"
+    MEDIAN = "median"
+
+
+@dataclasses.dataclass(frozen=True)
+class StainConfig:
+    """Parameters of a stain; stored in the output's provenance.
+
+    Parameters
+    ----------
+    axes : str
+        Staining axes, any of ``z``, ``y``, ``x`` (``"z"`` is the paper's slice-by-slice;
+        ``"zyx"`` fuses three).
+    tile, step : int
+        Tile size and step in pixels (paper: 256 and 64).
+    blend : BlendMode
+        How overlapping tile predictions are averaged (paper: ``mean``).
+    fuse : FuseMode
+        How predictions along several axes are combined.
+    batch_size : int
+        Tiles per model call.
+    prefilter_sigma : float
+        3D Gaussian prefilter in voxels (paper: 1.0; 0 switches it off).
+    ct_levels : (float, float) or None
+        Raw CT means of bone and background, mapped to 30000 and 10000 as in training.
+        None: the volume is used as it is (already normalized).
+    alpha : bool
+        Add an alpha channel, 255 − mean(RGB), as the paper used for volume rendering.
+    uncertainty : bool
+        Also write the per-voxel spread between axes (needs two or more axes).
+    block : (int, int, int) or None
+        Block shape (z, y, x) in voxels; None chooses one (whole planes for one axis).
+    autocast : bool or None
+        bf16 autocast; None means on for CUDA, off for CPU.
+    channels_last, compile : bool
+        Memory format and ``torch.compile`` of the generator.
+    device : str or None
+        Torch device for the model; None picks CUDA when present.
+    """
+
+    axes: str = "z"
+    tile: int = 256
+    step: int = 64
+    blend: BlendMode = BlendMode.MEAN
+    fuse: FuseMode = FuseMode.MEAN
+    batch_size: int = 8
+    prefilter_sigma: float = 0.0
+    ct_levels: tuple[float, float] | None = None
+    alpha: bool = False
+    uncertainty: bool = False
+    block: tuple[int, int, int] | None = None
+    autocast: bool | None = None
+    channels_last: bool = True
+    compile: bool = False
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        axes = "".join(str(a) for a in self.axes).lower().replace(",", "")
+        bad = [a for a in axes if a not in _DIMS]
+        if not axes or bad:
+            raise InputError(
+                f"axes must be letters from {_members(Axis)} (e.g. 'z' or 'zyx'), got {self.axes!r}"
+            )
+        if len(set(axes)) != len(axes):
+            raise InputError(f"axes must not repeat, got {self.axes!r}")
+        object.__setattr__(self, "axes", "".join(a for a in _DIMS if a in axes))
+        if self.tile < 1:
+            raise InputError(f"tile must be >= 1, got {self.tile}")
+        if not 1 <= self.step <= self.tile:
+            raise InputError(f"step must be in 1..{self.tile}, got {self.step}")
+        for name, enum in (("blend", BlendMode), ("fuse", FuseMode)):
+            try:
+                object.__setattr__(self, name, enum(getattr(self, name)))
+            except ValueError as e:
+                raise InputError(
+                    f"{name} must be one of {_members(enum)}, got {getattr(self, name)!r}"
+                ) from e
+        if self.batch_size < 1:
+            raise InputError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not (self.prefilter_sigma >= 0 and math.isfinite(self.prefilter_sigma)):
+            raise InputError(f"prefilter_sigma must be >= 0 voxels, got {self.prefilter_sigma}")
+        if self.ct_levels is not None:
+            bone, background = (float(v) for v in self.ct_levels)
+            if not (math.isfinite(bone) and math.isfinite(background)) or bone <= background:
+                raise InputError(
+                    "ct_levels must be (bone, background) means with bone > background, "
+                    f"got {self.ct_levels!r}"
+                )
+            object.__setattr__(self, "ct_levels", (bone, background))
+        if self.uncertainty and len(self.axes) < 2:
+            raise InputError("uncertainty needs two or more axes (e.g. axes='zyx')")
+        if self.block is not None:
+            block = tuple(int(b) for b in self.block)
+            if len(block) != 3 or min(block) < 1:
+                raise InputError(f"block must be three positive sizes (z, y, x), got {self.block}")
+            object.__setattr__(self, "block", block)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["blend"] = self.blend.value
+        d["fuse"] = self.fuse.value
+        return d
+
+    @property
+    def prefilter_halo(self) -> int:
+        """Halo in voxels that the Gaussian prefilter needs (scipy's truncate = 4)."""
+        return int(4.0 * self.prefilter_sigma + 0.5) if self.prefilter_sigma > 0 else 0
+
+    @property
+    def out_channels(self) -> int:
+        return 4 if self.alpha else 3
+
+
+# -- planning --------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Block:
+    """One task: the output box it owns and the input box it reads (half-open, z/y/x)."""
+
+    index: int
+    box: tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
+    tile_box: tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
+    read_box: tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
+    n_tiles: int
+
+    @property
+    def name(self) -> str:
+        return "block-" + "-".join(f"{a}" for a, _ in self.box)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(b - a for a, b in self.box)  # type: ignore[return-value]
+
+
+def _grid(shape: Sequence[int], axis: str, config: StainConfig) -> TileGrid:
+    d1, d2 = _PLANE_DIMS[axis]
+    return TileGrid(
+        extent=(shape[d1], shape[d2]),
+        tile=(config.tile, config.tile),
+        step=(config.step, config.step),
+    )
+
+
+def default_block(
+    shape: Sequence[int], chunks: Sequence[int], config: StainConfig
+) -> tuple[int, int, int]:
+    """Block shape: whole planes for a single axis (no tile is computed twice), cubes of about
+    256 voxels (a multiple of the output chunks) when several axes are fused."""
+    if len(config.axes) == 1:
+        a = _DIMS.index(config.axes)
+        block = list(shape)
+        block[a] = chunks[a]
+        return tuple(block)  # type: ignore[return-value]
+    return tuple(min(s, max(c, (256 // c) * c)) for s, c in zip(shape, chunks, strict=True))  # type: ignore[return-value]
+
+
+def plan_blocks(shape: Sequence[int], chunks: Sequence[int], config: StainConfig) -> list[Block]:
+    """Cut a (Z, Y, X) volume into blocks aligned to the output ``chunks``.
+
+    Each block's read box covers every tile (of every requested axis) touching the block, plus
+    the prefilter halo, clipped to the volume.
+    """
+    block = config.block or default_block(shape, chunks, config)
+    for b, c, d, s in zip(block, chunks, _DIMS, shape, strict=True):
+        if b % c and b < s:
+            raise InputError(
+                f"block size along {d} must be a multiple of the chunk size {c}, got {b}"
+            )
+    grids = {axis: _grid(shape, axis, config) for axis in config.axes}
+    halo = config.prefilter_halo
+    blocks = []
+    starts = [range(0, s, b) for s, b in zip(shape, block, strict=True)]
+    index = 0
+    for z0 in starts[0]:
+        for y0 in starts[1]:
+            for x0 in starts[2]:
+                box = tuple(
+                    (a, min(a + b, s)) for a, b, s in zip((z0, y0, x0), block, shape, strict=True)
+                )
+                lo = [a for a, _ in box]
+                hi = [b for _, b in box]
+                n_tiles = 0
+                for axis, grid in grids.items():
+                    d1, d2 = _PLANE_DIMS[axis]
+                    region = (*box[d1], *box[d2])
+                    r = grid.read_region(region)
+                    lo[d1], hi[d1] = min(lo[d1], r[0]), max(hi[d1], r[1])
+                    lo[d2], hi[d2] = min(lo[d2], r[2]), max(hi[d2], r[3])
+                    a = _DIMS.index(axis)
+                    n_tiles += len(grid.tiles_touching(region)) * (box[a][1] - box[a][0])
+                tile_box = tuple(zip(lo, hi, strict=True))
+                read_box = tuple(
+                    (max(0, lo_ - halo), min(s, hi_ + halo))
+                    for lo_, hi_, s in zip(lo, hi, shape, strict=True)
+                )
+                blocks.append(Block(index, box, tile_box, read_box, n_tiles))  # type: ignore[arg-type]
+                index += 1
+    return blocks
+
+
+# -- one block -------------------------------------------------------------------------------
+
+
+def _prefiltered(raw: np.ndarray, *, raw_box, tile_box, vol_shape, sigma: float) -> np.ndarray:
+    """Gaussian prefilter of ``tile_box``, given ``raw`` = the volume over ``raw_box`` (the tile box
+    plus the filter's halo, clipped to the volume).
+
+    Equal to filtering the whole volume with scipy's ``mode='reflect'`` and cropping: where the
+    halo leaves the volume it is padded symmetrically, which is what 'reflect' means in scipy.
+    """
+    from scipy import ndimage
+
+    halo = int(4.0 * sigma + 0.5)
+    pad = [
+        (max(0, halo - (t0 - r0)), max(0, halo - (r1 - t1)))
+        for (t0, t1), (r0, r1) in zip(tile_box, raw_box, strict=True)
+    ]
+    x = raw.astype(np.float32, copy=False)
+    if any(p != (0, 0) for p in pad):
+        x = np.pad(x, pad, mode="symmetric")
+    x = ndimage.gaussian_filter(x, sigma=sigma, mode="reflect", truncate=4.0)
+    # x now spans tile_box +- halo; keep tile_box
+    return x[tuple(slice(halo, halo + (t1 - t0)) for (t0, t1) in tile_box)]
+
+
+def stain_block(
+    raw: np.ndarray,
+    *,
+    raw_box,
+    tile_box,
+    vol_shape: Sequence[int],
+    box,
+    model,
+    config: StainConfig,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Stain one block.
+
+    Parameters
+    ----------
+    raw : (Z, Y, X) array
+        Raw CT values over ``raw_box``: ``tile_box`` plus the prefilter halo, clipped to the volume.
+    raw_box, tile_box, box : ((z0, z1), (y0, y1), (x0, x1))
+        Where ``raw`` lies in the volume; the box every touching tile needs; the output box.
+    vol_shape : (Z, Y, X)
+    model : StainModel
+    config : StainConfig
+
+    Returns
+    -------
+    rgb : (C, Z, Y, X) uint8
+        Stained block (C = 3, or 4 with alpha).
+    spread : (Z, Y, X) uint8 or None
+        Spread between axes (standard deviation in 8-bit units, mean over RGB) when asked.
+    """
+    import torch
+
+    if config.prefilter_sigma > 0:
+        x = _prefiltered(
+            raw,
+            raw_box=raw_box,
+            tile_box=tile_box,
+            vol_shape=vol_shape,
+            sigma=config.prefilter_sigma,
+        )
+    else:
+        x = raw.astype(np.float32, copy=False)
+    if config.ct_levels is not None:
+        bone, background = config.ct_levels
+        gain = (_BONE_TARGET - _BACKGROUND_TARGET) / (bone - background)
+        x = (x - background) * gain + _BACKGROUND_TARGET
+        np.clip(x, 0.0, 65535.0, out=x)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+
+    generator = model.generator
+    device = next(generator.parameters()).device
+    if config.compile:
+        generator = _compiled(generator)
+
+    def predict(t: torch.Tensor) -> torch.Tensor:
+        return generator(model.to_input(t))
+
+    autocast = config.autocast if config.autocast is not None else device.type == "cuda"
+    preds = []
+    for axis in config.axes:
+        a = _DIMS.index(axis)
+        d1, d2 = _PLANE_DIMS[axis]
+        grid = _grid(vol_shape, axis, config)
+        region = (*box[d1], *box[d2])
+        r = grid.read_region(region)
+        sl = [slice(None)] * 3
+        sl[a] = slice(box[a][0] - tile_box[a][0], box[a][1] - tile_box[a][0])
+        sl[d1] = slice(r[0] - tile_box[d1][0], r[1] - tile_box[d1][0])
+        sl[d2] = slice(r[2] - tile_box[d2][0], r[3] - tile_box[d2][0])
+        planes = np.moveaxis(x[tuple(sl)], a, 0)[:, None]  # (N, 1, h, w)
+        out = predict_region(
+            np.ascontiguousarray(planes),
+            predict,
+            grid=grid,
+            origin=(r[0], r[2]),
+            region=region,
+            blend=config.blend,
+            batch_size=config.batch_size,
+            device=device,
+            autocast=autocast,
+            channels_last=config.channels_last,
+            out_channels=3,
+        )  # (N, 3, h1, w1) in the plane's (d1, d2) order
+        # back to (3, Z, Y, X) of the box
+        out = np.moveaxis(out, 1, 0)  # (3, N, h1, w1): dims (c, a, d1, d2)
+        order = [a, d1, d2]
+        out = np.transpose(out, [0] + [1 + order.index(i) for i in range(3)])
+        preds.append(out)
+    if len(preds) == 1:
+        fused = preds[0]
+    elif config.fuse is FuseMode.MEDIAN:
+        fused = np.median(np.stack(preds), axis=0).astype(np.float32)
+    else:
+        fused = np.mean(np.stack(preds), axis=0, dtype=np.float64).astype(np.float32)
+    rgb = _to_uint8(fused)
+    if config.alpha:
+        alpha = np.rint(255.0 - rgb.mean(axis=0, dtype=np.float32)).astype(np.uint8)
+        rgb = np.concatenate([rgb, alpha[None]], axis=0)
+    spread = None
+    if config.uncertainty:
+        std = np.std(np.stack(preds), axis=0, dtype=np.float64) * 127.5  # 8-bit units
+        spread = np.clip(np.rint(std.mean(axis=0)), 0, 255).astype(np.uint8)
+    return rgb, spread
+
+
+def _to_uint8(pred: np.ndarray) -> np.ndarray:
+    """Generator output in [-1, 1] to 8-bit, as the model card states: round((y + 1) · 127.5)."""
+    return np.clip(np.rint((pred.astype(np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+_COMPILED: dict[int, Any] = {}
+
+
+def _compiled(generator):
+    import torch
+
+    key = id(generator)
+    if key not in _COMPILED:
+        _COMPILED[key] = torch.compile(generator)
+    return _COMPILED[key]
+
+
+# -- the lazy result ---------------------------------------------------------------------------
+
+
+def _model_ref(model) -> tuple[str, str]:
+    """(path, sha256) of a model given as a path or as a loaded StainModel with a path."""
+    from vstain_dask.models.checkpoint import load_model
+
+    if isinstance(model, str | os.PathLike):
+        loaded = load_model(model)
+        return str(Path(model).resolve()), loaded.sha256
+    path = getattr(model, "path", None)
+    if path is None:
+        raise InputError("model must be a checkpoint path (models are loaded on the workers)")
+    return str(Path(path).resolve()), model.sha256
+
+
+def _check_ct(volume) -> None:
+    dtype = np.dtype(volume.dtype)
+    if dtype.kind not in "uif":
+        raise InputError(
+            f"the CT volume must have an integer or float dtype, got {dtype} "
+            "(complex, bool and string volumes cannot be stained)"
+        )
+    if volume.ndim not in (2, 3):
+        raise InputError(
+            f"expected a greyscale volume (z, y, x) or slice (y, x), got {volume.ndim} dimensions "
+            f"of shape {tuple(volume.shape)}"
+        )
+    if 0 in volume.shape:
+        raise InputError(f"the CT volume is empty (shape {tuple(volume.shape)})")
+
+
+def _block_from_array(raw, block: Block, vol_shape, model_path, model_sha, config):
+    from vstain_dask.cluster import worker_model
+
+    model = worker_model(model_path, model_sha, device=config.device)
+    rgb, spread = stain_block(
+        np.asarray(raw),
+        raw_box=block.read_box,
+        tile_box=block.tile_box,
+        vol_shape=vol_shape,
+        box=block.box,
+        model=model,
+        config=config,
+    )
+    return rgb
+
+
+def stain(volume, model, *, config: StainConfig | None = None, chunks=None, **options):
+    """Lazily stain a CT volume.
+
+    Parameters
+    ----------
+    volume : xarray.DataArray or dask/numpy array, (Z, Y, X) or (Y, X)
+        Raw CT values.
+    model : path
+        A vstain-dask checkpoint (loaded on each worker, once per process).
+    config : StainConfig, optional
+        Or pass its fields as keyword options (``axes="zyx"``, ``step=64``, ...).
+    chunks : (int, int, int), optional
+        Output chunks (z, y, x); default: the input's chunks.
+
+    Returns
+    -------
+    xarray.DataArray
+        (c, z, y, x) uint8 RGB(A) (or (c, y, x) for a slice), dask-backed, nothing computed yet.
+    """
+    import dask
+    import dask.array as da
+    import xarray as xr
+
+    config = config or StainConfig(**options)
+    coords = {}
+    attrs = {}
+    if isinstance(volume, xr.DataArray):
+        coords = {d: volume.coords[d] for d in volume.dims if d in volume.coords}
+        attrs = {k: volume.attrs[k] for k in ("scale", "units") if k in volume.attrs}
+        data = volume.data
+    else:
+        data = volume
+    _check_ct(data)
+    if not isinstance(data, da.Array):
+        data = da.from_array(np.asarray(data), chunks=chunks or "auto")
+    two_d = data.ndim == 2
+    if two_d:
+        data = data[None]
+    shape = tuple(int(s) for s in data.shape)
+    chunks = tuple(chunks) if chunks is not None else tuple(int(c[0]) for c in data.chunks)
+    if two_d and len(chunks) == 2:
+        chunks = (1, *chunks)
+    model_path, model_sha = _model_ref(model)
+    blocks = plan_blocks(shape, chunks, config)
+    nb = [len(range(0, s, b)) for s, b in zip(shape, _block_shape(blocks), strict=True)]
+    arrays = np.empty(nb, dtype=object)
+    for b in blocks:
+        raw = data[tuple(slice(a, c) for a, c in b.read_box)]
+        task = dask.delayed(_block_from_array, pure=True)(
+            raw, b, shape, model_path, model_sha, config
+        )
+        idx = tuple(a // s for (a, _), s in zip(b.box, _block_shape(blocks), strict=True))
+        arrays[idx] = da.from_delayed(task, shape=(config.out_channels, *b.shape), dtype=np.uint8)
+    out = da.block(_nest(arrays))
+    if two_d:
+        out = out[:, 0]
+    channels = list("RGBA"[: config.out_channels])
+    dims = ("c", "y", "x") if two_d else ("c", "z", "y", "x")
+    coords = {"c": channels, **coords}
+    return xr.DataArray(out, dims=dims, coords=coords, attrs=attrs, name="stained")
+
+
+def _block_shape(blocks: list[Block]) -> tuple[int, int, int]:
+    return blocks[0].shape
+
+
+def _nest(arrays: np.ndarray) -> list:
+    """Nested lists of (c, z, y, x) blocks for da.block: channel axis first, then z, y, x."""
+    return [
+        [[list(arrays[i, j, :]) for j in range(arrays.shape[1])] for i in range(arrays.shape[0])]
+    ]
+
+
+# -- running a stain to an OME-Zarr store, with ledger, lock and resume ----------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class StainReport:
+    """What a finished stain did."""
+
+    output: Path
+    blocks: int
+    blocks_skipped: int
+    tiles: int
+    voxels: int
+    seconds: float
+    dashboard: str | None
+
+    @property
+    def voxels_per_s(self) -> float:
+        return self.voxels / self.seconds if self.seconds > 0 else float("nan")
+
+    @property
+    def blocks_per_s(self) -> float:
+        done = self.blocks - self.blocks_skipped
+        return done / self.seconds if self.seconds > 0 else float("nan")
+
+    @property
+    def tiles_per_s(self) -> float:
+        return self.tiles / self.seconds if self.seconds > 0 else float("nan")
+
+
+def default_output(source: str | os.PathLike) -> Path:
+    """``<name>.stained.ome.zarr`` beside the input (``.ome.zarr``/``.zarr`` suffixes dropped)."""
+    p = Path(source).resolve()
+    name = p.name
+    for suffix in (".ome.zarr", ".zarr"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return p.with_name(f"{name}.stained.ome.zarr")
+
+
+class _Ledger:
+    """Finished blocks, one empty file each, in ``<output>.vstain-job/done/``, and a lock file
+    there that keeps a second job off the same output. The folder goes when the job completes."""
+
+    def __init__(self, output: Path) -> None:
+        # beside the store, not in it, so the store stays plain OME-Zarr; removed on completion
+        self.root = output.with_name(output.name + _LEDGER)
+        self.done_dir = self.root / "done"
+        self.lock_path = self.root / _LOCK
+
+    def done(self) -> set[str]:
+        if not self.done_dir.is_dir():
+            return set()
+        return {p.name for p in self.done_dir.iterdir()}
+
+    def mark(self, name: str) -> None:
+        self.done_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.done_dir / f".{name}.tmp"
+        tmp.write_text("")
+        os.replace(tmp, self.done_dir / name)
+
+    def acquire(self, *, fingerprint: str) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+        while True:
+            try:
+                fd = os.open(self.lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                other = self._read_lock()
+                if other and _alive(other):
+                    raise OutputExistsError(
+                        f"another job (pid {other['pid']} on {other['host']}) is writing "
+                        f"{self.root.parent}; wait for it or stop it first"
+                    ) from None
+                # a stale lock from a job that died: take it over
+                self.lock_path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump({**info, "fingerprint": fingerprint}, f)
+            return
+
+    def _read_lock(self) -> dict | None:
+        try:
+            return json.loads(self.lock_path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def release(self) -> None:
+        other = self._read_lock()
+        if other and other.get("pid") == os.getpid() and other.get("host") == socket.gethostname():
+            self.lock_path.unlink(missing_ok=True)
+
+    def remove(self) -> None:
+        """Forget the job (after it completed): the ledger and our lock."""
+        import shutil
+
+        shutil.rmtree(self.done_dir, ignore_errors=True)
+        self.release()
+        try:
+            self.root.rmdir()
+        except OSError:
+            pass
+
+
+def _alive(lock: dict) -> bool:
+    """Whether the process that holds a lock still runs (only knowable on the same host; a lock
+    from another host is taken as alive)."""
+    if lock.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(int(lock["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError, KeyError, TypeError):
+        return True
+    return True
+
+
+def _fingerprint(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _level0(source: str):
+    """Level 0 of an OME-Zarr image as a zarr array (opened in the worker, by path)."""
+    from vstain_dask import ngff
+
+    return ngff._read_multiscale(source).levels[0].array
+
+
+def _write_block(
+    block: Block,
+    *,
+    source: str,
+    vol_shape,
+    output: str,
+    model_path: str,
+    model_sha: str,
+    config: StainConfig,
+    two_d: bool,
+) -> dict[str, float]:
+    """Task body: read, stain and write one block, then record it in the ledger."""
+    import zarr
+
+    from vstain_dask.cluster import worker_model
+
+    t0 = time.perf_counter()
+    model = worker_model(model_path, model_sha, device=config.device)
+    src = _level0(source)
+    sel = tuple(slice(a, b) for a, b in block.read_box)
+    raw = src[sel[1:]][None] if two_d else src[sel]
+    t1 = time.perf_counter()
+    rgb, spread = stain_block(
+        raw,
+        raw_box=block.read_box,
+        tile_box=block.tile_box,
+        vol_shape=vol_shape,
+        box=block.box,
+        model=model,
+        config=config,
+    )
+    t2 = time.perf_counter()
+    out = zarr.open_array(store=output, path="0", mode="r+")
+    box = tuple(slice(a, b) for a, b in block.box)
+    if two_d:
+        out[(slice(None), *box[1:])] = rgb[:, 0]
+    else:
+        out[(slice(None), *box)] = rgb
+    if spread is not None:
+        unc = zarr.open_array(store=str(Path(output) / "uncertainty"), path="0", mode="r+")
+        unc[box[1:] if two_d else box] = spread[0] if two_d else spread
+    _Ledger(Path(output)).mark(block.name)
+    t3 = time.perf_counter()
+    return {"read": t1 - t0, "compute": t2 - t1, "write": t3 - t2, "tiles": block.n_tiles}
+
+
+def stain_to_zarr(
+    source: str | os.PathLike,
+    output: str | os.PathLike | None = None,
+    *,
+    model: str | os.PathLike,
+    config: StainConfig | None = None,
+    client=None,
+    chunks: Sequence[int] | None = None,
+    ngff_version: str = "0.5",
+    resume: bool = False,
+    overwrite: bool = False,
+    retries: int = 2,
+    progress: bool = True,
+    command: str | None = None,
+) -> StainReport:
+    """Stain an OME-Zarr CT volume into an OME-Zarr RGB(A) volume, block by block.
+
+    Parameters
+    ----------
+    source : path
+        OME-Zarr (NGFF 0.4 or 0.5) with a (z, y, x) or (y, x) greyscale image.
+    output : path, optional
+        Default ``<name>.stained.ome.zarr`` beside the input.
+    model : path
+        A vstain-dask checkpoint.
+    config : StainConfig
+    client : distributed.Client, optional
+        Where blocks run; default: the current client, else a local cluster.
+    chunks : (z, y, x), optional
+        Output chunks; default (64, 256, 256) clipped to the volume.
+    resume : bool
+        Continue an interrupted job on ``output``: finished blocks are kept.
+    overwrite : bool
+        Replace an existing ``output``.
+    retries : int
+        Times a failed block is retried (on another worker if its worker died).
+
+    Returns
+    -------
+    StainReport
+
+    Raises
+    ------
+    OutputExistsError
+        ``output`` exists and neither ``resume`` nor ``overwrite`` was given, or another job is
+        writing it.
+    JobError
+        Some blocks failed after their retries; the output stays marked incomplete and resumable.
+    """
+    import shutil
+
+    from vstain_dask import __version__, ngff
+
+    config = config or StainConfig()
+    source = Path(source)
+    vol = ngff.open_volume(source)
+    if "c" in vol.dims:
+        raise InputError(
+            f"{source} has a channel axis ({dict(vol.sizes)}); stain needs a greyscale CT "
+            "volume (z, y, x) or slice (y, x)"
+        )
+    _check_ct(vol.data)
+    two_d = vol.ndim == 2
+    vol_shape = (1, *vol.shape) if two_d else tuple(int(s) for s in vol.shape)
+    output = Path(output) if output is not None else default_output(source)
+    src_res, out_res = source.resolve(), output.resolve()
+    if out_res == src_res or src_res in out_res.parents:
+        raise InputError(f"output {output} is inside the input {source}; choose another path")
+    if resume and overwrite:
+        raise InputError("choose either --resume or --overwrite, not both")
+
+    model_path, model_sha = _model_ref(model)
+    if chunks is None:
+        chunks = (min(64, vol_shape[0]), min(256, vol_shape[1]), min(256, vol_shape[2]))
+    chunks = tuple(int(c) for c in chunks)
+    if two_d:
+        chunks = (1, *chunks[-2:])
+    blocks = plan_blocks(vol_shape, chunks, config)
+    fingerprint = _fingerprint(
+        str(src_res), vol_shape, chunks, model_sha, config.to_dict(), ngff_version
+    )
+
+    ledger = _Ledger(output)
+    if output.exists() and not (overwrite or resume):
+        raise OutputExistsError(
+            f"{output} exists; use --overwrite to replace it or --resume to continue it"
+        )
+    ledger.acquire(fingerprint=fingerprint)  # refuses while another live job holds the output
+    try:
+        if output.exists() and overwrite:
+            shutil.rmtree(output)
+            shutil.rmtree(ledger.done_dir, ignore_errors=True)
+        elif output.exists():
+            prov = _read_provenance(output)
+            if prov.get("fingerprint") != fingerprint:
+                raise OutputExistsError(
+                    f"{output} was started with other inputs or parameters; --resume needs the "
+                    "same input, model and options (or use --overwrite)"
+                )
+            if prov.get("complete"):
+                ledger.remove()
+                return StainReport(
+                    output=output, blocks=len(blocks), blocks_skipped=len(blocks), tiles=0,
+                    voxels=int(np.prod(vol_shape)), seconds=0.0, dashboard=None,
+                )  # fmt: skip
+        return _create_and_run(
+            output, ledger=ledger, blocks=blocks, vol=vol, vol_shape=vol_shape, two_d=two_d,
+            chunks=chunks, config=config, ngff_version=ngff_version, client=client,
+            source=str(source), model_path=model_path, model_sha=model_sha, retries=retries,
+            progress=progress, provenance={
+                "software": {"name": "vstain-dask", "version": __version__},
+                "model": {"path": model_path, "sha256": model_sha},
+                "input": {"path": str(src_res), "shape": list(vol.shape), "dtype": str(vol.dtype)},
+                "parameters": config.to_dict(),
+                "chunks": list(chunks),
+                "fingerprint": fingerprint,
+                "command": command,
+                "complete": False,
+            },
+        )  # fmt: skip
+    finally:
+        ledger.release()
+
+
+def _create_and_run(
+    output: Path, *, ledger, blocks, vol, vol_shape, two_d, chunks, config, ngff_version,
+    client, source, model_path, model_sha, retries, progress, provenance,
+) -> StainReport:  # fmt: skip
+    from vstain_dask import ngff
+
+    scale = vol.attrs.get("scale") or {}
+    units = vol.attrs.get("units") or {}
+    if not output.exists():
+        out_shape = (config.out_channels, *(vol_shape[1:] if two_d else vol_shape))
+        ngff.create_volume(
+            output,
+            shape=out_shape,
+            dtype="uint8",
+            chunks=(config.out_channels, *(chunks[1:] if two_d else chunks)),
+            axes="cyx" if two_d else "czyx",
+            scale={k: v for k, v in scale.items()},
+            units={k: v for k, v in units.items()},
+            ngff_version=ngff_version,
+            kind="rgb",
+            channel_names=list("RGBA"[: config.out_channels]),
+            attrs=provenance,
+        )
+        if config.uncertainty:
+            ngff.create_volume(
+                output / "uncertainty",
+                shape=vol_shape[1:] if two_d else vol_shape,
+                dtype="uint8",
+                chunks=chunks[1:] if two_d else chunks,
+                axes="yx" if two_d else "zyx",
+                scale=dict(scale),
+                units=dict(units),
+                ngff_version=ngff_version,
+                kind="intensity",
+                attrs={"description": "spread of the stain between axes (8-bit std)"},
+            )
+    return _run(
+        blocks,
+        ledger=ledger,
+        client=client,
+        source=str(source),
+        vol_shape=vol_shape,
+        output=output,
+        model_path=model_path,
+        model_sha=model_sha,
+        config=config,
+        two_d=two_d,
+        retries=retries,
+        progress=progress,
+        provenance=provenance,
+    )
+
+
+def _read_provenance(output: Path) -> dict:
+    from vstain_dask import ngff
+
+    try:
+        return ngff.open_volume(output).attrs.get("vstain", {}) or {}
+    except Exception:
+        return {}
+
+
+def _run(
+    blocks: list[Block],
+    *,
+    ledger: _Ledger,
+    client,
+    source,
+    vol_shape,
+    output: Path,
+    model_path,
+    model_sha,
+    config,
+    two_d,
+    retries,
+    progress,
+    provenance,
+) -> StainReport:
+    from distributed import as_completed, get_client
+
+    from vstain_dask import ngff
+    from vstain_dask.cluster import dashboard_url
+
+    if client is None:
+        client = get_client()
+    done = ledger.done()
+    todo = [b for b in blocks if b.name not in done]
+    t0 = time.perf_counter()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(blocks), initial=len(blocks) - len(todo), unit="block", desc="stain")
+    futures = {}
+    for b in todo:
+        fut = client.submit(
+            _write_block,
+            b,
+            source=source,
+            vol_shape=vol_shape,
+            output=str(output),
+            model_path=model_path,
+            model_sha=model_sha,
+            config=config,
+            two_d=two_d,
+            key=f"stain-{provenance['fingerprint'][:12]}-{b.name}",
+            retries=retries,
+            pure=False,
+        )
+        futures[fut] = b
+    failed: dict[str, str] = {}
+    tiles = 0
+    try:
+        for fut in as_completed(list(futures)):
+            b = futures[fut]
+            if fut.status == "finished":
+                tiles += int(fut.result()["tiles"])
+            else:
+                exc = fut.exception()
+                failed[b.name] = f"{type(exc).__name__}: {exc}"
+            if bar is not None:
+                bar.update(1)
+            fut.release()
+    except BaseException:
+        for fut in futures:
+            fut.cancel()
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    if failed:
+        first = next(iter(failed.items()))
+        raise JobError(
+            f"{len(failed)} of {len(blocks)} blocks failed ({', '.join(sorted(failed)[:5])}"
+            f"{', ...' if len(failed) > 5 else ''}); first: {first[0]}: {first[1]}; "
+            f"the output {output} is incomplete: fix the cause and rerun with --resume"
+        )
+    ngff.write_pyramid(output)
+    if config.uncertainty:
+        ngff.write_pyramid(output / "uncertainty")
+    seconds = time.perf_counter() - t0
+    _mark_complete(output, provenance, seconds=seconds, tiles=tiles)
+    ledger.remove()
+    voxels = int(np.prod(vol_shape))
+    return StainReport(
+        output=output,
+        blocks=len(blocks),
+        blocks_skipped=len(blocks) - len(todo),
+        tiles=tiles,
+        voxels=voxels,
+        seconds=seconds,
+        dashboard=dashboard_url(client),
+    )
+
+
+def _mark_complete(output: Path, provenance: dict, *, seconds: float, tiles: int) -> None:
+    import zarr
+
+    group = zarr.open_group(store=str(output), mode="r+")
+    vstain = dict(group.attrs.get("vstain") or provenance)
+    vstain.update(complete=True, seconds=round(seconds, 3), tiles=tiles)
+    group.attrs["vstain"] = vstain
+
+
+# -- the whole job: model, CT levels, cluster ----------------------------------------------------
+
+
+def default_model_path() -> Path:
+    """The bundled default model (trained on synthetic phantoms)."""
+    from importlib.resources import files
+
+    return Path(str(files("vstain_dask") / "data" / "default_model.pt"))
+
+
+def resolve_ct_levels(source, model, ct_levels) -> tuple[float, float] | None:
+    """The (bone, background) levels to normalize the CT with.
+
+    ``"auto"`` estimates them from the volume (a bounded sample of it) when the model expects
+    normalized CT, ``None``/``"none"`` uses the volume as it is, a pair is used as given.
+    """
+    from vstain_dask import ngff
+    from vstain_dask.models.checkpoint import load_model
+
+    if ct_levels is None or (isinstance(ct_levels, str) and ct_levels.lower() == "none"):
+        return None
+    if isinstance(ct_levels, str):
+        if ct_levels.lower() != "auto":
+            raise InputError(
+                f"ct_levels must be 'auto', 'none' or BONE,BACKGROUND, got {ct_levels!r}"
+            )
+        if not load_model(model).normalization.ct_normalized:
+            return None
+        from vstain_dask.preprocess import estimate_ct_levels
+
+        levels = estimate_ct_levels(ngff.open_volume(source).data)
+        return (float(levels.bone), float(levels.background))
+    bone, background = ct_levels
+    return (float(bone), float(background))
+
+
+def run_stain(
+    source: str | os.PathLike,
+    output: str | os.PathLike | None = None,
+    *,
+    model: str | os.PathLike | None = None,
+    config: StainConfig | None = None,
+    cluster=None,
+    ct_levels: str | tuple[float, float] | None = "auto",
+    on_start=None,
+    **options,
+) -> StainReport:
+    """Stain ``source`` into ``output`` on a cluster: what ``vstain-dask stain`` runs.
+
+    Parameters
+    ----------
+    model : path, optional
+        Default: the bundled model (trained on synthetic phantoms).
+    cluster : ClusterConfig, optional
+        Default: a local cluster sized to the machine.
+    ct_levels : "auto", "none" or (bone, background)
+        See :func:`resolve_ct_levels`.
+    on_start : callable, optional
+        Called with the client once workers are up (the CLI prints the dashboard link).
+    options
+        Passed to :func:`stain_to_zarr` (resume, overwrite, chunks, ngff_version, ...).
+    """
+    from vstain_dask.cluster import connect
+
+    model = Path(model) if model is not None else default_model_path()
+    config = config or StainConfig()
+    source = Path(source)
+    from vstain_dask import ngff
+
+    ngff.open_volume(source)  # fail early on a bad input, before starting a cluster
+    levels = resolve_ct_levels(source, model, ct_levels)
+    if levels != config.ct_levels:
+        config = dataclasses.replace(config, ct_levels=levels)
+    with connect(cluster) as client:
+        if on_start is not None:
+            on_start(client)
+        return stain_to_zarr(source, output, model=model, config=config, client=client, **options)
