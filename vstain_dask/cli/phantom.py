@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -26,9 +27,7 @@ def _progress_callback(desc: str):
         def _start_state(self, dsk, state):
             n = sum(len(state[k]) for k in ("ready", "waiting", "running", "finished"))
             if self.bar is None:
-                self.bar = tqdm(
-                    total=0, desc=desc, unit="task", file=click.get_text_stream("stderr")
-                )
+                self.bar = tqdm(total=0, desc=desc, unit="task", file=sys.stderr)
             self.bar.total += n
             self.bar.refresh()
 
@@ -120,7 +119,7 @@ def phantom_pairs(out, n, seed, size, voxel_size, overwrite, progress):
         done.append(info)
         if not bars:
             bars.append(tqdm(total=n, desc="pairs", unit="pair", disable=not progress,
-                             file=click.get_text_stream("stderr")))  # fmt: skip
+                             file=sys.stderr))  # fmt: skip
         bars[0].update(1)
 
     try:
