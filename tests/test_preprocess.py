@@ -57,14 +57,15 @@ def _geometry(shape, seed):
     return {"inside": inside, "bone": bone, "screw": screw, "medium": medium}
 
 
-def _ct(shape=(96, 96), *, screw="ti", air=True, noise=0.15, seed=0, peek=None):
+def _ct(shape=(96, 96), *, screw="ti", air=True, noise=0.15, seed=0, levels=None):
     """(image in medium/bone units, masks)."""
+    lv = {**LEVELS, **(levels or {})}
     masks = _geometry(shape, seed)
-    img = np.full(shape, LEVELS["air"] if air else LEVELS["medium"])
-    img[masks["inside"]] = LEVELS["medium"]
-    img[masks["bone"]] = LEVELS["bone"]
+    img = np.full(shape, lv["air"] if air else lv["medium"])
+    img[masks["inside"]] = lv["medium"]
+    img[masks["bone"]] = lv["bone"]
     if screw is not None:
-        img[masks["screw"]] = LEVELS[screw] if peek is None else peek
+        img[masks["screw"]] = lv[screw]
     img = img + noise * np.random.default_rng(seed + 1).standard_normal(shape)
     return img, masks
 
@@ -203,19 +204,21 @@ def test_normalize_ct_rejects_bad_arguments():
 
 @pytest.mark.parametrize("air", [True, False], ids=["in-air", "no-air"])
 @pytest.mark.parametrize(
-    ("screw", "peek", "material"),
+    ("screw", "levels", "material"),
     [
         ("ti", None, None),  # Ti far brighter than bone, found without a hint
         ("ti", None, "ti"),
+        ("ti", {"ti": 14.0}, None),  # only 2.6 times bone: found as the central population
         ("mg", None, None),  # Mg about as bright as bone
         ("peek", None, None),  # a PEEK screw between medium and bone
-        ("peek", 1.05, None),  # a PEEK screw as dark as the medium (the realistic case)
-        ("peek", 3.5, "peek"),
+        ("peek", {"peek": 1.05}, None),  # as dark as the medium (the realistic case)
+        ("peek", {"peek": 1.4}, None),  # just above the medium, well resolved
+        ("peek", {"peek": 1.4}, "peek"),
         (None, None, None),
     ],
 )
-def test_estimate_ct_levels_finds_bone_and_medium(air, screw, peek, material):
-    img, masks = _ct(screw=screw, air=air, peek=peek, noise=0.15, seed=5)
+def test_estimate_ct_levels_finds_bone_and_medium(air, screw, levels, material):
+    img, masks = _ct(screw=screw, air=air, levels=levels, noise=0.15, seed=5)
     raw = 1234 + 900 * img
     levels = estimate_ct_levels(raw, material=material)
     bone_error, background_error = _relative_errors(levels, raw, masks)

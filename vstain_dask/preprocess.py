@@ -28,7 +28,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 import dask
 import dask.array as da
@@ -277,10 +277,25 @@ def _median3_at(block: np.ndarray, sl: tuple[slice, ...]) -> np.ndarray:
     return np.median(np.stack(stack), axis=0)
 
 
+class _Sample(NamedTuple):
+    raw: np.ndarray  # grey values
+    denoised: np.ndarray  # their 3x3(x3) medians (or the values again)
+    radius: np.ndarray  # in-plane distance from the volume's axis, 1 = half the plane's size
+
+
 def _block_sample(
-    block: np.ndarray, mask: np.ndarray | None, *, budget: int, denoise: bool
-) -> tuple[np.ndarray, np.ndarray]:
-    """(raw, denoised) finite values of a strided view of one block (where ``mask``)."""
+    block: np.ndarray,
+    mask: np.ndarray | None,
+    *,
+    budget: int,
+    denoise: bool,
+    origin: tuple[int, ...],
+    plane: tuple[int, int],
+) -> _Sample:
+    """The finite values of a strided view of one block (where ``mask``) and where they lie.
+
+    ``origin`` is the block's first index in the whole array, ``plane`` the (Y, X) size of it.
+    """
     block = np.asarray(block)
     sl = _strides(block.shape, budget)
     raw = block[sl].astype(np.float64)
@@ -290,7 +305,11 @@ def _block_sample(
     keep = np.isfinite(raw) & np.isfinite(denoised)
     if mask is not None:
         keep &= np.asarray(mask)[sl]
-    return raw[keep], denoised[keep]
+    ny, nx = plane
+    y = (origin[-2] + np.arange(block.shape[-2])[sl[-2]] + 0.5 - ny / 2) / (ny / 2)
+    x = (origin[-1] + np.arange(block.shape[-1])[sl[-1]] + 0.5 - nx / 2) / (nx / 2)
+    radius = np.broadcast_to(np.hypot(y[:, None], x[None, :]), raw.shape)
+    return _Sample(raw[keep], denoised[keep], radius[keep])
 
 
 def _sample(
@@ -301,11 +320,14 @@ def _sample(
     max_chunks: int,
     seed: int,
     denoise: bool,
-) -> tuple[np.ndarray, np.ndarray]:
-    """A deterministic, bounded sample of ``ct`` (where ``mask``): raw and denoised values."""
+) -> _Sample:
+    """A deterministic, bounded sample of ``ct`` (where ``mask``)."""
+    plane = (int(ct.shape[-2]), int(ct.shape[-1]))
     if not isinstance(ct, da.Array):
         if ct.size <= 16 * 2**20:
-            return _block_sample(ct, mask, budget=sample, denoise=denoise)
+            return _block_sample(
+                ct, mask, budget=sample, denoise=denoise, origin=(0,) * ct.ndim, plane=plane
+            )
         ct = da.from_array(ct, chunks=128)
     if any(math.isnan(c) for cs in ct.chunks for c in cs):
         raise InputError("ct has unknown chunk sizes; call ct.compute_chunk_sizes() first")
@@ -321,21 +343,25 @@ def _sample(
     else:
         chosen = np.sort(np.random.default_rng(seed).choice(n_blocks, max_chunks, replace=False))
     budget = max(1, sample // len(chosen))
+    starts = [np.cumsum((0, *c[:-1])) for c in ct.chunks]
     tasks = []
     for flat in chosen:
         index = np.unravel_index(int(flat), ct.numblocks)
+        origin = tuple(int(starts[axis][i]) for axis, i in enumerate(index))
         block_mask = None if mask is None else mask.blocks[index]
         tasks.append(
             dask.delayed(_block_sample)(
-                ct.blocks[index], block_mask, budget=budget, denoise=denoise
+                ct.blocks[index],
+                block_mask,
+                budget=budget,
+                denoise=denoise,
+                origin=origin,
+                plane=plane,
             )
         )
     # only the chosen blocks are read, one at a time per worker thread
     parts = dask.compute(*tasks)
-    return (
-        np.concatenate([p[0] for p in parts]),
-        np.concatenate([p[1] for p in parts]),
-    )
+    return _Sample(*(np.concatenate(arrays) for arrays in zip(*parts, strict=True)))
 
 
 # -- CT levels: intensity classes ------------------------------------------------------------------
@@ -348,11 +374,13 @@ class _Population:
     mean: float
     width: float  # robust standard deviation (1.4826 * MAD)
     fraction: float
+    radius: float  # mean in-plane distance from the volume's axis (1 = half the plane)
 
 
 def _populations(
     values: np.ndarray,
     raw: np.ndarray,
+    radius: np.ndarray,
     *,
     classes: int,
     nbins: int,
@@ -362,7 +390,7 @@ def _populations(
     """Intensity populations: multi-Otsu classes, merged where no histogram valley parts them.
 
     ``values`` (denoised) decide the classes, ``raw`` (the same voxels, not denoised) give the
-    means.
+    means, ``radius`` says where the voxels lie.
 
     Multi-Otsu always returns ``classes`` classes, so one broad peak is often cut in two; two
     neighbouring classes count as different materials only when the smoothed histogram dips
@@ -373,7 +401,7 @@ def _populations(
 
     vmin, vmax = float(values.min()), float(values.max())
     if not vmax > vmin:
-        return [_Population(vmin, vmax, float(raw.mean()), 0.0, 1.0)]
+        return [_Population(vmin, vmax, float(raw.mean()), 0.0, 1.0, float(radius.mean()))]
     counts, edges = np.histogram(values, bins=nbins, range=(vmin, vmax))
     centers = 0.5 * (edges[:-1] + edges[1:])
     k = min(classes, int(np.count_nonzero(counts)))
@@ -418,8 +446,18 @@ def _populations(
         # voxels whose own value agrees with their neighbourhood's class: an edge voxel that
         # the median assigns to its neighbours' class would pull the mean towards its own
         agree = inside & (raw >= lo) & ((raw < hi) if i < len(groups) - 1 else (raw <= hi))
-        mean = float(raw[agree].mean() if agree.any() else raw[inside].mean())
-        pops.append(_Population(lo, hi, mean, width, part.size / values.size))
+        # the mean around the class's histogram peak, as an ROI of the purest material would
+        # give it: a neighbouring tissue that the histogram cannot part from it (soft tissue
+        # beside the medium, trabecular and new bone beside mature bone) only widens the class
+        counts_in, edges_in = np.histogram(part, bins=64)
+        top = int(np.argmax(ndi.gaussian_filter1d(counts_in.astype(np.float64), 1.0)))
+        peak = 0.5 * (edges_in[top] + edges_in[top + 1])
+        core = agree & (np.abs(values - peak) <= max(width, 1e-12))
+        if core.sum() < 16:
+            core = agree if agree.sum() >= 16 else inside
+        mean = float(raw[core].mean())
+        where = float(radius[inside].mean())
+        pops.append(_Population(lo, hi, mean, width, part.size / values.size, where))
     return pops
 
 
@@ -455,30 +493,38 @@ def estimate_ct_levels(
     treated the same way. This function computes that sample and returns numbers.
 
     Each sampled voxel is classified by its 3x3(x3) median (noise narrows the histogram's
-    peaks without blurring edges into new intermediate classes), but the means are those of
-    the raw values. The histogram is cut into populations (multi-Otsu classes, merged where
-    the histogram has no valley between them), and then:
+    peaks without blurring edges into new intermediate classes). The histogram is cut into
+    populations (multi-Otsu classes, merged where the histogram has no valley between them).
+    A population's level is the mean raw value of the voxels within one robust width of its
+    histogram peak, as an ROI of the purest material would give it: a neighbouring tissue
+    that the histogram cannot part from it (soft tissue beside the medium, trabecular and new
+    bone beside mature bone) widens the class but does not shift it much. Then:
 
-    1. *Metal* (top). A Ti screw is far brighter than bone. With ``material=None`` the top
-       population is metal when its gap above the next is at least ``metal_factor`` times
-       that one's gap above the one below it, and that lower gap is clear (at least 3 times
-       the two populations' summed widths), so that a faint PEEK screw or soft tissue just
-       above the medium does not turn bone into "metal". The default 8 sits between the
-       contrast ratios of Ti/bone to bone/medium (about 12-15 from 20 to 60 keV) and of
-       medium/bone to air/medium (at most about 8). With ``material="ti"`` a ratio above 1 is
-       enough the first time. With ``"mg"`` or ``"peek"`` nothing is taken for metal (Mg is
-       about as bright as bone, PEEK about as dark as the medium). The rule is applied a
+    1. *Metal* (top). The top population is a metal screw when it lies farther above the
+       next population than that one above the one below it, and either gathers on the
+       rotation axis (its mean in-plane distance from the axis at most 0.6 times the next
+       population's: a screw along the axis, bone around it), or is ``metal_factor`` times
+       farther (Ti/bone against bone/medium contrast is about 8-15 from 60 down to 20 keV)
+       without lying outside the next population, which must itself stand clear of the one
+       below (gap at least 3 times their summed widths). A PEEK screw or soft tissue just
+       above the medium thus does not turn bone into "metal". With ``material="ti"`` a
+       larger top gap is enough the first time; with ``"mg"`` or ``"peek"`` nothing is
+       taken for metal (Mg is about as bright as bone, PEEK darker). The rule is applied a
        second time, for streak artefacts.
     2. *Air* (bottom). Exact padding (a spike of the dtype's minimum, or of 0 for floats, at
-       the bottom) is dropped first. Then, with three or more populations, the lowest is taken
-       for empty air or holder when the top population lies at least ``air_factor`` times
-       farther above the second than the second above the lowest.
+       the bottom) is dropped first. Then, with three or more populations, the lowest is
+       empty air or holder when the top population lies at least ``air_factor`` times
+       farther above the second than the second above the lowest, the lowest lies farther
+       out (mean distance from the axis at least 1.25 times that of everything above it),
+       and the second is spread through the sample, not gathered on the axis like a PEEK
+       screw (at least 0.6 times the top population's mean distance).
     3. Bone is the top remaining population, background the lowest.
 
-    Some samples are ambiguous from a histogram alone (air close to the medium at high energy;
-    a PEEK screw or soft tissue that stands clearly above the medium without metal): pass
-    ``material``, a ``mask`` of the sample (for example its cylinder), or measure regions with
-    :func:`levels_from_rois`, and check the result's ``metal_threshold``/``air_threshold``.
+    The spatial cues assume a sample centred in the field of view, as tomography usually
+    has it. Where they do not hold, or a histogram is ambiguous, pass ``material``, a
+    ``mask`` of the sample (for example its cylinder) or measure regions with
+    :func:`levels_from_rois`, and check the result's ``metal_threshold`` and
+    ``air_threshold``.
 
     Parameters
     ----------
@@ -532,30 +578,37 @@ def estimate_ct_levels(
     if mask is not None:
         mask = _as_mask(mask, data.shape, "mask")
 
-    raw, values = _sample(
+    sampled = _sample(
         data, mask, sample=int(sample), max_chunks=int(max_chunks), seed=seed, denoise=bool(denoise)
     )
-    if values.size < 16:
+    if sampled.raw.size < 16:
         raise InputError(
-            f"ct has only {values.size} finite values to sample (inside the mask); need at least 16"
+            f"ct has only {sampled.raw.size} finite values to sample (inside the mask); "
+            "need at least 16"
         )
-    n_samples = int(values.size)
+    n_samples = int(sampled.raw.size)
+
+    def subset(keep: np.ndarray) -> _Sample:
+        return _Sample(*(a[keep] for a in sampled))
 
     air_threshold = None
     pad = np.iinfo(data.dtype).min if data.dtype.kind in "iu" else 0.0
-    if float(raw.min()) == pad:
-        keep = raw != pad
-        if (
-            1.0 - keep.mean() >= min_fraction
-            and keep.sum() >= 16
-            and values[keep].max() > values[keep].min()
-        ):
-            raw, values = raw[keep], values[keep]
+    if float(sampled.raw.min()) == pad:
+        keep = sampled.raw != pad
+        rest = sampled.denoised[keep]
+        if 1.0 - keep.mean() >= min_fraction and rest.size >= 16 and rest.max() > rest.min():
+            sampled = subset(keep)
             air_threshold = float(np.nextafter(pad, np.inf))
 
     def populations() -> list[_Population]:
         return _populations(
-            values, raw, classes=classes, nbins=256, valley_ratio=0.6, min_fraction=min_fraction
+            sampled.denoised,
+            sampled.raw,
+            sampled.radius,
+            classes=classes,
+            nbins=256,
+            valley_ratio=0.6,
+            min_fraction=min_fraction,
         )
 
     pops = populations()
@@ -569,20 +622,31 @@ def estimate_ct_levels(
             if hint == "ti" and attempt == 0:
                 is_metal = gap_top > gap_low
             else:
-                is_metal = gap_top >= metal_factor * gap_low and gap_low >= 3.0 * (
-                    a.width + b.width
+                # a screw does not lie outside the bone; a PEEK screw under the bone would
+                far = (
+                    gap_top >= metal_factor * gap_low
+                    and gap_low >= 3.0 * (a.width + b.width)
+                    and c.radius <= b.radius
                 )
+                # a screw along the rotation axis, with the bone around it
+                central = gap_top > gap_low and c.radius <= 0.6 * b.radius
+                is_metal = far or central
             if not is_metal:
                 break
             # cut well clear of the bone's upper tail, not at Otsu's first empty bin
             metal_threshold = max(c.lo, min(b.mean + 4.0 * b.width, 0.5 * (b.mean + c.mean)))
-            keep = values < metal_threshold
-            raw, values = raw[keep], values[keep]
+            sampled = subset(sampled.denoised < metal_threshold)
             pops = populations()
 
     if len(pops) >= 3:
         a, b, top = pops[0], pops[1], pops[-1]
-        if top.mean - b.mean >= air_factor * (b.mean - a.mean):
+        above = sampled.radius[sampled.denoised >= b.lo]
+        separated = top.mean - b.mean >= air_factor * (b.mean - a.mean)
+        # air and holder surround the sample, and the medium fills it; a population just
+        # above the lowest that gathers on the axis is a PEEK screw, not the medium
+        outside = above.size > 0 and a.radius >= 1.25 * float(above.mean())
+        spread = b.radius >= 0.6 * top.radius
+        if separated and outside and spread:
             air_threshold = b.lo
             pops = pops[1:]
 
