@@ -57,3 +57,46 @@ def slurm():
     yield {"queue": "debug", "interface": "lo"}
     if not already:
         subprocess.run(["bash", str(here / "stop_slurm.sh")], capture_output=True, timeout=60)
+
+
+# -- a tiny real model and a small CT volume, shared by the stain tests ----------------------------
+
+TINY_SHAPE = (10, 40, 36)
+
+
+@pytest.fixture(scope="session")
+def model_path(tmp_path_factory):
+    """A real checkpoint of a tiny, randomly initialised 1-channel ResNet generator."""
+    import torch
+
+    from vstain_dask.models import GeneratorConfig, InputNormalization, build_generator, save_model
+
+    torch.manual_seed(0)
+    gen = build_generator(GeneratorConfig(in_channels=1, ngf=4, n_blocks=1), seed=0)
+    path = tmp_path_factory.mktemp("model") / "tiny.pt"
+    save_model(
+        path,
+        generator=gen,
+        normalization=InputNormalization(low=0.0, high=4000.0, channels=1, ct_normalized=False),
+        variant="mod-cyclegan",
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
+def ct(tmp_path_factory):
+    """A smooth random uint16 volume with structure at several scales, as OME-Zarr."""
+    import numpy as np
+    from scipy import ndimage
+
+    from vstain_dask import ngff
+
+    rng = np.random.default_rng(1)
+    vol = ndimage.gaussian_filter(rng.normal(size=TINY_SHAPE), 2.0)
+    vol = (vol - vol.min()) / np.ptp(vol) * 3000 + 500 + rng.normal(0, 30, TINY_SHAPE)
+    vol = vol.astype(np.uint16)
+    path = tmp_path_factory.mktemp("ct") / "ct.ome.zarr"
+    ngff.write_volume(
+        vol, path, axes="zyx", scale=(5.0, 5.0, 5.0), units="micrometer", chunks=(5, 16, 16)
+    )
+    return path, vol

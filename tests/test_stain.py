@@ -15,7 +15,6 @@ import time
 
 import numpy as np
 import pytest
-import torch
 import zarr
 from click.testing import CliRunner
 from scipy import ndimage
@@ -23,42 +22,13 @@ from scipy import ndimage
 from vstain_dask import ngff
 from vstain_dask.cli import main
 from vstain_dask.errors import InputError, OutputExistsError
-from vstain_dask.models.checkpoint import load_model
-from vstain_dask.models.checkpoint import save_model
-from vstain_dask.models.config import GeneratorConfig, InputNormalization
-from vstain_dask.models.networks import build_generator
+from vstain_dask.models import load_model
 from vstain_dask.stain import StainConfig, plan_blocks, stain, stain_to_zarr
 from vstain_dask.tiling import TileGrid, predict_region
 
 TILE, STEP, BATCH = 16, 8, 4
-SHAPE = (10, 40, 36)
+SHAPE = (10, 40, 36)  # the `ct` fixture of conftest.py
 CHUNKS = (2, 16, 16)
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    torch.manual_seed(0)
-    gen = build_generator(GeneratorConfig(in_channels=1, ngf=4, n_blocks=1), seed=0)
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    save_model(
-        path,
-        generator=gen,
-        normalization=InputNormalization(low=0.0, high=4000.0, channels=1, ct_normalized=False),
-        variant="mod-cyclegan",
-    )
-    return path
-
-
-@pytest.fixture(scope="module")
-def ct(tmp_path_factory):
-    """A smooth random uint16 volume with structure at several scales, as OME-Zarr."""
-    rng = np.random.default_rng(1)
-    vol = ndimage.gaussian_filter(rng.normal(size=SHAPE), 2.0)
-    vol = (vol - vol.min()) / np.ptp(vol) * 3000 + 500 + rng.normal(0, 30, SHAPE)
-    vol = vol.astype(np.uint16)
-    path = tmp_path_factory.mktemp("ct") / "ct.ome.zarr"
-    ngff.write_volume(vol, path, axes="zyx", scale=(5.0, 5.0, 5.0), units="micrometer", chunks=(5, 16, 16))
-    return path, vol
 
 
 def _config(**kw):
@@ -140,7 +110,9 @@ def test_fused_axes_is_mean_of_single_axis_predictions(client, ct, model_path, t
     # fused really differs from a single axis (the axes disagree), and the spread says so
     assert np.mean(got != _u8(preds[0])) > 0.01
     spread = np.asarray(zarr.open_array(store=str(report.output / "uncertainty"), path="0")[...])
-    expect_spread = np.clip(np.rint((preds.std(axis=0, dtype=np.float64) * 127.5).mean(axis=0)), 0, 255)
+    expect_spread = np.clip(
+        np.rint((preds.std(axis=0, dtype=np.float64) * 127.5).mean(axis=0)), 0, 255
+    )
     np.testing.assert_array_equal(spread, expect_spread.astype(np.uint8))
 
 

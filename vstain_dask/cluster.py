@@ -267,7 +267,7 @@ def worker_model(path: str, sha256: str, *, device: str | None = None):
             threads = os.environ.get("VSTAIN_TORCH_THREADS")
             if threads:
                 torch.set_num_threads(int(threads))
-            from vstain_dask.models.checkpoint import load_model
+            from vstain_dask.models import load_model
 
             model = load_model(path, device=device)
             if model.sha256 != sha256:

@@ -427,7 +427,7 @@ def _compiled(generator):
 
 def _model_ref(model) -> tuple[str, str]:
     """(path, sha256) of a model given as a path or as a loaded StainModel with a path."""
-    from vstain_dask.models.checkpoint import load_model
+    from vstain_dask.models import load_model
 
     if isinstance(model, str | os.PathLike):
         loaded = load_model(model)
@@ -1023,7 +1023,7 @@ def resolve_ct_levels(source, model, ct_levels) -> tuple[float, float] | None:
     normalized CT, ``None``/``"none"`` uses the volume as it is, a pair is used as given.
     """
     from vstain_dask import ngff
-    from vstain_dask.models.checkpoint import load_model
+    from vstain_dask.models import load_model
 
     if ct_levels is None or (isinstance(ct_levels, str) and ct_levels.lower() == "none"):
         return None
