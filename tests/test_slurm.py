@@ -38,7 +38,7 @@ def test_stain_on_slurm_equals_local(slurm, ct, model_path, tmp_path):
         [sys.executable, "-m", "vstain_dask.cli", *common, "-o", str(tmp_path / "slurm.zarr"),
          "--cluster", "slurm", "--jobs", "2", "--cores", "1", "--memory", "2GiB",
          "--queue", slurm["queue"], "--interface", slurm["interface"], "--walltime", "00:10:00"],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,  # job logs land here
     )  # fmt: skip
     assert on_slurm.returncode == 0, on_slurm.stderr
     assert "dashboard:" in on_slurm.stderr

@@ -26,6 +26,12 @@ _COMMANDS: dict[str, str] = {
     "phantom": "vstain_dask.cli.phantom:phantom",
     "phantom-pairs": "vstain_dask.cli.phantom:phantom_pairs",
     "model": "vstain_dask.cli.model:model",
+    "stain": "vstain_dask.cli.stain:stain",
+    "pairs": "vstain_dask.cli.pairs:pairs",
+    "train": "vstain_dask.cli.train:train",
+    "evaluate": "vstain_dask.cli.evaluate:evaluate",
+    "preview": "vstain_dask.cli.evaluate:preview",
+    "seams": "vstain_dask.cli.evaluate:seams",
 }
 
 
