@@ -1,0 +1,511 @@
+"""Lazy readers for the files that ``import_volume`` converts to OME-Zarr.
+
+Each reader returns a dask array without reading pixel data. Blocks are read as bands: a block
+covers one output chunk along the first one or two axes and the full extent of the others, so
+every byte of an uncompressed file is read once, in long contiguous runs, without memory-mapping
+(mapped pages would count towards the resident memory of the worker). The caller rechunks the
+bands to the output chunks, which only splits them.
+
+The functions that run inside tasks are module-level and take only plain arguments, so graphs
+can be shipped to distributed workers.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import dask
+import dask.array as da
+import numpy as np
+
+from vstain_dask.errors import InputError, VolumeFormatError
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+NPY_SUFFIXES = (".npy",)
+
+
+@dataclass(frozen=True)
+class OpenedSource:
+    """A source volume as a lazy dask array, in vstain-dask axis order.
+
+    Attributes
+    ----------
+    data : dask array with axes ``axes``
+    axes : ``"zyx"``, ``"yx"``, ``"czyx"`` or ``"cyx"``
+    description : what the source is, for provenance (``"TIFF folder of 100 slices"``)
+    spatial_chunks : output chunks along the spatial axes
+    """
+
+    data: da.Array
+    axes: str
+    description: str
+    spatial_chunks: tuple[int, ...]
+
+
+def natural_key(name: str) -> list:
+    """Sort key that orders ``slice2`` before ``slice10``."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
+
+
+# --------------------------------------------------------------------------------------------
+# block readers (run inside tasks)
+
+
+def _read_exact(f, offset: int, out: np.ndarray, path: str) -> None:
+    f.seek(offset)
+    view = memoryview(out.reshape(-1).view(np.uint8))
+    got = f.readinto(view)
+    if got != view.nbytes:
+        raise VolumeFormatError(
+            f"{path} ended early: needed {view.nbytes} bytes at offset {offset}, got {got}; "
+            "the file is truncated or its shape/dtype are wrong"
+        )
+
+
+def _read_c_order_band(
+    path: str,
+    offset: int,
+    shape: tuple[int, ...],
+    dtype: str,
+    ranges: tuple[tuple[int, int], ...],
+) -> np.ndarray:
+    """Read ``file[r0[0]:r0[1], r1[0]:r1[1], ...]`` of a C-ordered array stored at ``offset``.
+
+    ``ranges`` covers the first one or two axes; the remaining axes are read whole.
+    """
+    dt = np.dtype(dtype)
+    lead = len(ranges)
+    tail = shape[lead:]
+    row = math.prod(tail) * dt.itemsize  # bytes in one index of the last ranged axis
+    out = np.empty(tuple(b - a for a, b in ranges) + tuple(tail), dtype=dt)
+    with open(path, "rb", buffering=0) as f:
+        if lead == 1:
+            (a, b) = ranges[0]
+            _read_exact(f, offset + a * row, out, path)
+        else:
+            (z0, z1), (y0, y1) = ranges
+            plane = shape[1] * row
+            if y0 == 0 and y1 == shape[1]:
+                _read_exact(f, offset + z0 * plane, out, path)
+            else:
+                for i, z in enumerate(range(z0, z1)):
+                    _read_exact(f, offset + z * plane + y0 * row, out[i], path)
+    if not dt.isnative:
+        out = out.astype(dt.newbyteorder("="))
+    return out
+
+
+def _read_slices_band(
+    files: tuple[str, ...],
+    offsets: tuple[int | None, ...],
+    page_shape: tuple[int, ...],
+    dtype: str,
+    y0: int,
+    y1: int,
+) -> np.ndarray:
+    """Rows ``y0:y1`` of each 2D slice file, stacked along a new first axis."""
+    dt = np.dtype(dtype)
+    out = np.empty((len(files), y1 - y0, *page_shape[1:]), dtype=dt.newbyteorder("="))
+    for i, (name, offset) in enumerate(zip(files, offsets, strict=True)):
+        if offset is not None:
+            out[i] = _read_c_order_band(name, offset, page_shape, dtype, ((y0, y1),))
+        else:
+            out[i] = _read_tiff_region(name, (slice(y0, y1),))
+    return out
+
+
+def _read_tiff_region(path: str, index: tuple[slice, ...]) -> np.ndarray:
+    """A region of the first series of a (compressed or tiled) TIFF, decoding only what it needs."""
+    import tifffile
+    import zarr
+
+    with tifffile.TiffFile(path) as tif:
+        store = tif.series[0].aszarr()
+        try:
+            return np.asarray(zarr.open_array(store, mode="r")[index])
+        finally:
+            store.close()
+
+
+class _TiffRegions:
+    """Array-like view of a compressed TIFF series, opened afresh in every task (picklable)."""
+
+    def __init__(self, path: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        self.path = path
+        self.shape = shape
+        self.dtype = np.dtype(dtype)
+        self.ndim = len(shape)
+
+    def __getitem__(self, index):
+        if not isinstance(index, tuple):
+            index = (index,)
+        return _read_tiff_region(self.path, index)
+
+
+def _read_image_file(path: str) -> np.ndarray:
+    import imageio.v3 as iio
+
+    return np.asarray(iio.imread(path))
+
+
+# --------------------------------------------------------------------------------------------
+# graph builders
+
+
+def _splits(n: int, step: int) -> list[tuple[int, int]]:
+    return [(a, min(a + step, n)) for a in range(0, n, step)]
+
+
+def _banded(
+    shape: tuple[int, ...],
+    dtype: np.dtype,
+    band: tuple[int, ...],
+    read,
+    token: str,
+) -> da.Array:
+    """A dask array whose blocks are ``read(ranges)`` over the first ``len(band)`` axes."""
+    lead = len(band)
+    tail = shape[lead:]
+    out_dtype = np.dtype(dtype).newbyteorder("=")
+    if lead == 1:
+        blocks = []
+        for r in _splits(shape[0], band[0]):
+            key = f"{token}-{r[0]}"
+            d = dask.delayed(read, pure=True)((r,), dask_key_name=key)
+            blocks.append(
+                da.from_delayed(d, shape=(r[1] - r[0], *tail), dtype=out_dtype, name=f"a{key}")
+            )
+        return da.concatenate(blocks, axis=0)
+    rows = []
+    for rz in _splits(shape[0], band[0]):
+        row = []
+        for ry in _splits(shape[1], band[1]):
+            key = f"{token}-{rz[0]}-{ry[0]}"
+            d = dask.delayed(read, pure=True)((rz, ry), dask_key_name=key)
+            row.append(
+                da.from_delayed(
+                    d, shape=(rz[1] - rz[0], ry[1] - ry[0], *tail), dtype=out_dtype, name=f"a{key}"
+                )
+            )
+        rows.append(da.concatenate(row, axis=1))
+    return da.concatenate(rows, axis=0)
+
+
+class _RawBand:
+    """Picklable band reader for a C-ordered array in a file."""
+
+    def __init__(self, path: str, offset: int, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        self.args = (path, offset, tuple(shape), np.dtype(dtype).str)
+
+    def __call__(self, ranges):
+        return _read_c_order_band(*self.args, ranges)
+
+
+class _SliceBand:
+    """Picklable band reader for a z-range of a folder of 2D slices."""
+
+    def __init__(self, files, offsets, page_shape, dtype) -> None:
+        self.files = tuple(files)
+        self.offsets = tuple(offsets)
+        self.page_shape = tuple(page_shape)
+        self.dtype = np.dtype(dtype).str
+
+    def __call__(self, ranges):
+        (z0, z1), (y0, y1) = ranges
+        return _read_slices_band(
+            self.files[z0:z1], self.offsets[z0:z1], self.page_shape, self.dtype, y0, y1
+        )
+
+
+def _band_for(shape: tuple[int, ...], spatial_chunks: tuple[int, ...], rgb_last: bool):
+    """Band extents: one output chunk along z and y for 3D, along y for 2D."""
+    n_spatial = len(shape) - (1 if rgb_last else 0)
+    if n_spatial == 3:
+        return (spatial_chunks[0], spatial_chunks[1])
+    return (spatial_chunks[0],)
+
+
+def _finish(
+    data: da.Array, spatial_chunks: tuple[int, ...], rgb_last: bool, description: str
+) -> OpenedSource:
+    if rgb_last:
+        data = da.moveaxis(data, -1, 0)
+        chunks = (data.shape[0], *spatial_chunks)
+    else:
+        chunks = tuple(spatial_chunks)
+    data = data.rechunk(chunks)
+    spatial = "zyx" if len(spatial_chunks) == 3 else "yx"
+    axes = ("c" + spatial) if rgb_last else spatial
+    return OpenedSource(
+        data=data, axes=axes, description=description, spatial_chunks=tuple(spatial_chunks)
+    )
+
+
+def _clip_chunks(
+    shape: tuple[int, ...], chunks: tuple[int, ...] | None, default3: int, default2: int
+) -> tuple[int, ...]:
+    n = len(shape)
+    if chunks is None:
+        chunks = (default3,) * 3 if n == 3 else (default2,) * 2
+    if len(chunks) != n:
+        axes = "Z,Y,X" if n == 3 else "Y,X"
+        raise InputError(
+            f"chunks must have {n} values ({axes}) for a volume of shape {tuple(shape)}, "
+            f"got {tuple(chunks)}"
+        )
+    if any(int(c) <= 0 for c in chunks):
+        raise InputError(f"chunks must be positive integers, got {tuple(chunks)}")
+    return tuple(min(int(c), int(s)) for c, s in zip(chunks, shape, strict=True))
+
+
+def _spatial_shape(shape: tuple[int, ...], rgb_last: bool) -> tuple[int, ...]:
+    return tuple(shape[:-1]) if rgb_last else tuple(shape)
+
+
+# --------------------------------------------------------------------------------------------
+# sources
+
+
+def open_raw(
+    path: Path,
+    *,
+    shape: tuple[int, ...] | None,
+    dtype,
+    chunks: tuple[int, ...] | None,
+    default3: int,
+    default2: int,
+) -> OpenedSource:
+    """A headerless binary file of C-ordered ``shape`` elements of ``dtype``."""
+    if shape is None or dtype is None:
+        missing = " and ".join(
+            n for n, v in (("--shape Z,Y,X", shape), ("--dtype", dtype)) if v is None
+        )
+        raise InputError(
+            f"{path} is read as a raw binary file, which needs {missing} "
+            "(shape= and dtype= in Python), e.g. --shape 1536,1536,1536 --dtype uint16"
+        )
+    dt = _parse_dtype(dtype)
+    shape = tuple(int(s) for s in shape)
+    if len(shape) not in (2, 3) or any(s <= 0 for s in shape):
+        raise InputError(
+            f"shape of a raw file must be 3 (Z,Y,X) or 2 (Y,X) positive integers, got {shape}"
+        )
+    expected = math.prod(shape) * dt.itemsize
+    actual = path.stat().st_size
+    if actual != expected:
+        raise InputError(
+            f"raw file {path} has {actual} bytes but shape {','.join(map(str, shape))} of "
+            f"{dt.name} needs {expected} bytes; check --shape and --dtype"
+        )
+    spatial_chunks = _clip_chunks(shape, chunks, default3, default2)
+    band = _band_for(shape, spatial_chunks, False)
+    data = _banded(
+        shape,
+        dt,
+        band,
+        _RawBand(str(path), 0, shape, dt),
+        f"raw-{dask.base.tokenize(str(path), path.stat().st_mtime_ns, shape, dt.str)}",
+    )
+    return _finish(data, spatial_chunks, False, f"raw {dt.name} file {path.name}")
+
+
+def _parse_dtype(dtype) -> np.dtype:
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as e:
+        raise InputError(
+            f"dtype must be a numeric type such as uint16, float32 or >u2 (big-endian), "
+            f"got {dtype!r}"
+        ) from e
+    if dt.kind not in "biuf":
+        raise InputError(
+            f"dtype must be a numeric type such as uint16, float32 or >u2, got {dt.name}"
+        )
+    return dt
+
+
+def open_npy(
+    path: Path, *, chunks: tuple[int, ...] | None, default3: int, default2: int
+) -> OpenedSource:
+    """A ``.npy`` file, read without loading it (C order by bands, Fortran order via memmap)."""
+    with open(path, "rb") as f:
+        try:
+            major, _minor = np.lib.format.read_magic(f)
+            if major == 1:
+                shape, fortran, dt = np.lib.format.read_array_header_1_0(f)
+            else:
+                shape, fortran, dt = np.lib.format.read_array_header_2_0(f)
+        except ValueError as e:
+            raise VolumeFormatError(
+                f"{path} is not a readable .npy file ({e}); save it with numpy.save"
+            ) from e
+        offset = f.tell()
+    if dt.kind not in "biuf":
+        raise VolumeFormatError(f"{path} holds {dt} values; vstain-dask imports numeric arrays")
+    rgb_last = len(shape) in (3, 4) and shape[-1] in (3, 4) and dt == np.uint8
+    if len(shape) not in (2, 3) and not rgb_last:
+        raise VolumeFormatError(
+            f"{path} holds an array of shape {shape}; vstain-dask imports (Z,Y,X) or (Y,X) arrays"
+        )
+    spatial_chunks = _clip_chunks(_spatial_shape(shape, rgb_last), chunks, default3, default2)
+    token = f"npy-{dask.base.tokenize(path, path.stat().st_mtime_ns)}"
+    if fortran:
+        # Fortran order is rare for volumes; read regions through a temporary memmap
+        data = da.from_array(
+            _MemmapRegions(str(path), offset, shape, dt, "F"),
+            chunks=(*spatial_chunks, *((shape[-1],) if rgb_last else ())),
+            name=token,
+            meta=np.empty((0,) * len(shape), dt.newbyteorder("=")),
+        )
+    else:
+        band = _band_for(shape, spatial_chunks, rgb_last)
+        data = _banded(shape, dt, band, _RawBand(str(path), offset, shape, dt), token)
+    return _finish(data, spatial_chunks, rgb_last, f"npy file {path.name}")
+
+
+class _MemmapRegions:
+    """Array-like over a file region, mapped only for the duration of one read (picklable)."""
+
+    def __init__(self, path: str, offset: int, shape, dtype, order: str) -> None:
+        self.path, self.offset, self.order = path, offset, order
+        self.shape = tuple(shape)
+        self.dtype = np.dtype(dtype)
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, index):
+        mm = np.memmap(
+            self.path, dtype=self.dtype, mode="r", offset=self.offset, shape=self.shape,
+            order=self.order,
+        )  # fmt: skip
+        try:
+            return np.array(mm[index], dtype=self.dtype.newbyteorder("="))
+        finally:
+            del mm
+
+
+def _tiff_layout(shape: tuple[int, ...], axes: str, path: Path) -> bool:
+    """Whether the last axis holds colour samples; raises for layouts that are not volumes."""
+    rgb_last = axes.endswith("S") and shape[-1] in (3, 4) and len(shape) in (3, 4)
+    spatial = len(shape) - (1 if rgb_last else 0)
+    if spatial not in (2, 3):
+        raise VolumeFormatError(
+            f"{path} holds a {len(shape)}-D series of shape {shape} (axes {axes}); vstain-dask "
+            "imports 2D images, 2D RGB images and 3D (Z,Y,X) stacks; export one channel first"
+        )
+    return rgb_last
+
+
+def open_tiff(
+    path: Path, *, chunks: tuple[int, ...] | None, default3: int, default2: int
+) -> OpenedSource:
+    """A single TIFF: a multi-page 3D stack, a 2D image or a 2D RGB image."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            shape = tuple(int(s) for s in series.shape)
+            axes = series.axes
+            dt = np.dtype(series.dtype).newbyteorder(tif.byteorder)
+            offset = series.dataoffset
+            n_pages = len(series.pages)
+    except (tifffile.TiffFileError, OSError, IndexError) as e:
+        raise VolumeFormatError(f"{path} is not a readable TIFF file ({e})") from e
+    rgb_last = _tiff_layout(shape, axes, path)
+    spatial_chunks = _clip_chunks(_spatial_shape(shape, rgb_last), chunks, default3, default2)
+    token = f"tiff-{dask.base.tokenize(path, path.stat().st_mtime_ns)}"
+    if offset is not None:
+        band = _band_for(shape, spatial_chunks, rgb_last)
+        data = _banded(shape, dt, band, _RawBand(str(path), offset, shape, dt), token)
+    else:
+        data = da.from_array(
+            _TiffRegions(str(path), shape, dt),
+            chunks=(*spatial_chunks, *((shape[-1],) if rgb_last else ())),
+            name=token,
+            meta=np.empty((0,) * len(shape), dt.newbyteorder("=")),
+        )
+    kind = "TIFF stack" if len(spatial_chunks) == 3 else "TIFF image"
+    return _finish(data, spatial_chunks, rgb_last, f"{kind} {path.name} ({n_pages} pages)")
+
+
+def open_tiff_folder(
+    folder: Path, *, chunks: tuple[int, ...] | None, default3: int, default2: int
+) -> OpenedSource:
+    """A folder of 2D TIFF slices in natural order (``slice2`` before ``slice10``)."""
+    import tifffile
+
+    files = sorted(
+        (p for p in folder.iterdir() if p.suffix.lower() in TIFF_SUFFIXES and p.is_file()),
+        key=lambda p: natural_key(p.name),
+    )
+    files = [p for p in files if not p.name.startswith(".")]
+    if not files:
+        found = sorted(p.name for p in folder.iterdir())[:5]
+        raise VolumeFormatError(
+            f"folder {folder} holds no .tif/.tiff slices (found {found or 'nothing'}); "
+            "give a folder of 2D TIFF slices, a TIFF stack, a .npy or a raw file"
+        )
+    offsets: list[int | None] = []
+    first_shape = first_dtype = None
+    for p in files:
+        try:
+            with tifffile.TiffFile(p) as tif:
+                series = tif.series[0]
+                shape = tuple(int(s) for s in series.shape)
+                dt = np.dtype(series.dtype).newbyteorder(tif.byteorder)
+                offset = series.dataoffset
+        except (tifffile.TiffFileError, OSError, IndexError) as e:
+            raise VolumeFormatError(f"slice {p} is not a readable TIFF file ({e})") from e
+        if first_shape is None:
+            first_shape, first_dtype = shape, dt
+            rgb_last = _tiff_layout(shape, series.axes, p)
+            if len(shape) - (1 if rgb_last else 0) != 2:
+                raise VolumeFormatError(
+                    f"slice {p} has shape {shape} but a slice folder needs 2D images; "
+                    "import a multi-page TIFF on its own"
+                )
+        elif shape != first_shape or dt.newbyteorder("=") != first_dtype.newbyteorder("="):
+            raise VolumeFormatError(
+                f"slice {p} has shape {shape} and dtype {dt.name} but {files[0]} has shape "
+                f"{first_shape} and dtype {first_dtype.name}; all slices must match: remove or "
+                "fix that file"
+            )
+        # byte order is per file; fall back to decoding for files that differ from the first
+        offsets.append(offset if dt == first_dtype else None)
+    shape = (len(files), *first_shape)
+    spatial_chunks = _clip_chunks(_spatial_shape(shape, rgb_last), chunks, default3, default2)
+    band = (spatial_chunks[0], spatial_chunks[1])
+    reader = _SliceBand([str(p) for p in files], offsets, first_shape, first_dtype)
+    token = f"tiffs-{dask.base.tokenize([str(p) for p in files], os.stat(folder).st_mtime_ns)}"
+    data = _banded(shape, first_dtype, band, reader, token)
+    return _finish(
+        data, spatial_chunks, rgb_last, f"TIFF folder {folder.name} ({len(files)} slices)"
+    )
+
+
+def open_image(
+    path: Path, *, chunks: tuple[int, ...] | None, default3: int, default2: int
+) -> OpenedSource:
+    """A 2D image read whole by imageio (PNG, JPEG, ...), such as a histology section."""
+    import imageio.v3 as iio
+
+    try:
+        props = iio.improps(path)
+    except Exception as e:  # imageio raises many types for unreadable files
+        raise VolumeFormatError(f"{path} is not a readable image ({e})") from e
+    shape = tuple(int(s) for s in props.shape)
+    dt = np.dtype(props.dtype)
+    rgb_last = len(shape) == 3 and shape[-1] in (3, 4)
+    if len(shape) != 2 and not rgb_last:
+        raise VolumeFormatError(
+            f"{path} holds an image of shape {shape}; expected a 2D grey or RGB(A) image"
+        )
+    spatial_chunks = _clip_chunks(_spatial_shape(shape, rgb_last), chunks, default3, default2)
+    d = dask.delayed(_read_image_file, pure=True)(str(path))
+    data = da.from_delayed(d, shape=shape, dtype=dt)
+    return _finish(data, spatial_chunks, rgb_last, f"image {path.name}")
