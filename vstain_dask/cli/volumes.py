@@ -1,0 +1,126 @@
+"""``vstain-dask import`` and ``vstain-dask info``: volumes in and out of OME-Zarr."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from vstain_dask.cli._options import IntTuple
+
+
+class _FloatTuple(click.ParamType):
+    """One positive number, or comma-separated numbers such as ``5`` or ``5,2.5,2.5``."""
+
+    name = "SIZE[,SIZE,SIZE]"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            parts = tuple(float(p) for p in str(value).split(",") if p.strip())
+        except ValueError:
+            self.fail(
+                f"expected a number or Z,Y,X numbers such as 5 or 5,2.5,2.5, got {value!r}",
+                param,
+                ctx,
+            )
+        if not parts or any(not p > 0 for p in parts):
+            self.fail(f"expected positive numbers, got {value!r}", param, ctx)
+        return parts
+
+
+@click.command("import", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
+@click.argument("out", metavar="OUT.zarr", type=click.Path(path_type=Path))
+@click.option(
+    "--voxel-size",
+    required=True,
+    type=_FloatTuple(),
+    help="Voxel size in --unit: one number, or Z,Y,X (Y,X for 2D images).",
+)
+@click.option(
+    "--unit",
+    default="micrometer",
+    show_default=True,
+    help="NGFF space unit (micrometer, millimeter, nanometer; um, mm, nm accepted).",
+)
+@click.option(
+    "--shape",
+    type=IntTuple(None, "Z,Y,X"),
+    default=None,
+    help="Shape of a raw binary file, Z,Y,X (or Y,X).",
+)
+@click.option(
+    "--dtype",
+    default=None,
+    help="Element type of a raw binary file, e.g. uint16, float32, >u2 (big-endian).",
+)
+@click.option(
+    "--chunks",
+    type=IntTuple(None, "Z,Y,X"),
+    default=None,
+    help="Output chunks Z,Y,X (Y,X for 2D)  [default: 128 per axis in 3D, 1024 in 2D]",
+)
+@click.option(
+    "--ngff-version",
+    type=click.Choice(["0.4", "0.5"]),
+    default="0.5",
+    show_default=True,
+    help="0.5 writes zarr v3; 0.4 writes zarr v2 for older viewers.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace OUT.zarr if it exists.")
+def import_(
+    input_path: Path,
+    out: Path,
+    voxel_size: tuple[float, ...],
+    unit: str,
+    shape: tuple[int, ...] | None,
+    dtype: str | None,
+    chunks: tuple[int, ...] | None,
+    ngff_version: str,
+    overwrite: bool,
+) -> None:
+    """Convert INPUT to an OME-Zarr volume OUT.zarr, with its pyramid.
+
+    INPUT is a folder of 2D TIFF slices (natural order: slice2 before slice10), a multi-page
+    TIFF stack, a .npy file, a raw binary file (give --shape and --dtype), or a 2D image such
+    as a histology section (TIFF/PNG; RGB becomes c,y,x).
+
+    Example: vstain-dask import slices/ volume.ome.zarr --voxel-size 5
+    """
+    from dask.diagnostics import ProgressBar
+
+    from vstain_dask.ngff import format_info, import_volume, volume_info
+
+    with ProgressBar(minimum=2.0, out=sys.stderr):
+        path = import_volume(
+            input_path,
+            out,
+            voxel_size=voxel_size[0] if len(voxel_size) == 1 else voxel_size,
+            unit=unit,
+            shape=shape,
+            dtype=dtype,
+            chunks=chunks,
+            ngff_version=ngff_version,
+            overwrite=overwrite,
+        )
+    click.echo(f"wrote {path}")
+    click.echo(format_info(volume_info(path)))
+
+
+@click.command("info", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the description as JSON.")
+def info(path: Path, as_json: bool) -> None:
+    """Describe the OME-Zarr volume at PATH: axes, shape, voxel size, pyramid, provenance."""
+    import json
+
+    from vstain_dask.ngff import format_info, volume_info
+
+    description = volume_info(path)
+    if as_json:
+        click.echo(json.dumps(description, indent=2))
+    else:
+        click.echo(format_info(description))
