@@ -75,7 +75,7 @@ _ATTENUATION = {
     Tissue.DEGRADATION: 0.78,
     Tissue.SCREW: 1.0,  # replaced per material
     Tissue.VESSEL: 0.17,
-    Tissue.LACUNA: 0.4,  # sub-voxel cavities: partial volume keeps them grey
+    Tissue.LACUNA: 0.6,  # sub-voxel cavities: partial volume keeps them grey
 }
 # screw attenuation relative to bone: PEEK below bone, Mg about bone, Ti well above
 SCREW_ATTENUATION = {"mg": 0.97, "ti": 2.6, "peek": 0.32}
@@ -329,13 +329,15 @@ def specimen(seed: int, material: str, vox: float) -> Specimen:
     tip_z = femur_z + ri - 120.0 + float(g.uniform(-150, 200))
     head_bottom = femur_z - ro - 450.0 + float(g.uniform(-150, 150))
     # fine features: physical size, but never under a voxel or two
-    lac_semi_min = (max(3.0, 0.6 * vox), max(6.0, 0.9 * vox), max(3.0, 0.6 * vox))
-    lac_semi_max = (max(4.5, 0.8 * vox), max(9.0, 1.3 * vox), max(4.5, 0.8 * vox))
+    # lacunae are about a voxel across at 5 µm: at least 0.75 voxel semi-axes so that they
+    # show up as the few-voxel dark specks of real scans
+    lac_semi_min = (max(3.0, 0.75 * vox), max(6.0, 1.0 * vox), max(3.0, 0.75 * vox))
+    lac_semi_max = (max(4.5, 0.95 * vox), max(9.0, 1.5 * vox), max(4.5, 0.95 * vox))
     lac_cell = tuple(
         max(c, 2.0 * s + 2.0 * vox) for c, s in zip((32.0, 45.0, 32.0), lac_semi_max, strict=True)
     )
-    canal_semi_min = (max(9.0, 0.8 * vox), 250.0, max(9.0, 0.8 * vox))
-    canal_semi_max = (max(20.0, 1.1 * vox), 450.0, max(20.0, 1.1 * vox))
+    canal_semi_min = (max(10.0, 0.8 * vox), 250.0, max(10.0, 0.8 * vox))
+    canal_semi_max = (max(24.0, 1.1 * vox), 450.0, max(24.0, 1.1 * vox))
     canal_cell = (
         max(170.0, 2.0 * canal_semi_max[0] + 3.0 * vox),
         1000.0,
@@ -390,7 +392,7 @@ def specimen(seed: int, material: str, vox: float) -> Specimen:
         fibrous_gap=float(m.uniform(25, 50)) if material == "peek" else 0.0,
         screw_attenuation=SCREW_ATTENUATION[material],
         lacunae=_Ellipsoids(keys[10], lac_cell, lac_semi_min, lac_semi_max, 0.75),
-        canals=_Ellipsoids(keys[11], canal_cell, canal_semi_min, canal_semi_max, 0.55),
+        canals=_Ellipsoids(keys[11], canal_cell, canal_semi_min, canal_semi_max, 0.7),
         gas=gas,
     )
 
@@ -506,7 +508,7 @@ def evaluate(
                 att[idx] = sub_att
     aux: dict[str, np.ndarray] = {}
     if fields:
-        for name in ("rf", "n_shape", "n_trab", "n_woven", "n_deg", "sdf"):
+        for name in ("rf", "cavity", "n_shape", "n_trab", "n_woven", "n_deg", "sdf"):
             aux[name] = tex.full(name, shape)
     return TissueSample(labels=lab, attenuation=att, fields=aux)
 
@@ -538,6 +540,7 @@ def _femur(sp: Specimen, p: Points, lab: np.ndarray, idx: tuple, tex: _Textures,
     ls[soft] = T.SOFT_TISSUE
     ls[cort] = T.CORTICAL_BONE
     tex.add("rf", rf, idx)
+    tex.add("cavity", marrow.astype(np.float32), idx)
     tex.add("n_shape", n, idx)
 
     # trabecular bone in the marrow cavity: a perforated-plate network, denser towards the

@@ -188,13 +188,19 @@ def render(
     # woven bone: short random fibres, uneven mineral
     fib = _anisotropic(i, j, along=9.0, across=1.6, angle=float(k[3] % 314) / 100.0, key=k[4])
     density[woven] *= np.clip(1.0 + 0.25 * fib[woven] + 0.15 * fields["n_woven"][woven], 0.4, None)
-    # soft tissue: fibrous streaks and cell nuclei
-    fib2 = _anisotropic(i, j, along=14.0, across=2.0, angle=float(k[5] % 314) / 100.0, key=k[6])
-    density[soft] *= np.clip(1.0 + 0.3 * fib2[soft], 0.3, None)
+    # soft tissue: cellular marrow in the cavity, fibrous tissue (periosteum, muscle, the
+    # capsule around PEEK) elsewhere
+    marrow = soft & (fields["cavity"] > 0.5)
+    fibrous = soft & ~marrow
+    fib2 = _anisotropic(i, j, along=16.0, across=2.0, angle=float(k[5] % 314) / 100.0, key=k[6])
+    density[fibrous] *= np.clip(1.15 + 0.45 * fib2[fibrous], 0.3, None)
+    density[marrow] *= np.clip(
+        1.0 + 0.15 * value_noise((i, j), cell=5.0, key=k[10])[marrow], 0.3, None
+    )
 
     od = _OD_LUT[labels] * density[..., None]
-    nuclei = value_noise((i, j), cell=max(1.6, 9.0 / px_um), key=k[7]) > 1.35
-    nuc = soft & nuclei
+    nuclei = value_noise((i, j), cell=max(1.6, 9.0 / px_um), key=k[7])
+    nuc = (marrow & (nuclei > 1.2)) | (fibrous & (nuclei > 2.0))
     od[nuc] = _od(_NUCLEI) * density[nuc][:, None]
     # degradation layer: grey-blue with brown patches and dark bands
     if degr.any():
@@ -233,6 +239,7 @@ def _cracks(od, labels, art: Artefacts, i, j, h, w) -> np.ndarray:
     tissue = labels != T.AIR
     tissue &= labels != T.EMBEDDING
     tissue &= labels != T.HOLDER
+    tissue &= labels != T.SCREW  # metal does not tear
     size = max(h, w)
     out = od
     for c in range(art.cracks):

@@ -105,16 +105,17 @@ def _misalignment(rng: np.random.Generator, key: int, size) -> tuple[np.ndarray,
     """Row and column displacement (pixels) of the histology relative to the CT."""
     h, w = size
     n = max(h, w)
-    angle = math.radians(float(rng.uniform(-1.5, 1.5)))
-    scale = 1.0 + float(rng.uniform(-0.015, 0.015))
-    shear = float(rng.uniform(-0.01, 0.01))
-    shift = rng.uniform(-0.008, 0.008, 2) * n
+    # a good registration leaves about a percent of the field: ~5 px at 512
+    angle = math.radians(float(rng.uniform(-0.6, 0.6)))
+    scale = 1.0 + float(rng.uniform(-0.006, 0.006))
+    shear = float(rng.uniform(-0.004, 0.004))
+    shift = rng.uniform(-0.004, 0.004, 2) * n
     i = np.arange(h, dtype=np.float64).reshape(-1, 1) - (h - 1) / 2.0
     j = np.arange(w, dtype=np.float64).reshape(1, -1) - (w - 1) / 2.0
     c, s = math.cos(angle) * scale, math.sin(angle) * scale
     di = (c - 1.0) * i - s * j + shear * j + shift[0]
     dj = s * i + (c - 1.0) * j + shift[1]
-    amp = 0.005 * n + 0.3
+    amp = 0.003 * n + 0.3
     cell = max(8.0, n / 3.0)
     di = di + amp * value_noise((i, j), cell=cell, key=derive_key(key, 1))
     dj = dj + amp * value_noise((i, j), cell=cell, key=derive_key(key, 2))
