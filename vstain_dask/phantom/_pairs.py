@@ -36,6 +36,7 @@ from vstain_dask.phantom._volume import (
     check_seed,
     check_shape,
     check_voxel_size,
+    metal_artefacts,
     radial_terms,
     scanner,
     to_grey,
@@ -206,6 +207,9 @@ def phantom_pair(
     ts = evaluate(sp, pl.points(rows, cols, size))
     att = ndi.gaussian_filter(ts.attenuation, sc.psf_sigma, mode="nearest")
     p = pl.points(rows, cols, size)
+    metal = metal_artefacts(sp, *p.coords)
+    if metal is not None:
+        att += metal
     radius = np.hypot(np.broadcast_to(p.y, size), np.broadcast_to(p.x, size)) / pl.vox
     gain, rings = radial_terms(sc, radius, 0.5 * n)
     noise = gaussian_white(
