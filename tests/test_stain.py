@@ -208,6 +208,7 @@ def _run_cli(args, **kw):
     return subprocess.Popen([sys.executable, "-m", "vstain_dask.cli", *args], env=env, **kw)
 
 
+@pytest.mark.slow
 def test_cli_stain_and_resume_after_kill(ct, model_path, tmp_path):
     """The whole job killed with SIGKILL mid-run, then --resume: same bytes as a clean run."""
     src, vol = ct

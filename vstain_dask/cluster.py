@@ -21,6 +21,9 @@ __all__ = ["ClusterKind", "ClusterConfig", "connect", "dashboard_url", "worker_m
 
 log = logging.getLogger(__name__)
 
+#: worker resource gating the staining tasks (one at a time per worker); see vstain_dask.stain
+COMPUTE_RESOURCE = "vstain-compute"
+
 
 class ClusterKind(StrEnum):
     """Where the work runs."""
@@ -107,7 +110,9 @@ def _local_cluster(config: ClusterConfig):
     threads = config.threads_per_worker or max(1, cores // n_workers)
     return LocalCluster(
         n_workers=n_workers,
-        threads_per_worker=1,
+        # one thread stains (torch uses `threads` of its own), the other reads the next block
+        threads_per_worker=2,
+        resources={COMPUTE_RESOURCE: 1},
         processes=True,
         host="127.0.0.1",
         dashboard_address=config.dashboard_address if config.dashboard else None,
@@ -124,7 +129,8 @@ def _cuda_cluster(config: ClusterConfig):
     try:
         return LocalCUDACluster(
             n_workers=config.workers,
-            threads_per_worker=1,
+            threads_per_worker=2,
+            resources={COMPUTE_RESOURCE: 1},
             host="127.0.0.1",
             dashboard_address=config.dashboard_address if config.dashboard else None,
             memory_limit=config.memory_limit or "auto",
@@ -170,6 +176,13 @@ def _slurm_cluster(config: ClusterConfig):
                 "dashboard_address": config.dashboard_address if config.dashboard else None
             },
             job_script_prologue=[f"export VSTAIN_TORCH_THREADS={cores}"],
+            worker_extra_args=[
+                *(dask.config.get("jobqueue.slurm.worker-extra-args", []) or []),
+                "--resources",
+                f"{COMPUTE_RESOURCE}=1",
+                "--nthreads",
+                str(max(2, int(cores))),
+            ],
             **kwargs,
         )
     except Exception as e:

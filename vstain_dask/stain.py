@@ -29,6 +29,9 @@ from typing import Any
 
 import numpy as np
 
+# a worker resource that admits one staining task at a time (one model per GPU or CPU worker)
+# while the worker's second thread reads the next block, so reads overlap compute
+from vstain_dask.cluster import COMPUTE_RESOURCE
 from vstain_dask.errors import (
     InputError,
     JobError,
@@ -557,6 +560,8 @@ class StainReport:
     voxels: int
     seconds: float
     dashboard: str | None
+    #: task seconds summed over blocks: reading input, staining (model + blend), writing output
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def voxels_per_s(self) -> float:
@@ -672,10 +677,20 @@ def _level0(source: str):
     return ngff._read_multiscale(source).levels[0].array
 
 
+
+def _read_block(block: Block, *, source: str, two_d: bool) -> tuple[np.ndarray, float]:
+    """Task body: read a block's input box (pure I/O, so it can run beside a staining task)."""
+    t0 = time.perf_counter()
+    src = _level0(source)
+    sel = tuple(slice(a, b) for a, b in block.read_box)
+    raw = src[sel[1:]][None] if two_d else src[sel]
+    return raw, time.perf_counter() - t0
+
+
 def _write_block(
+    read: tuple[np.ndarray, float],
     block: Block,
     *,
-    source: str,
     vol_shape,
     output: str,
     model_path: str,
@@ -683,17 +698,14 @@ def _write_block(
     config: StainConfig,
     two_d: bool,
 ) -> dict[str, float]:
-    """Task body: read, stain and write one block, then record it in the ledger."""
+    """Task body: stain one block and write the chunks it owns, then record it in the ledger."""
     import zarr
 
     from vstain_dask.cluster import worker_model
 
-    t0 = time.perf_counter()
-    model = worker_model(model_path, model_sha, device=config.device)
-    src = _level0(source)
-    sel = tuple(slice(a, b) for a, b in block.read_box)
-    raw = src[sel[1:]][None] if two_d else src[sel]
+    raw, read_s = read
     t1 = time.perf_counter()
+    model = worker_model(model_path, model_sha, device=config.device)
     rgb, spread = stain_block(
         raw,
         raw_box=block.read_box,
@@ -715,7 +727,7 @@ def _write_block(
         unc[box[1:] if two_d else box] = spread[0] if two_d else spread
     _Ledger(Path(output)).mark(block.name)
     t3 = time.perf_counter()
-    return {"read": t1 - t0, "compute": t2 - t1, "write": t3 - t2, "tiles": block.n_tiles}
+    return {"read": read_s, "compute": t2 - t1, "write": t3 - t2, "tiles": block.n_tiles}
 
 
 def stain_to_zarr(
@@ -935,30 +947,43 @@ def _run(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(blocks), initial=len(blocks) - len(todo), unit="block", desc="stain")
+    workers = client.scheduler_info(n_workers=-1).get("workers", {}).values()
+    gated = bool(workers) and all(COMPUTE_RESOURCE in w.get("resources", {}) for w in workers)
+    tag = provenance["fingerprint"][:12]
     futures = {}
     for b in todo:
+        read = client.submit(
+            _read_block, b, source=source, two_d=two_d, key=f"read-{tag}-{b.name}",
+            retries=retries, pure=False,
+        )  # fmt: skip
         fut = client.submit(
             _write_block,
+            read,
             b,
-            source=source,
             vol_shape=vol_shape,
             output=str(output),
             model_path=model_path,
             model_sha=model_sha,
             config=config,
             two_d=two_d,
-            key=f"stain-{provenance['fingerprint'][:12]}-{b.name}",
+            key=f"stain-{tag}-{b.name}",
             retries=retries,
             pure=False,
+            resources={COMPUTE_RESOURCE: 1} if gated else None,
         )
+        del read  # the staining task holds it; released as soon as it has run
         futures[fut] = b
     failed: dict[str, str] = {}
     tiles = 0
+    timings = {"read": 0.0, "compute": 0.0, "write": 0.0}
     try:
         for fut in as_completed(list(futures)):
             b = futures[fut]
             if fut.status == "finished":
-                tiles += int(fut.result()["tiles"])
+                result = fut.result()
+                tiles += int(result["tiles"])
+                for k in timings:
+                    timings[k] += float(result[k])
             else:
                 exc = fut.exception()
                 failed[b.name] = f"{type(exc).__name__}: {exc}"
@@ -994,6 +1019,7 @@ def _run(
         voxels=voxels,
         seconds=seconds,
         dashboard=dashboard_url(client),
+        timings=timings,
     )
 
 
