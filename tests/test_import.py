@@ -151,6 +151,18 @@ def test_rgb_tiff_and_grey_png(tmp_path):
     np.testing.assert_array_equal(vol.values, rgb[..., 0])
 
 
+def test_folder_of_rgb_slices_becomes_czyx_rgb(tmp_path):
+    rgb = np.random.default_rng(3).integers(0, 256, (6, 14, 12, 3), dtype=np.uint8)
+    (tmp_path / "rgb").mkdir()
+    for i in range(6):
+        tifffile.imwrite(tmp_path / "rgb" / f"s{i}.tif", rgb[i], photometric="rgb")
+    out = import_volume(tmp_path / "rgb", tmp_path / "v.zarr", voxel_size=2, chunks=(3, 7, 6))
+    vol = open_volume(out)
+    assert vol.dims == ("c", "z", "y", "x") and vol.attrs["kind"] == "rgb"
+    assert vol.data.chunks == ((3,), (3, 3), (7, 7), (6, 6))
+    np.testing.assert_array_equal(vol.values, rgb.transpose(3, 0, 1, 2))
+
+
 def test_plain_zarr_source_gets_the_voxel_size(tmp_path, volume):
     zarr.create_array(tmp_path / "plain.zarr", shape=SHAPE, chunks=(5, 5, 5), dtype="uint16")[:] = (
         volume

@@ -27,6 +27,7 @@ from vstain_dask.errors import InputError, VolumeFormatError
 TIFF_SUFFIXES = (".tif", ".tiff")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 NPY_SUFFIXES = (".npy",)
+_ENDIAN = {">": "big", "<": "little", "=": "native", "|": "native"}
 
 
 @dataclass(frozen=True)
@@ -311,7 +312,8 @@ def open_raw(
         _RawBand(str(path), 0, shape, dt),
         f"raw-{dask.base.tokenize(str(path), path.stat().st_mtime_ns, shape, dt.str)}",
     )
-    return _finish(data, spatial_chunks, False, f"raw {dt.name} file {path.name}")
+    order = "" if dt.isnative or dt.itemsize == 1 else f" {_ENDIAN[dt.byteorder]}-endian"
+    return _finish(data, spatial_chunks, False, f"raw {dt.name}{order} file {path.name}")
 
 
 def _parse_dtype(dtype) -> np.dtype:

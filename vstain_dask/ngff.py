@@ -3,9 +3,10 @@
 Volumes are OME-Zarr images with axes ``(z, y, x)``, ``(c, z, y, x)``, ``(y, x)`` or
 ``(c, y, x)``. Reading gives a dask-backed :class:`xarray.DataArray` whose coordinates are
 physical positions (``index * scale + translation``, in the axis unit, usually µm). Writing
-streams a dask array chunk by chunk into NGFF 0.5 (zarr v3, the default) or NGFF 0.4 (zarr v2)
-and fills a 3D pyramid (factor 2 along z, y and x; the channel axis is never downsampled) in
-the same chunk-parallel graph, so memory stays bounded by a few chunks per worker.
+streams a dask array chunk by chunk into NGFF 0.5 (zarr v3, the default) or NGFF 0.4 (zarr v2),
+then fills a 3D pyramid (factor 2 along z, y and x; the channel axis is never downsampled) with
+one task per output chunk that reads the chunks above it from the store, so memory stays
+bounded by a few chunks per worker whatever the volume size.
 
 NGFF specification: https://ngff.openmicroscopy.org/0.5/ and /0.4/.
 """
@@ -26,6 +27,7 @@ from enum import Enum, StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import dask
 import dask.array as da
 import numpy as np
 import zarr
@@ -103,6 +105,8 @@ MIN_LEVEL_SIZE = 64
 # zstd level 1 compresses CT and stained RGB about as well as level 3 at about twice the speed,
 # and stained outputs are ~10 GB
 _ZSTD_LEVEL = 1
+
+_SLAB_BYTES = 4 << 20  # source bytes averaged at a time in a pyramid task
 
 _RGB_NAMES = ("R", "G", "B", "A")
 _RGB_COLORS = ("FF0000", "00FF00", "0000FF", "FFFFFF")
@@ -486,7 +490,7 @@ def _parse_axes(axes: Any) -> tuple[str, ...]:
     return names
 
 
-def parse_unit(unit: str | None) -> str | None:
+def _parse_unit(unit: str | None) -> str | None:
     """An NGFF space unit from a name or a common abbreviation (``um``, ``µm``, ``mm``)."""
     if unit is None:
         return None
@@ -538,14 +542,14 @@ def _per_axis(
 def _parse_units(units: Any, axes: tuple[str, ...]) -> tuple[str | None, ...]:
     spatial = [a for a in axes if a != "c"]
     if units is None or isinstance(units, str):
-        u = parse_unit(units)
+        u = _parse_unit(units)
         return tuple(None if a == "c" else u for a in axes)
     if isinstance(units, Mapping):
-        return tuple(None if a == "c" else parse_unit(units.get(a)) for a in axes)
+        return tuple(None if a == "c" else _parse_unit(units.get(a)) for a in axes)
     vals = list(units)
     if len(vals) != len(spatial):
         raise InputError(f"units must have {len(spatial)} values ({','.join(spatial)}), got {vals}")
-    per = dict(zip(spatial, (parse_unit(v) for v in vals), strict=True))
+    per = dict(zip(spatial, (_parse_unit(v) for v in vals), strict=True))
     return tuple(per.get(a) for a in axes)
 
 
@@ -958,16 +962,17 @@ def _downsample_block(block: np.ndarray, *, factors: tuple[int, ...], method: st
         block = np.pad(block, pad, mode="edge")
     out_shape = tuple(s // f for s, f in zip(block.shape, factors, strict=True))
     out = np.empty(out_shape, dtype=block.dtype)
-    # one output slab at a time along the first downsampled axis keeps temporaries small
     axis = next((i for i, f in enumerate(factors) if f > 1), None)
     if axis is None:
         return block.copy()
+    # a few MiB of output slabs at a time along the first downsampled axis keep the
+    # wider accumulator temporaries small
     f = factors[axis]
+    step = max(1, _SLAB_BYTES * out_shape[axis] // max(block.nbytes, 1))
     lead = (slice(None),) * axis
-    for k in range(out_shape[axis]):
-        out[lead + (slice(k, k + 1),)] = _window_mean(
-            block[lead + (slice(k * f, (k + 1) * f),)], factors
-        )
+    for k in range(0, out_shape[axis], step):
+        k1 = min(k + step, out_shape[axis])
+        out[lead + (slice(k, k1),)] = _window_mean(block[lead + (slice(k * f, k1 * f),)], factors)
     return out
 
 
@@ -1025,8 +1030,6 @@ def _pyramid_graph(arrays: Sequence[zarr.Array], factors: tuple[int, ...], metho
     task holds about eight chunks and nothing waits in memory for its neighbours. A task
     depends only on the tasks that wrote those source chunks.
     """
-    import dask
-
     token = uuid.uuid4().hex[:12]
     previous: dict[tuple[int, ...], Any] | None = None
     tasks = []
@@ -1149,9 +1152,10 @@ def write_volume(
     """Write an array as an OME-Zarr image with its pyramid, streaming chunk by chunk.
 
     Input blocks whose boundaries already fall on output chunk boundaries are written as they
-    are; other axes are rechunked to the output chunks. Level 0 and all pyramid levels are
-    written by one chunk-parallel dask graph on the current scheduler (a distributed client if
-    one is active), so memory stays bounded by a few chunks per worker.
+    are (each block writes whole chunks, no lock); other axes are rechunked to the output
+    chunks. Level 0 is written by one chunk-parallel dask graph, then :func:`write_pyramid`
+    fills the lower levels, both on the current scheduler (a distributed client if one is
+    active), so memory stays bounded by a few chunks per worker.
 
     Parameters
     ----------
@@ -1546,7 +1550,7 @@ def import_volume(
     src = Path(source).expanduser()
     out_path = _check_output(out, overwrite)
     version = _choice(NgffVersion, ngff_version, "ngff_version")
-    unit = parse_unit(unit)
+    unit = _parse_unit(unit)
     if not src.exists():
         raise VolumeFormatError(
             f"input {src} does not exist; give a folder of TIFF slices, a TIFF stack, a .npy, "
