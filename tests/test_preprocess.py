@@ -378,6 +378,31 @@ def test_ct_tissue_mask_is_the_convex_hull_of_bone_and_screw(screw):
     assert not mask[~masks["inside"]].any()  # air and the outer medium are outside
 
 
+def _lengthwise(material_level, *, n=96, seed=0):
+    """A screw cut lengthwise: a band from the top edge into bone around the centre."""
+    img, masks = _ct((n, n), screw=None, air=False, seed=seed)
+    band = np.zeros((n, n), bool)
+    band[: int(0.6 * n), n // 2 - 8 : n // 2 + 8] = True
+    img[band] = material_level + 0.15 * np.random.default_rng(seed).standard_normal(band.sum())
+    masks["bone"] &= ~band
+    masks["medium"] &= ~band
+    return img, masks, band
+
+
+def test_lengthwise_screws_with_the_material_given():
+    # a Ti screw only 2.6 times brighter than bone, off the axis: the material settles it
+    img, masks, band = _lengthwise(14.0)
+    levels = estimate_ct_levels(img, material="ti")
+    assert max(map(abs, _relative_errors(levels, img, masks))) < 0.02, levels
+    assert levels.metal_threshold is not None
+    # a PEEK screw a little above the medium sticks out of the bone: the mask still holds it
+    img, masks, band = _lengthwise(2.2)
+    levels = estimate_ct_levels(img, material="peek")
+    assert max(map(abs, _relative_errors(levels, img, masks))) < 0.02, levels
+    mask = correspondence_mask(img, material="peek")
+    assert mask[band].mean() > 0.97 and mask[masks["bone"]].all()
+
+
 def test_histology_tissue_mask_is_convex_and_holds_the_tissue():
     rgb, masks = _histology()
     mask = histology_tissue_mask(rgb)

@@ -135,6 +135,9 @@ class HistologyLevels:
         Per-channel (R, G, B) white-balance factors that make the mean background grey.
     lower, upper : float
         White-balanced values mapped to 0 and 255 (the same on all channels).
+    extra : dict
+        What the estimate saw: ``background_colour`` (mean R, G, B) and the percentiles
+        before clamping, ``lower_raw`` and ``upper_raw``. Not compared.
     """
 
     gains: tuple[float, float, float]
@@ -481,7 +484,7 @@ def estimate_ct_levels(
     material: str | None = None,
     classes: int = 4,
     metal_factor: float = 8.0,
-    air_factor: float = 3.0,
+    air_factor: float = 4.0,
     min_fraction: float = 0.01,
     denoise: bool = True,
 ) -> CTLevels:
@@ -504,7 +507,7 @@ def estimate_ct_levels(
        next population than that one above the one below it, and either gathers on the
        rotation axis (its mean in-plane distance from the axis at most 0.6 times the next
        population's: a screw along the axis, bone around it), or is ``metal_factor`` times
-       farther (Ti/bone against bone/medium contrast is about 8-15 from 60 down to 20 keV)
+       farther (Ti/bone against bone/medium contrast is roughly 8-15 from 60 down to 20 keV)
        without lying outside the next population, which must itself stand clear of the one
        below (gap at least 3 times their summed widths). A PEEK screw or soft tissue just
        above the medium thus does not turn bone into "metal". With ``material="ti"`` a
@@ -520,8 +523,9 @@ def estimate_ct_levels(
        screw (at least 0.6 times the top population's mean distance).
     3. Bone is the top remaining population, background the lowest.
 
-    The spatial cues assume a sample centred in the field of view, as tomography usually
-    has it. Where they do not hold, or a histogram is ambiguous, pass ``material``, a
+    The spatial cues assume a sample centred in the field of view and a screw along the
+    volume's Z axis, as tomography of these samples usually has it. A Ti screw cut lengthwise
+    in a 2D slice is found only with ``material="ti"``. Where the cues do not hold, or a histogram is ambiguous, pass ``material``, a
     ``mask`` of the sample (for example its cylinder) or measure regions with
     :func:`levels_from_rois`, and check the result's ``metal_threshold`` and
     ``air_threshold``.
@@ -611,13 +615,22 @@ def estimate_ct_levels(
             min_fraction=min_fraction,
         )
 
+    # roles (medium, bone, the population a metal is measured against) go to substantial
+    # populations only: a thin class is partial volume at an edge (metal/bone under the PSF)
+    substantial = 3.0 * min_fraction
+
+    def major(pops: list[_Population]) -> list[_Population]:
+        return [p for p in pops if p.fraction >= substantial]
+
     pops = populations()
     metal_threshold = None
     if hint in (None, "ti"):
         for attempt in range(2):  # a second time for metal streak artefacts
-            if len(pops) < 3:
+            c = pops[-1]
+            below = major(pops[:-1])
+            if len(below) < 2:
                 break
-            a, b, c = pops[-3:]
+            a, b = below[-2], below[-1]
             gap_low, gap_top = b.mean - a.mean, c.mean - b.mean
             if hint == "ti" and attempt == 0:
                 is_metal = gap_top > gap_low
@@ -633,13 +646,15 @@ def estimate_ct_levels(
                 is_metal = far or central
             if not is_metal:
                 break
-            # cut well clear of the bone's upper tail, not at Otsu's first empty bin
-            metal_threshold = max(c.lo, min(b.mean + 4.0 * b.width, 0.5 * (b.mean + c.mean)))
+            # cut clear of the bone's upper tail (not at Otsu's first empty bin), and below
+            # any partial-volume class between bone and metal
+            metal_threshold = max(b.hi, min(b.mean + 4.0 * b.width, 0.5 * (b.mean + c.mean)))
             sampled = subset(sampled.denoised < metal_threshold)
             pops = populations()
 
-    if len(pops) >= 3:
-        a, b, top = pops[0], pops[1], pops[-1]
+    above_lowest = major(pops[1:])
+    if len(pops) >= 3 and len(above_lowest) >= 2:
+        a, b, top = pops[0], above_lowest[0], above_lowest[-1]
         above = sampled.radius[sampled.denoised >= b.lo]
         separated = top.mean - b.mean >= air_factor * (b.mean - a.mean)
         # air and holder surround the sample, and the medium fills it; a population just
@@ -648,16 +663,19 @@ def estimate_ct_levels(
         spread = b.radius >= 0.6 * top.radius
         if separated and outside and spread:
             air_threshold = b.lo
-            pops = pops[1:]
+            pops = [p for p in pops if p.lo >= b.lo]
 
     if len(pops) < 2:
         raise InputError(
             "ct: could not find both a bone and a background intensity class in the sample "
             f"(found {len(pops)}); measure them with levels_from_rois or pass a mask of the sample"
         )
+    roles = major(pops)
+    background = roles[0] if roles else pops[0]
+    bone = roles[-1] if len(roles) >= 2 else pops[-1]
     return CTLevels(
-        bone=pops[-1].mean,
-        background=pops[0].mean,
+        bone=bone.mean,
+        background=background.mean,
         source=LevelSource.AUTO,
         n_samples=n_samples,
         metal_threshold=metal_threshold,
@@ -1022,23 +1040,30 @@ def ct_tissue_mask(
     ct: ArrayLike,
     levels: CTLevels | None = None,
     *,
+    level: float = 0.2,
     min_object_size: int | None = None,
+    material: str | None = None,
 ) -> np.ndarray:
     """Convex hull of bone and screw on a CT slice.
 
-    Pixels past the midpoint between the background and bone means (bone, a Mg or Ti screw)
-    are kept, components smaller than ``min_object_size`` are dropped (noise), and the convex
-    hull of the rest is returned. A PEEK screw, as dark as the medium, lies inside the hull of
-    the bone around it.
+    Pixels whose 3x3 median lies more than ``level`` of the way from the background to the
+    bone level are kept: bone, a Mg or Ti screw, and a PEEK screw wherever it stands out from
+    the medium (where it does not, the hull of the bone around it covers it); soft tissue just
+    above the medium stays out. Components smaller than ``min_object_size`` are dropped
+    (noise) and the convex hull of the rest is returned.
 
     Parameters
     ----------
     ct : (Y, X) array
         A CT slice (raw or normalized; a dask slice is computed).
     levels : CTLevels, optional
-        Estimated from the slice when not given.
+        Estimated from the slice (with ``material``) when not given.
+    level : float
+        Threshold as a fraction of the background-to-bone contrast, in (0, 1).
     min_object_size : int, optional
         Default: 0.02 % of the slice area, at least 4 pixels.
+    material : {"mg", "ti", "peek"}, optional
+        Passed to :func:`estimate_ct_levels` when ``levels`` is not given.
 
     Returns
     -------
@@ -1048,14 +1073,17 @@ def ct_tissue_mask(
     data = _as_array(ct, "ct")
     if data.ndim != 2:
         raise InputError(f"ct must be a 2D (Y, X) slice, got shape {data.shape}")
+    if not 0 < level < 1:
+        raise InputError(f"level must be a fraction of the contrast in (0, 1), got {level}")
     data = np.asarray(data)
     if levels is None:
-        levels = estimate_ct_levels(data)
+        levels = estimate_ct_levels(data, material=material)
     elif not isinstance(levels, CTLevels):
         raise InputError(f"levels must be a CTLevels, got {type(levels).__name__}")
-    middle = 0.5 * (levels.bone + levels.background)
+    threshold = levels.background + level * (levels.bone - levels.background)
+    smooth = ndi.median_filter(data.astype(np.float32), size=3, mode="reflect")
     with np.errstate(invalid="ignore"):
-        fg = data > middle if levels.bone > levels.background else data < middle
+        fg = smooth > threshold if levels.bone > levels.background else smooth < threshold
     size = _default_min_size(data.shape) if min_object_size is None else int(min_object_size)
     return _convex_hull(_remove_small(fg, size))
 
@@ -1088,6 +1116,7 @@ def correspondence_mask(
     *,
     manual: ArrayLike | Sequence[ArrayLike] | None = None,
     levels: CTLevels | None = None,
+    material: str | None = None,
 ) -> np.ndarray:
     """Where a CT slice and its histology image show the same sample (the paper's mask).
 
@@ -1102,12 +1131,14 @@ def correspondence_mask(
     manual : (Y, X) bool or a sequence of them, optional
     levels : CTLevels, optional
         CT levels of the slice (estimated when not given).
+    material : {"mg", "ti", "peek"}, optional
+        Implant material, for estimating the levels (needed for a Ti screw cut lengthwise).
 
     Returns
     -------
     (Y, X) bool
     """
-    mask = ct_tissue_mask(ct, levels)
+    mask = ct_tissue_mask(ct, levels, material=material)
     if histology is not None:
         hist = _rgb(histology, "histology")
         if hist.shape[:2] != mask.shape:
