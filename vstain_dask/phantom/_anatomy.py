@@ -555,13 +555,20 @@ def _femur(sp: Specimen, p: Points, lab: np.ndarray, idx: tuple, tex: _Textures,
         na = fbm(q.coords, cell=sp.trab_cell, key=sp.keys[1], octaves=2, gain=0.45)
         nb = value_noise(q.coords, cell=sp.trab_cell * 1.4, key=sp.keys[2])
         rfs = rf[tidx]
-        frac = np.float32(sp.trab_fraction) * (
-            1.0 + np.float32(sp.trab_gradient) * np.tanh(q.y * np.float32(1 / 2000.0))
-        )
-        frac = frac * (0.6 + 0.6 * np.clip(rfs * np.float32(1.0 / sp.ri), 0, 1) ** 3)
         # |n| < t of a unit-variance field covers about 0.8 t of space and the perforation
         # (nb > -0.55) keeps 70 % of it, so t = 1.8 * frac gives a bone fraction near frac
-        trab = (np.abs(na) < np.clip(frac, 0.01, 0.5) * np.float32(1.8)) & (nb > -0.55)
+        along = np.float32(1.8 * sp.trab_fraction) * (
+            1.0 + np.float32(sp.trab_gradient) * np.tanh(q.y * np.float32(1 / 2000.0))
+        )  # varies along the bone only (y)
+        rel = np.minimum(rfs * np.float32(1.0 / sp.ri), np.float32(1.0))
+        t = rel * rel
+        t *= rel
+        t *= np.float32(0.6)
+        t += np.float32(0.6)
+        t *= along
+        np.clip(t, np.float32(0.018), np.float32(0.9), out=t)
+        trab = np.abs(na) < t
+        trab &= nb > -0.55
         sub_ls = ls[tidx]
         sub_ls[trab & marrow[tidx]] = T.TRABECULAR_BONE
         ls[tidx] = sub_ls
