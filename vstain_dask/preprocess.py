@@ -504,12 +504,12 @@ def estimate_ct_levels(
     bone beside mature bone) widens the class but does not shift it much. Then:
 
     1. *Metal* (top). The top population is a metal screw when it lies farther above the
-       next population than that one above the one below it, and either gathers on the
-       rotation axis (its mean in-plane distance from the axis at most 0.6 times the next
-       population's: a screw along the axis, bone around it), or is ``metal_factor`` times
-       farther (Ti/bone against bone/medium contrast is roughly 8-15 from 60 down to 20 keV)
-       without lying outside the next population, which must itself stand clear of the one
-       below (gap at least 3 times their summed widths). A PEEK screw or soft tissue just
+       next substantial population (see 3.) than that one above the one below it, and
+       either gathers on the rotation axis (its mean in-plane distance from the axis at most
+       0.6 times the next population's: a screw along the axis, bone around it), or is
+       ``metal_factor`` times farther (Ti/bone against bone/medium contrast is roughly 8-15
+       from 60 down to 20 keV) without lying outside the next population, which must itself
+       stand clear of the one below (gap at least 3 times their summed widths). A PEEK screw or soft tissue just
        above the medium thus does not turn bone into "metal". With ``material="ti"`` a
        larger top gap is enough the first time; with ``"mg"`` or ``"peek"`` nothing is
        taken for metal (Mg is about as bright as bone, PEEK darker). The rule is applied a
@@ -521,14 +521,16 @@ def estimate_ct_levels(
        out (mean distance from the axis at least 1.25 times that of everything above it),
        and the second is spread through the sample, not gathered on the axis like a PEEK
        screw (at least 0.6 times the top population's mean distance).
-    3. Bone is the top remaining population, background the lowest.
+    3. Bone is the top remaining population, background the lowest (both among populations
+       holding at least ``3 * min_fraction`` of the sample when there are two such: thinner
+       ones are partial volume at edges).
 
     The spatial cues assume a sample centred in the field of view and a screw along the
     volume's Z axis, as tomography of these samples usually has it. A Ti screw cut lengthwise
-    in a 2D slice is found only with ``material="ti"``. Where the cues do not hold, or a histogram is ambiguous, pass ``material``, a
-    ``mask`` of the sample (for example its cylinder) or measure regions with
-    :func:`levels_from_rois`, and check the result's ``metal_threshold`` and
-    ``air_threshold``.
+    in a 2D slice is found only with ``material="ti"``. Where the cues do not hold, or a
+    histogram is ambiguous, pass ``material``, a ``mask`` of the sample (for example its
+    cylinder) or measure regions with :func:`levels_from_rois`, and check the result's
+    ``metal_threshold`` and ``air_threshold``.
 
     Parameters
     ----------
