@@ -509,11 +509,11 @@ def estimate_ct_levels(
        0.6 times the next population's: a screw along the axis, bone around it), or is
        ``metal_factor`` times farther (Ti/bone against bone/medium contrast is roughly 8-15
        from 60 down to 20 keV) without lying outside the next population, which must itself
-       stand clear of the one below (gap at least 3 times their summed widths). A PEEK screw or soft tissue just
-       above the medium thus does not turn bone into "metal". With ``material="ti"`` a
-       larger top gap is enough the first time; with ``"mg"`` or ``"peek"`` nothing is
-       taken for metal (Mg is about as bright as bone, PEEK darker). The rule is applied a
-       second time, for streak artefacts.
+       stand clear of the one below (gap at least 3 times their summed widths). A PEEK
+       screw or soft tissue just above the medium thus does not turn bone into "metal".
+       With ``material="ti"`` a larger top gap is enough the first time; with ``"mg"`` or
+       ``"peek"`` nothing is taken for metal (Mg is about as bright as bone, PEEK darker).
+       The rule is applied a second time, for streak artefacts.
     2. *Air* (bottom). Exact padding (a spike of the dtype's minimum, or of 0 for floats, at
        the bottom) is dropped first. Then, with three or more populations, the lowest is
        empty air or holder when the top population lies at least ``air_factor`` times
