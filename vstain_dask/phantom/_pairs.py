@@ -76,30 +76,51 @@ class _Plane:
 
 
 def _draw_plane(sp: Specimen, kind: str, rng: np.random.Generator, vox: float, size) -> _Plane:
+    """A cut through the specimen, framed the way sections are imaged.
+
+    Most views show the whole implant site; some zoom (up to 2.2×) onto the bone–implant
+    interface. Images are rotated in-plane (mostly upright, sometimes by quarter turns).
+    """
     h, w = size
-    zoom = float(rng.uniform(1.0, 1.4))
+    zoom = float(np.exp(rng.uniform(0.0, math.log(2.2)))) if rng.random() < 0.4 else 1.0
+    zoom *= float(rng.uniform(1.0, 1.15))
     vox = vox / zoom
     alpha = float(rng.uniform(0, math.pi))
     across = (0.0, math.sin(alpha), math.cos(alpha))
     normal = (0.0, math.cos(alpha), -math.sin(alpha))
-    # keep the screw and the bone in view: centre between the bone's top and the screw tip
     top = sp.femur_z - sp.ro
-    span_z = h * vox
-    zc = 0.5 * (top + sp.tip_z) + float(rng.uniform(-0.1, 0.1)) * span_z
-    off = float(rng.uniform(-0.3, 0.3)) * sp.r_major
+    span = max(h, w) * vox
+    jitter = float(rng.uniform(-0.08, 0.08)) * span
     if kind == PlaneKind.AXIAL:
         zc = float(rng.uniform(top + 150.0, sp.tip_z - 250.0))
         row = (0.0, math.cos(alpha), -math.sin(alpha))
         centre = (zc, sp.screw_y, sp.screw_x)
-        shift = float(rng.uniform(-0.08, 0.08)) * w * vox
-        centre = tuple(centre[a] + shift * across[a] for a in range(3))
-        return _Plane(kind, centre, row, across, vox)
-    row = (1.0, 0.0, 0.0)
-    if kind == PlaneKind.OBLIQUE:
-        beta = math.radians(float(rng.uniform(10, 25))) * (1 if rng.random() < 0.5 else -1)
-        row = (math.cos(beta), math.sin(beta) * normal[1], math.sin(beta) * normal[2])
-    centre = (zc, sp.screw_y + off * normal[1], sp.screw_x + off * normal[2])
-    return _Plane(kind, centre, row, across, vox)
+        # zoomed views look at the interface beside the screw
+        side = (zoom - 1.0) / 1.2 * sp.r_major * (1 if rng.random() < 0.5 else -1)
+        centre = tuple(centre[a] + (side + jitter) * across[a] for a in range(3))
+    else:
+        row = (1.0, 0.0, 0.0)
+        if kind == PlaneKind.OBLIQUE:
+            beta = math.radians(float(rng.uniform(10, 25))) * (1 if rng.random() < 0.5 else -1)
+            row = (math.cos(beta), math.sin(beta) * normal[1], math.sin(beta) * normal[2])
+        off = float(rng.uniform(-0.3, 0.3)) * sp.r_major
+        # whole views: centred between the bone's top and the screw tip; zoomed views: a
+        # point on the screw's flank inside the bone
+        t = min(1.0, (zoom - 1.0) / 0.6)
+        zc = (1 - t) * 0.5 * (top + sp.tip_z) + t * float(rng.uniform(top, sp.tip_z))
+        side = t * sp.r_major * (1 if rng.random() < 0.5 else -1)
+        centre = (
+            zc + float(rng.uniform(-0.08, 0.08)) * span,
+            sp.screw_y + off * normal[1] + (side + jitter) * across[1],
+            sp.screw_x + off * normal[2] + (side + jitter) * across[2],
+        )
+    # in-plane rotation of the image: mostly upright
+    quarter = int(rng.choice(4, p=[0.55, 0.15, 0.15, 0.15]))
+    gamma = quarter * math.pi / 2 + math.radians(float(rng.uniform(-15, 15)))
+    c, s_ = math.cos(gamma), math.sin(gamma)
+    row_r = tuple(c * row[a] + s_ * across[a] for a in range(3))
+    col_r = tuple(-s_ * row[a] + c * across[a] for a in range(3))
+    return _Plane(str(kind), centre, row_r, col_r, vox)
 
 
 def _misalignment(rng: np.random.Generator, key: int, size) -> tuple[np.ndarray, np.ndarray]:

@@ -129,8 +129,9 @@ def metal_artefacts(sp: Specimen, z, y, x) -> np.ndarray | None:
         a = np.cos(m * theta + phase).astype(np.float32)
         b = np.sin(m * theta + phase).astype(np.float32)
         streak += amp * (a * np.cos(omega * zf) - b * np.sin(omega * zf))
-    out = np.float32(0.03) * streak * np.exp(-gap * np.float32(1.0 / 1500.0))
-    out -= np.float32(0.12) * np.exp(-gap * np.float32(1.0 / 60.0)) * (rs > r_metal)
+    outside = rs > r_metal
+    out = np.float32(0.03) * streak * np.exp(-gap * np.float32(1.0 / 1500.0)) * outside
+    out -= np.float32(0.12) * np.exp(-gap * np.float32(1.0 / 60.0)) * outside
     out *= present
     return out.astype(np.float32)
 
