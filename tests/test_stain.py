@@ -132,6 +132,31 @@ def test_prefilter_alpha_and_blocks(client, ct, model_path, tmp_path):
         np.testing.assert_array_equal(got[3], alpha)
 
 
+def test_mask_paints_outside_the_sample(client, ct, model_path, tmp_path):
+    from vstain_dask.preprocess import ct_tissue_mask
+
+    _, smooth = ct
+    # a bone ring (bright) around a dark centre, on background, with the fixture's texture
+    zz, yy, xx = np.indices(SHAPE)
+    r = np.hypot(yy - 20, xx - 17)
+    vol = np.where((r > 5) & (r < 12), 3000, 600).astype(np.float32)
+    vol = (vol + (smooth.astype(np.float32) - smooth.mean()) * 0.2).astype(np.uint16)
+    src = tmp_path / "ring.ome.zarr"
+    ngff.write_volume(vol, src, axes="zyx", chunks=(5, 16, 16))
+    cfg = _config(mask=True, mask_colour=(250, 240, 230), block=(2, 16, 16))
+    report = stain_to_zarr(src, tmp_path / "masked.zarr", model=model_path, config=cfg,
+                           client=client, chunks=CHUNKS, progress=False)  # fmt: skip
+    expected_mask = np.stack([ct_tissue_mask(p) for p in vol])
+    assert 0.05 < expected_mask.mean() < 0.95
+    labels = ngff.open_volume(report.output / "labels" / "sample")
+    np.testing.assert_array_equal(np.asarray(labels.data), expected_mask.astype(np.uint8))
+    got = _stained(report.output)
+    plain = _u8(_reference(vol, model_path, "z"))
+    outside = ~expected_mask
+    assert (got[:, outside] == np.array([250, 240, 230], np.uint8)[:, None]).all()
+    np.testing.assert_array_equal(got[:, expected_mask], plain[:, expected_mask])
+
+
 def test_lazy_api_matches_runner(client, ct, model_path, tmp_path):
     src, vol = ct
     lazy = stain(ngff.open_volume(src), model_path, config=_config(), chunks=CHUNKS)

@@ -363,6 +363,19 @@ def _write_chunks(arr: zarr.Array) -> tuple[int, ...]:
     return tuple(shards or arr.chunks)
 
 
+def level_array(path: str | os.PathLike, *, level: int = 0) -> zarr.Array:
+    """One pyramid level of an OME-Zarr image (or a plain zarr array) as a zarr array.
+
+    For code that reads or writes regions itself (the stain engine's block tasks) rather than
+    through dask. Raises :class:`VolumeFormatError` as :func:`open_volume` does.
+    """
+    ms = _read_multiscale(path)
+    n = len(ms.levels)
+    if isinstance(level, bool) or not isinstance(level, int | np.integer) or not 0 <= level < n:
+        raise VolumeFormatError(f"level must be in 0..{n - 1} for {ms.path}, got {level!r}")
+    return ms.levels[int(level)].array
+
+
 def open_volume(path: str | os.PathLike, *, level: int = 0) -> xr.DataArray:
     """Open one level of an OME-Zarr image (NGFF 0.4 or 0.5) lazily.
 

@@ -108,6 +108,12 @@ class StainConfig:
         Add an alpha channel, 255 − mean(RGB), as the paper used for volume rendering.
     uncertainty : bool
         Also write the per-voxel spread between axes (needs two or more axes).
+    mask : bool
+        Correspondence mask, as the paper: per z-slice, the convex hull of bone and screw; voxels
+        outside it get ``mask_colour`` (the histology background). The mask is written as NGFF
+        labels ``sample`` in the output.
+    mask_colour : (int, int, int)
+        RGB for voxels outside the sample (default white, the slide background).
     block : (int, int, int) or None
         Block shape (z, y, x) in voxels; None chooses one (whole planes for one axis).
     autocast : bool or None
@@ -128,6 +134,8 @@ class StainConfig:
     ct_levels: tuple[float, float] | None = None
     alpha: bool = False
     uncertainty: bool = False
+    mask: bool = False
+    mask_colour: tuple[int, int, int] = (255, 255, 255)
     block: tuple[int, int, int] | None = None
     autocast: bool | None = None
     channels_last: bool = True
@@ -169,6 +177,12 @@ class StainConfig:
             object.__setattr__(self, "ct_levels", (bone, background))
         if self.uncertainty and len(self.axes) < 2:
             raise InputError("uncertainty needs two or more axes (e.g. axes='zyx')")
+        colour = tuple(int(c) for c in self.mask_colour)
+        if len(colour) != 3 or not all(0 <= c <= 255 for c in colour):
+            raise InputError(
+                f"mask_colour must be three values in 0..255, got {self.mask_colour!r}"
+            )
+        object.__setattr__(self, "mask_colour", colour)
         if self.block is not None:
             block = tuple(int(b) for b in self.block)
             if len(block) != 3 or min(block) < 1:
@@ -313,6 +327,7 @@ def stain_block(
     box,
     model,
     config: StainConfig,
+    mask: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Stain one block.
 
@@ -325,6 +340,8 @@ def stain_block(
     vol_shape : (Z, Y, X)
     model : StainModel
     config : StainConfig
+    mask : (Z, Y, X) bool, optional
+        Sample mask of ``box``; voxels outside get ``config.mask_colour``.
 
     Returns
     -------
@@ -398,6 +415,8 @@ def stain_block(
     else:
         fused = np.mean(np.stack(preds), axis=0, dtype=np.float64).astype(np.float32)
     rgb = _to_uint8(fused)
+    if mask is not None:
+        rgb[:, ~mask.astype(bool)] = np.asarray(config.mask_colour, np.uint8)[:, None]
     if config.alpha:
         alpha = np.rint(255.0 - rgb.mean(axis=0, dtype=np.float32)).astype(np.uint8)
         rgb = np.concatenate([rgb, alpha[None]], axis=0)
@@ -674,17 +693,26 @@ def _level0(source: str):
     """Level 0 of an OME-Zarr image as a zarr array (opened in the worker, by path)."""
     from vstain_dask import ngff
 
-    return ngff._read_multiscale(source).levels[0].array
+    return ngff.level_array(source)
 
 
+def _read_block(
+    block: Block, *, source: str, two_d: bool, mask_path: str | None = None
+) -> tuple[np.ndarray, np.ndarray | None, float]:
+    """Task body: read a block's input box (and its mask): pure I/O, so it can run beside a
+    staining task."""
+    import zarr
 
-def _read_block(block: Block, *, source: str, two_d: bool) -> tuple[np.ndarray, float]:
-    """Task body: read a block's input box (pure I/O, so it can run beside a staining task)."""
     t0 = time.perf_counter()
     src = _level0(source)
     sel = tuple(slice(a, b) for a, b in block.read_box)
     raw = src[sel[1:]][None] if two_d else src[sel]
-    return raw, time.perf_counter() - t0
+    mask = None
+    if mask_path is not None:
+        box = tuple(slice(a, b) for a, b in block.box)
+        m = zarr.open_array(store=mask_path, path="0", mode="r")
+        mask = m[box[1:]][None] if two_d else m[box]
+    return raw, mask, time.perf_counter() - t0
 
 
 def _write_block(
@@ -703,7 +731,7 @@ def _write_block(
 
     from vstain_dask.cluster import worker_model
 
-    raw, read_s = read
+    raw, mask, read_s = read
     t1 = time.perf_counter()
     model = worker_model(model_path, model_sha, device=config.device)
     rgb, spread = stain_block(
@@ -714,6 +742,7 @@ def _write_block(
         box=block.box,
         model=model,
         config=config,
+        mask=mask,
     )
     t2 = time.perf_counter()
     out = zarr.open_array(store=output, path="0", mode="r+")
@@ -862,6 +891,7 @@ def _create_and_run(
 
     scale = vol.attrs.get("scale") or {}
     units = vol.attrs.get("units") or {}
+    translation = vol.attrs.get("translation") or {}
     if not output.exists():
         out_shape = (config.out_channels, *(vol_shape[1:] if two_d else vol_shape))
         ngff.create_volume(
@@ -870,8 +900,9 @@ def _create_and_run(
             dtype="uint8",
             chunks=(config.out_channels, *(chunks[1:] if two_d else chunks)),
             axes="cyx" if two_d else "czyx",
-            scale={k: v for k, v in scale.items()},
-            units={k: v for k, v in units.items()},
+            scale={k: v for k, v in scale.items() if k != "c"},
+            units={k: v for k, v in units.items() if k != "c"},
+            translation={k: v for k, v in translation.items() if k != "c"},
             ngff_version=ngff_version,
             kind="rgb",
             channel_names=list("RGBA"[: config.out_channels]),
@@ -886,6 +917,7 @@ def _create_and_run(
                 axes="yx" if two_d else "zyx",
                 scale=dict(scale),
                 units=dict(units),
+                translation=dict(translation),
                 ngff_version=ngff_version,
                 kind="intensity",
                 attrs={"description": "spread of the stain between axes (8-bit std)"},
@@ -905,6 +937,33 @@ def _create_and_run(
         progress=progress,
         provenance=provenance,
     )
+
+
+def _mask_planes(planes: np.ndarray, *, ct_levels) -> np.ndarray:
+    """Per-slice sample masks (convex hull of bone and screw) of whole (Y, X) planes."""
+    from vstain_dask.preprocess import CTLevels, ct_tissue_mask
+
+    levels = CTLevels(*ct_levels) if ct_levels is not None else None
+    return np.stack([ct_tissue_mask(p, levels) for p in planes]).astype(np.uint8)
+
+
+def _write_mask(source, output: Path, ledger: _Ledger, *, config: StainConfig, two_d: bool) -> str:
+    """Compute the sample mask slab by slab (whole planes) on the cluster and store it as NGFF
+    labels ``sample`` of the output; skipped when a resumed job already has it."""
+    from vstain_dask import ngff
+
+    path = output / "labels" / "sample"
+    if "mask" in ledger.done():
+        return str(path)
+    data = ngff.open_volume(source).data
+    if two_d:
+        data = data[None]
+    cz = ngff.open_volume(output).data.chunks[1][0] if not two_d else 1
+    planes = data.rechunk((cz, -1, -1))
+    mask = planes.map_blocks(_mask_planes, ct_levels=config.ct_levels, dtype=np.uint8)
+    ngff.write_labels(output, "sample", mask[0] if two_d else mask, overwrite=True)
+    ledger.mark("mask")
+    return str(path)
 
 
 def _read_provenance(output: Path) -> dict:
@@ -947,14 +1006,17 @@ def _run(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(blocks), initial=len(blocks) - len(todo), unit="block", desc="stain")
+    mask_path = None
+    if config.mask:
+        mask_path = _write_mask(source, output, ledger, config=config, two_d=two_d)
     workers = client.scheduler_info(n_workers=-1).get("workers", {}).values()
     gated = bool(workers) and all(COMPUTE_RESOURCE in w.get("resources", {}) for w in workers)
     tag = provenance["fingerprint"][:12]
     futures = {}
     for b in todo:
         read = client.submit(
-            _read_block, b, source=source, two_d=two_d, key=f"read-{tag}-{b.name}",
-            retries=retries, pure=False,
+            _read_block, b, source=source, two_d=two_d, mask_path=mask_path,
+            key=f"read-{tag}-{b.name}", retries=retries, pure=False,
         )  # fmt: skip
         fut = client.submit(
             _write_block,
@@ -1062,7 +1124,9 @@ def resolve_ct_levels(source, model, ct_levels) -> tuple[float, float] | None:
             return None
         from vstain_dask.preprocess import estimate_ct_levels
 
-        levels = estimate_ct_levels(ngff.open_volume(source).data)
+        vol = ngff.open_volume(source)
+        material = (vol.attrs.get("vstain") or {}).get("material")  # phantoms record it
+        levels = estimate_ct_levels(vol.data, material=material)
         return (float(levels.bone), float(levels.background))
     bone, background = ct_levels
     return (float(bone), float(background))

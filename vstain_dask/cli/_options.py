@@ -10,8 +10,11 @@ class IntTuple(click.ParamType):
 
     name = "Z,Y,X"
 
-    def __init__(self, length: int | None = None, name: str | None = None) -> None:
+    def __init__(
+        self, length: int | None = None, name: str | None = None, *, minimum: int = 1
+    ) -> None:
         self.length = length
+        self.minimum = minimum
         if name:
             self.name = name
 
@@ -21,9 +24,11 @@ class IntTuple(click.ParamType):
         try:
             parts = tuple(int(p) for p in str(value).replace("x", ",").split(",") if p.strip())
         except ValueError:
-            self.fail(f"expected comma-separated integers like {self.name}, got {value!r}", param, ctx)
+            self.fail(
+                f"expected comma-separated integers like {self.name}, got {value!r}", param, ctx
+            )
         if self.length is not None and len(parts) != self.length:
             self.fail(f"expected {self.length} integers ({self.name}), got {value!r}", param, ctx)
-        if any(p <= 0 for p in parts):
-            self.fail(f"expected positive integers, got {value!r}", param, ctx)
+        if any(p < self.minimum for p in parts):
+            self.fail(f"expected integers >= {self.minimum}, got {value!r}", param, ctx)
         return parts

@@ -47,6 +47,10 @@ def _ct_levels(value: str):
 )
 @click.option("--alpha", is_flag=True, help="Add an alpha channel (255 - mean RGB).")
 @click.option("--uncertainty", is_flag=True, help="Also write the spread between axes.")
+@click.option("--mask", is_flag=True, help="Paint outside the sample (convex hull) background.")
+@click.option(
+    "--mask-colour", type=IntTuple(3, "R,G,B", minimum=0), default="255,255,255", show_default=True
+)
 @click.option("--chunks", type=IntTuple(3), help="Output chunks Z,Y,X [64,256,256].")
 @click.option("--block", type=IntTuple(3), help="Block (task) shape Z,Y,X.")
 @click.option("--ngff-version", type=click.Choice(["0.4", "0.5"]), default="0.5", show_default=True)
@@ -70,7 +74,7 @@ def _ct_levels(value: str):
 @click.option("--retries", default=2, show_default=True, help="Retries per failed block.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 def stain(input_path, output, model, axes, tile, step, blend, fuse, batch_size, prefilter_sigma,
-          ct_levels, alpha, uncertainty, chunks, block, ngff_version, resume, overwrite, cluster,
+          ct_levels, alpha, uncertainty, mask, mask_colour, chunks, block, ngff_version, resume, overwrite, cluster,
           scheduler, workers, threads_per_worker, memory, jobs, cores, walltime, gpus_per_job,
           queue, account, interface, device, autocast, compile_, retries, progress):  # fmt: skip
     """Stain a CT volume (OME-Zarr) into an RGB OME-Zarr volume."""
@@ -87,6 +91,8 @@ def stain(input_path, output, model, axes, tile, step, blend, fuse, batch_size, 
         prefilter_sigma=prefilter_sigma,
         alpha=alpha,
         uncertainty=uncertainty,
+        mask=mask,
+        mask_colour=mask_colour,
         block=block,
         autocast=autocast,
         compile=compile_,
