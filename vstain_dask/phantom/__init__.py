@@ -16,7 +16,6 @@ from __future__ import annotations
 from vstain_dask.phantom._anatomy import Tissue
 from vstain_dask.phantom._pairs import (
     PlaneKind,
-    correspondence_mask,
     material_mix,
     phantom_pair,
     phantom_pairs,
@@ -34,5 +33,4 @@ __all__ = [
     "phantom_pairs",
     "write_phantom_pairs",
     "material_mix",
-    "correspondence_mask",
 ]

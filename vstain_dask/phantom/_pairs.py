@@ -144,7 +144,7 @@ def _misalignment(rng: np.random.Generator, key: int, size) -> tuple[np.ndarray,
     return di.astype(np.float32), dj.astype(np.float32)
 
 
-def correspondence_mask(labels: np.ndarray) -> np.ndarray:
+def _label_hull_mask(labels: np.ndarray) -> np.ndarray:
     """Convex hull of bone, implant and degradation layer: where CT and histology correspond."""
     from skimage.morphology import convex_hull_image
 
@@ -167,7 +167,7 @@ def phantom_pair(
     material: Material | str,
     seed: int,
     voxel_size: float = 5.0,
-    plane: str | None = None,
+    plane: PlaneKind | str | None = None,
     sample_seed: int | None = None,
 ) -> dict[str, Any]:
     """One CT slice and the registered toluidine-blue histology of the same section.
@@ -182,8 +182,10 @@ def phantom_pair(
         session.
     voxel_size : float
         µm per pixel, for both images.
-    plane : ``"longitudinal"``, ``"oblique"``, ``"axial"`` or None
+    plane : :class:`PlaneKind` (``"longitudinal"``, ``"oblique"``, ``"axial"``) or None
         Orientation of the cut relative to the screw; None draws one (mostly longitudinal).
+        The framing (whole implant site or a zoom onto the interface, in-plane rotation) is
+        drawn from ``seed``.
     sample_seed : int, optional
         Seeds the specimen and its scan; pairs with the same ``sample_seed`` and material are
         sections of one sample. Default: ``seed``.
@@ -246,7 +248,7 @@ def phantom_pair(
     histology = render(
         hs.labels, hs.fields, session=session, artefacts=art, vox=pl.vox, key=derive_key(key, 6)
     )
-    mask = correspondence_mask(ts.labels)
+    mask = _label_hull_mask(ts.labels)
     disp = np.stack([di, dj])
     attrs = {
         "generator": "vstain_dask.phantom",
