@@ -30,5 +30,6 @@ class IntTuple(click.ParamType):
         if self.length is not None and len(parts) != self.length:
             self.fail(f"expected {self.length} integers ({self.name}), got {value!r}", param, ctx)
         if any(p < self.minimum for p in parts):
-            self.fail(f"expected integers >= {self.minimum}, got {value!r}", param, ctx)
+            what = "positive integers" if self.minimum == 1 else f"integers >= {self.minimum}"
+            self.fail(f"expected {what}, got {value!r}", param, ctx)
         return parts
