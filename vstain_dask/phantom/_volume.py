@@ -253,6 +253,10 @@ def phantom_volume(
 
     Every voxel is a pure function of (its global index, ``seed``, ``shape``, ``material``,
     ``voxel_size``): any chunking gives the same bytes, and any block can be computed alone.
+    Structures are evaluated analytically from global coordinates (hashed lattice noise,
+    jittered primitives per lattice cell) and the scanner noise is a hash of the voxel index;
+    for the PSF each block generates its own halo of ``round(4 sigma)`` voxels (generated,
+    not padded) before blurring, so block edges are seamless.
 
     Parameters
     ----------
@@ -376,7 +380,6 @@ def write_phantom(
     seed = check_seed(seed)
     voxel_size = check_voxel_size(voxel_size)
     ch = _check_chunks(chunks, shape)
-    ngff._check_output(path, overwrite)
     ct, labels = phantom_volume(shape, material=mat, seed=seed, voxel_size=voxel_size, chunks=ch)
     out = ngff.write_volume(
         ct,
