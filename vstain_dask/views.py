@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from vstain_dask.errors import InputError
 
-__all__ = ["orthogonal_views", "save_views"]
+__all__ = ["orthogonal_views", "save_views", "save_preview", "input_ct_path"]
+
+_CROSS = "#F0E442"  # where the other two planes cut this one
 
 
 def _level_for(path, max_size: int) -> int:
@@ -43,8 +46,10 @@ def orthogonal_views(path: str | os.PathLike, *, max_size: int = 768, position=N
     Returns
     -------
     dict
-        ``{"xy": array, "xz": array, "yz": array, "scale": {axis: µm}, "level": int}``; arrays are
-        (rows, cols) greyscale or (rows, cols, 3) uint8 RGB, in physical aspect via ``scale``.
+        ``{"xy": array, "xz": array, "yz": array, "scale": {axis: µm}, "level": int,
+        "centre": {axis: index}, "shape": {axis: size}, "units": {axis: unit}}`` at the chosen
+        level; ``xy`` is (y, x), ``xz`` is (z, x) and ``yz`` is (z, y), greyscale or
+        (..., 3) uint8 RGB; ``scale`` gives the physical aspect.
     """
     from vstain_dask import ngff
 
@@ -66,16 +71,47 @@ def orthogonal_views(path: str | os.PathLike, *, max_size: int = 768, position=N
         "xz": vol.isel(y=centre["y"]),
         "yz": vol.isel(x=centre["x"]),
     }
-    out = {}
+    out: dict[str, Any] = {}
     for name, plane in planes.items():
         a = np.asarray(plane.data.compute() if hasattr(plane.data, "compute") else plane.data)
         if "c" in plane.dims:
             a = np.moveaxis(a, plane.dims.index("c"), -1)[..., :3]
         out[name] = a
     scale = vol.attrs.get("scale") or {}
+    units = vol.attrs.get("units") or {}
     out["scale"] = {d: float(scale.get(d, 1.0)) for d in ("z", "y", "x")}
+    out["units"] = {d: units.get(d) for d in ("z", "y", "x")}
     out["level"] = level
+    out["centre"] = centre
+    out["shape"] = shape
     return out
+
+
+def _unit(units: dict) -> str:
+    u = {v for v in units.values() if v}
+    if len(u) != 1:
+        return "voxels" if not u else "physical units"
+    return {"micrometer": "µm", "millimeter": "mm", "nanometer": "nm"}.get(u.pop(), "units")
+
+
+def _window(views: dict) -> tuple[float, float]:
+    vals = np.concatenate(
+        [np.asarray(views[k], dtype=np.float64).ravel() for k in ("xy", "xz", "yz")]
+    )
+    vals = vals[np.isfinite(vals)]
+    if not vals.size:
+        return 0.0, 1.0
+    lo, hi = np.percentile(vals, [1, 99.5])
+    return float(lo), float(hi if hi > lo else lo + 1)
+
+
+def _show(ax, a, extent, window):
+    if a.ndim == 2:
+        ax.imshow(a, cmap="gray", vmin=window[0], vmax=window[1], extent=extent,
+                  interpolation="nearest", origin="upper")  # fmt: skip
+    else:
+        ax.imshow(a, extent=extent, interpolation="nearest", origin="upper")
+    ax.set_aspect("equal")
 
 
 def save_views(
@@ -85,9 +121,19 @@ def save_views(
     titles: list[str] | None = None,
     max_size: int = 768,
 ) -> Path:
-    """Save orthogonal views of one or more volumes (one row each) as a PNG.
+    """Save orthogonal views of one or more volumes (side by side) as a PNG.
 
-    Greyscale volumes are shown with a robust 1–99.5 % window; RGB as they are.
+    Each volume gets the classic layout: XY top left, YZ to its right (sharing y), XZ below it
+    (sharing x), in physical units, with yellow lines where the other planes cut. Greyscale
+    volumes are shown with a robust 1–99.5 % window over the three planes; RGB as they are.
+
+    Parameters
+    ----------
+    paths : OME-Zarr images, (z, y, x) or (c, z, y, x)
+    out : path of the PNG
+    titles : one per volume (default the file names)
+    max_size : int
+        Largest side read (the first pyramid level at most this size is used).
     """
     import matplotlib
 
@@ -95,26 +141,109 @@ def save_views(
     import matplotlib.pyplot as plt
 
     titles = titles or [Path(p).name for p in paths]
-    rows = [orthogonal_views(p, max_size=max_size) for p in paths]
-    fig, axes = plt.subplots(len(rows), 3, figsize=(12, 4 * len(rows)), squeeze=False)
-    for r, (views, title) in enumerate(zip(rows, titles, strict=True)):
-        s = views["scale"]
-        aspects = {"xy": s["y"] / s["x"], "xz": s["z"] / s["x"], "yz": s["z"] / s["y"]}
-        for c, name in enumerate(("xy", "xz", "yz")):
-            ax = axes[r, c]
-            a = views[name]
-            if a.ndim == 2:
-                lo, hi = np.percentile(a, [1, 99.5])
-                ax.imshow(a, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1,
-                          aspect=aspects[name], interpolation="nearest")  # fmt: skip
-            else:
-                ax.imshow(a, aspect=aspects[name], interpolation="nearest")
-            ax.set_title(f"{title}: {name.upper()} (level {views['level']})", fontsize=9)
-            ax.set_xticks([])
-            ax.set_yticks([])
-    fig.tight_layout()
+    if len(titles) != len(paths):
+        raise InputError(f"titles must name each of the {len(paths)} volumes, got {len(titles)}")
+    views = [orthogonal_views(p, max_size=max_size) for p in paths]
+    # physical extents (µm): the layout's proportions come from the first volume
+    ext = [{d: v["shape"][d] * v["scale"][d] for d in ("z", "y", "x")} for v in views]
+    e0 = ext[0]
+    col_w = 5.0
+    height = col_w * (e0["y"] + e0["z"]) / (e0["x"] + e0["z"]) + 0.9
+    fig = plt.figure(figsize=(col_w * len(views), height))
+    outer = fig.add_gridspec(1, len(views), wspace=0.25)
+    for i, (v, e, title) in enumerate(zip(views, ext, titles, strict=True)):
+        gs = outer[0, i].subgridspec(2, 2, width_ratios=[e["x"], e["z"]],
+                                     height_ratios=[e["y"], e["z"]], wspace=0.05, hspace=0.12)  # fmt: skip
+        unit = _unit(v["units"])
+        window = _window(v) if v["xy"].ndim == 2 else None
+        s, c = v["scale"], v["centre"]
+        at = {d: (c[d] + 0.5) * s[d] for d in ("z", "y", "x")}
+        ax_xy = fig.add_subplot(gs[0, 0])
+        _show(ax_xy, v["xy"], (0, e["x"], e["y"], 0), window)
+        ax_yz = fig.add_subplot(gs[0, 1], sharey=ax_xy)
+        _show(ax_yz, np.swapaxes(v["yz"], 0, 1), (0, e["z"], e["y"], 0), window)
+        ax_xz = fig.add_subplot(gs[1, 0], sharex=ax_xy)
+        _show(ax_xz, v["xz"], (0, e["x"], e["z"], 0), window)
+        for ax, (hline, vline) in ((ax_xy, (at["y"], at["x"])), (ax_yz, (at["y"], at["z"])),
+                                   (ax_xz, (at["z"], at["x"]))):  # fmt: skip
+            ax.axhline(hline, color=_CROSS, linewidth=0.6, alpha=0.6)
+            ax.axvline(vline, color=_CROSS, linewidth=0.6, alpha=0.6)
+            ax.tick_params(labelsize=7)
+        ax_xy.set_title(f"XY, z = {c['z']}", fontsize=8, loc="left")
+        ax_yz.set_title(f"YZ, x = {c['x']}", fontsize=8, loc="left")
+        ax_xz.set_xlabel(f"x ({unit})", fontsize=8)
+        ax_xz.set_ylabel(f"z ({unit})", fontsize=8)
+        ax_xy.set_ylabel(f"y ({unit})", fontsize=8)
+        ax_yz.set_xlabel(f"z ({unit})", fontsize=8)
+        ax_xz.set_title(f"XZ, y = {c['y']}", fontsize=8, loc="left")
+        plt.setp(ax_xy.get_xticklabels(), visible=False)
+        plt.setp(ax_yz.get_yticklabels(), visible=False)
+        ax_info = fig.add_subplot(gs[1, 1])
+        ax_info.axis("off")
+        shape = "×".join(str(v["shape"][d]) for d in ("z", "y", "x"))
+        voxel = "×".join(f"{s[d]:g}" for d in ("z", "y", "x"))
+        ax_info.text(0.05, 0.95, f"level {v['level']}\n{shape} (z×y×x)\nvoxel {voxel} {unit}",
+                     fontsize=7, va="top", transform=ax_info.transAxes)  # fmt: skip
+        ax_xy.text(0.0, 1.0 + 0.12 * e["x"] / max(e["y"], 1e-9), title, fontsize=10,
+                   fontweight="bold", transform=ax_xy.transAxes, va="bottom")  # fmt: skip
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
+    fig.savefig(out, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return out
+
+
+def input_ct_path(stained: str | os.PathLike) -> Path | None:
+    """The input CT recorded in a stained volume's provenance (``vstain.input.path``), if any."""
+    from vstain_dask import ngff
+
+    prov = ngff.open_volume(stained).attrs.get("vstain") or {}
+    p = (prov.get("input") or {}).get("path") if isinstance(prov, dict) else None
+    return Path(p) if p else None
+
+
+def save_preview(
+    stained: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    *,
+    ct: str | os.PathLike | None = "auto",
+    max_size: int = 768,
+) -> tuple[Path, Path | None]:
+    """Orthogonal views of a stained volume with its input CT beside it: what
+    ``vstain-dask preview`` writes.
+
+    Parameters
+    ----------
+    stained : path
+        Stained OME-Zarr, (c, z, y, x).
+    out : path, optional
+        PNG to write; default ``<stained name>.views.png`` beside the store.
+    ct : path, "auto" or None
+        The input CT; ``"auto"`` takes the path recorded in the stain's provenance when it
+        exists; None shows the stained volume alone.
+    max_size : int
+        Largest side read (a pyramid level at most this size), so memory stays bounded.
+
+    Returns
+    -------
+    (pathlib.Path, pathlib.Path or None)
+        The PNG, and the CT shown (None when none).
+    """
+    stained = Path(stained)
+    if out is None:
+        name = stained.name
+        for suffix in (".ome.zarr", ".zarr"):
+            if name.endswith(suffix):
+                name = name[: -len(suffix)]
+                break
+        out = stained.with_name(f"{name}.views.png")
+    ct_path: Path | None
+    if isinstance(ct, str) and ct == "auto":
+        ct_path = input_ct_path(stained)
+        if ct_path is not None and not ct_path.exists():
+            ct_path = None
+    else:
+        ct_path = None if ct is None else Path(ct)
+    paths = ([ct_path] if ct_path is not None else []) + [stained]
+    titles = ([f"CT: {ct_path.name}"] if ct_path is not None else []) + [f"stained: {stained.name}"]
+    return save_views(paths, out, titles=titles, max_size=max_size), ct_path
