@@ -111,28 +111,37 @@ def metal_artefacts(sp: Specimen, z, y, x) -> np.ndarray | None:
     """
     if sp.material != "ti":
         return None
+    zf = np.asarray(z, dtype=np.float32)
+    present = (zf >= sp.head_top) & (zf <= sp.tip_z)
+    if not present.any():
+        return None  # no metal in these slices; adding zeros would change nothing
     dy = y - np.float32(sp.screw_y)
     dx = x - np.float32(sp.screw_x)
     rs = np.hypot(dy, dx)
     theta = np.arctan2(dy, dx)
-    zf = np.asarray(z, dtype=np.float32)
-    r_metal = np.where(zf < sp.head_bottom, np.float32(sp.r_head), np.float32(sp.r_major))
-    present = ((zf >= sp.head_top) & (zf <= sp.tip_z)).astype(np.float32)
-    gap = np.maximum(rs - r_metal, np.float32(0.0))
+    # in-plane terms (cheap: they do not depend on z) for the head and for the shaft
+    env, halo = [], []
+    for r_metal in (sp.r_head, sp.r_major):
+        gap = np.maximum(rs - np.float32(r_metal), np.float32(0.0))
+        outside = (rs > r_metal).astype(np.float32)
+        env.append(np.float32(0.03) * np.exp(-gap * np.float32(1.0 / 1500.0)) * outside)
+        halo.append(np.float32(-0.12) * np.exp(-gap * np.float32(1.0 / 60.0)) * outside)
+    in_head = zf < sp.head_bottom
     rng = np.random.default_rng([sp.keys[13] >> 1, 3])
-    streak = np.zeros(np.broadcast_shapes(np.shape(theta), np.shape(zf)), dtype=np.float32)
+    streak = None
     for _ in range(4):
         m = float(rng.integers(3, 13))
         phase = float(rng.uniform(0, 2 * np.pi))
         omega = np.float32(2 * np.pi / rng.uniform(600.0, 2000.0))
         amp = np.float32(rng.uniform(0.5, 1.0))
-        a = np.cos(m * theta + phase).astype(np.float32)
-        b = np.sin(m * theta + phase).astype(np.float32)
-        streak += amp * (a * np.cos(omega * zf) - b * np.sin(omega * zf))
-    outside = rs > r_metal
-    out = np.float32(0.03) * streak * np.exp(-gap * np.float32(1.0 / 1500.0)) * outside
-    out -= np.float32(0.12) * np.exp(-gap * np.float32(1.0 / 60.0)) * outside
-    out *= present
+        a = (amp * np.cos(m * theta + phase)).astype(np.float32)
+        b = (amp * np.sin(m * theta + phase)).astype(np.float32)
+        term = a * np.cos(omega * zf)
+        term -= b * np.sin(omega * zf)
+        streak = term if streak is None else streak + term
+    out = streak * np.where(in_head, env[0], env[1])
+    out += np.where(in_head, halo[0], halo[1])
+    out *= present.astype(np.float32)
     return out.astype(np.float32)
 
 
@@ -165,9 +174,6 @@ def _block_ct(frame: Frame, sp: Specimen, sc: Scanner, block_info=None) -> np.nd
     blurred = ndi.gaussian_filter(att, sc.psf_sigma, radius=h, mode="nearest")
     del att
     core = blurred[h : h + z1 - z0, h : h + y1 - y0, h : h + x1 - x0]
-    metal = metal_artefacts(sp, *frame.grid([(z0, z1), (y0, y1), (x0, x1)]))
-    if metal is not None:
-        core += metal
     iy = np.arange(y0, y1).reshape(-1, 1)
     ix = np.arange(x0, x1).reshape(1, -1)
     ny, nx = frame.shape[1], frame.shape[2]
@@ -177,7 +183,11 @@ def _block_ct(frame: Frame, sp: Specimen, sc: Scanner, block_info=None) -> np.nd
     for s in range(z0, z1, _SLAB):
         e = min(z1, s + _SLAB)
         noise = gaussian_white(sc.key, np.arange(s, e).reshape(-1, 1, 1), iy[None], ix[None])
-        out[s - z0 : e - z0] = to_grey(core[s - z0 : e - z0], sc, gain, rings, noise)
+        slab = core[s - z0 : e - z0]
+        metal = metal_artefacts(sp, *frame.grid([(s, e), (y0, y1), (x0, x1)]))
+        if metal is not None:
+            slab = slab + metal
+        out[s - z0 : e - z0] = to_grey(slab, sc, gain, rings, noise)
     return out
 
 
