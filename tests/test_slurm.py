@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 def _submitted_jobs() -> int:
     """Batch jobs the controller accepted so far (from its log: accounting is off here)."""
     try:
-        text = open("/var/log/slurm/slurmctld.log").read()
+        text = Path("/var/log/slurm/slurmctld.log").read_text()
     except OSError:
         return 0
     return text.count("_slurm_rpc_submit_batch_job")

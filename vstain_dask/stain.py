@@ -732,6 +732,12 @@ def _write_block(
     from vstain_dask.cluster import worker_model
 
     raw, mask, read_s = read
+    if raw.dtype.kind == "f" and not np.isfinite(raw).all():
+        # decided: reject rather than guess a value (documented in the README)
+        raise InputError(
+            f"the CT has NaN or infinite voxels in {block.name} (box {block.read_box}); replace "
+            "them, e.g. with the background grey value, before staining"
+        )
     t1 = time.perf_counter()
     model = worker_model(model_path, model_sha, device=config.device)
     rgb, spread = stain_block(

@@ -124,22 +124,32 @@ def stain(input_path, output, model, axes, tile, step, blend, fuse, batch_size, 
         n = len(client.scheduler_info().get("workers", {}))
         click.echo(f"dashboard: {url or 'not available'} ({n} worker(s))", err=True)
 
-    report = run_stain(
-        input_path,
-        output,
-        model=model,
-        config=config,
-        cluster=cluster_config,
-        ct_levels=_ct_levels(ct_levels),
-        on_start=on_start,
-        chunks=chunks,
-        ngff_version=ngff_version,
-        resume=resume,
-        overwrite=overwrite,
-        retries=retries,
-        progress=progress,
-        command=" ".join(["vstain-dask", *sys.argv[1:]]),
-    )
+    from vstain_dask.stain import default_output
+
+    target = output or default_output(input_path)
+    try:
+        report = run_stain(
+            input_path,
+            output,
+            model=model,
+            config=config,
+            cluster=cluster_config,
+            ct_levels=_ct_levels(ct_levels),
+            on_start=on_start,
+            chunks=chunks,
+            ngff_version=ngff_version,
+            resume=resume,
+            overwrite=overwrite,
+            retries=retries,
+            progress=progress,
+            command=" ".join(["vstain-dask", *sys.argv[1:]]),
+        )
+    except KeyboardInterrupt:
+        click.echo(
+            f"interrupted: {target} is incomplete; rerun the same command with --resume to finish it",
+            err=True,
+        )
+        sys.exit(130)
     click.echo(
         f"wrote {report.output}: {report.blocks} blocks ({report.blocks_skipped} resumed), "
         f"{report.tiles} tiles in {report.seconds:.1f} s: {report.blocks_per_s:.2f} blocks/s, "
