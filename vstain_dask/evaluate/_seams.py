@@ -97,22 +97,31 @@ def _borders(length: int, tile: int, step: int) -> np.ndarray:
 
 
 def _boxes(shape: tuple[int, int, int], block: tuple[int, int, int], n: int, seed: int):
-    """A seeded choice of blocks of the block grid, each read with one voxel more before it
-    (where there is one), so that the differences across block borders are counted too, once."""
+    """A seeded choice of blocks of the block grid, as (read box, halo): each block is read with
+    one voxel more before it along each axis (where there is one), so that differences across
+    block borders are counted too, by the block after the border."""
     starts = [range(0, s, b) for s, b in zip(shape, block, strict=True)]
     grid = [(z, y, x) for z in starts[0] for y in starts[1] for x in starts[2]]
     rng = np.random.default_rng(seed)
     pick = sorted(rng.choice(len(grid), size=min(n, len(grid)), replace=False).tolist())
-    return [
-        tuple((max(0, o - 1), min(o + b, s)) for o, b, s in zip(grid[i], block, shape, strict=True))
-        for i in pick
-    ]
+    out = []
+    for i in pick:
+        origin = grid[i]
+        box = tuple(
+            (max(0, o - 1), min(o + b, s)) for o, b, s in zip(origin, block, shape, strict=True)
+        )
+        out.append((box, tuple(int(o > 0) for o in origin)))
+    return out
 
 
 def _block_stats(
-    data: np.ndarray, box, *, axis: int, borders: dict[int, np.ndarray], rgb: bool
+    data: np.ndarray, box, halo, *, axis: int, borders: dict[int, np.ndarray], rgb: bool
 ) -> dict[str, np.ndarray]:
-    """Sums and counts of one block: (C, z, y, x) for RGB, (z, y, x) for CT."""
+    """Sums and counts of one block: (C, z, y, x) for RGB, (z, y, x) for CT.
+
+    Differences along an axis use the halo voxel before the block on that axis only; on the
+    other axes the halo belongs to the neighbouring block and is left out.
+    """
     v = np.asarray(data, dtype=np.float32)
     if not rgb:
         v = v[None]
@@ -120,12 +129,18 @@ def _block_stats(
     for a in range(3):
         if v.shape[1 + a] < 2:
             continue
-        d = np.abs(np.diff(v, axis=1 + a))
+        own = (slice(None), *(slice(None) if d == a else slice(halo[d], None) for d in range(3)))
+        va = v[own]
+        d = np.abs(np.diff(va, axis=1 + a))
         out["sum"][a] = float(d.sum(dtype=np.float64)) / v.shape[0]
         out["count"][a] = d.size / v.shape[0]
         if a == axis and rgb:
             # change of each slice's mean colour (per channel) from the slice before it
-            means = np.moveaxis(v, 1 + a, 1).reshape(v.shape[0], v.shape[1 + a], -1).mean(axis=2)
+            means = (
+                np.moveaxis(va, 1 + a, 1)
+                .reshape(v.shape[0], va.shape[1 + a], -1)
+                .mean(axis=2, dtype=np.float64)
+            )
             shift = np.diff(means, axis=1)
             # jumps beyond the steady drift of the block (a colour gradient along the axis)
             jumps = np.abs(shift - np.median(shift, axis=1, keepdims=True))
@@ -240,9 +255,14 @@ def seam_metrics(
     data = vol.data
     tasks = [
         dask.delayed(_block_stats)(
-            data[(slice(0, 3), *(slice(*b) for b in box))], box, axis=a, borders=borders, rgb=True
+            data[(slice(0, 3), *(slice(*b) for b in box))],
+            box,
+            halo,
+            axis=a,
+            borders=borders,
+            rgb=True,
         )  # fmt: skip
-        for box in boxes
+        for box, halo in boxes
     ]
     ct_path = _resolve_ct(reference, prov)
     ct_tasks = []
@@ -255,9 +275,9 @@ def seam_metrics(
             )
         ct_tasks = [
             dask.delayed(_block_stats)(
-                ct.data[tuple(slice(*b) for b in box)], box, axis=a, borders={}, rgb=False
+                ct.data[tuple(slice(*b) for b in box)], box, halo, axis=a, borders={}, rgb=False
             )  # fmt: skip
-            for box in boxes
+            for box, halo in boxes
         ]
     results = dask.compute(*tasks, *ct_tasks)
     stats, ct_stats = results[: len(tasks)], results[len(tasks) :]
@@ -276,7 +296,12 @@ def seam_metrics(
         tile=tile,
         step=step,
         blocks=len(boxes),
-        voxels=int(sum(np.prod([b[1] - b[0] for b in box]) for box in boxes)),
+        voxels=int(
+            sum(
+                np.prod([b[1] - b[0] - h for b, h in zip(box, halo, strict=True)])
+                for box, halo in boxes
+            )
+        ),  # fmt: skip
         diff=diff,
         stripe_index=stripe,
         flicker=_ratio(total["flicker"][0], total["flicker"][1]),
