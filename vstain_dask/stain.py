@@ -1178,4 +1178,12 @@ def run_stain(
     with connect(cluster) as client:
         if on_start is not None:
             on_start(client)
-        return stain_to_zarr(source, output, model=model, config=config, client=client, **options)
+        try:
+            return stain_to_zarr(
+                source, output, model=model, config=config, client=client, **options
+            )
+        except KeyboardInterrupt:
+            # the cluster is torn down mid-flight: its comms log tracebacks that mean nothing
+            for name in ("distributed", "tornado", "asyncio"):
+                logging.getLogger(name).setLevel(logging.CRITICAL)
+            raise

@@ -101,9 +101,10 @@ def main(ctx: click.Context, debug: bool) -> None:
 
     Start with `vstain-dask demo`; every command has -h.
     """
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    # the handler's level, not only the root's: libraries such as distributed give their own
+    # loggers INFO levels, whose records would otherwise reach this handler
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.DEBUG if debug else logging.WARNING)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, handlers=[handler])
     ctx.obj = {"debug": debug}
