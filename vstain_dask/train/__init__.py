@@ -1,0 +1,63 @@
+"""Training: pairs, the patch stream, augmentation, trainers and cross-validation.
+
+- :mod:`~vstain_dask.train.prepare`: adding registered slice pairs to a pairs store, with the
+  paper's normalization recorded (:func:`add_pair`);
+- :mod:`~vstain_dask.train.augment`: crop/rescale/flip geometry shared by CT, histology and
+  mask, and intensity jitter per modality;
+- :mod:`~vstain_dask.train.dataset`: the seeded patch stream read straight from zarr;
+- :mod:`~vstain_dask.train.trainer`: the four variants, checkpoints and exact resume
+  (:func:`train`);
+- :mod:`~vstain_dask.train.folds`: stratified splits and folds on a dask cluster;
+- :mod:`~vstain_dask.train.metrics`: masked SSIM/PSNR of whole-pair predictions;
+- :mod:`~vstain_dask.train.default`: the recipe of the bundled default model.
+
+Names are resolved lazily, so ``vstain-dask pairs list`` does not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+# public name -> module that defines it
+_EXPORTS: dict[str, str] = {
+    "AugmentConfig": "vstain_dask.train.augment",
+    "CropGeometry": "vstain_dask.train.augment",
+    "PairInfo": "vstain_dask.train.dataset",
+    "PatchDataset": "vstain_dask.train.dataset",
+    "EpochBatches": "vstain_dask.train.dataset",
+    "make_loader": "vstain_dask.train.dataset",
+    "measure_stream": "vstain_dask.train.dataset",
+    "scan_pairs": "vstain_dask.train.dataset",
+    "Split": "vstain_dask.train.folds",
+    "make_split": "vstain_dask.train.folds",
+    "train_folds": "vstain_dask.train.folds",
+    "masked_ssim": "vstain_dask.train.metrics",
+    "masked_psnr": "vstain_dask.train.metrics",
+    "evaluate_generator": "vstain_dask.train.metrics",
+    "PairLevels": "vstain_dask.train.prepare",
+    "add_pair": "vstain_dask.train.prepare",
+    "format_pairs": "vstain_dask.train.prepare",
+    "pair_levels": "vstain_dask.train.prepare",
+    "read_image": "vstain_dask.train.prepare",
+    "CT_INPUT_HIGH": "vstain_dask.train.trainer",
+    "CT_INPUT_LOW": "vstain_dask.train.trainer",
+    "ImageBuffer": "vstain_dask.train.trainer",
+    "TrainConfig": "vstain_dask.train.trainer",
+    "TrainResult": "vstain_dask.train.trainer",
+    "train": "vstain_dask.train.trainer",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'vstain_dask.train' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
