@@ -251,21 +251,32 @@ def plot_boxplots(result: EvaluationResult, out: str | os.PathLike) -> Path:
 
 
 def _roi(images: PairImages, side: int) -> tuple[int, int, int]:
-    """(y0, x0, side) of the most structured window well inside the mask."""
+    """(y0, x0, side) of the most structured window inside the mask (the histology's widest
+    spread of brightness), preferring windows the mask covers fully."""
     h, w = images.mask.shape
     side = max(8, min(side, h, w))
     lum = images.histology.astype(np.float32).mean(axis=-1)
     stride = max(1, side // 4)
-    best, best_score = (max(0, (h - side) // 2), max(0, (w - side) // 2)), -1.0
-    for y in range(0, h - side + 1, stride):
-        for x in range(0, w - side + 1, stride):
-            m = images.mask[y : y + side, x : x + side]
-            if m.mean() < 0.9:
-                continue
-            score = float(lum[y : y + side, x : x + side][m].std())
-            if score > best_score:
-                best, best_score = (y, x), score
-    return best[0], best[1], side
+    windows = [
+        (y, x) for y in range(0, h - side + 1, stride) for x in range(0, w - side + 1, stride)
+    ]
+    cover = {(y, x): images.mask[y : y + side, x : x + side].mean() for y, x in windows}
+    for need in (0.98, 0.9, 0.5):
+        scored = [
+            (
+                float(
+                    lum[y : y + side, x : x + side][images.mask[y : y + side, x : x + side]].std()
+                ),
+                y,
+                x,
+            )
+            for y, x in windows
+            if cover[(y, x)] >= need
+        ]
+        if scored:
+            _, y, x = max(scored)
+            return y, x, side
+    return max(0, (h - side) // 2), max(0, (w - side) // 2), side
 
 
 def _luminance(img: np.ndarray) -> np.ndarray:
@@ -280,8 +291,6 @@ def _median(v: np.ndarray) -> float:
 
 #: colours of the panel's overlays
 _MASK_COLOUR, _ROI_COLOUR, _LINE_COLOUR, _PATCH_COLOUR = "#009E73", "#D55E00", "#56B4E9", "white"
-#: patch outlines drawn at most on the histology
-_MAX_PATCH_OUTLINES = 25
 
 
 def plot_pair_panel(images: PairImages, out: str | os.PathLike, *, roi: int | None = None) -> Path:
@@ -289,7 +298,7 @@ def plot_pair_panel(images: PairImages, out: str | os.PathLike, *, roi: int | No
 
     Columns: CT, real histology, then each output (baseline and models), titled with their
     median scores on this pair. Rows: the whole slice (mask outlined, ROI boxed, profile line
-    dashed; on the histology, the first metric patches outlined), the ROI zoomed, the R, G, B
+    dashed; on the histology, the centres of the metric patches dotted), the ROI zoomed, the R, G, B
     histograms inside the mask (the real histology's dotted in the other columns), and below,
     the intensity profile (mean of R, G, B) along the line for all images.
 
@@ -339,10 +348,10 @@ def plot_pair_panel(images: PairImages, out: str | os.PathLike, *, roi: int | No
             ax.imshow(img, interpolation="antialiased")
         if images.mask.any() and not images.mask.all():
             ax.contour(images.mask, levels=[0.5], colors=_MASK_COLOUR, linewidths=1.0)
-        if c == 1:
-            for y0, x0 in images.positions[:_MAX_PATCH_OUTLINES].tolist():
-                ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), pw, ph, fill=False,
-                                       edgecolor=_PATCH_COLOUR, linewidth=0.6, alpha=0.7))  # fmt: skip
+        if c == 1 and len(images.positions):
+            centres = images.positions + np.array([ph, pw]) / 2.0 - 0.5
+            ax.scatter(centres[:, 1], centres[:, 0], s=9, c=_PATCH_COLOUR, edgecolors="black",
+                       linewidths=0.5, zorder=3)  # fmt: skip
         ax.add_patch(Rectangle((rx - 0.5, ry - 0.5), side, side, fill=False,
                                edgecolor=_ROI_COLOUR, linewidth=1.6))  # fmt: skip
         ax.axhline(line_y, color=_LINE_COLOUR, linestyle="--", linewidth=1)
@@ -415,7 +424,7 @@ def plot_pair_panel(images: PairImages, out: str | os.PathLike, *, roi: int | No
     fig.suptitle(
         f"pair {p['id']} · {p.get('material', '?')} · sample {p.get('sample', '?')} · "
         f"{h}×{w} px · {len(images.positions)} metric patches of {ph}×{pw} px\n"
-        "green: correspondence mask · white: metric patches · orange: ROI · "
+        "green: correspondence mask · white dots: centres of the metric patches · orange: ROI · "
         "blue dashed: profile line",
         fontsize=9,
     )
