@@ -1,0 +1,174 @@
+"""Screenshot of a live web page (the dask dashboard) in headless Chromium, for tests.
+
+Chromium is driven through its DevTools protocol over a websocket (tornado's client, which
+distributed already depends on). Its DevTools endpoint listens on 127.0.0.1 only, on a port the
+browser picks itself; the browser runs with a throw-away profile and without any background
+networking, and only the process started here is stopped afterwards (by its PID).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+__all__ = ["find_chromium", "screenshot"]
+
+_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--remote-debugging-address=127.0.0.1",
+    "--remote-debugging-port=0",  # the browser picks a free port and writes it to its profile
+)
+
+
+def find_chromium() -> str | None:
+    """Path of a Chromium (or Chrome) executable, or None when there is none."""
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        exe = shutil.which(name)
+        if exe:
+            return exe
+    return None
+
+
+def screenshot(
+    url: str,
+    out: str | os.PathLike,
+    *,
+    wait: float = 8.0,
+    size: tuple[int, int] = (1600, 1000),
+    chromium: str | None = None,
+    timeout: float = 60.0,
+) -> Path:
+    """Open ``url`` in headless Chromium, let it render for ``wait`` seconds, save a PNG.
+
+    Parameters
+    ----------
+    url : str
+        The page; live pages (bokeh) keep updating over their own websocket meanwhile.
+    out : path
+        Where to write the PNG.
+    wait : float
+        Seconds of real time between navigating and capturing, seconds.
+    size : (width, height)
+        Viewport in CSS pixels (device scale factor 1), so the PNG is ``height x width``.
+    chromium : str, optional
+        The browser executable [found on PATH].
+    timeout : float
+        Seconds to wait for the browser's DevTools endpoint and for each protocol reply.
+
+    Returns
+    -------
+    pathlib.Path
+        ``out``.
+
+    Raises
+    ------
+    FileNotFoundError
+        No Chromium was found.
+    TimeoutError
+        The browser did not open its DevTools endpoint, or did not answer, within ``timeout``.
+    """
+    exe = chromium or find_chromium()
+    if exe is None:
+        raise FileNotFoundError("no chromium executable on PATH (apt-get install chromium)")
+    out = Path(out)
+    asyncio.run(_shoot(exe, url, out, wait=wait, size=size, timeout=timeout))
+    return out
+
+
+async def _shoot(exe, url, out: Path, *, wait, size, timeout) -> None:
+    from tornado.websocket import websocket_connect
+
+    width, height = size
+    profile = tempfile.mkdtemp(prefix="vstain-chromium-")
+    proc = subprocess.Popen(
+        [exe, *_FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}",
+         "about:blank"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        port = await _devtools_port(Path(profile), proc, timeout=timeout)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=timeout) as r:
+            targets = json.load(r)
+        page = next(t for t in targets if t.get("type") == "page")
+        ws = await asyncio.wait_for(
+            websocket_connect(page["webSocketDebuggerUrl"], max_message_size=256 * 2**20),
+            timeout,
+        )
+        calls = iter(range(1, 1_000_000))
+
+        async def call(method: str, **params):
+            ident = next(calls)
+            await ws.write_message(json.dumps({"id": ident, "method": method, "params": params}))
+            while True:  # skip events until our reply arrives
+                raw = await asyncio.wait_for(ws.read_message(), timeout)
+                if raw is None:
+                    raise ConnectionError(f"the browser closed DevTools during {method}")
+                msg = json.loads(raw)
+                if msg.get("id") == ident:
+                    if "error" in msg:
+                        raise RuntimeError(f"{method} failed: {msg['error']}")
+                    return msg["result"]
+
+        await call("Page.enable")
+        await call(
+            "Emulation.setDeviceMetricsOverride",
+            width=width, height=height, deviceScaleFactor=1, mobile=False,
+        )  # fmt: skip
+        await call("Page.navigate", url=url)
+        await asyncio.sleep(wait)  # real time: bokeh opens its websocket and streams updates
+        shot = await call("Page.captureScreenshot", format="png")
+        out.write_bytes(base64.b64decode(shot["data"]))
+        try:
+            await call("Browser.close")
+        except (ConnectionError, RuntimeError, TimeoutError):
+            pass  # it is going away anyway; stopped by PID below if not
+        ws.close()
+    finally:
+        _stop(proc)
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+async def _devtools_port(profile: Path, proc: subprocess.Popen, *, timeout: float) -> int:
+    """The port the browser wrote to ``DevToolsActivePort`` in its profile."""
+    portfile = profile / "DevToolsActivePort"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"chromium exited with status {proc.returncode} at start")
+        try:
+            first = portfile.read_text().split()
+        except OSError:
+            first = []
+        if first:
+            return int(first[0])
+        await asyncio.sleep(0.1)
+    raise TimeoutError(f"chromium did not open its DevTools port within {timeout:g} s")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop the browser process started here (by its PID): wait, then SIGTERM, then SIGKILL."""
+    for action in (None, proc.terminate, proc.kill):
+        if action is not None:
+            action()
+        try:
+            proc.wait(timeout=10)
+            return
+        except subprocess.TimeoutExpired:
+            continue
