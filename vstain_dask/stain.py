@@ -765,6 +765,58 @@ def _write_block(
     return {"read": read_s, "compute": t2 - t1, "write": t3 - t2, "tiles": block.n_tiles}
 
 
+def check_inputs(
+    source: str | os.PathLike,
+    output: str | os.PathLike | None,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+):
+    """Everything that can be checked about a stain's input and output before any work starts.
+
+    Returns
+    -------
+    (source, volume, output) : (Path, xarray.DataArray, Path)
+
+    Raises
+    ------
+    VolumeFormatError, InputError, OutputExistsError
+        With one line that names the path and says what to do.
+    """
+    from vstain_dask import ngff
+
+    source = Path(source)
+    vol = ngff.open_volume(source)
+    if "c" in vol.dims:
+        raise InputError(
+            f"{source} has a channel axis ({dict(vol.sizes)}); stain needs a greyscale CT "
+            "volume (z, y, x) or slice (y, x)"
+        )
+    _check_ct(vol.data)
+    output = Path(output) if output is not None else default_output(source)
+    src_res, out_res = source.resolve(), output.resolve()
+    if out_res == src_res or src_res in out_res.parents:
+        raise InputError(f"output {output} is inside the input {source}; choose another path")
+    if resume and overwrite:
+        raise InputError("choose either --resume or --overwrite, not both")
+    parent = out_res.parent
+    if not parent.is_dir():
+        raise InputError(f"the output folder {parent} does not exist or is not a folder")
+    if not os.access(parent, os.W_OK):
+        raise InputError(f"the output folder {parent} is not writable")
+    if output.exists() and not (overwrite or resume):
+        raise OutputExistsError(
+            f"{output} exists; use --overwrite to replace it or --resume to continue it"
+        )
+    lock = _Ledger(output)._read_lock()
+    if lock and _alive(lock):
+        raise OutputExistsError(
+            f"another job (pid {lock['pid']} on {lock['host']}) is writing {output}; "
+            "wait for it or stop it first"
+        )
+    return source, vol, output
+
+
 def stain_to_zarr(
     source: str | os.PathLike,
     output: str | os.PathLike | None = None,
@@ -816,25 +868,13 @@ def stain_to_zarr(
     """
     import shutil
 
-    from vstain_dask import __version__, ngff
+    from vstain_dask import __version__
 
     config = config or StainConfig()
-    source = Path(source)
-    vol = ngff.open_volume(source)
-    if "c" in vol.dims:
-        raise InputError(
-            f"{source} has a channel axis ({dict(vol.sizes)}); stain needs a greyscale CT "
-            "volume (z, y, x) or slice (y, x)"
-        )
-    _check_ct(vol.data)
+    source, vol, output = check_inputs(source, output, resume=resume, overwrite=overwrite)
+    src_res = source.resolve()
     two_d = vol.ndim == 2
     vol_shape = (1, *vol.shape) if two_d else tuple(int(s) for s in vol.shape)
-    output = Path(output) if output is not None else default_output(source)
-    src_res, out_res = source.resolve(), output.resolve()
-    if out_res == src_res or src_res in out_res.parents:
-        raise InputError(f"output {output} is inside the input {source}; choose another path")
-    if resume and overwrite:
-        raise InputError("choose either --resume or --overwrite, not both")
 
     model_path, model_sha = _model_ref(model)
     if chunks is None:
@@ -848,10 +888,6 @@ def stain_to_zarr(
     )
 
     ledger = _Ledger(output)
-    if output.exists() and not (overwrite or resume):
-        raise OutputExistsError(
-            f"{output} exists; use --overwrite to replace it or --resume to continue it"
-        )
     ledger.acquire(fingerprint=fingerprint)  # refuses while another live job holds the output
     try:
         if output.exists() and overwrite:
@@ -1169,9 +1205,14 @@ def run_stain(
     model = Path(model) if model is not None else default_model_path()
     config = config or StainConfig()
     source = Path(source)
-    from vstain_dask import ngff
-
-    ngff.open_volume(source)  # fail early on a bad input, before starting a cluster
+    # fail early, before starting a cluster: bad input, bad model, existing output
+    check_inputs(
+        source,
+        output,
+        resume=options.get("resume", False),
+        overwrite=options.get("overwrite", False),
+    )
+    _model_ref(model)
     levels = resolve_ct_levels(source, model, ct_levels)
     if levels != config.ct_levels:
         config = dataclasses.replace(config, ct_levels=levels)

@@ -68,6 +68,8 @@ def _ct_levels(value: str):
 @click.option("--queue", help="SLURM partition.")
 @click.option("--account", help="SLURM account.")
 @click.option("--interface", help="Network interface for SLURM workers (e.g. ib0).")
+@click.option("--cluster-timeout", default=60.0, show_default=True,
+              help="Seconds to wait for a scheduler or the first worker.")  # fmt: skip
 @click.option("--device", help="Torch device [cuda if present, else cpu].")
 @click.option("--autocast/--no-autocast", default=None, help="bf16 autocast [on for CUDA].")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the generator.")
@@ -76,7 +78,7 @@ def _ct_levels(value: str):
 def stain(input_path, output, model, axes, tile, step, blend, fuse, batch_size, prefilter_sigma,
           ct_levels, alpha, uncertainty, mask, mask_colour, chunks, block, ngff_version, resume, overwrite, cluster,
           scheduler, workers, threads_per_worker, memory, jobs, cores, walltime, gpus_per_job,
-          queue, account, interface, device, autocast, compile_, retries, progress):  # fmt: skip
+          queue, account, interface, cluster_timeout, device, autocast, compile_, retries, progress):  # fmt: skip
     """Stain a CT volume (OME-Zarr) into an RGB OME-Zarr volume."""
     from vstain_dask.cluster import ClusterConfig
     from vstain_dask.stain import StainConfig, run_stain
@@ -110,6 +112,7 @@ def stain(input_path, output, model, axes, tile, step, blend, fuse, batch_size, 
         queue=queue,
         account=account,
         interface=interface,
+        timeout=cluster_timeout,
     )
     if model is None:
         click.echo(
