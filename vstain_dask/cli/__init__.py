@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
+import warnings
 
 import click
 
@@ -107,4 +108,11 @@ def main(ctx: click.Context, debug: bool) -> None:
     handler.setLevel(logging.DEBUG if debug else logging.WARNING)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, handlers=[handler])
+    if not debug:
+        warnings.showwarning = _show_warning
     ctx.obj = {"debug": debug}
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line each, without source locations (those are for --debug)."""
+    click.echo(f"warning: {_one_line(message)}", err=True)
