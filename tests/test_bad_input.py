@@ -11,8 +11,6 @@ import hashlib
 import json
 import os
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -181,12 +179,3 @@ def test_tile_larger_than_volume_works_by_padding(ct, model_path, tmp_path):
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert ngff.open_volume(out).shape == (3, *vol.shape)
-
-
-def test_debug_shows_the_traceback(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "vstain_dask.cli", "--debug", "info", str(tmp_path / "nope.zarr")],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert proc.returncode != 0
-    assert "Traceback" in proc.stderr

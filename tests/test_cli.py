@@ -1,0 +1,42 @@
+"""The command-line front door: version, help, unknown commands, one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from click.testing import CliRunner
+
+from vstain_dask import __version__
+from vstain_dask.cli import _COMMANDS, main
+
+
+def test_version_and_help():
+    r = CliRunner().invoke(main, ["--version"])
+    assert r.exit_code == 0 and __version__ in r.output
+    r = CliRunner().invoke(main, ["-h"])
+    assert r.exit_code == 0
+    for name in _COMMANDS:
+        assert name in r.output, name
+    for name in _COMMANDS:
+        r = CliRunner().invoke(main, [name, "-h"])
+        assert r.exit_code == 0, (name, r.output)
+        assert "Usage:" in r.output
+
+
+def test_unknown_command_is_a_usage_error():
+    r = CliRunner().invoke(main, ["paint"])
+    assert r.exit_code == 2
+    assert "No such command 'paint'" in r.output
+
+
+def test_entry_point_one_line_error_and_debug_traceback(tmp_path):
+    missing = str(tmp_path / "missing.zarr")
+    plain = subprocess.run(["vstain-dask", "info", missing], capture_output=True, text=True,
+                           timeout=120)  # fmt: skip
+    assert plain.returncode == 2
+    assert plain.stderr.count("\n") == 1 and plain.stderr.startswith("error: ")
+    assert missing in plain.stderr and "Traceback" not in plain.stderr
+    debug = subprocess.run([sys.executable, "-m", "vstain_dask.cli", "--debug", "info", missing],
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
