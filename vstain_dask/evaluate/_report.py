@@ -99,7 +99,6 @@ def _json_safe(v: Any) -> Any:
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     with open(path, "w", newline="", encoding="utf-8") as f:
         if not rows:
-            f.write("")
             return
         w = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
         w.writeheader()
@@ -229,6 +228,8 @@ def plot_boxplots(result: EvaluationResult, out: str | os.PathLike) -> Path:
             ha="right" if len(models) > 3 else "center",
         )
         ax.set_xlim(-0.6, len(models) - 0.4)
+        if models and models[0] == BASELINE and len(models) > 1:
+            ax.axvline(0.5, color="0.6", linestyle=":", linewidth=1)  # baseline | models
         better = "higher is better" if metric.higher_is_better else "lower is better"
         ax.set_title(f"{metric.label} ({better} {_ARROW[metric.higher_is_better]})")
         ax.grid(axis="y", alpha=0.3)
@@ -260,19 +261,14 @@ def _roi(images: PairImages, side: int) -> tuple[int, int, int]:
     windows = [
         (y, x) for y in range(0, h - side + 1, stride) for x in range(0, w - side + 1, stride)
     ]
+
+    def spread(y: int, x: int) -> float:
+        win = (slice(y, y + side), slice(x, x + side))
+        return float(lum[win][images.mask[win]].std())
+
     cover = {(y, x): images.mask[y : y + side, x : x + side].mean() for y, x in windows}
     for need in (0.98, 0.9, 0.5):
-        scored = [
-            (
-                float(
-                    lum[y : y + side, x : x + side][images.mask[y : y + side, x : x + side]].std()
-                ),
-                y,
-                x,
-            )
-            for y, x in windows
-            if cover[(y, x)] >= need
-        ]
+        scored = [(spread(y, x), y, x) for y, x in windows if cover[(y, x)] >= need]
         if scored:
             _, y, x = max(scored)
             return y, x, side

@@ -27,10 +27,11 @@ from vstain_dask.evaluate._metrics import (
     background_colour,
     load_lpips,
     mask_to_background,
+    patch_coverage,
     patch_metrics,
     sample_patches,
 )
-from vstain_dask.pairs import Role
+from vstain_dask.pairs import Role, list_pairs, read_pair
 from vstain_dask.tiling import BlendMode
 
 __all__ = [
@@ -310,16 +311,18 @@ def _default_device() -> str:
 
 
 def _model_names(paths: Sequence[Path]) -> list[str]:
-    names = [p.stem for p in paths]
-    for i, p in enumerate(paths):
-        if names.count(names[i]) > 1:
-            names[i] = f"{p.parent.name}/{p.stem}" if p.parent.name else p.stem
-    seen: dict[str, int] = {}
-    for i, n in enumerate(names):
+    """File stems; stems that clash get their folder's name, then a number."""
+    stems = [p.stem for p in paths]
+    names = [f"{p.parent.name}/{p.stem}" if stems.count(p.stem) > 1 and p.parent.name else p.stem
+             for p in paths]  # fmt: skip
+    count: dict[str, int] = {}
+    out = []
+    for n in names:
         if names.count(n) > 1:
-            seen[n] = seen.get(n, 0) + 1
-            names[i] = f"{n} ({seen[n]})"
-    return names
+            count[n] = count.get(n, 0) + 1
+            n = f"{n} ({count[n]})"
+        out.append(n)
+    return out
 
 
 def _load_models(models: Any, device: str) -> list[_Model]:
@@ -504,9 +507,10 @@ def _quantiles(v: np.ndarray) -> tuple[float, float, float]:
     v = v[~np.isnan(v)]
     if v.size == 0:
         return (math.nan, math.nan, math.nan)
-    # "lower"/"higher" keep inf (identical patches' PSNR) out of interpolation arithmetic
-    q1, med, q3 = (float(np.quantile(v, q, method="median_unbiased")) if np.isfinite(v).all()
-                   else float(np.quantile(v, q, method="nearest")) for q in (0.25, 0.5, 0.75))  # fmt: skip
+    # numpy's default (linear) quantiles, as the box plots draw them; with an infinite PSNR (a
+    # patch identical to its reference) "nearest" keeps inf out of the interpolation
+    method = "linear" if np.isfinite(v).all() else "nearest"
+    q1, med, q3 = (float(np.quantile(v, q, method=method)) for q in (0.25, 0.5, 0.75))
     return q1, med, q3
 
 
@@ -557,8 +561,6 @@ def evaluate_models(
     split in which some model scores the pair (or the pair's own role when there are no
     models). With ``config.split``, only (pair, model) combinations in that split are scored.
     """
-    from vstain_dask.pairs import list_pairs, read_pair
-
     config = config or EvalConfig()
     if not config.baseline and not models:
         raise InputError("nothing to evaluate: give at least one model, or keep the baseline on")
@@ -601,7 +603,7 @@ def evaluate_models(
         bar = tqdm(total=len(plan), unit="pair", desc="evaluate")
     try:
         for entry, roles, splits in plan:
-            images = _evaluate_pair(pairs, entry, roles, splits, loaded, config, lp, read_pair)
+            images = _evaluate_pair(pairs, entry, roles, loaded, config, lp)
             pair_info.append({
                 "id": entry["id"], "material": entry.get("material"), "sample": entry.get("sample"),
                 "splits": splits, "patches": int(len(images.positions)),
@@ -626,7 +628,7 @@ def evaluate_models(
     )
 
 
-def _evaluate_pair(store, entry, roles, splits, loaded, config, lp, read_pair) -> PairImages:
+def _evaluate_pair(store, entry, roles, loaded, config, lp) -> PairImages:
     pid = entry["id"]
     data = read_pair(store, pid)
     ct = np.asarray(data["ct"][...])
@@ -684,8 +686,6 @@ def _evaluate_pair(store, entry, roles, splits, loaded, config, lp, read_pair) -
 
 
 def _records(entry, images: PairImages, roles, splits, config) -> list[dict[str, Any]]:
-    from vstain_dask.evaluate._metrics import patch_coverage
-
     if not len(images.positions):
         return []
     cov = patch_coverage(images.mask, images.positions, size=config.patch_size)

@@ -8,10 +8,12 @@ here from neighbour differences, in 8-bit units, on a seeded sample of blocks (b
 - ``diff[a]``: mean absolute difference between neighbouring voxels along axis ``a`` (mean over
   R, G, B).
 - ``stripe_index = diff[axis] / mean(diff[other axes])``: about 1 for a volume that changes as
-  much across slices as within them; above 1 for stripes. Texture raises both terms alike, so it
-  does not count as stripes. Anisotropic structure does, a little: compare runs on one volume
-  (``--axes z`` against fused, blend against blend), or divide by the same index of the input CT
-  (``ct_stripe_index``), which has the structure but no staining.
+  much across slices as within them; above 1 for stripes. Isotropic texture raises both terms
+  alike, so it does not count as stripes; texture generated in the plane only (a model's own
+  in-plane detail, smooth across slices) gives values below 1. Anisotropic structure moves it
+  too: compare runs on one volume (``--axes z`` against fused, blend against blend), or divide
+  by the same index of the input CT (``ct_stripe_index``), which has the structure but no
+  staining (``relative_stripe_index``).
 - ``flicker``: whole-slice colour jumps: the change of a slice's mean colour from the slice
   before it, as its absolute deviation from the block's median change (a steady colour drift
   along the axis is not a jump), averaged.
