@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -385,6 +382,17 @@ def test_splits_come_from_the_store_or_the_models_record(store, tmp_path):
         evaluate_models(store, None, config=EvalConfig(**SMALL, lpips=False, split="train"))
 
 
+def test_models_are_named_after_their_files(store, tmp_path):
+    a = _tiny_model(tmp_path / "run1" / "model.pt", seed=5)
+    b = _tiny_model(tmp_path / "run2" / "model.pt", seed=6)
+    config = EvalConfig(**SMALL, lpips=False, baseline=False, split="test")
+    assert evaluate_models(store, [a, b], config=config).model_names == ["run1/model", "run2/model"]
+    named = evaluate_models(store, {"first": a}, config=config)
+    assert named.model_names == ["first"] and named.models[0]["path"] == str(a)
+    with pytest.raises(InputError, match="nothing to evaluate"):
+        evaluate_models(store, None, config=config)
+
+
 def test_report_files_hold_the_numbers(store, models, lp, tmp_path):
     out = tmp_path / "report"
     config = EvalConfig(**SMALL, split="val")
@@ -477,21 +485,21 @@ def test_cli_evaluate_errors(store, models, tmp_path):
     assert "no pairs in split 'train'" in r.output and "Traceback" not in r.output
 
 
-def test_cli_missing_lpips_weights_fail_with_one_line(store, models, tmp_path):
-    """The real entry point, an empty torch hub cache and no network: one line, exit 2."""
-    exe = Path(sys.executable).with_name("vstain-dask")
+def test_cli_missing_lpips_weights_fail_with_one_line(store, models, tmp_path, monkeypatch):
+    """An empty torch hub cache and no network: one line saying which file goes where, exit 2."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     # an unreachable proxy stands in for "no network", so no download is attempted for real
-    env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch"), "https_proxy": "http://127.0.0.1:9",
-           "HTTPS_PROXY": "http://127.0.0.1:9", "no_proxy": "", "NO_PROXY": ""}  # fmt: skip
+    for name in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
     out = tmp_path / "rep"
-    proc = subprocess.run(
-        [str(exe), "evaluate", str(store), "-m", str(models["modc"]), "-o", str(out),
-         "--no-progress"],
-        capture_output=True, text=True, env=env, timeout=300,
-    )  # fmt: skip
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    r = CliRunner().invoke(
+        main, ["evaluate", str(store), "-m", str(models["modc"]), "-o", str(out), "--no-progress"]
+    )
+    assert r.exit_code == 2, r.output
+    assert "Traceback" not in r.output
+    errors = [line for line in r.output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1
     hub = tmp_path / "torch" / "hub" / "checkpoints"
     assert "put squeezenet1_1-b8a52dc0.pth" in errors[0] and f"into {hub}/" in errors[0]
