@@ -50,6 +50,8 @@ __all__ = [
 BASELINE = "raw CT"
 #: split label of pairs that neither the store nor a model assigns to a split
 UNASSIGNED = "unassigned"
+#: smallest patch side: SSIM's 7 x 7 window
+_MIN_SIDE = 7
 _SPLIT_ORDER = (Role.TRAIN.value, Role.VAL.value, Role.TEST.value, UNASSIGNED)
 
 
@@ -129,7 +131,7 @@ class EvalConfig:
     autocast: bool | None = None
 
     def __post_init__(self) -> None:
-        for name, minimum in (("patch_size", 7), ("patches_per_pair", 1), ("tile", 1),
+        for name, minimum in (("patch_size", _MIN_SIDE), ("patches_per_pair", 1), ("tile", 1),
                               ("step", 1), ("batch_size", 1)):  # fmt: skip
             value = getattr(self, name)
             if (
@@ -607,9 +609,7 @@ def evaluate_models(
             pair_info.append({
                 "id": entry["id"], "material": entry.get("material"), "sample": entry.get("sample"),
                 "splits": splits, "patches": int(len(images.positions)),
-                **({} if len(images.positions) else {"skipped": (
-                    f"no {images.patch_shape[0]}x{images.patch_shape[1]} patch is covered "
-                    f">= {config.min_coverage:.0%} by the mask")}),
+                **({} if len(images.positions) else {"skipped": _why_skipped(images, config)}),
             })  # fmt: skip
             records += _records(entry, images, roles, splits, config)
             if on_pair is not None:
@@ -662,6 +662,8 @@ def _evaluate_pair(store, entry, roles, loaded, config, lp) -> PairImages:
         min_coverage=config.min_coverage, seed=(config.seed, pid),
     )  # fmt: skip
     ph, pw = min(config.patch_size, ct.shape[0]), min(config.patch_size, ct.shape[1])
+    if min(ph, pw) < _MIN_SIDE:
+        positions = positions[:0]  # SSIM's 7x7 window does not fit
 
     outputs: dict[str, np.ndarray] = {}
     if config.baseline:
@@ -683,6 +685,13 @@ def _evaluate_pair(store, entry, roles, loaded, config, lp) -> PairImages:
         pair=dict(entry), ct=ct, histology=real, mask=mask, outputs=outputs, positions=positions,
         patch_shape=(ph, pw), colour=colour, metrics=metrics,
     )  # fmt: skip
+
+
+def _why_skipped(images: PairImages, config: EvalConfig) -> str:
+    ph, pw = images.patch_shape
+    if min(ph, pw) < _MIN_SIDE:
+        return f"the slice is smaller than SSIM's {_MIN_SIDE}x{_MIN_SIDE} window"
+    return f"no {ph}x{pw} patch is covered >= {config.min_coverage:.0%} by the mask"
 
 
 def _records(entry, images: PairImages, roles, splits, config) -> list[dict[str, Any]]:
