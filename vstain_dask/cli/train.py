@@ -111,6 +111,12 @@ _VARIANTS = ("mod-cyclegan", "cyclegan", "cyclegan-invct", "pix2pix")
 )
 @click.option("--no-augment", is_flag=True, help="Random crops only: no rescale, flips, jitter.")
 @click.option(
+    "--mask-l1/--no-mask-l1",
+    default=True,
+    show_default=True,
+    help="Multiply every L1 term by the correspondence mask (the paper); off: whole patches.",
+)
+@click.option(
     "--folds",
     type=click.IntRange(min=1),
     default=1,
@@ -174,6 +180,7 @@ def train(
     buffer_size,
     cache,
     no_augment,
+    mask_l1,
     folds,
     fold,
     test_fraction,
@@ -222,6 +229,7 @@ def train(
         buffer_size=buffer_size,
         augment=AugmentConfig.none() if no_augment else AugmentConfig(),
         cache=cache,
+        mask_l1=mask_l1,
         folds=folds,
         fold=fold,
         test_fraction=test_fraction,

@@ -145,6 +145,9 @@ class TrainConfig:
         Steps between rows of ``steps.csv`` and progress-bar updates.
     histology_normalization : bool
         Normalize histology as the paper does (white balance, stretch).
+    mask_l1 : bool
+        Multiply every L1 term by the correspondence mask (the paper). False takes the L1 terms
+        over whole patches, for data that correspond everywhere (phantom pairs).
     ct_low, ct_high : float
         Normalized CT values mapped to -1 and +1 at the network input.
     """
@@ -178,6 +181,7 @@ class TrainConfig:
     val_every: int = 1
     log_every: int = 10
     histology_normalization: bool = True
+    mask_l1: bool = True
     ct_low: float = CT_INPUT_LOW
     ct_high: float = CT_INPUT_HIGH
 
@@ -199,6 +203,9 @@ class TrainConfig:
             ("log_every", 1),
         ):
             object.__setattr__(self, name, _check_int(getattr(self, name), name, minimum))
+        for name in ("cache", "histology_normalization", "mask_l1"):
+            if not isinstance(getattr(self, name), bool):
+                raise InputError(f"{name} must be true or false, got {getattr(self, name)!r}")
         for name in ("decay_start", "disc_layers", "unet_depth", "fold"):
             v = getattr(self, name)
             if v is not None:
@@ -658,6 +665,8 @@ class _Trainer:
         real_a = ct.expand(-1, self.config.ct_channels, -1, -1).contiguous(memory_format=fmt)
         real_b = batch["histology"].to(self.device, non_blocking=nb).contiguous(memory_format=fmt)
         mask = batch["mask"].to(self.device, non_blocking=nb)
+        if not self.config.mask_l1:
+            mask = torch.ones_like(mask)
         return real_a, real_b, mask
 
     def step(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -790,7 +799,11 @@ def _training_meta(config: TrainConfig, trainer: _Trainer) -> dict[str, Any]:
     meta["device"] = str(trainer.device)
     meta["autocast_bf16"] = trainer.use_autocast
     meta["channels_last"] = trainer.channels_last
-    meta["masked_l1"] = "every L1 term is multiplied by the correspondence mask"
+    meta["masked_l1"] = (
+        "every L1 term is multiplied by the correspondence mask"
+        if config.mask_l1
+        else "L1 terms over whole patches (mask_l1=False)"
+    )
     return meta
 
 
