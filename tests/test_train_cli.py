@@ -1,0 +1,91 @@
+"""``vstain-dask train`` from the command line: a tiny run, resume, folds and errors."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from vstain_dask.cli import main
+from vstain_dask.models import load_model
+from vstain_dask.train._testing import write_toy_pairs
+
+TINY = ["--patch-size", 32, "--patches-per-pair", 2, "--batch-size", 4, "--workers", 0,
+        "--ngf", 4, "--n-blocks", 1, "--ndf", 4, "--disc-layers", 2, "--device", "cpu",
+        "--no-progress"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    return write_toy_pairs(tmp_path_factory.mktemp("toy") / "toy.zarr", n=3, size=(40, 40))
+
+
+def _run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_train_resume_and_fold(toy, tmp_path):
+    run = tmp_path / "run"
+    r = _run("train", toy, "-o", run, "--epochs", 1, *TINY)
+    assert r.exit_code == 0, r.output
+    assert r.output.startswith("trained mod-cyclegan for 1 epochs in ")
+    assert f"model: {run / 'model.pt'}" in r.output and "loss_curve.png" in r.output
+    r = _run("train", toy, "-o", run, "--epochs", 2, "--resume", *TINY)
+    assert r.exit_code == 0, r.output
+    m = load_model(run / "model.pt")
+    assert m.card["metrics"]["final_epoch"] if "final_epoch" in m.card["metrics"] else True
+    assert len((run / "losses.csv").read_text().splitlines()) == 1 + 2
+    assert m.card["command"].startswith("vstain-dask ")
+    r = _run("train", toy, "-o", tmp_path / "fold", "--epochs", 1, "--folds", 3, "--fold", 2,
+             "--variant", "pix2pix", *TINY)  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "validation SSIM" in r.output and "(1 validation, 0 test held out)" in r.output
+    m = load_model(tmp_path / "fold" / "model.pt")
+    assert m.variant.value == "pix2pix" and m.card["split"]["fold"] == 2
+
+
+def test_train_errors(toy, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    cases = [
+        (["train", toy, "-o", run, *TINY], "exists and is not empty; pass --resume"),
+        (["train", toy, "-o", tmp_path / "new", "--resume", *TINY], "holds no training checkpoint"),
+        (["train", tmp_path / "missing.zarr", "-o", tmp_path / "x", *TINY], "does not exist"),
+        (["train", toy, "-o", tmp_path / "x", "--folds", 3, *TINY],
+         "--folds 3 needs --fold K (0..2) to train one fold, or --cluster"),
+        (["train", toy, "-o", tmp_path / "x", "--folds", 3, "--fold", 3, *TINY],
+         "fold must be in 0..2"),
+        (["train", toy, "-o", tmp_path / "x", "--cluster", "local", *TINY],
+         "--cluster/--scheduler train all folds in parallel"),
+        (["train", toy, "-o", tmp_path / "x", *TINY[:-1], "--patch-size", 64],
+         "patch_size 64 is larger than pair"),
+    ]  # fmt: skip
+    for args, message in cases:
+        r = _run(*args)
+        assert r.exit_code == 2, (args, r.output)
+        assert message in r.output, (args, r.output)
+        assert "Traceback" not in r.output
+    r = _run("train", toy, "-o", tmp_path / "x", "--variant", "gan")
+    assert r.exit_code == 2 and "'gan' is not one of 'mod-cyclegan'" in r.output
+
+
+def test_train_through_the_real_entry_point(toy, tmp_path):
+    exe = shutil.which("vstain-dask") or str(Path(sys.executable).parent / "vstain-dask")
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([exe, "train", str(toy), "-o", str(run), "--epochs", "1",
+                        "--variant", "cyclegan", *map(str, TINY)], capture_output=True,
+                       text=True, timeout=300, env=env)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "trained cyclegan for 1 epochs" in r.stdout and (run / "model.pt").exists()
+    assert "Traceback" not in r.stderr
+    r = subprocess.run([exe, "train", str(toy), "-o", str(run), *map(str, TINY)],
+                       capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.startswith("error: run directory") and "--overwrite" in r.stderr
