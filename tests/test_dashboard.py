@@ -63,9 +63,7 @@ class _Job:
 
     def blocks_done(self) -> int:
         done = self.output.with_name(self.output.name + ".vstain-job") / "done"
-        return (
-            len([p for p in done.iterdir() if p.name.startswith("block-")]) if done.is_dir() else 0
-        )
+        return len([p for p in done.iterdir() if "block-" in p.name]) if done.is_dir() else 0
 
 
 def _entry_point() -> list[str]:
@@ -160,7 +158,7 @@ def test_dashboard_serves_the_running_job(big_ct, model_path, tmp_path):
         # the worker's page lists the stain's blocks it is working on
         def block_keys():
             page = _get(f"{job.base}/info/worker/{urllib.parse.quote(address, safe='')}.html")[2]
-            return re.findall(r"(?:stain|read)-[0-9a-f]{12}-block-\d+-\d+-\d+", page)
+            return re.findall(r"(?:stain|read)-[0-9a-f]{12}-[\w-]*?block-\d+-\d+-\d+", page)
 
         keys = _wait_for(block_keys, timeout=60, what="stain tasks on the worker's info page")
         assert all(k.endswith("-0-0") for k in keys)  # whole (y, x) planes: one block per z
