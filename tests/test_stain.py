@@ -98,9 +98,34 @@ def test_block_shape_and_worker_count_do_not_change_bytes(client, ct, model_path
         np.testing.assert_array_equal(arr, runs["planes"], err_msg=name)
 
 
-def test_fused_axes_is_mean_of_single_axis_predictions(client, ct, model_path, tmp_path):
+def test_fused_passes_is_mean_of_single_axis_runs(client, ct, model_path, tmp_path):
+    """The default fusion: one slab pass per axis, then the rounded mean of the 8-bit runs."""
     src, vol = ct
-    cfg = _config(axes="zyx", uncertainty=True, block=(4, 16, 16))
+    cfg = _config(axes="zyx", uncertainty=True, alpha=True)
+    report = stain_to_zarr(src, tmp_path / "passes.zarr", model=model_path, config=cfg,
+                           client=client, chunks=CHUNKS, progress=False)  # fmt: skip
+    runs = np.stack([_u8(_reference(vol, model_path, a)) for a in "zyx"]).astype(np.float32)
+    expected = np.rint(runs.mean(axis=0, dtype=np.float32)).astype(np.uint8)
+    got = _stained(report.output)
+    np.testing.assert_array_equal(got[:3], expected)
+    alpha = np.rint(255.0 - expected.astype(np.float32).mean(axis=0, dtype=np.float32))
+    np.testing.assert_array_equal(got[3], alpha.astype(np.uint8))
+    spread = np.asarray(zarr.open_array(store=str(report.output / "uncertainty"), path="0")[...])
+    expect_spread = np.rint(runs.std(axis=0, dtype=np.float32).mean(axis=0, dtype=np.float32))
+    assert np.abs(spread.astype(int) - expect_spread).max() <= 1  # float32 std: order of sums
+    # each slab pass computed every tile of its axis exactly once
+    n_tiles = sum(
+        SHAPE["zyx".index(a)] * TileGrid(extent=[SHAPE[d] for d in range(3) if d != "zyx".index(a)],
+                                         tile=TILE, step=STEP).n_tiles
+        for a in "zyx"
+    )  # fmt: skip
+    assert report.tiles == n_tiles
+    assert not (tmp_path / "passes.zarr.vstain-job").exists()  # passes cleaned up
+
+
+def test_fused_blocks_is_mean_of_single_axis_predictions(client, ct, model_path, tmp_path):
+    src, vol = ct
+    cfg = _config(axes="zyx", uncertainty=True, block=(4, 16, 16), fusion="blocks")
     report = stain_to_zarr(src, tmp_path / "fused.zarr", model=model_path, config=cfg,
                            client=client, chunks=CHUNKS, progress=False)  # fmt: skip
     preds = np.stack([_reference(vol, model_path, a) for a in "zyx"])

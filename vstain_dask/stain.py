@@ -42,6 +42,7 @@ from vstain_dask.tiling import BlendMode, TileGrid, predict_region
 __all__ = [
     "Axis",
     "FuseMode",
+    "Fusion",
     "StainConfig",
     "StainReport",
     "Block",
@@ -75,6 +76,17 @@ class Axis(StrEnum):
     X = "x"
 
 
+class Fusion(StrEnum):
+    """How a fused (several-axes) stain is organised."""
+
+    #: one pass per axis in slabs of whole planes (no tile computed twice), each pass kept as
+    #: 8-bit, then a fusion pass; costs about one single-axis stain per axis
+    PASSES = "passes"
+    #: 3D blocks with halos, all axes at once, fused in floating point before rounding; reads
+    #: the volume once but computes the tiles that straddle block borders more than once
+    BLOCKS = "blocks"
+
+
 class FuseMode(StrEnum):
     """How predictions made along several axes are combined."""
 
@@ -97,6 +109,10 @@ class StainConfig:
         How overlapping tile predictions are averaged (paper: ``mean``).
     fuse : FuseMode
         How predictions along several axes are combined.
+    fusion : Fusion
+        ``passes`` (default): the mean (or median) of the 8-bit single-axis results, rounded
+        half to even; ``blocks``: the same in floating point inside 3D blocks (see
+        :class:`Fusion` for the cost of each).
     batch_size : int
         Tiles per model call.
     prefilter_sigma : float
@@ -129,6 +145,7 @@ class StainConfig:
     step: int = 64
     blend: BlendMode = BlendMode.MEAN
     fuse: FuseMode = FuseMode.MEAN
+    fusion: Fusion = Fusion.PASSES
     batch_size: int = 8
     prefilter_sigma: float = 0.0
     ct_levels: tuple[float, float] | None = None
@@ -156,7 +173,7 @@ class StainConfig:
             raise InputError(f"tile must be >= 1, got {self.tile}")
         if not 1 <= self.step <= self.tile:
             raise InputError(f"step must be in 1..{self.tile}, got {self.step}")
-        for name, enum in (("blend", BlendMode), ("fuse", FuseMode)):
+        for name, enum in (("blend", BlendMode), ("fuse", FuseMode), ("fusion", Fusion)):
             try:
                 object.__setattr__(self, name, enum(getattr(self, name)))
             except ValueError as e:
@@ -193,6 +210,7 @@ class StainConfig:
         d = dataclasses.asdict(self)
         d["blend"] = self.blend.value
         d["fuse"] = self.fuse.value
+        d["fusion"] = self.fusion.value
         return d
 
     @property
@@ -664,6 +682,8 @@ class _Ledger:
         import shutil
 
         shutil.rmtree(self.done_dir, ignore_errors=True)
+        for p in self.root.glob("axis-*.zarr"):
+            shutil.rmtree(p, ignore_errors=True)
         self.release()
         try:
             self.root.rmdir()
@@ -716,11 +736,14 @@ def _read_block(
 
 
 def _write_block(
-    read: tuple[np.ndarray, float],
+    read: tuple[np.ndarray, np.ndarray | None, float],
     block: Block,
     *,
     vol_shape,
     output: str,
+    target: str,
+    array_path: str,
+    ledger_name: str,
     model_path: str,
     model_sha: str,
     config: StainConfig,
@@ -751,7 +774,7 @@ def _write_block(
         mask=mask,
     )
     t2 = time.perf_counter()
-    out = zarr.open_array(store=output, path="0", mode="r+")
+    out = zarr.open_array(store=target, path=array_path, mode="r+")
     box = tuple(slice(a, b) for a, b in block.box)
     if two_d:
         out[(slice(None), *box[1:])] = rgb[:, 0]
@@ -760,7 +783,7 @@ def _write_block(
     if spread is not None:
         unc = zarr.open_array(store=str(Path(output) / "uncertainty"), path="0", mode="r+")
         unc[box[1:] if two_d else box] = spread[0] if two_d else spread
-    _Ledger(Path(output)).mark(block.name)
+    _Ledger(Path(output)).mark(ledger_name)
     t3 = time.perf_counter()
     return {"read": read_s, "compute": t2 - t1, "write": t3 - t2, "tiles": block.n_tiles}
 
@@ -882,7 +905,8 @@ def stain_to_zarr(
     chunks = tuple(int(c) for c in chunks)
     if two_d:
         chunks = (1, *chunks[-2:])
-    blocks = plan_blocks(vol_shape, chunks, config)
+    stages = _stages(vol_shape, chunks, config)
+    n_blocks = sum(len(b) for _, _, b in stages)
     fingerprint = _fingerprint(
         str(src_res), vol_shape, chunks, model_sha, config.to_dict(), ngff_version
     )
@@ -892,7 +916,8 @@ def stain_to_zarr(
     try:
         if output.exists() and overwrite:
             shutil.rmtree(output)
-            shutil.rmtree(ledger.done_dir, ignore_errors=True)
+            ledger.remove()
+            ledger.acquire(fingerprint=fingerprint)
         elif output.exists():
             prov = _read_provenance(output)
             if prov.get("fingerprint") != fingerprint:
@@ -903,11 +928,11 @@ def stain_to_zarr(
             if prov.get("complete"):
                 ledger.remove()
                 return StainReport(
-                    output=output, blocks=len(blocks), blocks_skipped=len(blocks), tiles=0,
+                    output=output, blocks=n_blocks, blocks_skipped=n_blocks, tiles=0,
                     voxels=int(np.prod(vol_shape)), seconds=0.0, dashboard=None,
                 )  # fmt: skip
         return _create_and_run(
-            output, ledger=ledger, blocks=blocks, vol=vol, vol_shape=vol_shape, two_d=two_d,
+            output, ledger=ledger, stages=stages, vol=vol, vol_shape=vol_shape, two_d=two_d,
             chunks=chunks, config=config, ngff_version=ngff_version, client=client,
             source=str(source), model_path=model_path, model_sha=model_sha, retries=retries,
             progress=progress, provenance={
@@ -926,7 +951,7 @@ def stain_to_zarr(
 
 
 def _create_and_run(
-    output: Path, *, ledger, blocks, vol, vol_shape, two_d, chunks, config, ngff_version,
+    output: Path, *, ledger, stages, vol, vol_shape, two_d, chunks, config, ngff_version,
     client, source, model_path, model_sha, retries, progress, provenance,
 ) -> StainReport:  # fmt: skip
     from vstain_dask import ngff
@@ -965,7 +990,7 @@ def _create_and_run(
                 attrs={"description": "spread of the stain between axes (8-bit std)"},
             )
     return _run(
-        blocks,
+        stages,
         ledger=ledger,
         client=client,
         source=str(source),
@@ -974,6 +999,7 @@ def _create_and_run(
         model_path=model_path,
         model_sha=model_sha,
         config=config,
+        chunks=chunks,
         two_d=two_d,
         retries=retries,
         progress=progress,
@@ -1017,8 +1043,150 @@ def _read_provenance(output: Path) -> dict:
         return {}
 
 
-def _run(
+def _stages(vol_shape, chunks, config: StainConfig) -> list[tuple[str, StainConfig, list[Block]]]:
+    """The job's stages: (ledger prefix, config, blocks). One stage, or one per axis when a
+    fused stain runs as passes."""
+    if len(config.axes) > 1 and config.fusion is Fusion.PASSES:
+        stages = []
+        for axis in config.axes:
+            cfg = dataclasses.replace(
+                config, axes=axis, alpha=False, uncertainty=False, mask=False, block=None
+            )
+            stages.append((f"{axis}-", cfg, plan_blocks(vol_shape, chunks, cfg)))
+        return stages
+    return [("", config, plan_blocks(vol_shape, chunks, config))]
+
+
+def _run_stage(
     blocks: list[Block],
+    *,
+    prefix: str,
+    target: str,
+    array_path: str,
+    ledger: _Ledger,
+    client,
+    source,
+    vol_shape,
+    output: Path,
+    model_path,
+    model_sha,
+    config: StainConfig,
+    two_d,
+    retries,
+    bar,
+    tag: str,
+    mask_path: str | None,
+) -> tuple[int, dict[str, float], int]:
+    """Submit a stage's blocks (read task + staining task each) and wait for them.
+
+    Returns (tiles, summed task timings, blocks skipped as already done)."""
+    from distributed import as_completed
+
+    done = ledger.done()
+    todo = [b for b in blocks if prefix + b.name not in done]
+    if bar is not None:
+        bar.update(len(blocks) - len(todo))
+    workers = client.scheduler_info(n_workers=-1).get("workers", {}).values()
+    gated = bool(workers) and all(COMPUTE_RESOURCE in w.get("resources", {}) for w in workers)
+    futures = {}
+    for b in todo:
+        name = prefix + b.name
+        read = client.submit(
+            _read_block, b, source=source, two_d=two_d, mask_path=mask_path,
+            key=f"read-{tag}-{name}", retries=retries, pure=False,
+        )  # fmt: skip
+        fut = client.submit(
+            _write_block,
+            read,
+            b,
+            vol_shape=vol_shape,
+            output=str(output),
+            target=target,
+            array_path=array_path,
+            ledger_name=name,
+            model_path=model_path,
+            model_sha=model_sha,
+            config=config,
+            two_d=two_d,
+            key=f"stain-{tag}-{name}",
+            retries=retries,
+            pure=False,
+            resources={COMPUTE_RESOURCE: 1} if gated else None,
+        )
+        del read  # the staining task holds it; released as soon as it has run
+        futures[fut] = name
+    failed: dict[str, str] = {}
+    tiles = 0
+    timings = {"read": 0.0, "compute": 0.0, "write": 0.0}
+    try:
+        for fut in as_completed(list(futures)):
+            name = futures[fut]
+            if fut.status == "finished":
+                result = fut.result()
+                tiles += int(result["tiles"])
+                for k in timings:
+                    timings[k] += float(result[k])
+            else:
+                exc = fut.exception()
+                failed[name] = f"{type(exc).__name__}: {exc}"
+            if bar is not None:
+                bar.update(1)
+            fut.release()
+    except BaseException:
+        for fut in futures:
+            fut.cancel()
+        raise
+    if failed:
+        first = next(iter(failed.items()))
+        raise JobError(
+            f"{len(failed)} of {len(blocks)} blocks failed ({', '.join(sorted(failed)[:5])}"
+            f"{', ...' if len(failed) > 5 else ''}); first: {first[0]}: {first[1]}; "
+            f"the output {output} is incomplete: fix the cause and rerun with --resume"
+        )
+    return tiles, timings, len(blocks) - len(todo)
+
+
+def _fuse_passes(
+    paths: list[str], output: Path, *, config: StainConfig, two_d: bool, mask_path: str | None
+) -> None:
+    """Fuse the 8-bit single-axis passes into the output (and the spread between them)."""
+    import dask
+    import dask.array as da
+    import zarr
+
+    stack = da.stack([da.from_zarr(zarr.open_array(store=p, mode="r")) for p in paths])
+    stack = stack.astype(np.float32)  # (axes, 3, Z, Y, X)
+    if config.fuse is FuseMode.MEDIAN:
+        fused = stack.map_blocks(
+            lambda s: np.median(s, axis=0),
+            drop_axis=0,
+            dtype=np.float32,
+            meta=np.array((), np.float32),
+        )
+    else:
+        fused = stack.mean(axis=0, dtype=np.float32)
+    rgb = da.clip(da.rint(fused), 0, 255).astype(np.uint8)
+    if mask_path is not None:
+        inside = da.from_zarr(zarr.open_array(store=mask_path, path="0", mode="r"))
+        if two_d:
+            inside = inside[None]
+        colour = np.asarray(config.mask_colour, np.uint8).reshape(3, 1, 1, 1)
+        rgb = da.where(inside.astype(bool)[None], rgb, colour)
+    if config.alpha:
+        alpha = da.rint(255.0 - rgb.astype(np.float32).mean(axis=0, dtype=np.float32))
+        rgb = da.concatenate([rgb, alpha.astype(np.uint8)[None]], axis=0).rechunk({0: -1})
+    level0 = zarr.open_array(store=str(output), path="0", mode="r+")
+    writes = [da.store(rgb[:, 0] if two_d else rgb, level0, lock=False, compute=False)]
+    if config.uncertainty:
+        spread = stack.std(axis=0, dtype=np.float32).mean(axis=0, dtype=np.float32)
+        spread = da.clip(da.rint(spread), 0, 255).astype(np.uint8)
+        unc = zarr.open_array(store=str(output / "uncertainty"), path="0", mode="r+")
+        writes.append(da.store(spread[0] if two_d else spread, unc, lock=False, compute=False))
+    dask.compute(*writes)
+
+
+def _run(
+    stages: list[tuple[str, StainConfig, list[Block]]],
     *,
     ledger: _Ledger,
     client,
@@ -1028,99 +1196,73 @@ def _run(
     model_path,
     model_sha,
     config,
+    chunks,
     two_d,
     retries,
     progress,
     provenance,
 ) -> StainReport:
-    from distributed import as_completed, get_client
+    import zarr
+    from distributed import get_client
 
     from vstain_dask import ngff
     from vstain_dask.cluster import dashboard_url
 
     if client is None:
         client = get_client()
-    done = ledger.done()
-    todo = [b for b in blocks if b.name not in done]
     t0 = time.perf_counter()
+    n_blocks = sum(len(blocks) for _, _, blocks in stages)
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(blocks), initial=len(blocks) - len(todo), unit="block", desc="stain")
+        bar = tqdm(total=n_blocks, unit="block", desc="stain")
     mask_path = None
     if config.mask:
         mask_path = _write_mask(source, output, ledger, config=config, two_d=two_d)
-    workers = client.scheduler_info(n_workers=-1).get("workers", {}).values()
-    gated = bool(workers) and all(COMPUTE_RESOURCE in w.get("resources", {}) for w in workers)
     tag = provenance["fingerprint"][:12]
-    futures = {}
-    for b in todo:
-        read = client.submit(
-            _read_block, b, source=source, two_d=two_d, mask_path=mask_path,
-            key=f"read-{tag}-{b.name}", retries=retries, pure=False,
-        )  # fmt: skip
-        fut = client.submit(
-            _write_block,
-            read,
-            b,
-            vol_shape=vol_shape,
-            output=str(output),
-            model_path=model_path,
-            model_sha=model_sha,
-            config=config,
-            two_d=two_d,
-            key=f"stain-{tag}-{b.name}",
-            retries=retries,
-            pure=False,
-            resources={COMPUTE_RESOURCE: 1} if gated else None,
-        )
-        del read  # the staining task holds it; released as soon as it has run
-        futures[fut] = b
-    failed: dict[str, str] = {}
-    tiles = 0
+    tiles, skipped = 0, 0
     timings = {"read": 0.0, "compute": 0.0, "write": 0.0}
+    passes = []
     try:
-        for fut in as_completed(list(futures)):
-            b = futures[fut]
-            if fut.status == "finished":
-                result = fut.result()
-                tiles += int(result["tiles"])
-                for k in timings:
-                    timings[k] += float(result[k])
+        for prefix, cfg, blocks in stages:
+            if prefix:  # one pass of a fused stain: 8-bit RGB in the job folder
+                target = str(ledger.root / f"axis-{cfg.axes}.zarr")
+                zarr.open_array(
+                    store=target, mode="a", shape=(3, *vol_shape), chunks=(3, *chunks),
+                    dtype="uint8", fill_value=0,
+                )  # fmt: skip
+                passes.append(target)
+                array_path = ""
             else:
-                exc = fut.exception()
-                failed[b.name] = f"{type(exc).__name__}: {exc}"
-            if bar is not None:
-                bar.update(1)
-            fut.release()
-    except BaseException:
-        for fut in futures:
-            fut.cancel()
-        raise
+                target, array_path = str(output), "0"
+            t, tm, sk = _run_stage(
+                blocks, prefix=prefix, target=target, array_path=array_path, ledger=ledger,
+                client=client, source=source, vol_shape=vol_shape, output=output,
+                model_path=model_path, model_sha=model_sha, config=cfg, two_d=two_d,
+                retries=retries, bar=bar, tag=tag, mask_path=None if prefix else mask_path,
+            )  # fmt: skip
+            tiles += t
+            skipped += sk
+            for k in timings:
+                timings[k] += tm[k]
     finally:
         if bar is not None:
             bar.close()
-    if failed:
-        first = next(iter(failed.items()))
-        raise JobError(
-            f"{len(failed)} of {len(blocks)} blocks failed ({', '.join(sorted(failed)[:5])}"
-            f"{', ...' if len(failed) > 5 else ''}); first: {first[0]}: {first[1]}; "
-            f"the output {output} is incomplete: fix the cause and rerun with --resume"
-        )
+    if passes:
+        _fuse_passes(passes, output, config=config, two_d=two_d, mask_path=mask_path)
     ngff.write_pyramid(output)
     if config.uncertainty:
         ngff.write_pyramid(output / "uncertainty")
     seconds = time.perf_counter() - t0
     _mark_complete(output, provenance, seconds=seconds, tiles=tiles)
     ledger.remove()
-    voxels = int(np.prod(vol_shape))
     return StainReport(
         output=output,
-        blocks=len(blocks),
-        blocks_skipped=len(blocks) - len(todo),
+        blocks=n_blocks,
+        blocks_skipped=skipped,
         tiles=tiles,
-        voxels=voxels,
+        voxels=int(np.prod(vol_shape)),
         seconds=seconds,
         dashboard=dashboard_url(client),
         timings=timings,
