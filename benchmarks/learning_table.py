@@ -145,8 +145,9 @@ def main(argv: list[str] | None = None) -> int:
         if v == "mod-cyclegan" and args.mod_cyclegan_run:
             run = Path(args.mod_cyclegan_run)
         runs[v] = run
-        if args.only_evaluate or (run / "model.pt").exists():
-            continue
+        given = v == "mod-cyclegan" and args.mod_cyclegan_run
+        if given or args.only_evaluate or (run / "model.pt").exists():
+            continue  # a given run is only scored, never trained (or overwritten) here
         t0 = time.perf_counter()
         train(
             train_pairs,
@@ -157,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         seconds[v] = time.perf_counter() - t0
         print(f"{v}: trained in {seconds[v] / 60:.1f} min", flush=True)
+    missing = [str(r / "model.pt") for r in runs.values() if not (r / "model.pt").exists()]
+    if missing:
+        parser.error(f"no model to score: {', '.join(missing)} (is that run finished?)")
     models = {v: load_model(r / "model.pt") for v, r in runs.items()}
     for v, m in models.items():
         assert m.variant.value == v, (v, m.variant)
