@@ -204,3 +204,13 @@ def test_config_validation():
         if torch.cuda.is_available():
             pytest.skip("CUDA is available here")
         _device("cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_bf16_channels_last(toy, tmp_path):
+    cfg = TrainConfig(epochs=1, patches_per_pair=4, **{**TINY, "device": "cuda"})
+    r = train(toy, tmp_path / "run", cfg, progress=False)
+    meta = load_model(r.model).card["training"]
+    assert meta["autocast_bf16"] is True and meta["channels_last"] is True
+    assert all(math.isfinite(v) for k, v in r.history[0].items() if k in ("G", "D", "pixel"))

@@ -52,6 +52,11 @@ _VARIANTS = ("mod-cyclegan", "cyclegan", "cyclegan-invct", "pix2pix")
 )
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    help="Torch threads of the training process  [default: torch's choice]",
+)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-4, show_default=True)
 @click.option(
     "--decay-start",
@@ -169,6 +174,7 @@ def train(
     workers,
     device,
     seed,
+    threads,
     lr,
     decay_start,
     ngf,
@@ -207,6 +213,11 @@ def train(
     """
     from vstain_dask.errors import InputError
     from vstain_dask.train.augment import AugmentConfig
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     from vstain_dask.train.trainer import TrainConfig
 
     config = TrainConfig(
