@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -113,14 +112,33 @@ def main(argv: list[str] | None = None) -> int:
     print(f"stained the demo phantom in {time.perf_counter() - t0:.0f} s; views: {views}")
 
     if args.install:
-        from vstain_dask.models import read_card
+        from vstain_dask.models import load_model, save_model
         from vstain_dask.stain import default_model_path
+        from vstain_dask.train.default import DEFAULT_NOTES
 
         target = default_model_path()
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(model, target)
-        target.with_suffix(".md").write_text(read_card(target, verify=True), encoding="utf-8")
-        print(f"installed {target} ({target.stat().st_size / 1e6:.2f} MB) and its card")
+        m = load_model(model)
+        card = m.card
+        # saved again under its bundled name, so that the card (default_model.md) names it
+        save_model(
+            target,
+            generator=m.generator,
+            normalization=m.normalization,
+            variant=m.variant,
+            config=m.config,
+            training=card["training"],
+            seed=card["seed"],
+            split=card["split"],
+            metrics=card["metrics"],
+            hardware=card["hardware"],
+            command=card["command"],
+            notes=DEFAULT_NOTES,
+            overwrite=True,
+        )
+        print(
+            f"installed {target} ({target.stat().st_size / 1e6:.2f} MB) and its card "
+            f"{target.with_suffix('.md')}"
+        )
     return 0
 
 

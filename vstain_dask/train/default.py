@@ -52,8 +52,10 @@ DEFAULT_NOTES = (
     "Bundled default model of vstain-dask. Trained on SYNTHETIC phantom pairs (procedural "
     "bone-implant CT slices with rendered toluidine-blue histology), not on real samples: it "
     "shows what the pipeline does and gives recognisable colours on phantoms (bone purple, new "
-    "bone blue, screw dark, background light). Do not use it to interpret real tissue; train "
-    "your own model on your pairs with `vstain-dask train`."
+    "bone blue, screw dark, background light). Recipe: the paper's mod-cyclegan losses and "
+    "weights, but a small network, 128-pixel patches, a budget of minutes, and L1 terms over "
+    "whole patches (mask_l1=False: phantom pairs correspond everywhere). Do not use it to "
+    "interpret real tissue; train your own model on your pairs with `vstain-dask train`."
 )
 
 
