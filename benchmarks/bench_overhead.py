@@ -1,0 +1,262 @@
+"""Against the simplest alternative: dask overhead, worker scaling, memory per worker.
+
+1. The same tiles two ways, measured in the same run:
+   - ``loop``: a plain in-process loop, no dask: read a block of planes from the input zarr,
+     ``predict_plane`` them (the engine's batch size and memory format), convert to 8-bit, write
+     them to a zarr array of the output's shape and chunks; torch uses all the cores;
+   - ``dask``: ``stain_to_zarr`` on the product's local cluster (2 workers × 1 torch thread on
+     2 cores), whose wall time includes the pyramid: the pyramid's time (re-run alone) is taken
+     off for the comparison.
+   The dask overhead is ``dask tiles/s ÷ loop tiles/s`` (target ≥ 0.9 on a 2-core CPU).
+2. Scaling: the dask path with 1 worker and with 2 workers, 1 torch thread each (target ≥ 1.7×).
+3. Memory per worker: the dask path on two volumes of different depth with the same block
+   shape; the peak RSS of each worker should not grow with the volume.
+
+Default: the ``tiny`` model, paper setting (tile 256, step 64, mean) on a 4 × 512 × 512 phantom
+with 1 × 256 × 256 chunks (4 blocks of 25 tiles), memory check at depths 4 and 16 with the fast
+setting (about 3 minutes on 2 busy cores). ``--full``: the paper model on 16 × 1536 × 1536,
+memory at depths 16 and 64 (meant for a GPU, where the loop uses the GPU and the cluster one
+worker per GPU, so the scaling part is skipped)::
+
+    python benchmarks/bench_overhead.py --full --device cuda --json overhead.json
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common as C  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = C.parser(__doc__.split("\n")[0], "\n".join(__doc__.split("\n")[2:]))
+    p.set_defaults(repeats=2)
+    p.add_argument("--model", help="paper, small, tiny or a .pt file [tiny; paper with --full]")
+    p.add_argument("--side", type=int, help="plane side in pixels [512; 1536 with --full]")
+    p.add_argument("--depth", type=int, help="planes of the overhead volume [4; 16 with --full]")
+    p.add_argument(
+        "--memory-depths", help="two depths for the memory check [4,16; 16,64 with --full]"
+    )
+    p.add_argument("--block-planes", type=int, default=1, help="planes per block (z chunk) [1]")
+    p.add_argument("--skip-scaling", action="store_true", help="skip 1 vs 2 workers")
+    p.add_argument("--skip-memory", action="store_true", help="skip the memory check")
+    args = p.parse_args(argv)
+    device = C.check_device(args.device)
+    head = C.header(device)
+    C.print_header("dask overhead, worker scaling, memory per worker", head)
+    with C.workdir(args.workdir) as work:
+        results = _run(args, work, device)
+    C.finish("bench_overhead", head, args, results, results.pop("notes"))
+    return 0
+
+
+def _loop(source: Path, out: Path, model, config, device: str) -> dict:
+    """The plain loop: read, predict_plane, to 8-bit, write; no dask anywhere."""
+    import numpy as np
+    import torch
+    import zarr
+
+    from vstain_dask import ngff
+    from vstain_dask.tiling import predict_plane
+
+    src = ngff.level_array(source)
+    Z, Y, X = src.shape
+    cz = config.block[0]
+    shutil.rmtree(out, ignore_errors=True)
+    dst = zarr.create_array(
+        store=str(out), shape=(3, Z, Y, X), chunks=(3, cz, min(Y, 256), min(X, 256)), dtype="uint8"
+    )
+    cuda = device.startswith("cuda")
+
+    def predict(t):
+        return model.generator(model.to_input(t))
+
+    t0 = time.perf_counter()
+    for z0 in range(0, Z, cz):
+        planes = np.asarray(src[z0 : z0 + cz], dtype=np.float32)[:, None]
+        pred = predict_plane(
+            planes,
+            predict,
+            tile=config.tile,
+            step=config.step,
+            blend=config.blend,
+            batch_size=config.batch_size,
+            device=device,
+            channels_last=config.channels_last,
+            autocast=cuda,
+        )
+        rgb = np.clip(np.rint((pred + 1.0) * 127.5), 0, 255).astype(np.uint8)
+        dst[:, z0 : z0 + cz] = np.moveaxis(rgb, 1, 0)
+    seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "threads": torch.get_num_threads()}
+
+
+def _dask(client, source, out, model_path, config, chunks) -> dict:
+    from vstain_dask import ngff
+    from vstain_dask.stain import stain_to_zarr
+
+    with C.worker_memory(client) as mem:
+        report = stain_to_zarr(
+            source, out, model=model_path, config=config, client=client,
+            progress=False, overwrite=True, chunks=chunks,
+        )  # fmt: skip
+    t0 = time.perf_counter()
+    ngff.write_pyramid(out)
+    pyramid = time.perf_counter() - t0
+    return {
+        "seconds": report.seconds,
+        "pyramid_s": pyramid,
+        "seconds_no_pyramid": max(report.seconds - pyramid, 1e-9),
+        "tiles": report.tiles,
+        "timings": report.timings,
+        "peak_rss_mib": {k: v["peak_rss_mib"] for k, v in mem.items()},
+        "start_rss_mib": {k: v["start_rss_mib"] for k, v in mem.items()},
+        "peak_cuda_mib": {k: v.get("peak_cuda_mib") for k, v in mem.items()},
+    }
+
+
+def _run(args, work: Path, device: str) -> dict:
+    import torch
+
+    from vstain_dask.models import load_model
+    from vstain_dask.stain import StainConfig
+    from vstain_dask.tiling import count_tiles
+
+    cuda = device.startswith("cuda")
+    full = args.full
+    model_name = args.model or ("paper" if full else "tiny")
+    side = args.side or (1536 if full else 512)
+    depth = args.depth or (16 if full else 4)
+    mem_depths = [int(d) for d in (args.memory_depths or ("16,64" if full else "4,16")).split(",")]
+    cz = args.block_planes
+    chunks = (cz, min(side, 256), min(side, 256))
+    model_path = C.model_file(model_name, work / "models")
+    paper = StainConfig(
+        axes="z", tile=256, step=64, blend="mean", device=device, block=(cz, side, side)
+    )
+    fast = StainConfig(
+        axes="z", tile=256, step=192, blend="gaussian", device=device, block=(cz, side, side)
+    )
+    shape = (depth, side, side)
+    source = C.phantom(work / "data", shape, chunks=chunks)
+    tiles = count_tiles(shape, tile=256, step=64, axes="z")
+    print(f"model {model_name}; volume {shape}, chunks {chunks}: {tiles} tiles (paper setting)")
+    print(flush=True)
+
+    rows = []
+    mem_rows = []
+    cores = C._cores()
+    # the loop first, with all the cores (or the GPU), then the cluster with the same threads
+    torch.set_num_threads(cores)
+    loop_out = work / "loop-out.zarr"
+    model = load_model(model_path, device=device)
+    _loop(source, loop_out, model, fast, device)  # warm-up, as the cluster gets one
+    loops = [_loop(source, loop_out, model, paper, device) for _ in range(args.repeats)]
+    loop = min(loops, key=lambda r: r["seconds"])
+    rows.append(
+        {"path": "loop", "workers": 1, "threads": loop["threads"], "tiles": tiles,
+         "seconds": loop["seconds"], "tiles_per_s": tiles / loop["seconds"]}
+    )  # fmt: skip
+    print(C.table(rows[-1:], _COLUMNS), flush=True)
+    shutil.rmtree(loop_out, ignore_errors=True)
+    torch.set_num_threads(1)
+
+    workers_two = None if cuda else 2
+    with C.local_client(
+        workers=workers_two, threads=1, device=device, scheduler=args.scheduler
+    ) as client:
+        n = len(client.scheduler_info(n_workers=-1)["workers"])
+        _dask(client, source, work / "warm.ome.zarr", model_path, fast, chunks)
+        runs = [
+            _dask(client, source, work / "dask-out.ome.zarr", model_path, paper, chunks)
+            for _ in range(args.repeats)
+        ]
+        best = min(runs, key=lambda r: r["seconds_no_pyramid"])
+        rows.append(_dask_row(best, n, tiles))
+        print(C.table(rows[-1:], _COLUMNS), flush=True)
+        if not args.skip_memory:
+            for d in mem_depths:
+                mshape = (d, side, side)
+                msource = C.phantom(work / "data", mshape, chunks=chunks)
+                r = _dask(client, msource, work / "mem-out.ome.zarr", model_path, fast, chunks)
+                mem_rows.append(
+                    {"depth": d, "shape": "x".join(map(str, mshape)), "block": f"{cz}x{side}x{side}",
+                     "workers": n, "seconds": r["seconds"],
+                     "peak_rss_mib_max": max(r["peak_rss_mib"].values()),
+                     "peak_rss_mib_min": min(r["peak_rss_mib"].values()),
+                     "start_rss_mib_max": max(r["start_rss_mib"].values()),
+                     "peak_cuda_mib": max((v or 0) for v in r["peak_cuda_mib"].values()) or None}
+                )  # fmt: skip
+                print(C.table(mem_rows[-1:]), flush=True)
+    one = None
+    if not cuda and not args.skip_scaling and not args.scheduler:
+        with C.local_client(workers=1, threads=1, device=device) as client:
+            _dask(client, source, work / "warm.ome.zarr", model_path, fast, chunks)
+            runs = [
+                _dask(client, source, work / "dask-out.ome.zarr", model_path, paper, chunks)
+                for _ in range(args.repeats)
+            ]
+            one = min(runs, key=lambda r: r["seconds_no_pyramid"])
+            rows.append(_dask_row(one, 1, tiles))
+            print(C.table(rows[-1:], _COLUMNS), flush=True)
+
+    ratios = {"dask_over_loop": rows[1]["tiles_per_s"] / rows[0]["tiles_per_s"]}
+    if one is not None:
+        ratios["two_over_one_worker"] = rows[1]["tiles_per_s"] / rows[2]["tiles_per_s"]
+    if len(mem_rows) == 2:
+        ratios["peak_rss_deep_over_shallow"] = (
+            mem_rows[1]["peak_rss_mib_max"] / mem_rows[0]["peak_rss_mib_max"]
+        )
+    print()
+    print(C.table(rows, _COLUMNS))
+    if mem_rows:
+        print()
+        print(C.table(mem_rows))
+    print()
+    for k, v in ratios.items():
+        print(f"{k:28s} {v:.3f}")
+    notes = [
+        f"model '{model_name}' (random weights), tile 256, step 64, mean blend for the "
+        "overhead and scaling rows; the memory rows use the fast setting (step 192, gaussian)",
+        "dask rows: stain_to_zarr wall time minus the pyramid (re-run alone); the loop writes "
+        "a plain zarr array without pyramid",
+        "loop: torch threads = cores; dask: 1 torch thread per worker (plus one reading thread)",
+    ]
+    if args.scheduler:
+        notes.append("ran on a given scheduler: its own workers and threads; no scaling rows")
+    return {
+        "model": model_name,
+        "shape": shape,
+        "chunks": chunks,
+        "rows": rows,
+        "memory": mem_rows,
+        "ratios": ratios,
+        "notes": notes,
+    }
+
+
+_COLUMNS = ["path", "workers", "threads", "tiles", "seconds", "tiles_per_s", "pyramid_s"]
+
+
+def _dask_row(r: dict, workers: int, tiles: int) -> dict:
+    return {
+        "path": "dask",
+        "workers": workers,
+        "threads": 1,
+        "tiles": r["tiles"],
+        "seconds": r["seconds_no_pyramid"],
+        "tiles_per_s": r["tiles"] / r["seconds_no_pyramid"],
+        "pyramid_s": r["pyramid_s"],
+        "wall_with_pyramid_s": r["seconds"],
+        "timings": r["timings"],
+        "peak_rss_mib": r["peak_rss_mib"],
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())
