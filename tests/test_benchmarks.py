@@ -1,0 +1,195 @@
+"""The benchmark scripts run: ``--help`` works, and the smallest run of each prints its figures
+and writes them as JSON. Speed itself is measured by the scripts, never asserted here."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+SCRIPTS = [
+    "bench_stain",
+    "bench_limit",
+    "bench_overhead",
+    "bench_monai",
+    "bench_quality",
+    "bench_io",
+]
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_help(name):
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / f"{name}.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "usage:" in proc.stdout
+    for option in ("--full", "--device", "--json"):
+        assert option in proc.stdout
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """One work folder for all scripts: phantoms and models are written once and reused."""
+    return tmp_path_factory.mktemp("bench")
+
+
+def _run(name, argv, tmp_path, capsys, workdir) -> tuple[str, dict]:
+    out = tmp_path / f"{name}.json"
+    code = _load(name).main([*argv, "--workdir", str(workdir), "--json", str(out)])
+    text = capsys.readouterr().out
+    assert code == 0
+    assert "machine " in text and "versions " in text  # the run header
+    return text, json.loads(out.read_text())
+
+
+def _check_header(data: dict, name: str) -> None:
+    assert data["benchmark"] == name
+    head = data["header"]
+    assert head["machine"]["cores"] >= 1
+    assert head["versions"]["torch"] and head["versions"]["zarr"]
+
+
+def test_bench_stain_smallest(cluster, tmp_path, capsys, workdir):
+    text, data = _run(
+        "bench_stain",
+        ["--scheduler", cluster.scheduler_address, "--shape", "2,256,256", "--chunks",
+         "1,256,256", "--fusion-shape", "4,4,4", "--fusion-chunks", "4,4,4",
+         "--cases", "paper-z,fast-zyx", "--no-paper-probe"],
+        tmp_path,
+        capsys,
+        workdir,
+    )  # fmt: skip
+    _check_header(data, "bench_stain")
+    runs = {r["case"]: r for r in data["results"]["runs"]}
+    assert set(runs) == {"paper-z", "fast-zyx"}
+    assert runs["paper-z"]["tiles"] == 2  # one 256² tile per plane
+    assert runs["fast-zyx"]["tiles"] == 12  # 4 planes per axis, one padded tile each
+    for r in runs.values():
+        assert r["voxels_per_s"] > 0 and r["tiles_per_s"] > 0
+        assert r["peak_rss_mib"] > 10
+        assert r["compute_s"] > 0
+    extra = {e["case"]: e for e in data["results"]["extrapolation_1536"]}
+    assert extra["paper-z"]["tiles_needed_1536"] == 1536 * 21 * 21
+    assert extra["paper-z"]["tiles_planned_1536"] == 1536 * 21 * 21
+    assert "paper-z" in text and "tiles_per_s" in text and "extrapolated" in text
+
+
+def test_bench_limit_smallest(cluster, tmp_path, capsys, workdir):
+    text, data = _run(
+        "bench_limit",
+        ["--scheduler", cluster.scheduler_address, "--model", "tiny", "--batch", "1",
+         "--plane", "256", "--slab", "1", "--matmul", "256", "--repeats", "1"],
+        tmp_path,
+        capsys,
+        workdir,
+    )  # fmt: skip
+    _check_header(data, "bench_limit")
+    res = data["results"]
+    assert res["peak"]["flop_per_s"] > 0
+    assert [r["what"] for r in res["rows"]] == ["forward", "predict_plane", "stain path"]
+    for r in res["rows"]:
+        assert r["of_peak"] > 0 and r["gflop_per_s"] > 0
+    assert "of_peak" in text
+
+
+def test_bench_limit_counts_the_paper_model():
+    _load("bench_limit")  # puts the benchmarks folder on sys.path
+    import _common
+
+    flops = _common.tile_flops(_common.generator_config("paper"))
+    # hand count of the ResNet-9 convolutions on a 256² tile (2 FLOPs per multiply-add)
+    mac = (
+        49 * 3 * 64 * 256**2  # stem 7×7
+        + 9 * 64 * 128 * 128**2  # down 1
+        + 9 * 128 * 256 * 64**2  # down 2
+        + 18 * 9 * 256 * 256 * 64**2  # 9 residual blocks, 2 convs each
+        + 9 * 256 * 128 * 128**2  # up 1 (after nearest upsampling)
+        + 9 * 128 * 64 * 256**2  # up 2
+        + 49 * 64 * 3 * 256**2  # head 7×7
+    )
+    assert flops == pytest.approx(2 * mac, rel=1e-3)
+
+
+def test_bench_overhead_smallest(cluster, tmp_path, capsys, workdir):
+    text, data = _run(
+        "bench_overhead",
+        ["--scheduler", cluster.scheduler_address, "--side", "256", "--depth", "1",
+         "--memory-depths", "1,2", "--repeats", "1"],
+        tmp_path,
+        capsys,
+        workdir,
+    )  # fmt: skip
+    _check_header(data, "bench_overhead")
+    res = data["results"]
+    assert [r["path"] for r in res["rows"]] == ["loop", "dask"]
+    assert res["ratios"]["dask_over_loop"] > 0
+    assert [m["depth"] for m in res["memory"]] == [1, 2]
+    assert "dask_over_loop" in text
+
+
+def test_bench_monai_smallest_or_skip(tmp_path, capsys, workdir):
+    try:
+        import monai  # noqa: F401
+    except ImportError:
+        code = _load("bench_monai").main(["--workdir", str(tmp_path)])
+        assert code == 0
+        assert "MONAI is not installed" in capsys.readouterr().out
+        return
+    text, data = _run(
+        "bench_monai",
+        ["--k", "1", "--settings", "fast", "--repeats", "1"],
+        tmp_path,
+        capsys,
+        workdir,
+    )
+    _check_header(data, "bench_monai")
+    (row,) = data["results"]["rows"]
+    assert row["plane"] == "448x448" and row["tiles"] == 4  # 1·192 + 256: grids coincide
+    assert row["max_abs_diff"] < 1e-3  # same tiles, same model: rounding only
+    assert row["ratio_vstain_over_monai"] > 0
+    assert "ratio_vstain_over_monai" in text
+
+
+def test_bench_quality_smallest(tmp_path, capsys, workdir):
+    text, data = _run(
+        "bench_quality", ["--side", "256", "--repeats", "1"], tmp_path, capsys, workdir
+    )
+    _check_header(data, "bench_quality")
+    rows = data["results"]["rows"]
+    assert rows[0]["ssim"] == pytest.approx(1.0)  # the reference against itself
+    # on a 256² plane every tiled setting runs the same single tile as the reference
+    assert all(r["ssim"] == pytest.approx(1.0) for r in rows if r["tiles"] == 1)
+    assert rows[-1]["setting"] == "whole slice" and "ssim" in text
+
+
+def test_bench_io_smallest(cluster, tmp_path, capsys, workdir):
+    text, data = _run(
+        "bench_io",
+        ["--scheduler", cluster.scheduler_address, "--shape", "2,256,256", "--chunks",
+         "1,256,256", "--repeats", "1"],
+        tmp_path,
+        capsys,
+        workdir,
+    )  # fmt: skip
+    _check_header(data, "bench_io")
+    res = data["results"]
+    assert res["in_mb"] == pytest.approx(2 * 256 * 256 * 2 / 1e6)
+    assert res["stain_over_copy"] > 0
+    assert "plain dask copy" in text
