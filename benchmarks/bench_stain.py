@@ -8,7 +8,9 @@ process (sampled every 20 ms in a thread on the worker).
 
 Settings: ``paper`` = tile 256, step 64, mean blend (the paper); ``fast`` = tile 256, step 192,
 Gaussian blend. Cases are ``<setting>-<axes>``, e.g. ``paper-z`` (slice by slice, as the paper)
-and ``paper-zyx`` (three-axis fusion).
+and ``paper-zyx`` (three-axis fusion). A fusion case runs on its own volume together with its
+single-axis counterpart (``paper-z@fusion``), so that the fusion/one-axis ratio is measured on
+the same volume in the same run.
 
 Besides the runs, the script measures the blend's share of compute (the tiled inference of one
 plane with the model against the same with a model that costs nothing), the paper model's
@@ -17,7 +19,7 @@ for 1536³ (exact, from ``plan_blocks``) × measured compute seconds per tile / 
 
 Default (CPU, about 2-3 minutes on 2 busy cores): the ``tiny`` model (8 base features, 2 residual
 blocks), single-axis cases on a 4 × 512 × 512 slab (chunks 2 × 256 × 256) and the fusion case on
-a 128³ cube (chunks 64³; every plane is one padded tile there, so the cube measures the per-tile
+a 64³ cube (chunks 32³; every plane is one padded tile there, so the cube measures the per-tile
 cost of fusion, not the tile counts of large volumes). ``--full``: the paper model on a 1536³
 phantom (chunks 64 × 256 × 256), all four cases; meant for a GPU::
 
@@ -59,8 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--shape", type=_shape, help="Z,Y,X of the single-axis volume [4,512,512]")
     p.add_argument("--chunks", type=_shape, help="Z,Y,X chunks of input and output [2,256,256]")
-    p.add_argument("--fusion-shape", type=_shape, help="Z,Y,X of the fusion volume [128,128,128]")
-    p.add_argument("--fusion-chunks", type=_shape, help="its chunks [64,64,64]")
+    p.add_argument("--fusion-shape", type=_shape, help="Z,Y,X of the fusion volume [64,64,64]")
+    p.add_argument("--fusion-chunks", type=_shape, help="its chunks [32,32,32]")
     p.add_argument("--workers", type=int, help="worker processes [the product's default]")
     p.add_argument("--threads", type=int, help="torch threads per worker [cores / workers]")
     p.add_argument("--batch-size", type=int, help="tiles per forward pass [StainConfig's default]")
@@ -76,8 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     model_name = args.model or ("paper" if full else "tiny")
     shape = args.shape or (FULL_SHAPE if full else (4, 512, 512))
     chunks = args.chunks or (FULL_CHUNKS if full else (2, 256, 256))
-    fshape = args.fusion_shape or (FULL_SHAPE if full else (128, 128, 128))
-    fchunks = args.fusion_chunks or (FULL_CHUNKS if full else (64, 64, 64))
+    fshape = args.fusion_shape or (FULL_SHAPE if full else (64, 64, 64))
+    fchunks = args.fusion_chunks or (FULL_CHUNKS if full else (32, 32, 32))
     default_cases = "paper-z,fast-z,paper-zyx,fast-zyx" if full else "paper-z,fast-z,paper-zyx"
     cases = [c.strip() for c in (args.cases or default_cases).split(",") if c.strip()]
     for case in cases:
@@ -107,10 +109,20 @@ def _run(args, work: Path, device, model_name, cases, shape, chunks, fshape, fch
         f"{gconf.in_channels}-channel input, {flops / 1e9:.3g} GFLOP per 256² tile",
         flush=True,
     )
-    volumes = {}
+    # (label, setting, axes, shape, chunks): single-axis cases on the slab, fusion cases on the
+    # fusion volume, each with its single-axis counterpart on that same volume for the ratio
+    runs = []
     for case in cases:
-        axes = case.partition("-")[2]
-        vshape, vchunks = (shape, chunks) if len(axes) == 1 else (fshape, fchunks)
+        setting, _, axes = case.partition("-")
+        if len(axes) == 1:
+            runs.append((case, setting, axes, shape, chunks))
+            continue
+        same = (fshape, fchunks) == (shape, chunks) and f"{setting}-z" in cases
+        if not same:
+            runs.append((f"{setting}-z@fusion", setting, "z", fshape, fchunks))
+        runs.append((case, setting, axes, fshape, fchunks))
+    volumes = {}
+    for _, _, _, vshape, vchunks in runs:
         if (vshape, vchunks) not in volumes:
             t0 = time.perf_counter()
             volumes[(vshape, vchunks)] = C.phantom(work / "data", vshape, chunks=vchunks)
@@ -135,12 +147,10 @@ def _run(args, work: Path, device, model_name, cases, shape, chunks, fshape, fch
         threads = C.worker_threads(client)
         print(f"{n_workers} workers, torch threads per worker: {sorted(set(threads.values()))}")
         print(flush=True)
-        for case in cases:
-            setting, _, axes = case.partition("-")
-            vshape, vchunks = (shape, chunks) if len(axes) == 1 else (fshape, fchunks)
+        for case, setting, axes, vshape, vchunks in runs:
             source = volumes[(vshape, vchunks)]
             config = StainConfig(axes=axes, **SETTINGS[setting], **base)
-            out = work / f"out-{case}.ome.zarr"
+            out = work / f"out-{case.replace('@', '-')}.ome.zarr"
             for rep in range(args.repeats):
                 with C.worker_memory(client) as mem:
                     report = stain_to_zarr(
@@ -220,6 +230,8 @@ def _run(args, work: Path, device, model_name, cases, shape, chunks, fshape, fch
     extra = []
     n_workers = len(next(iter(rows))["worker_memory"]) if rows else 1
     for case, r in best.items():
+        if "@" in case:
+            continue
         setting, _, axes = case.partition("-")
         config = StainConfig(axes=axes, **SETTINGS[setting])
         planned = sum(b.n_tiles for b in plan_blocks(FULL_SHAPE, FULL_CHUNKS, config))
@@ -241,6 +253,25 @@ def _run(args, work: Path, device, model_name, cases, shape, chunks, fshape, fch
         e["planned_vs_one_axis"] = (
             e["tiles_planned_1536"] / one["tiles_planned_1536"] if one else None
         )
+    # three-axis fusion against one axis, measured on the same volume in this run
+    fusion = []
+    for case, r in best.items():
+        setting, _, axes = case.partition("-")
+        if "@" in axes or len(axes) < 2:
+            continue
+        one = best.get(f"{setting}-z@fusion") or best.get(f"{setting}-z")
+        if one is None or one["shape"] != r["shape"]:
+            continue
+        fusion.append(
+            {"case": case, "shape": r["shape"], "tiles_ratio": r["tiles"] / one["tiles"],
+             "wall_ratio": r["wall_s"] / one["wall_s"],
+             "compute_ratio": r["compute_s"] / one["compute_s"],
+             "blocks": f"{r['blocks']} vs {one['blocks']}"}
+        )  # fmt: skip
+    if fusion:
+        print()
+        print("three-axis fusion over one axis, same volume, same run:")
+        print(C.table(fusion))
     print()
     print("extrapolated to a 1536³ volume on this machine (compute only, all workers busy):")
     print(
@@ -268,11 +299,11 @@ def _run(args, work: Path, device, model_name, cases, shape, chunks, fshape, fch
         "extrapolation: tiles planned for 1536³ × measured compute seconds per tile / workers; "
         "reading, writing and the pyramid are not included",
     ]
-    if any(len(c.partition("-")[2]) > 1 for c in best) and fshape[1] <= 256:
+    if fusion and fshape[1] <= 256:
         notes.append(
             f"fusion volume {fshape}: planes no larger than a tile (one padded tile per plane), "
-            "so its blocks share no tiles; the planned_vs_one_axis column gives the tile ratio "
-            "at 1536³"
+            "so its blocks share no tiles and compute_ratio is about the tile ratio 3; the "
+            "planned_vs_one_axis column gives the tile ratio the plan has at 1536³"
         )
     return {
         "model": {"name": model_name, "config": gconf.to_dict(), "gflop_per_tile": flops / 1e9},
@@ -280,6 +311,7 @@ def _run(args, work: Path, device, model_name, cases, shape, chunks, fshape, fch
         "runs": rows,
         "blend": blend,
         "paper_probe": paper_s_per_tile,
+        "fusion": fusion,
         "extrapolation_1536": extra,
         "notes": notes,
     }
