@@ -78,9 +78,13 @@ def test_bench_stain_smallest(cluster, tmp_path, capsys, workdir):
     )  # fmt: skip
     _check_header(data, "bench_stain")
     runs = {r["case"]: r for r in data["results"]["runs"]}
-    assert set(runs) == {"paper-z", "fast-zyx"}
+    # the fusion case brings its one-axis counterpart on the same volume
+    assert set(runs) == {"paper-z", "fast-z@fusion", "fast-zyx"}
     assert runs["paper-z"]["tiles"] == 2  # one 256² tile per plane
+    assert runs["fast-z@fusion"]["tiles"] == 4
     assert runs["fast-zyx"]["tiles"] == 12  # 4 planes per axis, one padded tile each
+    (fusion,) = data["results"]["fusion"]
+    assert fusion["tiles_ratio"] == 3
     for r in runs.values():
         assert r["voxels_per_s"] > 0 and r["tiles_per_s"] > 0
         assert r["peak_rss_mib"] > 10
@@ -138,7 +142,7 @@ def test_bench_overhead_smallest(cluster, tmp_path, capsys, workdir):
     )  # fmt: skip
     _check_header(data, "bench_overhead")
     res = data["results"]
-    assert [r["path"] for r in res["rows"]] == ["loop", "dask"]
+    assert {r["path"] for r in res["rows"]} == {"loop", "dask"}
     assert res["ratios"]["dask_over_loop"] > 0
     assert [m["depth"] for m in res["memory"]] == [1, 2]
     assert "dask_over_loop" in text
@@ -193,3 +197,22 @@ def test_bench_io_smallest(cluster, tmp_path, capsys, workdir):
     assert res["in_mb"] == pytest.approx(2 * 256 * 256 * 2 / 1e6)
     assert res["stain_over_copy"] > 0
     assert "plain dask copy" in text
+
+
+def test_bench_train_smallest(tmp_path, capsys, workdir):
+    text, data = _run(
+        "bench_train",
+        ["--variants", "mod-cyclegan,pix2pix", "--patch", "32", "--ngf", "4", "--n-blocks", "1",
+         "--ndf", "4", "--steps", "1", "--pairs", "3", "--loader-workers", "0",
+         "--stream-batches", "2"],
+        tmp_path,
+        capsys,
+        workdir,
+    )  # fmt: skip
+    _check_header(data, "bench_train")
+    res = data["results"]
+    assert [r["loader_workers"] for r in res["stream"]] == [0]
+    assert [r["variant"] for r in res["train"]] == ["mod-cyclegan", "pix2pix"]
+    for r in res["train"]:
+        assert r["patches_per_s"] > 0 and r["fold_hours"] > 0
+    assert "fold_hours" in text
