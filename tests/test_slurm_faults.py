@@ -163,13 +163,6 @@ def test_scancel_of_one_of_two_worker_jobs_still_completes_identically(
     assert (jobdir / f"slurm-{victim}.out").exists(), "the cancelled job was a real SLURM job"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="vstain_dask.cluster sizes the SLURMCluster with scale(jobs=n), and dask-jobqueue "
-    "does not resubmit a job that ended (scancel, walltime, preemption); with no worker job "
-    "left the stain waits forever without a message. Fix: cluster.adapt(minimum_jobs=n, "
-    "maximum_jobs=n), which resubmits within distributed.deploy.lost-worker-timeout (15 s)",
-)
 def test_scancel_of_the_only_worker_job_is_replaced_and_completes(
     slurm, ct_store, model_path, tmp_path
 ):

@@ -187,7 +187,10 @@ def _slurm_cluster(config: ClusterConfig):
         )
     except Exception as e:
         raise ClusterError(f"could not set up a SLURM cluster: {e}") from e
-    cluster.scale(jobs=config.workers or 1)
+    # adapt, not scale: a fixed-size adaptive cluster resubmits a worker job that ended
+    # (scancel, walltime, preemption) instead of leaving the stain without workers
+    n = config.workers or 1
+    cluster.adapt(minimum_jobs=n, maximum_jobs=n)
     return cluster
 
 
