@@ -9,7 +9,8 @@
      2 cores), whose wall time includes the pyramid: the pyramid's time (re-run alone) is taken
      off for the comparison.
    The dask overhead is ``dask tiles/s ÷ loop tiles/s`` on the same cores (target ≥ 0.9 on a
-   2-core CPU), and 1 worker ÷ the 1-thread loop.
+   2-core CPU), and 1 worker ÷ the 1-thread loop. Every way runs once per round, rounds
+   repeat (``--repeats``), so that load from other users hits all of them alike.
 2. Scaling: the dask path with 1 worker and with 2 workers, 1 torch thread each (target ≥ 1.7×).
 3. Memory per worker: the dask path on two volumes of different depth with the same block
    shape; the peak RSS of each worker should not grow with the volume.
@@ -25,7 +26,9 @@ worker per GPU, so the scaling part is skipped)::
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -37,7 +40,7 @@ import _common as C  # noqa: E402
 
 def main(argv: list[str] | None = None) -> int:
     p = C.parser(__doc__.split("\n")[0], "\n".join(__doc__.split("\n")[2:]))
-    p.set_defaults(repeats=2)
+    p.set_defaults(repeats=3)
     p.add_argument("--model", help="paper, small, tiny or a .pt file [tiny; paper with --full]")
     p.add_argument("--side", type=int, help="plane side in pixels [512; 1536 with --full]")
     p.add_argument("--depth", type=int, help="planes of the overhead volume [4; 16 with --full]")
@@ -150,47 +153,75 @@ def _run(args, work: Path, device: str) -> dict:
     print(f"model {model_name}; volume {shape}, chunks {chunks}: {tiles} tiles (paper setting)")
     print(flush=True)
 
-    rows = []
-    mem_rows = []
     cores = C._cores()
-    # the loop first, with all the cores (or the GPU), then the cluster with the same threads
     loop_out = work / "loop-out.zarr"
     model = load_model(model_path, device=device)
-    # the loop with one torch thread (as one worker) and with all the cores (as the cluster)
-    loop_rows = {}
-    for threads in sorted({1, cores}):
-        torch.set_num_threads(threads)
-        _loop(source, loop_out, model, fast, device)  # warm-up, as the cluster gets one
-        loops = [_loop(source, loop_out, model, paper, device) for _ in range(args.repeats)]
-        loop = min(loops, key=lambda r: r["seconds"])
-        loop_rows[threads] = {
-            "path": "loop", "workers": 1, "threads": loop["threads"], "tiles": tiles,
-            "seconds": loop["seconds"], "tiles_per_s": tiles / loop["seconds"],
-        }  # fmt: skip
-        rows.append(loop_rows[threads])
-        print(C.table(rows[-1:], _COLUMNS), flush=True)
-    shutil.rmtree(loop_out, ignore_errors=True)
-    torch.set_num_threads(1)
+    scaling = not cuda and not args.skip_scaling and not args.scheduler
+    mem_rows = []
+    with contextlib.ExitStack() as stack:
+        two_client = stack.enter_context(
+            C.local_client(
+                workers=None if cuda else 2, threads=1, device=device, scheduler=args.scheduler
+            )
+        )
+        n = len(two_client.scheduler_info(n_workers=-1)["workers"])
+        one_client = None
+        if scaling:
+            one_client = stack.enter_context(C.local_client(workers=1, threads=1, device=device))
 
-    workers_two = None if cuda else 2
-    with C.local_client(
-        workers=workers_two, threads=1, device=device, scheduler=args.scheduler
-    ) as client:
-        n = len(client.scheduler_info(n_workers=-1)["workers"])
-        _dask(client, source, work / "warm.ome.zarr", model_path, fast, chunks)
-        runs = [
-            _dask(client, source, work / "dask-out.ome.zarr", model_path, paper, chunks)
-            for _ in range(args.repeats)
-        ]
-        best = min(runs, key=lambda r: r["seconds_no_pyramid"])
-        two = _dask_row(best, n, tiles)
-        rows.append(two)
-        print(C.table(rows[-1:], _COLUMNS), flush=True)
+        # every way of running the same tiles, each measured once per round; rounds alternate
+        # the ways so that load from other users of the machine hits them alike
+        def loop(threads: int):
+            def run() -> float:
+                torch.set_num_threads(threads)
+                try:
+                    return _loop(source, loop_out, model, paper, device)["seconds"]
+                finally:
+                    torch.set_num_threads(1)
+
+            return run
+
+        def dask(client):
+            def run() -> float:
+                r = _dask(client, source, work / "dask-out.ome.zarr", model_path, paper, chunks)
+                results.append(r)
+                return r["seconds_no_pyramid"]
+
+            return run
+
+        results: list[dict] = []
+        ways = {}
+        if cuda:
+            ways["loop"] = loop(cores)
+        else:
+            ways["loop 1 thread"] = loop(1)
+            if cores > 1:
+                ways[f"loop {cores} threads"] = loop(cores)
+        ways[f"dask {n} workers"] = dask(two_client)
+        if one_client is not None:
+            ways["dask 1 worker"] = dask(one_client)
+        # warm-up: model loads, first kernels, first zarr opens
+        torch.set_num_threads(1)
+        _loop(source, loop_out, model, fast, device)
+        for client in (two_client, one_client):
+            if client is not None:
+                _dask(client, source, work / "warm.ome.zarr", model_path, fast, chunks)
+        times: dict[str, list[float]] = {k: [] for k in ways}
+        for rnd in range(args.repeats):
+            for name, run in ways.items():
+                times[name].append(run())
+            print(
+                f"round {rnd + 1}: "
+                + ", ".join(f"{k} {tiles / v[-1]:.3g} tiles/s" for k, v in times.items()),
+                flush=True,
+            )
+        shutil.rmtree(loop_out, ignore_errors=True)
+
         if not args.skip_memory:
             for d in mem_depths:
                 mshape = (d, side, side)
                 msource = C.phantom(work / "data", mshape, chunks=chunks)
-                r = _dask(client, msource, work / "mem-out.ome.zarr", model_path, fast, chunks)
+                r = _dask(two_client, msource, work / "mem-out.ome.zarr", model_path, fast, chunks)
                 mem_rows.append(
                     {"depth": d, "shape": "x".join(map(str, mshape)), "block": f"{cz}x{side}x{side}",
                      "workers": n, "seconds": r["seconds"],
@@ -199,28 +230,32 @@ def _run(args, work: Path, device: str) -> dict:
                      "start_rss_mib_max": max(r["start_rss_mib"].values()),
                      "peak_cuda_mib": max((v or 0) for v in r["peak_cuda_mib"].values()) or None}
                 )  # fmt: skip
-                print(C.table(mem_rows[-1:]), flush=True)
-    one = None
-    if not cuda and not args.skip_scaling and not args.scheduler:
-        with C.local_client(workers=1, threads=1, device=device) as client:
-            _dask(client, source, work / "warm.ome.zarr", model_path, fast, chunks)
-            runs = [
-                _dask(client, source, work / "dask-out.ome.zarr", model_path, paper, chunks)
-                for _ in range(args.repeats)
-            ]
-            one = _dask_row(min(runs, key=lambda r: r["seconds_no_pyramid"]), 1, tiles)
-            rows.append(one)
-            print(C.table(rows[-1:], _COLUMNS), flush=True)
 
-    # the cluster against the loop on the same cores; one worker against the one-thread loop
-    ratios = {"dask_over_loop": two["tiles_per_s"] / loop_rows[max(loop_rows)]["tiles_per_s"]}
-    if one is not None:
-        ratios["one_worker_over_one_thread_loop"] = one["tiles_per_s"] / loop_rows[1]["tiles_per_s"]
-        ratios["two_over_one_worker"] = two["tiles_per_s"] / one["tiles_per_s"]
+    rows = []
+    for name, t in times.items():
+        rows.append(
+            {"path": name, "tiles": tiles, "seconds": min(t), "tiles_per_s": tiles / min(t),
+             "median_tiles_per_s": tiles / statistics.median(t), "all_seconds": t}
+        )  # fmt: skip
+    rate = {r["path"]: r["tiles_per_s"] for r in rows}
+
+    def ratio(a: str, b: str) -> dict | None:
+        if a not in times or b not in times:
+            return None
+        paired = [tb / ta for ta, tb in zip(times[a], times[b], strict=True)]
+        return {"best": rate[a] / rate[b], "median_paired": statistics.median(paired)}
+
+    all_loop = f"loop {cores} threads" if cores > 1 else "loop 1 thread"
+    ratios = {
+        "dask_over_loop_same_cores": ratio(f"dask {n} workers", "loop" if cuda else all_loop),
+        "one_worker_over_one_thread_loop": ratio("dask 1 worker", "loop 1 thread"),
+        "two_over_one_worker": ratio(f"dask {n} workers", "dask 1 worker"),
+    }
+    ratios = {k: v for k, v in ratios.items() if v is not None}
     if len(mem_rows) == 2:
-        ratios["peak_rss_deep_over_shallow"] = (
-            mem_rows[1]["peak_rss_mib_max"] / mem_rows[0]["peak_rss_mib_max"]
-        )
+        ratios["peak_rss_deep_over_shallow"] = {
+            "best": mem_rows[1]["peak_rss_mib_max"] / mem_rows[0]["peak_rss_mib_max"]
+        }
     print()
     print(C.table(rows, _COLUMNS))
     if mem_rows:
@@ -228,12 +263,18 @@ def _run(args, work: Path, device: str) -> dict:
         print(C.table(mem_rows))
     print()
     for k, v in ratios.items():
-        print(f"{k:28s} {v:.3f}")
+        extra = (
+            f"  (median of paired rounds {v['median_paired']:.3f})" if "median_paired" in v else ""
+        )
+        print(f"{k:34s} {v['best']:.3f}{extra}")
     notes = [
         f"model '{model_name}' (random weights), tile 256, step 64, mean blend for the "
         "overhead and scaling rows; the memory rows use the fast setting (step 192, gaussian)",
         "dask rows: stain_to_zarr wall time minus the pyramid (re-run alone); the loop writes "
         "a plain zarr array without pyramid",
+        f"{args.repeats} rounds, each running every way once in turn; tiles_per_s from the best "
+        "round, ratios 'best' from those and 'median_paired' as the median over rounds of the "
+        "ratio within a round",
         "loop rows: 1 torch thread, and all the cores; dask: 1 torch thread per worker (plus "
         "one reading thread); dask_over_loop = cluster ÷ all-core loop, "
         "one_worker_over_one_thread_loop = 1 worker ÷ 1-thread loop (the same resources)",
@@ -251,22 +292,7 @@ def _run(args, work: Path, device: str) -> dict:
     }
 
 
-_COLUMNS = ["path", "workers", "threads", "tiles", "seconds", "tiles_per_s", "pyramid_s"]
-
-
-def _dask_row(r: dict, workers: int, tiles: int) -> dict:
-    return {
-        "path": "dask",
-        "workers": workers,
-        "threads": 1,
-        "tiles": r["tiles"],
-        "seconds": r["seconds_no_pyramid"],
-        "tiles_per_s": r["tiles"] / r["seconds_no_pyramid"],
-        "pyramid_s": r["pyramid_s"],
-        "wall_with_pyramid_s": r["seconds"],
-        "timings": r["timings"],
-        "peak_rss_mib": r["peak_rss_mib"],
-    }
+_COLUMNS = ["path", "tiles", "seconds", "tiles_per_s", "median_tiles_per_s"]
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ phantom (chunks 64 × 256 × 256), all four cases; meant for a GPU::
 
 from __future__ import annotations
 
+import math
 import shutil
 import sys
 import time
@@ -68,6 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, help="tiles per forward pass [StainConfig's default]")
     p.add_argument("--compile", action="store_true", help="torch.compile the generator")
     p.add_argument(
+        "--fusion",
+        choices=["passes", "blocks"],
+        help="how fused stains are organised [StainConfig's default]",
+    )
+    p.add_argument(
         "--no-paper-probe",
         action="store_true",
         help="skip timing the paper model per tile in-process (about 15 s on a CPU)",
@@ -98,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args, work: Path, device, model_name, cases, shape, chunks, fshape, fchunks) -> dict:
     from vstain_dask.models import load_model
-    from vstain_dask.stain import StainConfig, plan_blocks, stain_to_zarr
+    from vstain_dask.stain import StainConfig, stain_to_zarr
     from vstain_dask.tiling import count_tiles
 
     model = C.model_file(model_name, work / "models")
@@ -134,6 +140,8 @@ def _run(args, work: Path, device, model_name, cases, shape, chunks, fshape, fch
     ) as client:
         n_workers = len(client.scheduler_info(n_workers=-1)["workers"])
         base = {"device": device, "compile": args.compile}
+        if args.fusion:
+            base["fusion"] = args.fusion
         if args.batch_size:
             base["batch_size"] = args.batch_size
         # load the model on every worker (and set its threads) before anything is timed
@@ -229,18 +237,22 @@ def _run(args, work: Path, device, model_name, cases, shape, chunks, fshape, fch
             best[r["case"]] = r
     extra = []
     n_workers = len(next(iter(rows))["worker_memory"]) if rows else 1
+    fusion_mode = StainConfig(fusion=args.fusion).fusion if args.fusion else StainConfig().fusion
     for case, r in best.items():
         if "@" in case:
             continue
         setting, _, axes = case.partition("-")
         config = StainConfig(axes=axes, **SETTINGS[setting])
-        planned = sum(b.n_tiles for b in plan_blocks(FULL_SHAPE, FULL_CHUNKS, config))
+        plans = _plans_1536(config)
+        planned = plans["passes" if len(axes) > 1 and fusion_mode.value == "passes" else "blocks"]
         needed = count_tiles(FULL_SHAPE, tile=256, step=config.step, axes=axes)
         e = {
             "case": case,
             "tiles_needed_1536": needed,
             "tiles_planned_1536": planned,
             "planned_over_needed": planned / needed,
+            "blocks_mode_tiles_1536": plans["blocks"] if len(axes) > 1 else None,
+            "accumulator_gib": plans["accumulator_gib"],
             "model": model_name,
             "est_s_this_model": planned * r["compute_s_per_tile"] / n_workers,
         }
@@ -283,6 +295,8 @@ def _run(args, work: Path, device, model_name, cases, shape, chunks, fshape, fch
                 "tiles_planned_1536",
                 "planned_over_needed",
                 "planned_vs_one_axis",
+                "blocks_mode_tiles_1536",
+                "accumulator_gib",
                 "est_s_this_model",
                 "est_s_paper_model",
             ],
@@ -298,6 +312,11 @@ def _run(args, work: Path, device, model_name, cases, shape, chunks, fshape, fch
         "inference (a block recomputes the tiles it shares with its neighbours)",
         "extrapolation: tiles planned for 1536³ × measured compute seconds per tile / workers; "
         "reading, writing and the pyramid are not included",
+        f"fused stains ran with fusion='{fusion_mode.value}' (one slab pass per axis, then a "
+        "fusion pass over 8-bit results, for 'passes'); blocks_mode_tiles_1536 is what "
+        "fusion='blocks' (3D blocks with halos) would compute",
+        "accumulator_gib: the float64 blend accumulator of the largest block of the 1536³ plan "
+        "(planes × 3 × plane area × 8 bytes), held per worker while a block is stained",
     ]
     if fusion and fshape[1] <= 256:
         notes.append(
@@ -312,9 +331,33 @@ def _run(args, work: Path, device, model_name, cases, shape, chunks, fshape, fch
         "blend": blend,
         "paper_probe": paper_s_per_tile,
         "fusion": fusion,
+        "fusion_mode": fusion_mode.value,
         "extrapolation_1536": extra,
         "notes": notes,
     }
+
+
+def _plans_1536(config) -> dict:
+    """Tiles the stain plan computes for 1536³ with the default chunks, in both fusion modes,
+    and the largest float64 accumulator of a block (GiB)."""
+    import dataclasses
+
+    from vstain_dask.stain import plan_blocks
+
+    dims = "zyx"
+    acc = 0.0
+    passes = 0
+    for axis in config.axes:
+        one = dataclasses.replace(config, axes=axis)
+        blocks = plan_blocks(FULL_SHAPE, FULL_CHUNKS, one)
+        passes += sum(b.n_tiles for b in blocks)
+        a = dims.index(axis)
+        for b in blocks:
+            shape = b.shape
+            area = math.prod(s for i, s in enumerate(shape) if i != a)
+            acc = max(acc, shape[a] * 3 * area * 8 / C.GIB)
+    blocks = sum(b.n_tiles for b in plan_blocks(FULL_SHAPE, FULL_CHUNKS, config))
+    return {"passes": passes, "blocks": blocks, "accumulator_gib": acc}
 
 
 def _blend_share(model_path, shape, device, args) -> dict:

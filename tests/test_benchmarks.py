@@ -142,10 +142,11 @@ def test_bench_overhead_smallest(cluster, tmp_path, capsys, workdir):
     )  # fmt: skip
     _check_header(data, "bench_overhead")
     res = data["results"]
-    assert {r["path"] for r in res["rows"]} == {"loop", "dask"}
-    assert res["ratios"]["dask_over_loop"] > 0
+    paths = [r["path"] for r in res["rows"]]
+    assert paths[0] == "loop 1 thread" and paths[-1].startswith("dask ")
+    assert res["ratios"]["dask_over_loop_same_cores"]["best"] > 0
     assert [m["depth"] for m in res["memory"]] == [1, 2]
-    assert "dask_over_loop" in text
+    assert "dask_over_loop_same_cores" in text
 
 
 def test_bench_monai_smallest_or_skip(tmp_path, capsys, workdir):
