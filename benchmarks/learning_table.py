@@ -1,10 +1,11 @@
 """Show that training learns: the paper's Table 1 ordering on held-out phantom pairs.
 
-Trains ``cyclegan`` and ``pix2pix`` (and, with ``--all``, ``cyclegan-invct``) with exactly the
-settings and budget of the bundled model's recipe (``vstain_dask.train.default``; only the variant
-changes), takes ``mod-cyclegan`` from a run of that recipe (``--mod-cyclegan-run``, e.g. the run
-that made the bundled model; trained here when not given), and scores every model on phantom
-pairs that no model has seen (another seed, other specimens):
+Trains ``mod-cyclegan``, ``cyclegan`` and ``pix2pix`` (and, with ``--all``,
+``cyclegan-invct``) with one configuration and budget: the bundled model's recipe
+(``vstain_dask.train.default``) with the paper's augmentation (flips, no 90° rotations); only the
+variant changes. ``--mod-cyclegan-run`` scores an existing run of exactly that configuration
+instead of training one. Every model is scored on phantom pairs that no model has seen (another
+seed, other specimens):
 
 - SSIM: ``skimage.metrics.structural_similarity`` on uint8 RGB (``channel_axis=-1``,
   ``data_range=255``), its map averaged inside each pair's correspondence mask;
@@ -119,8 +120,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from vstain_dask.models import load_model
     from vstain_dask.phantom import write_phantom_pairs
-    from vstain_dask.train import train
+    from vstain_dask.train import AugmentConfig, train
     from vstain_dask.train.default import DEFAULT_CONFIG, DEFAULT_PAIRS, make_default_pairs
+
+    config = dataclasses.replace(DEFAULT_CONFIG, augment=AugmentConfig(), epochs=8)
 
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -146,13 +149,19 @@ def main(argv: list[str] | None = None) -> int:
             run = Path(args.mod_cyclegan_run)
         runs[v] = run
         given = v == "mod-cyclegan" and args.mod_cyclegan_run
+        if given or (run / "config.json").exists():
+            saved = json.loads((run / "config.json").read_text())["config"]
+            want = dataclasses.replace(config, variant=v).to_dict()
+            differ = {k: (saved.get(k), want[k]) for k in want if saved.get(k) != want[k]}
+            if set(differ) - {"workers", "device"}:
+                parser.error(f"{run} was trained with other settings: {differ}; remove it")
         if given or args.only_evaluate or (run / "model.pt").exists():
             continue  # a given run is only scored, never trained (or overwritten) here
         t0 = time.perf_counter()
         train(
             train_pairs,
             run,
-            dataclasses.replace(DEFAULT_CONFIG, variant=v),
+            dataclasses.replace(config, variant=v),
             overwrite=True,
             command=" ".join(["python", *sys.argv]),
         )
@@ -165,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     for v, m in models.items():
         assert m.variant.value == v, (v, m.variant)
     scores, panels = _evaluate(models, test_pairs)
-    cfg = DEFAULT_CONFIG
+    cfg = config
     steps = cfg.epochs * DEFAULT_PAIRS["n"] * cfg.patches_per_pair // cfg.batch_size
     budget = (
         f"every model: {cfg.epochs} epochs x {DEFAULT_PAIRS['n']} pairs x "

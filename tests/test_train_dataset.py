@@ -56,27 +56,38 @@ def test_crops_share_geometry_on_ct_histology_and_mask(tmp_path):
     path = _ramp_store(tmp_path / "p.zarr")
     pairs = scan_pairs(path)
     aug = AugmentConfig(ct_brightness=0, ct_contrast=0, histology_brightness=0,
-                        histology_contrast=0)  # fmt: skip
-    ds = PatchDataset(path, pairs, patch_size=64, patches_per_pair=40, normalization=NORM,
+                        histology_contrast=0, rotate90=True)  # fmt: skip
+    ds = PatchDataset(path, pairs, patch_size=64, patches_per_pair=64, normalization=NORM,
                       augment=aug, seed=3)  # fmt: skip
-    flips = set()
+    turns = set()
     windows = set()
     for i in range(len(ds)):
         raw, row, col, mask = _decode(ds.sample(0, i))
         # bilinear resampling keeps a linear function of position linear: CT = f(R, G) only
-        # holds where CT and histology were cut, scaled and flipped the same way
+        # holds where CT and histology were cut, scaled, flipped and turned the same way
         np.testing.assert_allclose(raw, 1000 + 100 * row + 3 * col, atol=0.1)
         # the mask (nearest neighbour) is "column >= 48" up to one source pixel
         assert (mask[col >= 48.5] == 1).all() and (mask[col <= 46.5] == 0).all()
         geo = draw_geometry(np.random.default_rng([3, 1, 0, i]), (96, 96), 64, aug)
-        flips.add((geo.flip_y, geo.flip_x))
+        turns.add((geo.flip_y, geo.flip_x, geo.transpose))
         windows.add(geo.window)
-        # a vertical flip reverses rows, a horizontal one columns
-        assert (np.diff(row[:, 0]) < 0).all() == geo.flip_y
-        assert (np.diff(col[0, :]) < 0).all() == geo.flip_x
-    assert flips == {(False, False), (False, True), (True, False), (True, True)}
+        # source rows run down the patch (across it when transposed), reversed by a vertical
+        # flip; source columns likewise
+        along_rows = row[0, :] if geo.transpose else row[:, 0]
+        along_cols = col[:, 0] if geo.transpose else col[0, :]
+        assert (np.diff(along_rows) < 0).all() == geo.flip_y
+        assert (np.diff(along_cols) < 0).all() == geo.flip_x
+        assert (np.diff(along_rows) != 0).all() and (np.diff(along_cols) != 0).all()
+    assert len(turns) == 8  # all rotations by 90° and their mirror images
     assert min(windows) >= round(64 / 1.1) and max(windows) <= round(64 / 0.9)
     assert len(windows) > 5
+
+
+def test_paper_augmentation_only_flips():
+    rng = np.random.default_rng(0)
+    geos = [draw_geometry(rng, (96, 96), 64, AugmentConfig()) for _ in range(50)]
+    assert not any(g.transpose for g in geos)
+    assert {(g.flip_y, g.flip_x) for g in geos} == {(a, b) for a in (0, 1) for b in (0, 1)}
 
 
 def test_geometry_bounds_and_errors():
@@ -102,6 +113,8 @@ def test_resample_identity_flip_and_nearest():
     np.testing.assert_array_equal(same, a.astype(np.float32))
     flipped = resample(a, CropGeometry(0, 0, 6, 6, flip_y=True, flip_x=True))
     np.testing.assert_array_equal(flipped, a[::-1, ::-1])
+    turned = resample(a, CropGeometry(0, 0, 6, 6, flip_y=True, transpose=True))
+    np.testing.assert_array_equal(turned, np.rot90(a, -1))  # a quarter turn clockwise
     m = np.zeros((6, 6), bool)
     m[:, 3:] = True
     up = resample(m, CropGeometry(0, 0, 6, 12), nearest=True)

@@ -2,8 +2,10 @@
 
 Geometry (shared by the three images of a pair, so they stay registered): a random crop
 position, a rescale by 90-110 % that keeps the patch size (a window of ``patch / scale`` pixels
-is read and resampled to ``patch``), and horizontal and vertical flips. CT and histology are
-resampled bilinearly, the mask by nearest neighbour.
+is read and resampled to ``patch``), and horizontal and vertical flips (the paper's). Optionally
+a random transpose too (``rotate90``), which with the flips gives all eight 90° rotations and
+mirror images, for models that must not prefer an orientation. CT and histology are resampled
+bilinearly, the mask by nearest neighbour.
 
 Intensity (separate per modality, up to 10 % each):
 
@@ -50,6 +52,9 @@ class AugmentConfig:
         Rescale factors (paper: 0.9-1.1); the patch keeps its size.
     flips : bool
         Random horizontal and vertical flips.
+    rotate90 : bool
+        Random transpose (with ``flips``: any multiple of 90°, mirrored or not). Not in the
+        paper; off by default.
     ct_brightness, ct_contrast : float
         Largest CT brightness shift (network units, [-1, 1] range) and relative contrast change.
     histology_brightness, histology_contrast : float
@@ -58,6 +63,7 @@ class AugmentConfig:
 
     scale: tuple[float, float] = (0.9, 1.1)
     flips: bool = True
+    rotate90: bool = False
     ct_brightness: float = 0.1
     ct_contrast: float = 0.1
     histology_brightness: float = 0.1
@@ -71,8 +77,9 @@ class AugmentConfig:
         if not (0.25 <= lo <= hi <= 4.0):
             raise InputError(f"scale must satisfy 0.25 <= min <= max <= 4, got {self.scale!r}")
         object.__setattr__(self, "scale", (lo, hi))
-        if not isinstance(self.flips, bool):
-            raise InputError(f"flips must be true or false, got {self.flips!r}")
+        for name in ("flips", "rotate90"):
+            if not isinstance(getattr(self, name), bool):
+                raise InputError(f"{name} must be true or false, got {getattr(self, name)!r}")
         for name in ("ct_brightness", "ct_contrast", "histology_brightness", "histology_contrast"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v < 1:
@@ -120,6 +127,8 @@ class CropGeometry:
         Side of the patch, pixels.
     flip_y, flip_x : bool
         Vertical and horizontal flips, applied after resampling.
+    transpose : bool
+        Swap rows and columns, after the flips.
     """
 
     y0: int
@@ -128,6 +137,7 @@ class CropGeometry:
     patch: int
     flip_y: bool = False
     flip_x: bool = False
+    transpose: bool = False
 
     @property
     def slices(self) -> tuple[slice, slice]:
@@ -171,7 +181,11 @@ def draw_geometry(
     x0 = int(rng.integers(0, w - window + 1))
     flip_y = bool(rng.random() < 0.5) if config.flips else False
     flip_x = bool(rng.random() < 0.5) if config.flips else False
-    return CropGeometry(y0=y0, x0=x0, window=window, patch=patch, flip_y=flip_y, flip_x=flip_x)
+    # drawn only when asked, so that streams without it stay as they were
+    transpose = bool(rng.random() < 0.5) if config.rotate90 else False
+    return CropGeometry(
+        y0=y0, x0=x0, window=window, patch=patch, flip_y=flip_y, flip_x=flip_x, transpose=transpose
+    )
 
 
 def draw_jitter(rng: np.random.Generator, config: AugmentConfig) -> Jitter:
@@ -233,6 +247,8 @@ def resample(image: np.ndarray, geometry: CropGeometry, *, nearest: bool = False
         out = out[..., ::-1, :]
     if geometry.flip_x:
         out = out[..., ::-1]
+    if geometry.transpose:
+        out = np.swapaxes(out, -1, -2)
     return np.ascontiguousarray(out)
 
 
