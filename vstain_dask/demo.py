@@ -61,6 +61,7 @@ def run_demo(
             model=model,
             config=StainConfig(axes="z", step=128, blend="gaussian"),
             cluster=cluster,
+            chunks=(max(1, shape[0] // 4), shape[1], shape[2]),  # a few blocks per worker
             overwrite=overwrite,
             progress=progress,
         )
