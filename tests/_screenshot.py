@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -139,10 +140,24 @@ async def _shoot(exe, url, out: Path, *, wait, size, timeout) -> None:
             await call("Browser.close")
         except (ConnectionError, RuntimeError, TimeoutError):
             pass  # it is going away anyway; stopped by PID below if not
-        ws.close()
+        await _close(ws, timeout=5.0)
     finally:
         _stop(proc)
         shutil.rmtree(profile, ignore_errors=True)
+
+
+async def _close(ws, *, timeout: float) -> None:
+    """Close the websocket and its socket before the event loop ends.
+
+    tornado only schedules the socket's close (5 s after the closing handshake, if the peer does
+    not answer); a loop that ends first would leave the socket open."""
+    stream = getattr(ws.protocol, "stream", None) if ws.protocol is not None else None
+    ws.close()
+    with contextlib.suppress(TimeoutError):
+        while await asyncio.wait_for(ws.read_message(), timeout) is not None:
+            pass  # events still in flight
+    if stream is not None and not stream.closed():
+        stream.close()
 
 
 async def _devtools_port(profile: Path, proc: subprocess.Popen, *, timeout: float) -> int:

@@ -98,8 +98,9 @@ def _stain_job(ct: Path, model: Path, tmp_path: Path):
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=120)
         log = stderr.read_text(errors="replace")
+        # stopped the way Ctrl-C stops a job (how quietly it does so is test_faults' subject)
         assert proc.returncode == 130, log
-        assert "Traceback" not in log, log
+        assert "--resume" in log, log
     finally:
         if proc.poll() is None:  # only if a check above failed: stop what this test started
             with contextlib.suppress(ProcessLookupError):
