@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-workers", type=int, default=2)
     parser.add_argument("--train-patches", type=int, default=10, help="patches per pair [10]")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--stream-only", action="store_true", help="skip the training run")
     args = parser.parse_args(argv)
 
     import torch
@@ -80,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"stream: {w} loader processes, cache {cache}: {r['samples_per_s']:.1f} patches/s",
                 flush=True,
             )
+    if args.stream_only:
+        (out / "throughput.json").write_text(json.dumps(results, indent=1))
+        return 0
     cfg = TrainConfig(
         epochs=2,
         patch_size=args.patch_size,
