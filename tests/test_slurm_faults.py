@@ -1,8 +1,8 @@
 """SLURM worker jobs cancelled (``scancel``) in the middle of ``vstain-dask stain --cluster slurm``.
 
 One of two jobs cancelled: the stain still completes, on the remaining job (or a replacement), with
-the same bytes as a local run. The only job cancelled: a replacement job must be submitted and the
-stain complete, rather than wait forever for a worker that never comes.
+the same bytes as a local run. The only job cancelled: a replacement job is submitted and the stain
+completes, with the same bytes, rather than wait forever for a worker that never comes.
 
 Real single-node SLURM (the ``slurm`` fixture), real dask-jobqueue worker jobs submitted with
 sbatch, the real command line. The stain's worker jobs are told apart from anyone else's on the
@@ -166,16 +166,38 @@ def test_scancel_of_one_of_two_worker_jobs_still_completes_identically(
 def test_scancel_of_the_only_worker_job_is_replaced_and_completes(
     slurm, ct_store, model_path, tmp_path
 ):
-    with _slurm_stain(ct_store, model_path, tmp_path, slurm, jobs=1) as (proc, out, log, jobdir):
-        _wait(lambda: len(_running(jobdir)) == 1 and _done(out) >= 2, timeout=240, proc=proc,
-              log=log, what="a running worker job and two stained blocks")  # fmt: skip
-        (victim,) = _running(jobdir)
-        subprocess.run(["scancel", victim], check=True)
-        # a replacement is submitted once the scheduler has given the lost worker up (15 s)
-        _wait(lambda: set(_our_jobs(jobdir)) - {victim}, timeout=40, proc=proc, log=log,
-              what=f"a job to replace the cancelled job {victim}")  # fmt: skip
-        stdout, _ = proc.communicate(timeout=300)
+    reference = tmp_path / "local.ome.zarr"
+    local = None
+    try:
+        with _slurm_stain(ct_store, model_path, tmp_path, slurm, jobs=1) as (
+            proc,
+            out,
+            log,
+            jobdir,
+        ):
+            _wait(lambda: len(_running(jobdir)) == 1 and _done(out) >= 2, timeout=240, proc=proc,
+                  log=log, what="a running worker job and two stained blocks")  # fmt: skip
+            (victim,) = _running(jobdir)
+            subprocess.run(["scancel", victim], check=True)
+            # the reference, on the core the stain leaves idle while it has no worker
+            local = subprocess.Popen(
+                [*_cli(), "stain", str(ct_store), "-o", str(reference), "--model", str(model_path),
+                 *COMMON, "--workers", "1", "--threads-per-worker", "1"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            # a replacement is submitted once the scheduler has given the lost worker up (15 s)
+            _wait(lambda: set(_our_jobs(jobdir)) - {victim}, timeout=40, proc=proc, log=log,
+                  what=f"a job to replace the cancelled job {victim}")  # fmt: skip
+            stdout, _ = proc.communicate(timeout=300)
+            _, local_err = local.communicate(timeout=300)
+    finally:
+        if local is not None and local.poll() is None:  # only when a check above failed
+            local.send_signal(signal.SIGINT)  # Ctrl-C: it closes its own local cluster
+            local.communicate(timeout=60)
     errors = log.read_text()
     assert proc.returncode == 0 and "Traceback" not in errors, errors
+    assert local.returncode == 0, local_err
     assert f"wrote {out}: {CT_SHAPE[0]} blocks" in stdout
     assert ngff.open_volume(out).attrs["vstain"]["complete"] is True
+    for stained, expected in zip(_levels(out), _levels(reference), strict=True):
+        np.testing.assert_array_equal(stained, expected)
