@@ -122,7 +122,7 @@ def test_ome_zarr_py_reader(stained, version, kind):
     assert meta["channel_names"] == list(channels)
     assert [cmap[-1] for cmap in meta["colormap"]] == [RGB_UNIT[c] for c in channels]
     assert meta["contrast_limits"] == [[0, 255]] * len(channels)
-    assert meta["visible"] == [True] * len(channels)
+    assert meta["visible"] == [c != "A" for c in channels]  # alpha is there but not shown
 
     labels = [n for n in nodes if n.metadata.get("name") == "sample"]
     if kind == "rgba":  # the sample mask, found through the image's labels group

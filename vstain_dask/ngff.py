@@ -730,7 +730,8 @@ def _omero(spec: _VolumeSpec) -> dict | None:
         {
             "label": name,
             "color": colors[i],
-            "active": True,
+            # an alpha channel shown as a fourth additive grey layer would wash out the RGB
+            "active": not (spec.kind is VolumeKind.RGB and i == 3),
             "coefficient": 1.0,
             "family": "linear",
             "inverted": False,

@@ -1133,8 +1133,7 @@ def _run_stage(
                 bar.update(1)
             fut.release()
     except BaseException:
-        for fut in futures:
-            fut.cancel()
+        client.cancel(list(futures))
         raise
     if failed:
         first = next(iter(failed.items()))
@@ -1368,5 +1367,5 @@ def run_stain(
         except KeyboardInterrupt:
             # the cluster is torn down mid-flight: its comms log tracebacks that mean nothing
             for name in ("distributed", "tornado", "asyncio"):
-                logging.getLogger(name).setLevel(logging.CRITICAL)
+                logging.getLogger(name).setLevel(logging.CRITICAL + 1)
             raise
