@@ -61,6 +61,9 @@ _BACKGROUND_TARGET = 10000.0
 _DIMS = ("z", "y", "x")
 _PLANE_DIMS = {"z": (1, 2), "y": (0, 2), "x": (0, 1)}
 _LEDGER = ".vstain-job"
+#: planes per tiled-inference call inside a block: bounds the float64 blend accumulators
+#: (16 planes of 1536² RGB: 0.9 GiB) whatever the block's size
+_PLANES_PER_CALL = 16
 _LOCK = "lock.json"
 
 
@@ -396,6 +399,8 @@ def stain_block(
         return generator(model.to_input(t))
 
     autocast = config.autocast if config.autocast is not None else device.type == "cuda"
+    single = len(config.axes) == 1
+    box_shape = tuple(b - a for a, b in box)
     preds = []
     for axis in config.axes:
         a = _DIMS.index(axis)
@@ -404,35 +409,44 @@ def stain_block(
         region = (*box[d1], *box[d2])
         r = grid.read_region(region)
         sl = [slice(None)] * 3
-        sl[a] = slice(box[a][0] - tile_box[a][0], box[a][1] - tile_box[a][0])
         sl[d1] = slice(r[0] - tile_box[d1][0], r[1] - tile_box[d1][0])
         sl[d2] = slice(r[2] - tile_box[d2][0], r[3] - tile_box[d2][0])
-        planes = np.moveaxis(x[tuple(sl)], a, 0)[:, None]  # (N, 1, h, w)
-        out = predict_region(
-            np.ascontiguousarray(planes),
-            predict,
-            grid=grid,
-            origin=(r[0], r[2]),
-            region=region,
-            blend=config.blend,
-            batch_size=config.batch_size,
-            device=device,
-            autocast=autocast,
-            channels_last=config.channels_last,
-            out_channels=3,
-        )  # (N, 3, h1, w1) in the plane's (d1, d2) order
-        # back to (3, Z, Y, X) of the box
-        out = np.moveaxis(out, 1, 0)  # (3, N, h1, w1): dims (c, a, d1, d2)
+        # one axis: straight to 8-bit, so a block of many whole planes stays a few GB;
+        # several axes (block fusion): float predictions, fused below
+        out = np.empty((3, *box_shape), np.uint8 if single else np.float32)
         order = [a, d1, d2]
-        out = np.transpose(out, [0] + [1 + order.index(i) for i in range(3)])
+        n = box_shape[a]
+        for g0 in range(0, n, _PLANES_PER_CALL):  # bounded accumulators: a group of planes
+            g1 = min(n, g0 + _PLANES_PER_CALL)
+            sl[a] = slice(box[a][0] - tile_box[a][0] + g0, box[a][0] - tile_box[a][0] + g1)
+            planes = np.moveaxis(x[tuple(sl)], a, 0)[:, None]  # (G, 1, h, w)
+            pred = predict_region(
+                np.ascontiguousarray(planes),
+                predict,
+                grid=grid,
+                origin=(r[0], r[2]),
+                region=region,
+                blend=config.blend,
+                batch_size=config.batch_size,
+                device=device,
+                autocast=autocast,
+                channels_last=config.channels_last,
+                out_channels=3,
+            )  # (G, 3, h1, w1) in the plane's (d1, d2) order
+            pred = np.moveaxis(pred, 1, 0)  # (3, G, h1, w1): dims (c, a, d1, d2)
+            pred = np.transpose(pred, [0] + [1 + order.index(i) for i in range(3)])
+            dst = [slice(None)] * 4
+            dst[1 + a] = slice(g0, g1)
+            out[tuple(dst)] = _to_uint8(pred) if single else pred
         preds.append(out)
-    if len(preds) == 1:
-        fused = preds[0]
-    elif config.fuse is FuseMode.MEDIAN:
-        fused = np.median(np.stack(preds), axis=0).astype(np.float32)
+    if single:
+        rgb = preds[0]
     else:
-        fused = np.mean(np.stack(preds), axis=0, dtype=np.float64).astype(np.float32)
-    rgb = _to_uint8(fused)
+        if config.fuse is FuseMode.MEDIAN:
+            fused = np.median(np.stack(preds), axis=0).astype(np.float32)
+        else:
+            fused = np.mean(np.stack(preds), axis=0, dtype=np.float64).astype(np.float32)
+        rgb = _to_uint8(fused)
     if mask is not None:
         rgb[:, ~mask.astype(bool)] = np.asarray(config.mask_colour, np.uint8)[:, None]
     if config.alpha:
