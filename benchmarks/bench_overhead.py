@@ -50,14 +50,36 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--block-planes", type=int, default=1, help="planes per block (z chunk) [1]")
     p.add_argument("--skip-scaling", action="store_true", help="skip 1 vs 2 workers")
     p.add_argument("--skip-memory", action="store_true", help="skip the memory check")
+    p.add_argument(
+        "--malloc",
+        choices=["dask", "glibc"],
+        default="dask",
+        help="worker allocator setting: 'dask' keeps distributed's MALLOC_TRIM_THRESHOLD_=65536 "
+        "(what users get); 'glibc' leaves it unset (glibc's adaptive default) [dask]",
+    )
     args = p.parse_args(argv)
     device = C.check_device(args.device)
     head = C.header(device)
     C.print_header("dask overhead, worker scaling, memory per worker", head)
-    with C.workdir(args.workdir) as work:
+    with C.workdir(args.workdir) as work, _malloc(args.malloc):
         results = _run(args, work, device)
     C.finish("bench_overhead", head, args, results, results.pop("notes"))
     return 0
+
+
+@contextlib.contextmanager
+def _malloc(setting: str):
+    """Worker processes with distributed's allocator setting, or without it."""
+    import dask
+    import distributed  # noqa: F401  (registers the distributed.* config)
+
+    if setting == "dask":
+        yield
+        return
+    key = "distributed.nanny.pre-spawn-environ"
+    env = {k: v for k, v in dask.config.get(key).items() if k != "MALLOC_TRIM_THRESHOLD_"}
+    with dask.config.set({key: env}):
+        yield
 
 
 def _loop(source: Path, out: Path, model, config, device: str) -> dict:
@@ -281,6 +303,14 @@ def _run(args, work: Path, device: str) -> dict:
     ]
     if args.scheduler:
         notes.append("ran on a given scheduler: its own workers and threads; no scaling rows")
+    notes.append(
+        "worker allocator: "
+        + (
+            "distributed's default MALLOC_TRIM_THRESHOLD_=65536"
+            if args.malloc == "dask"
+            else "MALLOC_TRIM_THRESHOLD_ unset (glibc's adaptive mmap threshold)"
+        )
+    )
     return {
         "model": model_name,
         "shape": shape,
