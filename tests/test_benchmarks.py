@@ -66,6 +66,7 @@ def _check_header(data: dict, name: str) -> None:
     assert head["versions"]["torch"] and head["versions"]["zarr"]
 
 
+@pytest.mark.slow
 def test_bench_stain_smallest(cluster, tmp_path, capsys, workdir):
     text, data = _run(
         "bench_stain",
@@ -200,10 +201,11 @@ def test_bench_io_smallest(cluster, tmp_path, capsys, workdir):
     assert "plain dask copy" in text
 
 
+@pytest.mark.slow
 def test_bench_train_smallest(tmp_path, capsys, workdir):
     text, data = _run(
         "bench_train",
-        ["--variants", "mod-cyclegan,pix2pix", "--patch", "32", "--ngf", "4", "--n-blocks", "1",
+        ["--variants", "mod-cyclegan", "--patch", "32", "--ngf", "4", "--n-blocks", "1",
          "--ndf", "4", "--steps", "1", "--pairs", "3", "--loader-workers", "0",
          "--stream-batches", "2"],
         tmp_path,
@@ -213,7 +215,7 @@ def test_bench_train_smallest(tmp_path, capsys, workdir):
     _check_header(data, "bench_train")
     res = data["results"]
     assert [r["loader_workers"] for r in res["stream"]] == [0]
-    assert [r["variant"] for r in res["train"]] == ["mod-cyclegan", "pix2pix"]
+    assert [r["variant"] for r in res["train"]] == ["mod-cyclegan"]
     for r in res["train"]:
         assert r["patches_per_s"] > 0 and r["fold_hours"] > 0
     assert "fold_hours" in text
