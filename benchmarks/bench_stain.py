@@ -28,7 +28,6 @@ phantom (chunks 64 × 256 × 256), all four cases; meant for a GPU::
 
 from __future__ import annotations
 
-import math
 import shutil
 import sys
 import time
@@ -252,7 +251,6 @@ def _run(args, work: Path, device, model_name, cases, shape, chunks, fshape, fch
             "tiles_planned_1536": planned,
             "planned_over_needed": planned / needed,
             "blocks_mode_tiles_1536": plans["blocks"] if len(axes) > 1 else None,
-            "accumulator_gib": plans["accumulator_gib"],
             "model": model_name,
             "est_s_this_model": planned * r["compute_s_per_tile"] / n_workers,
         }
@@ -296,7 +294,6 @@ def _run(args, work: Path, device, model_name, cases, shape, chunks, fshape, fch
                 "planned_over_needed",
                 "planned_vs_one_axis",
                 "blocks_mode_tiles_1536",
-                "accumulator_gib",
                 "est_s_this_model",
                 "est_s_paper_model",
             ],
@@ -315,8 +312,6 @@ def _run(args, work: Path, device, model_name, cases, shape, chunks, fshape, fch
         f"fused stains ran with fusion='{fusion_mode.value}' (one slab pass per axis, then a "
         "fusion pass over 8-bit results, for 'passes'); blocks_mode_tiles_1536 is what "
         "fusion='blocks' (3D blocks with halos) would compute",
-        "accumulator_gib: the float64 blend accumulator of the largest block of the 1536³ plan "
-        "(planes × 3 × plane area × 8 bytes), held per worker while a block is stained",
     ]
     if fusion and fshape[1] <= 256:
         notes.append(
@@ -338,26 +333,17 @@ def _run(args, work: Path, device, model_name, cases, shape, chunks, fshape, fch
 
 
 def _plans_1536(config) -> dict:
-    """Tiles the stain plan computes for 1536³ with the default chunks, in both fusion modes,
-    and the largest float64 accumulator of a block (GiB)."""
+    """Tiles the stain plan computes for 1536³ with the default chunks, in both fusion modes."""
     import dataclasses
 
     from vstain_dask.stain import plan_blocks
 
-    dims = "zyx"
-    acc = 0.0
     passes = 0
     for axis in config.axes:
         one = dataclasses.replace(config, axes=axis)
-        blocks = plan_blocks(FULL_SHAPE, FULL_CHUNKS, one)
-        passes += sum(b.n_tiles for b in blocks)
-        a = dims.index(axis)
-        for b in blocks:
-            shape = b.shape
-            area = math.prod(s for i, s in enumerate(shape) if i != a)
-            acc = max(acc, shape[a] * 3 * area * 8 / C.GIB)
+        passes += sum(b.n_tiles for b in plan_blocks(FULL_SHAPE, FULL_CHUNKS, one))
     blocks = sum(b.n_tiles for b in plan_blocks(FULL_SHAPE, FULL_CHUNKS, config))
-    return {"passes": passes, "blocks": blocks, "accumulator_gib": acc}
+    return {"passes": passes, "blocks": blocks}
 
 
 def _blend_share(model_path, shape, device, args) -> dict:
