@@ -115,7 +115,9 @@ def _local_cluster(config: ClusterConfig):
         resources={COMPUTE_RESOURCE: 1},
         processes=True,
         host="127.0.0.1",
-        dashboard_address=config.dashboard_address if config.dashboard else None,
+        # None would mean distributed's default :8787 on every interface; without a dashboard
+        # asked for, a random loopback port at least never collides or listens outside
+        dashboard_address=config.dashboard_address if config.dashboard else "127.0.0.1:0",
         memory_limit=config.memory_limit or "auto",
         env={"VSTAIN_TORCH_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)},
     )
@@ -132,7 +134,7 @@ def _cuda_cluster(config: ClusterConfig):
             threads_per_worker=2,
             resources={COMPUTE_RESOURCE: 1},
             host="127.0.0.1",
-            dashboard_address=config.dashboard_address if config.dashboard else None,
+            dashboard_address=config.dashboard_address if config.dashboard else "127.0.0.1:0",
             memory_limit=config.memory_limit or "auto",
         )
     except Exception as e:  # no GPU, no NVML: dask-cuda raises many kinds
