@@ -5,6 +5,11 @@ and ``vstain-dask stain`` work out of the box on a laptop. It is small (16 base 
 residual blocks, a few hundred thousand parameters) and was trained for minutes on two CPU
 cores, on phantom pairs only: it has never seen a real sample and must not be used on one.
 ``benchmarks/train_default_model.py`` runs this recipe end to end.
+
+Training pairs: the pairs ``vstain-dask phantom-pairs`` writes (``DEFAULT_PAIRS``; mostly
+longitudinal sections, as histology is cut), plus ``DEFAULT_AXIAL`` sections perpendicular to the
+screw in the same 7:1:2 mix. The demo and most volumes are stained slice by slice across the
+screw, which the longitudinal sections hardly show.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from vstain_dask.train.trainer import TrainConfig, TrainResult, train
 
 __all__ = [
     "DEFAULT_PAIRS",
+    "DEFAULT_AXIAL",
     "DEFAULT_CONFIG",
     "DEFAULT_NOTES",
     "make_default_pairs",
@@ -28,14 +34,16 @@ __all__ = [
 
 #: ``write_phantom_pairs`` arguments of the training pairs (7:1:2 Mg:Ti:PEEK)
 DEFAULT_PAIRS: dict[str, Any] = {"n": 24, "seed": 2024, "size": (384, 384), "voxel_size": 5.0}
+#: axial sections (perpendicular to the screw) added to them, each of its own specimen
+DEFAULT_AXIAL: dict[str, Any] = {"n": 16, "seed": 4048}
 
 #: the training settings: the paper's method and weights, a small network and budget
 DEFAULT_CONFIG = TrainConfig(
     variant=Variant.MOD_CYCLEGAN,
-    epochs=10,
+    epochs=8,
     batch_size=4,
     patch_size=128,
-    patches_per_pair=8,
+    patches_per_pair=6,
     workers=0,
     device="cpu",
     seed=0,
@@ -58,17 +66,54 @@ DEFAULT_NOTES = (
     "shows what the pipeline does and gives recognisable colours on phantoms (bone purple, new "
     "bone blue, screw dark, background light). Recipe: the paper's mod-cyclegan losses and "
     "weights, but a small network, 128-pixel patches, a budget of minutes, random 90° rotations "
-    "as well as flips, and L1 terms over whole patches (mask_l1=False: phantom pairs "
-    "correspond everywhere). Do not use it to "
-    "interpret real tissue; train your own model on your pairs with `vstain-dask train`."
+    "as well as flips, extra axial sections, and L1 terms over whole patches (mask_l1=False: "
+    "phantom pairs correspond everywhere). Do not use it to interpret real tissue; train your "
+    "own model on your pairs with `vstain-dask train`."
 )
 
 
-def make_default_pairs(path: str | os.PathLike, *, overwrite: bool = False, **changes: Any) -> Path:
-    """Write the phantom training pairs of the recipe (``DEFAULT_PAIRS``, with ``changes``)."""
-    from vstain_dask.phantom import write_phantom_pairs
+def make_default_pairs(
+    path: str | os.PathLike, *, overwrite: bool = False, axial: bool = True
+) -> Path:
+    """Write the phantom training pairs of the recipe.
 
-    return write_phantom_pairs(path, overwrite=overwrite, **{**DEFAULT_PAIRS, **changes})
+    ``DEFAULT_PAIRS`` through :func:`~vstain_dask.phantom.write_phantom_pairs` (ids
+    ``pair000``...), then, with ``axial``, the ``DEFAULT_AXIAL`` axial sections (ids
+    ``axial000``..., samples ``axial-<material>-NN``).
+    """
+    import numpy as np
+
+    from vstain_dask.pairs import write_pair
+    from vstain_dask.phantom import material_mix, phantom_pair, write_phantom_pairs
+
+    out = write_phantom_pairs(path, overwrite=overwrite, **DEFAULT_PAIRS)
+    if not axial:
+        return out
+    size, vox = DEFAULT_PAIRS["size"], DEFAULT_PAIRS["voxel_size"]
+    rng = np.random.default_rng(DEFAULT_AXIAL["seed"])
+    seeds = rng.integers(0, 2**31, (DEFAULT_AXIAL["n"], 2)).tolist()
+    materials = material_mix(DEFAULT_AXIAL["n"])
+    for i, (material, (seed, sample_seed)) in enumerate(zip(materials, seeds, strict=True)):
+        p = phantom_pair(
+            size=size,
+            material=material,
+            seed=seed,
+            sample_seed=sample_seed,
+            voxel_size=vox,
+            plane="axial",
+        )
+        write_pair(
+            out,
+            f"axial{i:03d}",
+            ct=p["ct"],
+            histology=p["histology"],
+            mask=p["mask"],
+            material=material,
+            sample=f"axial-{material.value}-{i:02d}",
+            voxel_size=vox,
+            attrs={**p["attrs"], "recipe": "default-axial"},
+        )
+    return out
 
 
 def train_default_model(
