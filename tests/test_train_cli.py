@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from vstain_dask.cli import main
@@ -40,8 +45,11 @@ def test_train_resume_and_fold(toy, tmp_path):
     m = load_model(run / "model.pt")
     assert m.card["metrics"]["final_G"] > 0 and m.card["training"]["epochs"] == 2
     assert len((run / "losses.csv").read_text().splitlines()) == 1 + 2
-    # the command is taken from the process's argv: under CliRunner that is the test runner's
-    assert m.card["command"].startswith("vstain-dask")
+    # the command line as given, also when the group is invoked from Python
+    assert m.card["command"] == shlex.join(
+        ["vstain-dask", "train", str(toy), "-o", str(run), "--epochs", "2", "--resume",
+         *map(str, TINY)]
+    )  # fmt: skip
     r = _run("train", toy, "-o", tmp_path / "fold", "--epochs", 1, "--folds", 3, "--fold", 2,
              "--variant", "pix2pix", *TINY)  # fmt: skip
     assert r.exit_code == 0, r.output
@@ -90,3 +98,68 @@ def test_train_through_the_real_entry_point(toy, tmp_path):
                        capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.startswith("error: run directory") and "--overwrite" in r.stderr
+
+
+def _weights(path):
+    return load_model(path).generator.state_dict()
+
+
+@pytest.fixture(scope="module")
+def straight(toy, tmp_path_factory):
+    """Three epochs without interruption: what a killed and resumed run must end with."""
+    run = tmp_path_factory.mktemp("straight") / "run"
+    r = subprocess.run([sys.executable, "-m", "vstain_dask.cli", "train", str(toy), "-o", str(run),
+                        *map(str, KILLABLE)], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    return run
+
+
+# epochs long enough (seconds) to be interrupted in the middle of one
+KILLABLE = ["--epochs", 3, *TINY[:2], "--patches-per-pair", 120, *TINY[4:]]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "Ctrl-C"])
+def test_train_interrupted_mid_epoch_resumes_exactly(toy, straight, tmp_path, sig):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "vstain_dask.cli", "train", str(toy), "-o", str(run),
+           *map(str, KILLABLE)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    history = run / "losses.json"
+    deadline = time.monotonic() + 240
+    try:
+        while not (history.exists() and history.read_text().endswith("]")):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the first epoch did not finish in time"
+            time.sleep(0.05)
+        # a third of the way into the second epoch
+        time.sleep(json.loads(history.read_text())[0]["seconds"] / 3)
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert len(json.loads(history.read_text())) == 1, "the signal did not land in epoch 2"
+    assert not (run / "model.pt").exists()
+    if sig == signal.SIGKILL:
+        assert proc.returncode == -signal.SIGKILL
+    else:
+        assert proc.returncode == 130, err
+        assert "Traceback" not in err
+        assert err.strip().splitlines()[-1] == (
+            f"interrupted: {run} holds 1 completed epoch(s); rerun the same command with "
+            "--resume to continue from the last completed epoch"
+        )
+    r = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("trained mod-cyclegan for 3 epochs")
+    # the resumed run ends exactly where the uninterrupted one does
+    a, b = _weights(straight / "model.pt"), _weights(run / "model.pt")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert [h["epoch"] for h in json.loads(history.read_text())] == [1, 2, 3]
+    steps = (run / "steps.csv").read_text().splitlines()
+    assert steps == (straight / "steps.csv").read_text().splitlines()[: len(steps)]
+    assert len(steps) == len((straight / "steps.csv").read_text().splitlines())

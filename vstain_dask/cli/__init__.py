@@ -36,6 +36,9 @@ _COMMANDS: dict[str, str] = {
 }
 
 
+_ARGV_KEY = "vstain_dask.argv"
+
+
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text
@@ -43,6 +46,14 @@ def _one_line(exc: BaseException) -> str:
 
 class _Group(click.Group):
     """A group that loads its commands lazily and turns user errors into one line."""
+
+    def make_context(self, info_name, args, parent=None, **extra) -> click.Context:
+        # the command line as given, for the provenance that outputs record (sys.argv is the
+        # caller's when the group is invoked from Python, e.g. by a test runner)
+        argv = list(args)
+        ctx = super().make_context(info_name, args, parent=parent, **extra)
+        ctx.meta[_ARGV_KEY] = argv
+        return ctx
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(_COMMANDS)

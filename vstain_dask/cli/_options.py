@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
+import shlex
+
 import click
+
+
+def command_line() -> str:
+    """The running command as a shell line (``vstain-dask stain ...``), for provenance."""
+    ctx = click.get_current_context(silent=True)
+    argv = None if ctx is None else ctx.meta.get("vstain_dask.argv")
+    if argv is None:
+        import sys
+
+        argv = sys.argv[1:]
+    return shlex.join(["vstain-dask", *map(str, argv)])
 
 
 class IntTuple(click.ParamType):

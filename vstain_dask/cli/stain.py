@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from vstain_dask.cli._options import IntTuple
+from vstain_dask.cli._options import IntTuple, command_line
 
 
 def _ct_levels(value: str):
@@ -145,7 +145,7 @@ def stain(input_path, output, model, axes, tile, step, blend, fuse, batch_size, 
             overwrite=overwrite,
             retries=retries,
             progress=progress,
-            command=" ".join(["vstain-dask", *sys.argv[1:]]),
+            command=command_line(),
         )
     except KeyboardInterrupt:
         click.echo(

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from vstain_dask.cli._options import command_line
+
 _VARIANTS = ("mod-cyclegan", "cyclegan", "cyclegan-invct", "pix2pix")
 
 
@@ -246,7 +248,7 @@ def train(
         test_fraction=test_fraction,
         val_every=val_every,
     )
-    command = " ".join(["vstain-dask", *sys.argv[1:]])
+    command = command_line()
     all_folds = folds > 1 and fold is None
     if (cluster or scheduler) and not all_folds:
         raise InputError(
@@ -258,40 +260,60 @@ def train(
             f"--folds {folds} needs --fold K (0..{folds - 1}) to train one fold, or --cluster "
             "local|cuda|slurm to train all folds in parallel"
         )
-    if all_folds:
-        _train_all_folds(
+    try:
+        if all_folds:
+            _train_all_folds(
+                pairs_path,
+                out_dir,
+                config,
+                command=command,
+                resume=resume,
+                overwrite=overwrite,
+                cluster=cluster,
+                scheduler=scheduler,
+                jobs=jobs,
+                threads=threads_per_worker,
+                memory=memory,
+                cores=cores,
+                walltime=walltime,
+                gpus_per_job=gpus_per_job,
+                queue=queue,
+                account=account,
+                interface=interface,
+            )
+            return
+
+        from vstain_dask.train.trainer import train as run_training
+
+        result = run_training(
             pairs_path,
             out_dir,
             config,
-            command=command,
             resume=resume,
             overwrite=overwrite,
-            cluster=cluster,
-            scheduler=scheduler,
-            jobs=jobs,
-            threads=threads_per_worker,
-            memory=memory,
-            cores=cores,
-            walltime=walltime,
-            gpus_per_job=gpus_per_job,
-            queue=queue,
-            account=account,
-            interface=interface,
+            progress=progress,
+            command=command,
         )
-        return
+        click.echo(_summary(result, variant))
+    except KeyboardInterrupt:
+        click.echo(_interrupted(out_dir, all_folds=all_folds), err=True)
+        sys.exit(130)
 
-    from vstain_dask.train.trainer import train as run_training
 
-    result = run_training(
-        pairs_path,
-        out_dir,
-        config,
-        resume=resume,
-        overwrite=overwrite,
-        progress=progress,
-        command=command,
-    )
-    click.echo(_summary(result, variant))
+def _interrupted(out_dir: Path, *, all_folds: bool) -> str:
+    """What an interrupted training run left behind, and how to continue it."""
+    import json
+
+    resume = "rerun the same command with --resume to continue from the last completed epoch"
+    if all_folds:
+        return f"interrupted: the folds in {out_dir} stopped; {resume}"
+    try:
+        done = len(json.loads((out_dir / "losses.json").read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        done = 0
+    if done == 0:
+        return f"interrupted: {out_dir} holds no completed epoch; rerun the command to start again"
+    return f"interrupted: {out_dir} holds {done} completed epoch(s); {resume}"
 
 
 def _summary(result, variant: str) -> str:

@@ -483,6 +483,9 @@ def _prepare_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
                 f"--resume: {run_dir} holds no training checkpoint (checkpoints/{_LAST}); start "
                 "the run without --resume"
             )
+        # a process killed while writing a checkpoint leaves its temporary file behind
+        for stale in (run_dir / "checkpoints").glob(".*.tmp"):
+            stale.unlink(missing_ok=True)
         return
     if run_dir.exists() and any(run_dir.iterdir()):
         if not overwrite:
