@@ -302,7 +302,9 @@ def test_rgb_requires_uint8_and_whole_channel_chunks(tmp_path):
             tmp_path / "b.zarr", shape=(3, 4, 4, 4), dtype="uint8", chunks=(1, 4, 4, 4),
             axes="czyx", kind="rgb",
         )  # fmt: skip
-    with pytest.raises(InputError, match="intensity, labels, rgb"):
+    with pytest.raises(
+        InputError, match="kind must be one of 'intensity', 'labels', 'rgb', got 'rgba'"
+    ):
         create_volume(tmp_path / "c.zarr", shape=SHAPE, dtype="uint8", chunks=None, kind="rgba")
 
 
@@ -544,7 +546,7 @@ def test_parameter_errors_name_the_parameter(tmp_path, volume):
         write_volume(volume, tmp_path / "a.zarr", units="parsecs per hour")
     with pytest.raises(InputError, match="scale must be finite positive"):
         write_volume(volume, tmp_path / "a.zarr", scale=(1, 0, 1))
-    with pytest.raises(InputError, match="ngff_version must be one of 0.4, 0.5"):
+    with pytest.raises(InputError, match="ngff_version must be one of '0.4', '0.5', got '0.6'"):
         write_volume(volume, tmp_path / "a.zarr", ngff_version="0.6")
     with pytest.raises(InputError, match="JSON-serializable"):
         write_volume(volume, tmp_path / "a.zarr", attrs={"x": object()})

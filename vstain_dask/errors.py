@@ -4,9 +4,15 @@ Every error a user can cause derives from :class:`VStainError` and from the buil
 that describes it, so library callers can catch either. The command line turns any
 ``VStainError`` into one line on stderr and exits with ``exit_code``; anything else is a bug
 and shows a traceback only with ``--debug``.
+
+:func:`as_enum` turns a choice given as a string into its enum member, with the one message
+every choice in vstain-dask gives when the value is not one of the members.
 """
 
 from __future__ import annotations
+
+from enum import Enum
+from typing import TypeVar
 
 __all__ = [
     "VStainError",
@@ -16,6 +22,7 @@ __all__ = [
     "OutputExistsError",
     "JobError",
     "ClusterError",
+    "as_enum",
 ]
 
 
@@ -60,3 +67,38 @@ class ClusterError(VStainError, ConnectionError):
     """A cluster could not be started or a scheduler could not be reached."""
 
     exit_code = 1
+
+
+E = TypeVar("E", bound=Enum)
+
+
+def as_enum(enum_cls: type[E], value: object, name: str) -> E:
+    """``value`` as a member of ``enum_cls``, or an :class:`InputError` that lists the members.
+
+    Parameters
+    ----------
+    enum_cls : type[Enum]
+        The choices.
+    value : object
+        A member of ``enum_cls`` (returned as it is) or a member's value, such as ``"mean"``.
+    name : str
+        The parameter as the caller knows it (``"blend"``, ``"CTLevels.source"``), for the
+        message.
+
+    Returns
+    -------
+    Enum
+        The member of ``enum_cls`` whose value is ``value``.
+
+    Raises
+    ------
+    InputError
+        One line: ``blend must be one of 'mean', 'gaussian', 'cosine', got 'max'``.
+    """
+    if isinstance(value, enum_cls):
+        return value
+    try:
+        return enum_cls(value)
+    except ValueError as e:
+        members = ", ".join(repr(m.value) for m in enum_cls)
+        raise InputError(f"{name} must be one of {members}, got {value!r}") from e

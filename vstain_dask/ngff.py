@@ -23,7 +23,7 @@ import uuid
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import Enum, StrEnum
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +33,7 @@ import numpy as np
 import zarr
 
 from vstain_dask import _io_sources
-from vstain_dask.errors import InputError, OutputExistsError, VolumeFormatError
+from vstain_dask.errors import InputError, OutputExistsError, VolumeFormatError, as_enum
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -110,14 +110,6 @@ _SLAB_BYTES = 4 << 20  # source bytes averaged at a time in a pyramid task
 
 _RGB_NAMES = ("R", "G", "B", "A")
 _RGB_COLORS = ("FF0000", "00FF00", "0000FF", "FFFFFF")
-
-
-def _choice(enum_cls: type[Enum], value: Any, name: str) -> Any:
-    try:
-        return enum_cls(value)
-    except ValueError as e:
-        members = ", ".join(str(m.value) for m in enum_cls)
-        raise InputError(f"{name} must be one of {members}, got {value!r}") from e
 
 
 def _is_zarr_dir(p: Path) -> bool:
@@ -645,8 +637,8 @@ def _build_spec(
     channel_names: Any,
     attrs: Any,
 ) -> _VolumeSpec:
-    kind = _choice(VolumeKind, kind, "kind")
-    version = _choice(NgffVersion, ngff_version, "ngff_version")
+    kind = as_enum(VolumeKind, kind, "kind")
+    version = as_enum(NgffVersion, ngff_version, "ngff_version")
     axes = _parse_axes(axes)
     try:
         shape = tuple(int(s) for s in shape)
@@ -1187,7 +1179,7 @@ def write_volume(
         ``path``.
     """
     arr, meta = _as_input(data)
-    kind = _choice(VolumeKind, kind, "kind")
+    kind = as_enum(VolumeKind, kind, "kind")
     if axes is None:
         axes = meta.get("axes") or _default_axes(arr.ndim, rgb=kind is VolumeKind.RGB)
         if not axes:
@@ -1563,7 +1555,7 @@ def import_volume(
 
     src = Path(source).expanduser()
     out_path = _check_output(out, overwrite)
-    version = _choice(NgffVersion, ngff_version, "ngff_version")
+    version = as_enum(NgffVersion, ngff_version, "ngff_version")
     unit = _parse_unit(unit)
     if not src.exists():
         raise VolumeFormatError(

@@ -27,7 +27,7 @@ import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from enum import Enum, StrEnum
+from enum import StrEnum
 from typing import Any, NamedTuple
 
 import dask
@@ -36,7 +36,7 @@ import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 from scipy import ndimage as ndi
 
-from vstain_dask.errors import InputError
+from vstain_dask.errors import InputError, as_enum
 
 __all__ = [
     "CT_BONE_LEVEL",
@@ -120,7 +120,7 @@ class CTLevels:
                 f"CTLevels.bone and CTLevels.background must differ, got both {self.bone}; "
                 "measure them in regions of bone and of background"
             )
-        object.__setattr__(self, "source", _as_enum(LevelSource, self.source, "CTLevels.source"))
+        object.__setattr__(self, "source", as_enum(LevelSource, self.source, "CTLevels.source"))
 
 
 @dataclass(frozen=True)
@@ -164,14 +164,6 @@ class HistologyLevels:
 
 
 # -- small helpers ---------------------------------------------------------------------------------
-
-
-def _as_enum(enum: type[Enum], value: Any, name: str) -> Any:
-    try:
-        return enum(value)
-    except ValueError as e:
-        members = ", ".join(repr(m.value) for m in enum)
-        raise InputError(f"{name} must be one of {members}, got {value!r}") from e
 
 
 def _unwrap(x: Any) -> tuple[Any, Any]:

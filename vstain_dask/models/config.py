@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, fields
 from enum import Enum, StrEnum
 from typing import Any, TypeVar
 
-from vstain_dask.errors import InputError
+from vstain_dask.errors import InputError, as_enum
 
 __all__ = [
     "Variant",
@@ -93,18 +93,8 @@ class ExportFormat(StrEnum):
     ONNX = "onnx"
 
 
-E = TypeVar("E", bound=Enum)
-
-
-def _as_enum(enum: type[E], value: Any, name: str) -> E:
-    """Coerce ``value`` to a member of ``enum``, or raise an InputError listing the members."""
-    if isinstance(value, enum):
-        return value
-    try:
-        return enum(value)
-    except ValueError:
-        members = ", ".join(repr(m.value) for m in enum)
-        raise InputError(f"{name} must be one of {members}, got {value!r}") from None
+# the models and training modules look their choices up through this name
+_as_enum = as_enum
 
 
 def _check_int(value: Any, name: str, *, minimum: int, maximum: int | None = None) -> int:
@@ -190,9 +180,9 @@ class GeneratorConfig:
     dropout: bool = False
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "kind", _as_enum(GeneratorKind, self.kind, "kind"))
-        object.__setattr__(self, "upsample", _as_enum(Upsample, self.upsample, "upsample"))
-        object.__setattr__(self, "norm", _as_enum(Norm, self.norm, "norm"))
+        object.__setattr__(self, "kind", as_enum(GeneratorKind, self.kind, "kind"))
+        object.__setattr__(self, "upsample", as_enum(Upsample, self.upsample, "upsample"))
+        object.__setattr__(self, "norm", as_enum(Norm, self.norm, "norm"))
         _check_int(self.in_channels, "in_channels", minimum=1)
         _check_int(self.out_channels, "out_channels", minimum=1)
         _check_int(self.ngf, "ngf", minimum=1)
@@ -209,7 +199,7 @@ class GeneratorConfig:
         the reference runs batch norm on batches of one in training mode, which is instance norm,
         and instance norm keeps inference independent of the batch.
         """
-        variant = _as_enum(Variant, variant, "variant")
+        variant = as_enum(Variant, variant, "variant")
         if variant is Variant.PIX2PIX:
             base: dict[str, Any] = {"kind": GeneratorKind.UNET, "depth": 8, "dropout": True}
         else:
@@ -265,8 +255,8 @@ class DiscriminatorConfig:
     norm: Norm = Norm.INSTANCE
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "kind", _as_enum(DiscriminatorKind, self.kind, "kind"))
-        object.__setattr__(self, "norm", _as_enum(Norm, self.norm, "norm"))
+        object.__setattr__(self, "kind", as_enum(DiscriminatorKind, self.kind, "kind"))
+        object.__setattr__(self, "norm", as_enum(Norm, self.norm, "norm"))
         _check_int(self.in_channels, "in_channels", minimum=1)
         _check_int(self.condition_channels, "condition_channels", minimum=0)
         _check_int(self.ndf, "ndf", minimum=1)
