@@ -42,6 +42,7 @@ __all__ = [
     "MissingScaleWarning",
     "NgffVersion",
     "VolumeKind",
+    "check_output",
     "create_volume",
     "format_info",
     "import_volume",
@@ -804,8 +805,29 @@ def _compressors(spec: _VolumeSpec) -> Any:
     return Blosc(cname="zstd", clevel=_ZSTD_LEVEL, shuffle=shuffle)
 
 
-def _check_output(path: str | os.PathLike, overwrite: bool) -> Path:
-    """Refuse an existing output unless ``overwrite``; refuse to delete what is not a store."""
+def check_output(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Check that a store may be written at ``path``, before any work is done.
+
+    Nothing is created or deleted: the writer replaces an existing store itself.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Where the output store is to be written (``~`` is expanded).
+    overwrite : bool
+        Whether an existing zarr store at ``path`` may be replaced.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``, with ``~`` expanded.
+
+    Raises
+    ------
+    OutputExistsError
+        ``path`` exists and ``overwrite`` is false, or ``path`` exists and is not a zarr store
+        (a file or another folder is never deleted, even with ``overwrite``).
+    """
     p = Path(path).expanduser()
     if p.exists() or p.is_symlink():
         if not overwrite:
@@ -822,7 +844,7 @@ def _check_output(path: str | os.PathLike, overwrite: bool) -> Path:
 
 
 def _prepare_output(path: str | os.PathLike, overwrite: bool) -> Path:
-    p = _check_output(path, overwrite)
+    p = check_output(path, overwrite=overwrite)
     if p.exists():
         shutil.rmtree(p)
     p.parent.mkdir(parents=True, exist_ok=True)
@@ -1554,7 +1576,7 @@ def import_volume(
     from vstain_dask import __version__
 
     src = Path(source).expanduser()
-    out_path = _check_output(out, overwrite)
+    out_path = check_output(out, overwrite=overwrite)
     version = as_enum(NgffVersion, ngff_version, "ngff_version")
     unit = _parse_unit(unit)
     if not src.exists():

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from vstain_dask.errors import InputError, OutputExistsError
+from vstain_dask.errors import InputError
 from vstain_dask.pairs import Material, parse_material, write_pair
 from vstain_dask.phantom._anatomy import (
     BONE_LABELS,
@@ -384,18 +384,10 @@ def write_phantom_pairs(
     voxel_size = check_voxel_size(voxel_size)
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise InputError(f"n must be a positive number of pairs, got {n!r}")
-    p = Path(path).expanduser()
-    if p.exists() or p.is_symlink():
-        if not overwrite:
-            raise OutputExistsError(
-                f"output {p} already exists; pass --overwrite (overwrite=True) to replace it, "
-                "or choose another path"
-            )
-        if not (p / "zarr.json").exists():
-            raise OutputExistsError(
-                f"output {p} exists and is not a zarr store, so it is not deleted even with "
-                "--overwrite; choose another path"
-            )
+    from vstain_dask import ngff
+
+    p = ngff.check_output(path, overwrite=overwrite)
+    if p.exists():
         shutil.rmtree(p)
     for pair in phantom_pairs(n=n, seed=seed, size=size, voxel_size=voxel_size):
         write_pair(
