@@ -518,9 +518,12 @@ def local_client(
     threads: int | None = None,
     device: str = "cpu",
     scheduler: str | None = None,
+    malloc_trim: bool = False,
 ) -> Iterator[Any]:
     """A client on the product's own local cluster (``vstain_dask.cluster.connect``), or on the
     running ``scheduler`` when one is given (then ``workers`` and ``threads`` are its own).
+    ``malloc_trim`` keeps distributed's ``MALLOC_TRIM_THRESHOLD_`` in the workers (see
+    ``ClusterConfig.malloc_trim``).
 
     With a CUDA device the default is one worker per GPU (the design's one worker process per
     GPU), with ``workers`` processes on CPU otherwise.
@@ -532,7 +535,11 @@ def local_client(
 
         workers = torch.cuda.device_count() if device == "cuda" else 1
     config = ClusterConfig(
-        scheduler=scheduler, workers=workers, threads_per_worker=threads, dashboard=False
+        scheduler=scheduler,
+        workers=workers,
+        threads_per_worker=threads,
+        dashboard=False,
+        malloc_trim=malloc_trim,
     )
     with connect(config) as client:
         yield client

@@ -53,33 +53,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--malloc",
         choices=["dask", "glibc"],
-        default="dask",
-        help="worker allocator setting: 'dask' keeps distributed's MALLOC_TRIM_THRESHOLD_=65536 "
-        "(what users get); 'glibc' leaves it unset (glibc's adaptive default) [dask]",
+        default="glibc",
+        help="worker allocator setting: 'glibc' leaves MALLOC_TRIM_THRESHOLD_ unset (glibc's "
+        "adaptive default; what vstain-dask's local workers get); 'dask' keeps distributed's "
+        "MALLOC_TRIM_THRESHOLD_=65536 (ClusterConfig.malloc_trim) [glibc]",
     )
     args = p.parse_args(argv)
     device = C.check_device(args.device)
     head = C.header(device)
     C.print_header("dask overhead, worker scaling, memory per worker", head)
-    with C.workdir(args.workdir) as work, _malloc(args.malloc):
+    with C.workdir(args.workdir) as work:
         results = _run(args, work, device)
     C.finish("bench_overhead", head, args, results, results.pop("notes"))
     return 0
-
-
-@contextlib.contextmanager
-def _malloc(setting: str):
-    """Worker processes with distributed's allocator setting, or without it."""
-    import dask
-    import distributed  # noqa: F401  (registers the distributed.* config)
-
-    if setting == "dask":
-        yield
-        return
-    key = "distributed.nanny.pre-spawn-environ"
-    env = {k: v for k, v in dask.config.get(key).items() if k != "MALLOC_TRIM_THRESHOLD_"}
-    with dask.config.set({key: env}):
-        yield
 
 
 def _loop(source: Path, out: Path, model, config, device: str) -> dict:
@@ -183,13 +169,21 @@ def _run(args, work: Path, device: str) -> dict:
     with contextlib.ExitStack() as stack:
         two_client = stack.enter_context(
             C.local_client(
-                workers=None if cuda else 2, threads=1, device=device, scheduler=args.scheduler
+                workers=None if cuda else 2,
+                threads=1,
+                device=device,
+                scheduler=args.scheduler,
+                malloc_trim=args.malloc == "dask",
             )
         )
         n = len(two_client.scheduler_info(n_workers=-1)["workers"])
         one_client = None
         if scaling:
-            one_client = stack.enter_context(C.local_client(workers=1, threads=1, device=device))
+            one_client = stack.enter_context(
+                C.local_client(
+                    workers=1, threads=1, device=device, malloc_trim=args.malloc == "dask"
+                )
+            )
 
         # every way of running the same tiles, each measured once per round; rounds alternate
         # the ways so that load from other users of the machine hits them alike

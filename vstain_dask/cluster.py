@@ -69,6 +69,13 @@ class ClusterConfig:
         Serve the dask dashboard (on 127.0.0.1 for local clusters).
     timeout : float
         Seconds to wait for a scheduler to answer or for the first worker to arrive.
+    malloc_trim : bool
+        Keep distributed's ``MALLOC_TRIM_THRESHOLD_=65536`` in local worker processes. By
+        default it is left out: a set trim threshold turns off glibc's adaptive mmap threshold,
+        so every large temporary of a staining task (tile batches, activations, blend
+        accumulators) is a fresh ``mmap`` that is page-faulted in again on every use
+        (benchmarks/RESULTS.md, "Findings"). Keeping it returns freed memory to the system
+        sooner, at that cost.
     """
 
     kind: ClusterKind = ClusterKind.LOCAL
@@ -85,6 +92,7 @@ class ClusterConfig:
     dashboard: bool = True
     dashboard_address: str = "127.0.0.1:0"
     timeout: float = 60.0
+    malloc_trim: bool = False
 
     def __post_init__(self) -> None:
         try:
@@ -102,25 +110,48 @@ class ClusterConfig:
             raise InputError(f"timeout must be > 0 seconds, got {self.timeout}")
 
 
+_PRE_SPAWN = "distributed.nanny.pre-spawn-environ"
+
+
+@contextlib.contextmanager
+def _worker_environ(config: ClusterConfig) -> Iterator[None]:
+    """Start local workers without distributed's ``MALLOC_TRIM_THRESHOLD_`` (see
+    ``ClusterConfig.malloc_trim``). glibc reads it when a process starts, so it must be absent
+    from the environment the nanny spawns workers with; the nanny keeps that environment for
+    the workers it restarts."""
+    import dask
+    import distributed  # noqa: F401  (registers the distributed.* configuration)
+
+    if config.malloc_trim:
+        yield
+        return
+    env = {
+        k: v for k, v in dask.config.get(_PRE_SPAWN, {}).items() if k != "MALLOC_TRIM_THRESHOLD_"
+    }
+    with dask.config.set({_PRE_SPAWN: env}):
+        yield
+
+
 def _local_cluster(config: ClusterConfig):
     from distributed import LocalCluster
 
     cores = _cpu_count()
     n_workers = config.workers or min(cores, 8)
     threads = config.threads_per_worker or max(1, cores // n_workers)
-    return LocalCluster(
-        n_workers=n_workers,
-        # one thread stains (torch uses `threads` of its own), the other reads the next block
-        threads_per_worker=2,
-        resources={COMPUTE_RESOURCE: 1},
-        processes=True,
-        host="127.0.0.1",
-        # None would mean distributed's default :8787 on every interface; without a dashboard
-        # asked for, a random loopback port at least never collides or listens outside
-        dashboard_address=config.dashboard_address if config.dashboard else "127.0.0.1:0",
-        memory_limit=config.memory_limit or "auto",
-        env={"VSTAIN_TORCH_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)},
-    )
+    with _worker_environ(config):
+        return LocalCluster(
+            n_workers=n_workers,
+            # one thread stains (torch uses `threads` of its own), the other reads the next block
+            threads_per_worker=2,
+            resources={COMPUTE_RESOURCE: 1},
+            processes=True,
+            host="127.0.0.1",
+            # None would mean distributed's default :8787 on every interface; without a dashboard
+            # asked for, a random loopback port at least never collides or listens outside
+            dashboard_address=config.dashboard_address if config.dashboard else "127.0.0.1:0",
+            memory_limit=config.memory_limit or "auto",
+            env={"VSTAIN_TORCH_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)},
+        )
 
 
 def _cuda_cluster(config: ClusterConfig):
@@ -129,14 +160,15 @@ def _cuda_cluster(config: ClusterConfig):
     except ImportError as e:
         raise ClusterError("cluster 'cuda' needs dask-cuda: pip install 'vstain-dask[cuda]'") from e
     try:
-        return LocalCUDACluster(
-            n_workers=config.workers,
-            threads_per_worker=2,
-            resources={COMPUTE_RESOURCE: 1},
-            host="127.0.0.1",
-            dashboard_address=config.dashboard_address if config.dashboard else "127.0.0.1:0",
-            memory_limit=config.memory_limit or "auto",
-        )
+        with _worker_environ(config):
+            return LocalCUDACluster(
+                n_workers=config.workers,
+                threads_per_worker=2,
+                resources={COMPUTE_RESOURCE: 1},
+                host="127.0.0.1",
+                dashboard_address=config.dashboard_address if config.dashboard else "127.0.0.1:0",
+                memory_limit=config.memory_limit or "auto",
+            )
     except Exception as e:  # no GPU, no NVML: dask-cuda raises many kinds
         raise ClusterError(f"could not start a CUDA cluster: {e}") from e
 
