@@ -30,7 +30,7 @@ from vstain_dask.cluster import COMPUTE_RESOURCE
 pytestmark = pytest.mark.slow
 
 #: long enough (one block per z-slice) that the checks land mid-job on a fast machine too
-CT_SHAPE = (48, 96, 96)
+CT_SHAPE = (160, 96, 96)  # one block per plane: a job that outlasts every check, then Ctrl-C
 DASHBOARD = re.compile(r"dashboard: (?P<url>http://\S+/status) \((?P<n>\d+) worker\(s\)\)")
 
 

@@ -410,6 +410,21 @@ def test_batch_size_invariance(mode):
         np.testing.assert_allclose(out, ref, rtol=0, atol=2e-6)
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_uint8_output_equals_converting_on_the_host(mode):
+    """``to_uint8`` converts where the accumulators live: the same bytes as the model card's
+    conversion of the float32 result, also for values outside [-1, 1]."""
+    x = rand_planes((2, 3, 29, 23), seed=3)
+    grid = TileGrid(extent=(29, 23), tile=8, step=3)
+    for predict in (small_net(), lambda t: 1.7 * t):  # tanh output; values to clip both ways
+        ref = predict_region(x, predict, grid=grid, blend=mode, batch_size=7)
+        out = predict_region(x, predict, grid=grid, blend=mode, batch_size=7, to_uint8=True)
+        assert out.dtype == np.uint8 and out.shape == ref.shape
+        host = np.clip(np.rint((ref + 1.0) * 127.5), 0, 255).astype(np.uint8)
+        np.testing.assert_array_equal(out, host)
+    assert out.min() == 0 and out.max() == 255  # both clip ends were exercised
+
+
 def test_tiles_are_streamed_in_batches():
     x = rand_planes((3, 1, 20, 20))
     sizes = []

@@ -411,8 +411,8 @@ def stain_block(
         sl = [slice(None)] * 3
         sl[d1] = slice(r[0] - tile_box[d1][0], r[1] - tile_box[d1][0])
         sl[d2] = slice(r[2] - tile_box[d2][0], r[3] - tile_box[d2][0])
-        # one axis: straight to 8-bit, so a block of many whole planes stays a few GB;
-        # several axes (block fusion): float predictions, fused below
+        # one axis: straight to 8-bit (converted on the device), so a block of many whole
+        # planes stays a few GB; several axes (block fusion): float predictions, fused below
         out = np.empty((3, *box_shape), np.uint8 if single else np.float32)
         order = [a, d1, d2]
         n = box_shape[a]
@@ -432,12 +432,13 @@ def stain_block(
                 autocast=autocast,
                 channels_last=config.channels_last,
                 out_channels=3,
+                to_uint8=single,
             )  # (G, 3, h1, w1) in the plane's (d1, d2) order
             pred = np.moveaxis(pred, 1, 0)  # (3, G, h1, w1): dims (c, a, d1, d2)
             pred = np.transpose(pred, [0] + [1 + order.index(i) for i in range(3)])
             dst = [slice(None)] * 4
             dst[1 + a] = slice(g0, g1)
-            out[tuple(dst)] = _to_uint8(pred) if single else pred
+            out[tuple(dst)] = pred
         preds.append(out)
     if single:
         rgb = preds[0]
@@ -749,23 +750,16 @@ def _read_block(
     return raw, mask, time.perf_counter() - t0
 
 
-def _write_block(
+def _stain_task(
     read: tuple[np.ndarray, np.ndarray | None, float],
     block: Block,
     *,
     vol_shape,
-    output: str,
-    target: str,
-    array_path: str,
-    ledger_name: str,
     model_path: str,
     model_sha: str,
     config: StainConfig,
-    two_d: bool,
-) -> dict[str, float]:
-    """Task body: stain one block and write the chunks it owns, then record it in the ledger."""
-    import zarr
-
+) -> tuple[np.ndarray, np.ndarray | None, dict[str, float]]:
+    """Task body: stain one block (the only task that holds the compute resource)."""
     from vstain_dask.cluster import worker_model
 
     raw, mask, read_s = read
@@ -787,6 +781,24 @@ def _write_block(
         config=config,
         mask=mask,
     )
+    return rgb, spread, {"read": read_s, "compute": time.perf_counter() - t1}
+
+
+def _write_block(
+    stained: tuple[np.ndarray, np.ndarray | None, dict[str, float]],
+    block: Block,
+    *,
+    output: str,
+    target: str,
+    array_path: str,
+    ledger_name: str,
+    two_d: bool,
+) -> dict[str, float]:
+    """Task body: write the chunks a stained block owns (compression and I/O, beside the next
+    block's staining), then record the block in the ledger."""
+    import zarr
+
+    rgb, spread, timings = stained
     t2 = time.perf_counter()
     out = zarr.open_array(store=target, path=array_path, mode="r+")
     box = tuple(slice(a, b) for a, b in block.box)
@@ -798,8 +810,7 @@ def _write_block(
         unc = zarr.open_array(store=str(Path(output) / "uncertainty"), path="0", mode="r+")
         unc[box[1:] if two_d else box] = spread[0] if two_d else spread
     _Ledger(Path(output)).mark(ledger_name)
-    t3 = time.perf_counter()
-    return {"read": read_s, "compute": t2 - t1, "write": t3 - t2, "tiles": block.n_tiles}
+    return {**timings, "write": time.perf_counter() - t2, "tiles": block.n_tiles}
 
 
 def check_inputs(
@@ -1109,25 +1120,34 @@ def _run_stage(
             _read_block, b, source=source, two_d=two_d, mask_path=mask_path,
             key=f"read-{tag}-{name}", retries=retries, pure=False,
         )  # fmt: skip
-        fut = client.submit(
-            _write_block,
+        stained = client.submit(
+            _stain_task,
             read,
             b,
             vol_shape=vol_shape,
-            output=str(output),
-            target=target,
-            array_path=array_path,
-            ledger_name=name,
             model_path=model_path,
             model_sha=model_sha,
             config=config,
-            two_d=two_d,
             key=f"stain-{tag}-{name}",
             retries=retries,
             pure=False,
             resources={COMPUTE_RESOURCE: 1} if gated else None,
         )
-        del read  # the staining task holds it; released as soon as it has run
+        fut = client.submit(
+            _write_block,
+            stained,
+            b,
+            output=str(output),
+            target=target,
+            array_path=array_path,
+            ledger_name=name,
+            two_d=two_d,
+            key=f"write-{tag}-{name}",
+            retries=retries,
+            pure=False,
+        )
+        # the next task holds each result; released as soon as it has run
+        del read, stained
         futures[fut] = name
     failed: dict[str, str] = {}
     tiles = 0
