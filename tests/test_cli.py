@@ -24,6 +24,18 @@ def test_version_and_help():
         assert "Usage:" in r.output
 
 
+def test_stain_and_train_take_the_same_cluster_options():
+    cluster = {"--cluster", "--scheduler", "--jobs", "--threads-per-worker", "--memory", "--cores",
+               "--walltime", "--gpus-per-job", "--queue", "--account", "--interface",
+               "--cluster-timeout"}  # fmt: skip
+    for name in ("stain", "train"):
+        r = CliRunner().invoke(main, [name, "-h"], terminal_width=200)
+        assert r.exit_code == 0, r.output
+        listed = {ln.split()[0] for ln in r.output.splitlines() if ln.lstrip().startswith("--")}
+        assert cluster <= listed, (name, cluster - listed)
+        assert "--cluster [local|cuda|slurm]" in r.output
+
+
 def test_unknown_command_is_a_usage_error():
     r = CliRunner().invoke(main, ["paint"])
     assert r.exit_code == 2

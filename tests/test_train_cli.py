@@ -84,6 +84,19 @@ def test_train_errors(toy, tmp_path):
     assert r.exit_code == 2 and "'gan' is not one of 'mod-cyclegan'" in r.output
 
 
+@pytest.mark.slow
+def test_train_all_folds_on_a_running_scheduler(toy, tmp_path, cluster):
+    # the cluster options reach the folds: --scheduler (with --cluster-timeout) runs every fold
+    out = tmp_path / "cv"
+    r = _run("train", toy, "-o", out, "--epochs", 1, "--folds", 2, "--scheduler",
+             cluster.scheduler_address, "--cluster-timeout", 30, *TINY)  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert f"trained 2 folds of mod-cyclegan into {out}" in r.stdout
+    assert "training 2 folds" in r.stderr and "fold 1 done" in r.stderr
+    for k in range(2):
+        assert load_model(out / f"fold{k}" / "model.pt").card["split"]["fold"] == k
+
+
 def test_train_through_the_real_entry_point(toy, tmp_path):
     exe = shutil.which("vstain-dask") or str(Path(sys.executable).parent / "vstain-dask")
     run = tmp_path / "run"

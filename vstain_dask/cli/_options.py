@@ -1,10 +1,16 @@
-"""Small parsing helpers shared by the commands."""
+"""Parsing helpers and option groups shared by the commands."""
 
 from __future__ import annotations
 
+import functools
 import shlex
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import click
+
+if TYPE_CHECKING:
+    from vstain_dask.cluster import ClusterConfig
 
 
 def command_line() -> str:
@@ -46,3 +52,92 @@ class IntTuple(click.ParamType):
             what = "positive integers" if self.minimum == 1 else f"integers >= {self.minimum}"
             self.fail(f"expected {what}, got {value!r}", param, ctx)
         return parts
+
+
+def cluster_options(
+    *, default: str | None, cluster_help: str, jobs_help: str
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Options that choose and size a dask cluster, given to the command as one config.
+
+    Adds ``--cluster``, ``--scheduler``, ``--jobs``, ``--threads-per-worker``, ``--memory``,
+    the SLURM job settings (``--cores``, ``--walltime``, ``--gpus-per-job``, ``--queue``,
+    ``--account``, ``--interface``) and ``--cluster-timeout``. The command receives them as a
+    single keyword argument ``cluster_config``: a :class:`~vstain_dask.cluster.ClusterConfig`
+    (``workers`` is ``--jobs``, ``None`` when not given), or ``None`` when ``default`` is
+    ``None`` and neither ``--cluster`` nor ``--scheduler`` is given.
+
+    Parameters
+    ----------
+    default : str, optional
+        ``--cluster`` when it is not given; ``None``: no cluster unless one is asked for.
+    cluster_help : str
+        What ``--cluster`` does for this command.
+    jobs_help : str
+        What ``--jobs`` counts for this command, and its default.
+    """
+    from vstain_dask.cluster import ClusterKind
+
+    positive = click.IntRange(min=1)
+    options = [
+        click.option(
+            "--cluster",
+            default=default,
+            show_default=default is not None,
+            metavar="[" + "|".join(k.value for k in ClusterKind) + "]",
+            help=cluster_help,
+        ),
+        click.option(
+            "--scheduler", help="Address of a running dask scheduler (overrides --cluster)."
+        ),
+        click.option("--jobs", type=positive, help=jobs_help),
+        click.option("--threads-per-worker", type=positive, help="Torch threads per worker."),
+        click.option("--memory", help="Memory per worker/job, e.g. 16GiB."),
+        click.option("--cores", type=positive, help="SLURM cores per job."),
+        click.option("--walltime", help="SLURM walltime per job, HH:MM:SS."),
+        click.option("--gpus-per-job", type=positive, help="SLURM GPUs per job."),
+        click.option("--queue", help="SLURM partition."),
+        click.option("--account", help="SLURM account."),
+        click.option("--interface", help="Network interface for SLURM workers (e.g. ib0)."),
+        click.option(
+            "--cluster-timeout",
+            default=60.0,
+            show_default=True,
+            help="Seconds to wait for a scheduler or the first worker.",
+        ),
+    ]
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(command)
+        def with_cluster_config(*args: Any, **kwargs: Any) -> Any:
+            kwargs["cluster_config"] = _pop_cluster_config(kwargs)
+            return command(*args, **kwargs)
+
+        for option in reversed(options):  # as if stacked in this order above the command
+            with_cluster_config = option(with_cluster_config)
+        return with_cluster_config
+
+    return decorate
+
+
+def _pop_cluster_config(params: dict[str, Any]) -> ClusterConfig | None:
+    """Take the options of :func:`cluster_options` out of a command's keyword arguments."""
+    kind, scheduler = params.pop("cluster"), params.pop("scheduler")
+    settings = {
+        "workers": params.pop("jobs"),
+        "threads_per_worker": params.pop("threads_per_worker"),
+        "memory_limit": params.pop("memory"),
+        "cores": params.pop("cores"),
+        "walltime": params.pop("walltime"),
+        "gpus_per_job": params.pop("gpus_per_job"),
+        "queue": params.pop("queue"),
+        "account": params.pop("account"),
+        "interface": params.pop("interface"),
+        "timeout": params.pop("cluster_timeout"),
+    }
+    if kind is None and scheduler is None:
+        return None
+    from vstain_dask.cluster import ClusterConfig, ClusterKind
+
+    return ClusterConfig(
+        kind=ClusterKind.LOCAL if kind is None else kind, scheduler=scheduler, **settings
+    )

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from vstain_dask.cli._options import IntTuple, command_line
+from vstain_dask.cli._options import IntTuple, cluster_options, command_line
 
 
 def _ct_levels(value: str):
@@ -56,31 +56,23 @@ def _ct_levels(value: str):
 @click.option("--ngff-version", type=click.Choice(["0.4", "0.5"]), default="0.5", show_default=True)
 @click.option("--resume", is_flag=True, help="Continue an interrupted job on OUTPUT.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT.")
-@click.option("--cluster", default="local", show_default=True, help="local, cuda, slurm.")
-@click.option("--scheduler", help="Address of a running dask scheduler (overrides --cluster).")
+@cluster_options(
+    default="local",
+    cluster_help="Where the blocks are stained.",
+    jobs_help="Cluster workers / SLURM jobs (the same as --workers).",
+)
 @click.option("--workers", type=int, help="Local worker processes, or SLURM jobs.")
-@click.option("--threads-per-worker", type=int, help="Torch threads per worker.")
-@click.option("--memory", help="Memory per worker/job, e.g. 16GiB.")
-@click.option("--jobs", type=int, help="SLURM jobs (alias of --workers for slurm).")
-@click.option("--cores", type=int, help="SLURM cores per job.")
-@click.option("--walltime", help="SLURM walltime, e.g. 02:00:00.")
-@click.option("--gpus-per-job", type=int, help="SLURM GPUs per job.")
-@click.option("--queue", help="SLURM partition.")
-@click.option("--account", help="SLURM account.")
-@click.option("--interface", help="Network interface for SLURM workers (e.g. ib0).")
-@click.option("--cluster-timeout", default=60.0, show_default=True,
-              help="Seconds to wait for a scheduler or the first worker.")  # fmt: skip
 @click.option("--device", help="Torch device [cuda if present, else cpu].")
 @click.option("--autocast/--no-autocast", default=None, help="bf16 autocast [on for CUDA].")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the generator.")
 @click.option("--retries", default=2, show_default=True, help="Retries per failed block.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 def stain(input_path, output, model, axes, tile, step, blend, fuse, batch_size, prefilter_sigma,
-          ct_levels, alpha, uncertainty, mask, mask_colour, chunks, block, ngff_version, resume, overwrite, cluster,
-          scheduler, workers, threads_per_worker, memory, jobs, cores, walltime, gpus_per_job,
-          queue, account, interface, cluster_timeout, device, autocast, compile_, retries, progress):  # fmt: skip
+          ct_levels, alpha, uncertainty, mask, mask_colour, chunks, block, ngff_version, resume,
+          overwrite, cluster_config, workers, device, autocast, compile_, retries, progress):  # fmt: skip
     """Stain a CT volume (OME-Zarr) into an RGB OME-Zarr volume."""
-    from vstain_dask.cluster import ClusterConfig
+    import dataclasses
+
     from vstain_dask.stain import StainConfig, run_stain
 
     config = StainConfig(
@@ -100,20 +92,8 @@ def stain(input_path, output, model, axes, tile, step, blend, fuse, batch_size, 
         compile=compile_,
         device=device,
     )
-    cluster_config = ClusterConfig(
-        kind=cluster,
-        scheduler=scheduler,
-        workers=jobs or workers,
-        threads_per_worker=threads_per_worker,
-        memory_limit=memory,
-        cores=cores,
-        walltime=walltime,
-        gpus_per_job=gpus_per_job,
-        queue=queue,
-        account=account,
-        interface=interface,
-        timeout=cluster_timeout,
-    )
+    if cluster_config.workers is None and workers is not None:
+        cluster_config = dataclasses.replace(cluster_config, workers=workers)
     if model is None:
         click.echo(
             "using the bundled model, trained on synthetic phantoms (not on real samples)",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from vstain_dask.cli._options import command_line
+from vstain_dask.cli._options import cluster_options, command_line
 
 _VARIANTS = ("mod-cyclegan", "cyclegan", "cyclegan-invct", "pix2pix")
 
@@ -143,25 +143,11 @@ _VARIANTS = ("mod-cyclegan", "cyclegan", "cyclegan-invct", "pix2pix")
     show_default=True,
     help="Validate every N epochs (0: never).",
 )
-@click.option(
-    "--cluster",
-    type=click.Choice(["local", "cuda", "slurm"]),
-    help="Train all folds in parallel on a dask cluster, one fold per worker.",
+@cluster_options(
+    default=None,
+    cluster_help="Train all folds in parallel on a dask cluster, one fold per worker.",
+    jobs_help="Cluster workers / SLURM jobs  [default: one per fold]",
 )
-@click.option("--scheduler", help="Address of a running dask scheduler (all folds).")
-@click.option(
-    "--jobs",
-    type=click.IntRange(min=1),
-    help="Cluster workers / SLURM jobs  [default: one per fold]",
-)
-@click.option("--threads-per-worker", type=click.IntRange(min=1), help="Torch threads per worker.")
-@click.option("--memory", help="Memory per worker/job, e.g. 32GiB.")
-@click.option("--cores", type=click.IntRange(min=1), help="SLURM cores per job.")
-@click.option("--walltime", help="SLURM walltime, e.g. 24:00:00.")
-@click.option("--gpus-per-job", type=click.IntRange(min=1), help="SLURM GPUs per job.")
-@click.option("--queue", help="SLURM partition.")
-@click.option("--account", help="SLURM account.")
-@click.option("--interface", help="Network interface for SLURM workers (e.g. ib0).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
@@ -193,17 +179,7 @@ def train(
     fold,
     test_fraction,
     val_every,
-    cluster,
-    scheduler,
-    jobs,
-    threads_per_worker,
-    memory,
-    cores,
-    walltime,
-    gpus_per_job,
-    queue,
-    account,
-    interface,
+    cluster_config,
     resume,
     overwrite,
     progress,
@@ -250,12 +226,12 @@ def train(
     )
     command = command_line()
     all_folds = folds > 1 and fold is None
-    if (cluster or scheduler) and not all_folds:
+    if cluster_config is not None and not all_folds:
         raise InputError(
             "--cluster/--scheduler train all folds in parallel: give --folds K (K > 1) without "
             "--fold"
         )
-    if all_folds and not (cluster or scheduler):
+    if all_folds and cluster_config is None:
         raise InputError(
             f"--folds {folds} needs --fold K (0..{folds - 1}) to train one fold, or --cluster "
             "local|cuda|slurm to train all folds in parallel"
@@ -269,17 +245,7 @@ def train(
                 command=command,
                 resume=resume,
                 overwrite=overwrite,
-                cluster=cluster,
-                scheduler=scheduler,
-                jobs=jobs,
-                threads=threads_per_worker,
-                memory=memory,
-                cores=cores,
-                walltime=walltime,
-                gpus_per_job=gpus_per_job,
-                queue=queue,
-                account=account,
-                interface=interface,
+                cluster_config=cluster_config,
             )
             return
 
@@ -346,36 +312,16 @@ def _train_all_folds(
     command,
     resume,
     overwrite,
-    cluster,
-    scheduler,
-    jobs,
-    threads,
-    memory,
-    cores,
-    walltime,
-    gpus_per_job,
-    queue,
-    account,
-    interface,
+    cluster_config,
 ):
-    from vstain_dask.cluster import ClusterConfig, dashboard_url
+    import dataclasses
+
+    from vstain_dask.cluster import ClusterKind, dashboard_url
     from vstain_dask.train.folds import train_folds
 
-    kind = cluster or "local"
-    workers = jobs or (None if kind == "cuda" else config.folds)
-    cluster_config = ClusterConfig(
-        kind=kind,
-        scheduler=scheduler,
-        workers=workers,
-        threads_per_worker=threads,
-        memory_limit=memory,
-        cores=cores,
-        walltime=walltime,
-        gpus_per_job=gpus_per_job,
-        queue=queue,
-        account=account,
-        interface=interface,
-    )
+    # one worker per fold, unless --jobs says otherwise; a CUDA cluster has one per GPU
+    if cluster_config.workers is None and cluster_config.kind is not ClusterKind.CUDA:
+        cluster_config = dataclasses.replace(cluster_config, workers=config.folds)
 
     def on_start(client):
         n = len(client.scheduler_info().get("workers", {}))
