@@ -23,7 +23,7 @@ from vstain_dask import ngff
 from vstain_dask.cli import main
 from vstain_dask.errors import InputError, OutputExistsError
 from vstain_dask.models import load_model
-from vstain_dask.stain import StainConfig, plan_blocks, stain, stain_to_zarr
+from vstain_dask.stain import StainConfig, default_batch_size, plan_blocks, stain, stain_to_zarr
 from vstain_dask.tiling import TileGrid, predict_region
 
 TILE, STEP, BATCH = 16, 8, 4
@@ -251,6 +251,11 @@ def test_plan_counts_blocks_and_validates():
         StainConfig(step=0)
     with pytest.raises(InputError, match="axes must be letters from z, y, x"):
         StainConfig(axes="q")
+    with pytest.raises(InputError, match="batch_size must be >= 1, got 0"):
+        StainConfig(batch_size=0)
+    # tiles per model call follow the device the worker runs the model on, unless given
+    assert StainConfig().batch_size is None
+    assert [default_batch_size(d) for d in ("cpu", "cuda", "cuda:1")] == [8, 32, 32]
 
 
 def _run_cli(args, **kw):

@@ -32,7 +32,12 @@ def _ct_levels(value: str):
 @click.option("--step", default=64, show_default=True, help="Tile step in pixels (paper: 64).")
 @click.option("--blend", default="mean", show_default=True, help="mean, gaussian or cosine.")
 @click.option("--fuse", default="mean", show_default=True, help="Axis fusion: mean or median.")
-@click.option("--batch-size", default=8, show_default=True, help="Tiles per model call.")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Tiles per model call [8 on the CPU, 32 on a GPU].",
+)
 @click.option(
     "--prefilter-sigma",
     default=0.0,
