@@ -75,6 +75,7 @@ def _loop(source: Path, out: Path, model, config, device: str) -> dict:
     import zarr
 
     from vstain_dask import ngff
+    from vstain_dask.stain import default_batch_size
     from vstain_dask.tiling import predict_plane
 
     src = ngff.level_array(source)
@@ -98,7 +99,7 @@ def _loop(source: Path, out: Path, model, config, device: str) -> dict:
             tile=config.tile,
             step=config.step,
             blend=config.blend,
-            batch_size=config.batch_size,
+            batch_size=config.batch_size or default_batch_size(device),
             device=device,
             channels_last=config.channels_last,
             autocast=cuda,
