@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 import time
 from pathlib import Path
@@ -119,6 +120,13 @@ def main(argv: list[str] | None = None) -> int:
         target = default_model_path()
         m = load_model(model)
         card = m.card
+        # the bundled card names no local paths: the recipe's command, and the whole run's time
+        # (a resumed run continues exactly, so it is the same model as one uninterrupted run)
+        history = json.loads((run / "losses.json").read_text(encoding="utf-8"))
+        metrics = {k: v for k, v in card["metrics"].items() if k != "seconds_this_call"}
+        metrics["train_seconds"] = round(sum(h["seconds"] for h in history), 1)
+        changed = "".join(f" --{k.replace('_', '-')} {v}" for k, v in changes.items())
+        command = f"python benchmarks/train_default_model.py --install{changed}"
         # saved again under its bundled name, so that the card (default_model.md) names it
         save_model(
             target,
@@ -129,9 +137,9 @@ def main(argv: list[str] | None = None) -> int:
             training=card["training"],
             seed=card["seed"],
             split=card["split"],
-            metrics=card["metrics"],
+            metrics=metrics,
             hardware=card["hardware"],
-            command=card["command"],
+            command=command,
             notes=DEFAULT_NOTES,
             overwrite=True,
         )

@@ -63,8 +63,11 @@ DEFAULT_CONFIG = TrainConfig(
 DEFAULT_NOTES = (
     "Bundled default model of vstain-dask. Trained on SYNTHETIC phantom pairs (procedural "
     "bone-implant CT slices with rendered toluidine-blue histology), not on real samples: it "
-    "shows what the pipeline does and gives recognisable colours on phantoms (bone purple, new "
-    "bone blue, screw dark, background light). Recipe: the paper's mod-cyclegan losses and "
+    "shows what the pipeline does and gives recognisable colours on phantoms (bone purple, "
+    "trabecular edges and new bone blue, marrow light, slide background white). It does not "
+    "render implant screws black as sections show them: a magnesium screw has the CT grey value "
+    "of cortical bone and comes out bone-coloured, and titanium screws (a tenth of the training "
+    "pairs) come out purple too. Recipe: the paper's mod-cyclegan losses and "
     "weights, but a small network, 128-pixel patches, a budget of minutes, random 90° rotations "
     "as well as flips, extra axial sections, and L1 terms over whole patches (mask_l1=False: "
     "phantom pairs correspond everywhere). Do not use it to interpret real tissue; train your "
