@@ -61,11 +61,13 @@ def _run(args, work: Path, device: str) -> dict:
     from skimage.metrics import structural_similarity
 
     from vstain_dask.models import load_model
+    from vstain_dask.stain import _BACKGROUND_TARGET, _BONE_TARGET, resolve_ct_levels
     from vstain_dask.tiling import TileGrid, predict_plane
 
     cuda = device.startswith("cuda")
     model_name = args.model or ("paper" if args.full else "tiny")
-    model = load_model(C.model_file(model_name, work / "models"), device=device)
+    model_file = C.model_file(model_name, work / "models")
+    model = load_model(model_file, device=device)
     gen = model.generator
     if cuda:
         gen = gen.to(memory_format=torch.channels_last)
@@ -76,6 +78,13 @@ def _run(args, work: Path, device: str) -> dict:
     source = C.phantom(work / "data", (depth, side, side), chunks=(min(depth, 8), 256, 256))
     zs = [int(z) for z in np.linspace(0, depth - 1, n_planes).round()]
     planes = C.read_planes(source, zs)[:, None]  # (N, 1, side, side)
+    # a trained model sees the CT normalized as it was in training, as `stain` feeds it
+    levels = resolve_ct_levels(source, model_file, "auto")
+    if levels is not None:
+        bone, background = levels
+        gain = (_BONE_TARGET - _BACKGROUND_TARGET) / (bone - background)
+        planes = np.clip((planes - background) * gain + _BACKGROUND_TARGET, 0.0, 65535.0)
+        planes = planes.astype(np.float32)
     x = torch.from_numpy(planes).to(device)
 
     def predict(t: torch.Tensor) -> torch.Tensor:
@@ -143,6 +152,13 @@ def _run(args, work: Path, device: str) -> dict:
     print()
     print(C.table(rows, _COLUMNS))
     notes = [
+        "input: "
+        + (
+            f"CT normalized as `stain --ct-levels auto` does (bone {levels[0]:.0f}, background "
+            f"{levels[1]:.0f} -> 30000, 10000)"
+            if levels is not None
+            else "raw CT (the model does not expect normalized CT)"
+        ),
         f"model '{model_name}'" + (" (random weights)" if not model_name.endswith(".pt") else ""),
         f"{len(x)} phantom plane(s) of {side} × {side} (z = {zs}); SSIM per plane over R, G, B "
         "(channel_axis), data range 255, averaged",
