@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import signal
+
 import pytest
+
+# Several tests press Ctrl-C on a command they start (SIGINT to the child). A shell that starts
+# pytest as a background job without job control makes it ignore SIGINT, and children inherit
+# that, so the command would never see the Ctrl-C: give the children the normal behaviour back.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,13 @@ def _env() -> dict[str, str | None]:
 
 @pytest.mark.parametrize("malloc_trim", [False, True])
 def test_local_workers_environment(malloc_trim):
+    from distributed import LocalCluster
+
+    # a default distributed cluster started first leaves MALLOC_TRIM_THRESHOLD_ in os.environ
+    with LocalCluster(
+        n_workers=1, threads_per_worker=1, host="127.0.0.1", dashboard_address="127.0.0.1:0"
+    ):
+        pass
     config = ClusterConfig(
         workers=1, threads_per_worker=1, dashboard=False, malloc_trim=malloc_trim
     )

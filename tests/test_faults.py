@@ -74,8 +74,21 @@ def test_worker_killed_mid_stain_still_completes_identically(ct, model_path, tmp
     assert ngff.open_volume(out).attrs["vstain"]["complete"] is True
 
 
-def test_ctrl_c_stops_cleanly_and_resume_finishes(ct, model_path, tmp_path):
-    src, _ = ct
+@pytest.fixture(scope="module")
+def long_ct(tmp_path_factory):
+    """60 planes (one block each): a job the Ctrl-C lands in the middle of."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(2)
+    vol = ndimage.gaussian_filter(rng.normal(size=(60, 40, 36)), 2.0)
+    vol = ((vol - vol.min()) / np.ptp(vol) * 3000 + 500).astype(np.uint16)
+    path = tmp_path_factory.mktemp("long") / "ct.ome.zarr"
+    ngff.write_volume(vol, path, axes="zyx", scale=(5.0,) * 3, units="micrometer", chunks=(5, 40, 36))  # fmt: skip
+    return path
+
+
+def test_ctrl_c_stops_cleanly_and_resume_finishes(long_ct, model_path, tmp_path):
+    src = long_ct
     args = [sys.executable, "-m", "vstain_dask.cli", "stain", str(src), "--model", str(model_path),
             "--tile", "16", "--step", "8", "--batch-size", "4", "--chunks", "1,16,16",
             "--workers", "1", "--ct-levels", "none", "--no-progress"]  # fmt: skip
@@ -85,6 +98,7 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(ct, model_path, tmp_path):
     deadline = time.time() + 240
     while _done(out) < 1 and time.time() < deadline and p.poll() is None:
         time.sleep(0.02)
+    assert p.poll() is None and _done(out) < 60, "the Ctrl-C must land mid-run"
     p.send_signal(signal.SIGINT)
     stdout, stderr = p.communicate(timeout=120)
     assert p.returncode == 130, stderr

@@ -111,6 +111,7 @@ class ClusterConfig:
 
 
 _PRE_SPAWN = "distributed.nanny.pre-spawn-environ"
+_TRIM = "MALLOC_TRIM_THRESHOLD_"
 
 
 @contextlib.contextmanager
@@ -125,9 +126,13 @@ def _worker_environ(config: ClusterConfig) -> Iterator[None]:
     if config.malloc_trim:
         yield
         return
-    env = {
-        k: v for k, v in dask.config.get(_PRE_SPAWN, {}).items() if k != "MALLOC_TRIM_THRESHOLD_"
-    }
+    env = {k: v for k, v in dask.config.get(_PRE_SPAWN, {}).items() if k != _TRIM}
+    # A nanny copies its pre-spawn environment into this process's os.environ before it spawns
+    # a worker and leaves it there, so after any default distributed cluster in this process
+    # every later worker would inherit the variable. Our workers are started from here and the
+    # variable does nothing in this (already running) process: take it out for good, so that
+    # workers a nanny restarts later do not get it either.
+    os.environ.pop(_TRIM, None)
     with dask.config.set({_PRE_SPAWN: env}):
         yield
 
