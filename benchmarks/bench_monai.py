@@ -95,8 +95,9 @@ def _run(args, work: Path, device: str) -> dict:
         f"{torch.get_num_threads()}; device {device}",
         "ratio > 1: vstain-dask is faster; both runs on one plane (N = 1) in this process; "
         "ratios from the best of the alternated runs, and from their medians",
-        "vstain pads the last batch of a call to a whole batch (pad_batch, for bit-identical "
-        "blocks); 'unpadded' is the same call with pad_batch=False",
+        "vstain runs every forward pass with the same number of tiles (pad_batch, for "
+        "bit-identical blocks): a plane's tiles split evenly, the last pass padded; 'unpadded' "
+        "is the same call with pad_batch=False",
         "vstain accumulates in float64 and MONAI in float32, hence differences of ~1e-7",
     ]
     return {"model": model_name, "rows": rows, "notes": notes}

@@ -435,7 +435,14 @@ def test_tiles_are_streamed_in_batches():
 
     grid = TileGrid(extent=20, tile=8, step=4)  # 4 × 4 tiles per plane, 48 in all
     predict_region(x, predict, grid=grid, batch_size=10)
-    assert sizes == [10] * 5  # the last batch padded to the same shape
+    # a plane's 16 tiles split evenly into 2 passes of 8 (not 10 + 6): 6 passes, none padded
+    assert sizes == [8] * 6
+    sizes.clear()
+    predict_region(x[:1], predict, grid=TileGrid(extent=20, tile=8, step=6), batch_size=4)
+    assert sizes == [3] * 3  # 9 tiles: 3 passes of 3 instead of 4, 4, 1 padded to 4
+    sizes.clear()
+    predict_region(x, predict, grid=grid, batch_size=20)
+    assert sizes == [20] * 3  # planes smaller than a batch: tiles of several planes, padded
     sizes.clear()
     predict_region(x, predict, grid=grid, batch_size=10, pad_batch=False)
     assert sizes == [10, 10, 10, 10, 8]
@@ -573,10 +580,11 @@ def test_bad_model_output_and_options():
     x = np.zeros((1, 1, 20, 30), np.float32)
     with pytest.raises(
         InputError,
-        match=r"predict must map a \(16, C, 8, 8\) tensor to a \(16, out_channels, 8, 8\) tensor, got shape \(16, 1, 4, 4\)",
+        # 28 tiles, batch_size 16: 2 passes of 14
+        match=r"predict must map a \(14, C, 8, 8\) tensor to a \(14, out_channels, 8, 8\) tensor, got shape \(14, 1, 4, 4\)",
     ):
         predict_region(x, lambda t: t[..., :4, :4], grid=grid)
-    with pytest.raises(InputError, match=r"to a \(16, 3, 8, 8\) tensor, got shape \(16, 1, 8, 8\)"):
+    with pytest.raises(InputError, match=r"to a \(14, 3, 8, 8\) tensor, got shape \(14, 1, 8, 8\)"):
         predict_region(x, plus_one, grid=grid, out_channels=3)
     with pytest.raises(InputError, match="got ndarray"):
         predict_region(x, lambda t: t.numpy(), grid=grid)

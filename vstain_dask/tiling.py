@@ -439,6 +439,17 @@ def _reflect_index(n: int, size: int) -> np.ndarray:
     return np.where(i < n, i, period - i).astype(np.int64)
 
 
+def _padded_batch(batch_size: int, plane_tiles: int, n_planes: int) -> int:
+    """The forward-pass size with ``pad_batch``: for planes of at least ``batch_size`` tiles,
+    the size that splits a plane's tiles into the same number of passes as ``batch_size`` does,
+    as evenly as possible (independent of the number of planes); for smaller planes the tiles of
+    all planes, up to ``batch_size``."""
+    if plane_tiles >= batch_size:
+        passes = -(-plane_tiles // batch_size)
+        return -(-plane_tiles // passes)
+    return min(batch_size, n_planes * plane_tiles)
+
+
 def _batches(n_positions: int, n_planes: int, batch_size: int) -> Iterator[list[tuple]]:
     """Split the (position, plane) work list, position-major, into batches of segments.
 
@@ -508,8 +519,8 @@ def predict_region(
     batch_size : int
         Tiles per forward pass; tiles of all ``N`` planes are batched together and extracted
         batch by batch, so memory holds one batch of tiles, the input and the accumulators.
-        Every forward pass gets ``min(batch_size, N * grid.n_tiles)`` tiles (see
-        ``pad_batch``).
+        With ``pad_batch`` every forward pass gets the same number of tiles, at most
+        ``batch_size`` (see ``pad_batch``).
     device : str or torch.device, optional
         Where inference and blending run; default the device of ``planes`` (CPU for numpy).
     autocast : bool, optional
@@ -526,8 +537,11 @@ def predict_region(
         same shape, which depends on the grid and ``N`` but not on ``region``. Convolution
         backends choose kernels by shape, and a tile's output differs in the last bits between
         batch sizes (oneDNN on CPU, cuDNN), so this is what makes regions agree bit for bit
-        with whole-plane inference; it also avoids recompiling with ``compile``. Costs at
-        most ``batch_size - 1`` extra tiles per call.
+        with whole-plane inference; it also avoids recompiling with ``compile``. The batch
+        shape is the one that splits a plane's tiles most evenly (25 tiles with
+        ``batch_size=8``: 4 passes of 7, not 8, 8, 8 and a padded 1), so a call computes fewer
+        extra tiles than it has passes. Planes with fewer tiles than ``batch_size`` keep
+        ``min(batch_size, N * grid.n_tiles)``.
     out_channels : int, optional
         Expected number of output channels; checked against the first forward pass.
     to_uint8 : bool
@@ -599,8 +613,9 @@ def predict_region(
     rh, rw = ry1 - ry0, rx1 - rx0
     positions = grid.tiles_touching(region)
     if pad_batch:
-        # a function of the grid and N only, so every region runs the same batch shape
-        batch_size = min(batch_size, n_planes * grid.n_tiles)
+        # a function of the grid (and N for small planes) only, so every region runs the same
+        # batch shape
+        batch_size = _padded_batch(batch_size, grid.n_tiles, n_planes)
 
     weights = blend_weights(grid.tile, mode=mode)
     weights64 = weights.astype(np.float64)
