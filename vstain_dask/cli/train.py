@@ -8,8 +8,9 @@ from pathlib import Path
 import click
 
 from vstain_dask.cli._options import cluster_options, command_line
+from vstain_dask.models.config import Variant  # plain Python: no torch at --help
 
-_VARIANTS = ("mod-cyclegan", "cyclegan", "cyclegan-invct", "pix2pix")
+_VARIANTS = tuple(v.value for v in Variant)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
