@@ -52,3 +52,22 @@ def test_entry_point_one_line_error_and_debug_traceback(tmp_path):
     debug = subprocess.run([sys.executable, "-m", "vstain_dask.cli", "--debug", "info", missing],
                            capture_output=True, text=True, timeout=120)  # fmt: skip
     assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_stain_fusion_option_reaches_the_engine(ct, model_path, tmp_path):
+    """`--fusion blocks` stains in floating point inside cubes (recorded in the provenance); a
+    fusion that does not exist is one line and exit 2."""
+    from vstain_dask import ngff
+
+    src, _ = ct
+    base = ["stain", str(src), "--model", str(model_path), "--axes", "zyx", "--tile", "16",
+            "--step", "8", "--batch-size", "4", "--workers", "1", "--threads-per-worker", "1",
+            "--ct-levels", "none", "--no-progress"]  # fmt: skip
+    r = CliRunner().invoke(main, [*base, "-o", str(tmp_path / "blocks.zarr"), "--fusion", "blocks"])
+    assert r.exit_code == 0, r.output
+    params = ngff.open_volume(tmp_path / "blocks.zarr").attrs["vstain"]["parameters"]
+    assert params["fusion"] == "blocks" and params["axes"] == "zyx"
+    r = CliRunner().invoke(main, [*base, "-o", str(tmp_path / "x.zarr"), "--fusion", "cubes"])
+    assert r.exit_code == 2
+    assert r.output.strip().splitlines()[-1].startswith("error: fusion must be one of")
+    assert not (tmp_path / "x.zarr").exists()

@@ -33,6 +33,13 @@ def _ct_levels(value: str):
 @click.option("--blend", default="mean", show_default=True, help="mean, gaussian or cosine.")
 @click.option("--fuse", default="mean", show_default=True, help="Axis fusion: mean or median.")
 @click.option(
+    "--fusion",
+    default="passes",
+    show_default=True,
+    help="How --axes zyx is computed: passes (one pass per axis into 8-bit intermediates, 3x "
+    "the tiles of one axis) or blocks (in floating point inside cubes with halos, ~9x).",
+)
+@click.option(
     "--batch-size",
     type=click.IntRange(min=1),
     default=None,
@@ -72,9 +79,10 @@ def _ct_levels(value: str):
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the generator.")
 @click.option("--retries", default=2, show_default=True, help="Retries per failed block.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
-def stain(input_path, output, model, axes, tile, step, blend, fuse, batch_size, prefilter_sigma,
-          ct_levels, alpha, uncertainty, mask, mask_colour, chunks, block, ngff_version, resume,
-          overwrite, cluster_config, workers, device, autocast, compile_, retries, progress):  # fmt: skip
+def stain(input_path, output, model, axes, tile, step, blend, fuse, fusion, batch_size,
+          prefilter_sigma, ct_levels, alpha, uncertainty, mask, mask_colour, chunks, block,
+          ngff_version, resume, overwrite, cluster_config, workers, device, autocast, compile_,
+          retries, progress):  # fmt: skip
     """Stain a CT volume (OME-Zarr) into an RGB OME-Zarr volume."""
     import dataclasses
 
@@ -86,6 +94,7 @@ def stain(input_path, output, model, axes, tile, step, blend, fuse, batch_size, 
         step=step,
         blend=blend,
         fuse=fuse,
+        fusion=fusion,
         batch_size=batch_size,
         prefilter_sigma=prefilter_sigma,
         alpha=alpha,
