@@ -12,7 +12,7 @@ every choice in vstain-dask gives when the value is not one of the members.
 from __future__ import annotations
 
 from enum import Enum
-from typing import TypeVar
+from typing import Literal, TypeVar, overload
 
 __all__ = [
     "VStainError",
@@ -72,7 +72,39 @@ class ClusterError(VStainError, ConnectionError):
 E = TypeVar("E", bound=Enum)
 
 
-def as_enum(enum_cls: type[E], value: object, name: str) -> E:
+@overload
+def as_enum(
+    enum_cls: type[E],
+    value: object,
+    name: str,
+    *,
+    case_insensitive: bool = ...,
+    allow_none: Literal[False] = ...,
+    alternative: str | None = ...,
+) -> E: ...
+
+
+@overload
+def as_enum(
+    enum_cls: type[E],
+    value: object,
+    name: str,
+    *,
+    case_insensitive: bool = ...,
+    allow_none: bool,
+    alternative: str | None = ...,
+) -> E | None: ...
+
+
+def as_enum(
+    enum_cls: type[E],
+    value: object,
+    name: str,
+    *,
+    case_insensitive: bool = False,
+    allow_none: bool = False,
+    alternative: str | None = None,
+) -> E | None:
     """``value`` as a member of ``enum_cls``, or an :class:`InputError` that lists the members.
 
     Parameters
@@ -81,24 +113,41 @@ def as_enum(enum_cls: type[E], value: object, name: str) -> E:
         The choices.
     value : object
         A member of ``enum_cls`` (returned as it is) or a member's value, such as ``"mean"``.
+        A member of another enum stands for its value.
     name : str
         The parameter as the caller knows it (``"blend"``, ``"CTLevels.source"``), for the
         message.
+    case_insensitive : bool
+        Match a string in lower case (``"Mg"`` is ``"mg"``); for enums whose values are lower
+        case.
+    allow_none : bool
+        Return ``None`` for ``None`` (an optional choice); the message then ends the list of
+        members with ``or None``.
+    alternative : str, optional
+        What else the caller accepts in place of a member (``"a scheduler address"``), named at
+        the end of the list of members in the message; the lookup itself takes members only.
 
     Returns
     -------
-    Enum
-        The member of ``enum_cls`` whose value is ``value``.
+    Enum or None
+        The member of ``enum_cls`` whose value is ``value`` (``None`` only with ``allow_none``).
 
     Raises
     ------
     InputError
-        One line: ``blend must be one of 'mean', 'gaussian', 'cosine', got 'max'``.
+        One line: ``blend must be one of 'mean', 'gaussian', 'cosine', got 'max'``, or with
+        ``allow_none``: ``role must be one of 'train', 'val', 'test' or None, got 'x'``.
     """
+    if value is None and allow_none:
+        return None
     if isinstance(value, enum_cls):
         return value
+    key = value.value if isinstance(value, Enum) else value
+    if case_insensitive and isinstance(key, str):
+        key = key.lower()
     try:
-        return enum_cls(value)
+        return enum_cls(key)
     except ValueError as e:
         members = ", ".join(repr(m.value) for m in enum_cls)
-        raise InputError(f"{name} must be one of {members}, got {value!r}") from e
+        extra = "".join(f" or {a}" for a in ("None" if allow_none else None, alternative) if a)
+        raise InputError(f"{name} must be one of {members}{extra}, got {value!r}") from e
