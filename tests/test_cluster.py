@@ -44,6 +44,6 @@ def test_cluster_config_rejects_bad_values():
         ClusterConfig(workers=0)
     with pytest.raises(
         InputError,
-        match="cluster must be one of local, cuda, slurm or a scheduler address, got 'pbs'",
+        match="cluster must be one of 'local', 'cuda', 'slurm' or a scheduler address, got 'pbs'",
     ):
         ClusterConfig(kind="pbs")

@@ -76,8 +76,8 @@ def test_round_trip(tmp_path):
 @pytest.mark.parametrize(
     "kw, message",
     [
-        ({"material": "steel"}, "material must be one of mg, ti, peek, got 'steel'"),
-        ({"role": "holdout"}, "role must be one of train, val, test or None"),
+        ({"material": "steel"}, "material must be one of 'mg', 'ti', 'peek', got 'steel'"),
+        ({"role": "holdout"}, "role must be one of 'train', 'val', 'test' or None"),
         ({"ct": np.zeros((20, 31), np.uint16)}, r"same \(Y, X\) shape.*ct \(20, 31\)"),
         ({"mask": np.zeros((19, 30), bool)}, r"same \(Y, X\) shape.*mask \(19, 30\)"),
         ({"histology": np.zeros((20, 30), np.uint8)}, r"histology must be a \(Y, X, 3\)"),
@@ -219,8 +219,8 @@ def test_phantom_pairs_is_lazy_iterator():
     [
         ({"size": (8, 64)}, "size must be at least 16"),
         ({"size": (64,)}, "size must be 2 positive integers"),
-        ({"plane": "diagonal"}, "plane must be one of longitudinal, oblique, axial"),
-        ({"material": "gold"}, "material must be one of mg, ti, peek"),
+        ({"plane": "diagonal"}, "plane must be one of 'longitudinal', 'oblique', 'axial'"),
+        ({"material": "gold"}, "material must be one of 'mg', 'ti', 'peek'"),
         ({"seed": -3}, "seed must be an integer"),
     ],
 )

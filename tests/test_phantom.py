@@ -251,7 +251,7 @@ def test_noise_and_blur(medium):
         ({"shape": (10, 14)}, "shape must be 3 positive integers"),
         ({"shape": (10, 0, 12)}, "shape must be 3 positive integers"),
         ({"shape": (10, 14, 12.5)}, "shape must be 3 positive integers"),
-        ({"material": "fe"}, "material must be one of mg, ti, peek, got 'fe'"),
+        ({"material": "fe"}, "material must be one of 'mg', 'ti', 'peek', got 'fe'"),
         ({"seed": -1}, "seed must be an integer"),
         ({"seed": 1.5}, "seed must be an integer"),
         ({"voxel_size": 0}, "voxel_size must be a positive number"),

@@ -118,7 +118,7 @@ def test_reads_are_bounded_and_seeded(tmp_path):
 
 def test_bad_inputs_name_the_problem(tmp_path, ct):
     path = _rgb_store(tmp_path / "s.zarr", _smooth(7))
-    with pytest.raises(InputError, match="axis must be one of z, y, x"):
+    with pytest.raises(InputError, match="axis must be one of 'z', 'y', 'x'"):
         seam_metrics(path, axis="t")
     with pytest.raises(InputError, match=r"must be a stained volume with axes \(c, z, y, x\)"):
         seam_metrics(ct[0])

@@ -312,8 +312,8 @@ def test_cli_bad_options_one_line(ct, model_path, tmp_path):
     for args, msg in (
         (["--step", "0"], "step must be in 1..256"),
         (["--axes", "zq"], "axes must be letters"),
-        (["--blend", "max"], "blend must be one of mean, gaussian, cosine"),
-        (["--cluster", "kubernetes"], "cluster must be one of local, cuda, slurm"),
+        (["--blend", "max"], "blend must be one of 'mean', 'gaussian', 'cosine'"),
+        (["--cluster", "kubernetes"], "cluster must be one of 'local', 'cuda', 'slurm'"),
     ):
         r = runner.invoke(main, ["stain", str(src), "--model", str(model_path), *args])
         assert r.exit_code == 2, (args, r.output)

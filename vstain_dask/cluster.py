@@ -12,10 +12,10 @@ import logging
 import os
 import threading
 from collections.abc import Iterator
-from enum import Enum, StrEnum
+from enum import StrEnum
 from typing import Any
 
-from vstain_dask.errors import ClusterError, InputError
+from vstain_dask.errors import ClusterError, InputError, as_enum
 
 __all__ = ["ClusterKind", "ClusterConfig", "connect", "dashboard_url", "worker_model"]
 
@@ -31,10 +31,6 @@ class ClusterKind(StrEnum):
     LOCAL = "local"  #: distributed.LocalCluster on this machine (default)
     CUDA = "cuda"  #: dask-cuda LocalCUDACluster, one worker per GPU
     SLURM = "slurm"  #: dask-jobqueue SLURMCluster, workers submitted as SLURM jobs
-
-
-def _choices(enum: type[Enum]) -> str:
-    return ", ".join(m.value for m in enum)
 
 
 def _cpu_count() -> int:
@@ -95,13 +91,8 @@ class ClusterConfig:
     malloc_trim: bool = False
 
     def __post_init__(self) -> None:
-        try:
-            object.__setattr__(self, "kind", ClusterKind(self.kind))
-        except ValueError as e:
-            raise InputError(
-                f"cluster must be one of {_choices(ClusterKind)} or a scheduler address, "
-                f"got {self.kind!r}"
-            ) from e
+        kind = as_enum(ClusterKind, self.kind, "cluster", alternative="a scheduler address")
+        object.__setattr__(self, "kind", kind)
         for name in ("workers", "threads_per_worker", "cores", "gpus_per_job"):
             value = getattr(self, name)
             if value is not None and value < 1:

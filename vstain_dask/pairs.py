@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from vstain_dask.errors import InputError, OutputExistsError, VolumeFormatError
+from vstain_dask.errors import InputError, OutputExistsError, VolumeFormatError, as_enum
 
 __all__ = ["Material", "Role", "write_pair", "list_pairs", "read_pair", "PAIRS_VERSION"]
 
@@ -52,25 +52,13 @@ class Role(enum.StrEnum):
     TEST = "test"
 
 
-def _members(cls: type[enum.Enum]) -> str:
-    return ", ".join(m.value for m in cls)
-
-
 def parse_material(value: Any, name: str = "material") -> Material:
-    """``value`` as a :class:`Material`, or an :class:`InputError` listing the members."""
-    try:
-        return Material(value.value if isinstance(value, enum.Enum) else str(value).lower())
-    except ValueError as e:
-        raise InputError(f"{name} must be one of {_members(Material)}, got {value!r}") from e
+    """``value`` as a :class:`Material` (any case), or an :class:`InputError` listing the members."""
+    return as_enum(Material, value, name, case_insensitive=True)
 
 
 def _parse_role(value: Any) -> Role | None:
-    if value is None:
-        return None
-    try:
-        return Role(value.value if isinstance(value, enum.Enum) else str(value).lower())
-    except ValueError as e:
-        raise InputError(f"role must be one of {_members(Role)} or None, got {value!r}") from e
+    return as_enum(Role, value, "role", case_insensitive=True, allow_none=True)
 
 
 def _check_id(pair_id: Any) -> str:

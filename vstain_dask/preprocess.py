@@ -37,6 +37,7 @@ from numpy.typing import ArrayLike, DTypeLike
 from scipy import ndimage as ndi
 
 from vstain_dask.errors import InputError, as_enum
+from vstain_dask.pairs import Material
 
 __all__ = [
     "CT_BONE_LEVEL",
@@ -60,9 +61,6 @@ __all__ = [
 CT_BONE_LEVEL: int = 30000
 #: uint16 grey value that the mean of the background is mapped to (the paper's constant).
 CT_BACKGROUND_LEVEL: int = 10000
-
-# Implant materials the CT level estimator knows about; "ti" is the only one far brighter than bone.
-_MATERIALS = ("mg", "ti", "peek")
 
 
 class LevelSource(StrEnum):
@@ -456,16 +454,6 @@ def _populations(
     return pops
 
 
-def _material(material: Any) -> str | None:
-    if material is None:
-        return None
-    value = str(getattr(material, "value", material)).lower()
-    if value not in _MATERIALS:
-        members = ", ".join(repr(m) for m in _MATERIALS)
-        raise InputError(f"material must be one of {members} or None, got {material!r}")
-    return value
-
-
 def estimate_ct_levels(
     ct: ArrayLike | da.Array,
     *,
@@ -572,7 +560,7 @@ def estimate_ct_levels(
         )
     if not 0 <= min_fraction < 0.5:
         raise InputError(f"min_fraction must be in [0, 0.5), got {min_fraction}")
-    hint = _material(material)
+    hint = as_enum(Material, material, "material", case_insensitive=True, allow_none=True)
     if mask is not None:
         mask = _as_mask(mask, data.shape, "mask")
 
@@ -618,7 +606,8 @@ def estimate_ct_levels(
 
     pops = populations()
     metal_threshold = None
-    if hint in (None, "ti"):
+    # titanium is the only implant material far brighter than bone
+    if hint in (None, Material.TI):
         for attempt in range(2):  # a second time for metal streak artefacts
             c = pops[-1]
             below = major(pops[:-1])
@@ -626,7 +615,7 @@ def estimate_ct_levels(
                 break
             a, b = below[-2], below[-1]
             gap_low, gap_top = b.mean - a.mean, c.mean - b.mean
-            if hint == "ti" and attempt == 0:
+            if hint is Material.TI and attempt == 0:
                 is_metal = gap_top > gap_low
             else:
                 # a screw does not lie outside the bone; a PEEK screw under the bone would

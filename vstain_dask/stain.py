@@ -23,7 +23,7 @@ import os
 import socket
 import time
 from collections.abc import Sequence
-from enum import Enum, StrEnum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from vstain_dask.errors import (
     InputError,
     JobError,
     OutputExistsError,
+    as_enum,
 )
 from vstain_dask.tiling import BlendMode, TileGrid, predict_region
 
@@ -65,10 +66,6 @@ _LEDGER = ".vstain-job"
 #: (16 planes of 1536² RGB: 0.9 GiB) whatever the block's size
 _PLANES_PER_CALL = 16
 _LOCK = "lock.json"
-
-
-def _members(enum: type[Enum]) -> str:
-    return ", ".join(m.value for m in enum)
 
 
 class Axis(StrEnum):
@@ -168,7 +165,7 @@ class StainConfig:
         bad = [a for a in axes if a not in _DIMS]
         if not axes or bad:
             raise InputError(
-                f"axes must be letters from {_members(Axis)} (e.g. 'z' or 'zyx'), got {self.axes!r}"
+                f"axes must be letters from {', '.join(Axis)} (e.g. 'z' or 'zyx'), got {self.axes!r}"
             )
         if len(set(axes)) != len(axes):
             raise InputError(f"axes must not repeat, got {self.axes!r}")
@@ -178,12 +175,7 @@ class StainConfig:
         if not 1 <= self.step <= self.tile:
             raise InputError(f"step must be in 1..{self.tile}, got {self.step}")
         for name, enum in (("blend", BlendMode), ("fuse", FuseMode), ("fusion", Fusion)):
-            try:
-                object.__setattr__(self, name, enum(getattr(self, name)))
-            except ValueError as e:
-                raise InputError(
-                    f"{name} must be one of {_members(enum)}, got {getattr(self, name)!r}"
-                ) from e
+            object.__setattr__(self, name, as_enum(enum, getattr(self, name), name))
         if self.batch_size is not None and self.batch_size < 1:
             raise InputError(f"batch_size must be >= 1, got {self.batch_size}")
         if not (self.prefilter_sigma >= 0 and math.isfinite(self.prefilter_sigma)):

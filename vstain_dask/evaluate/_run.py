@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from vstain_dask.errors import InputError
+from vstain_dask.errors import InputError, as_enum
 from vstain_dask.evaluate._metrics import (
     Metric,
     background_colour,
@@ -53,10 +53,6 @@ UNASSIGNED = "unassigned"
 #: smallest patch side: SSIM's 7 x 7 window
 _MIN_SIDE = 7
 _SPLIT_ORDER = (Role.TRAIN.value, Role.VAL.value, Role.TEST.value, UNASSIGNED)
-
-
-def _members(cls: type[enum.Enum]) -> str:
-    return ", ".join(m.value for m in cls)
 
 
 class CTLevelsMode(enum.StrEnum):
@@ -151,18 +147,8 @@ class EvalConfig:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int | np.integer):
             raise InputError(f"seed must be an integer, got {self.seed!r}")
         for name, cls in (("blend", BlendMode), ("ct_levels", CTLevelsMode)):
-            value = getattr(self, name)
-            try:
-                object.__setattr__(self, name, cls(getattr(value, "value", value)))
-            except ValueError as e:
-                raise InputError(f"{name} must be one of {_members(cls)}, got {value!r}") from e
-        if self.split is not None:
-            try:
-                object.__setattr__(self, "split", Role(getattr(self.split, "value", self.split)))
-            except ValueError as e:
-                raise InputError(
-                    f"split must be one of {_members(Role)} or None, got {self.split!r}"
-                ) from e
+            object.__setattr__(self, name, as_enum(cls, getattr(self, name), name))
+        object.__setattr__(self, "split", as_enum(Role, self.split, "split", allow_none=True))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-Python form for the JSON report."""
@@ -449,7 +435,7 @@ class EvaluationResult:
 
     def values(self, model: str, split: str, metric: Metric | str) -> np.ndarray:
         """Patch values of one model in one split."""
-        key = Metric(metric).value
+        key = as_enum(Metric, metric, "metric").value
         return np.array(
             [r[key] for r in self.records if r["model"] == model and r["split"] == split],
             dtype=np.float64,

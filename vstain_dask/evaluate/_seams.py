@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from vstain_dask.errors import InputError
+from vstain_dask.errors import InputError, as_enum
 
 __all__ = ["SeamReport", "seam_metrics", "compare_seams", "format_seams"]
 
@@ -228,9 +228,9 @@ def seam_metrics(
     import dask
 
     from vstain_dask import ngff
+    from vstain_dask.stain import Axis
 
-    if axis not in _DIMS:
-        raise InputError(f"axis must be one of {', '.join(_DIMS)}, got {axis!r}")
+    axis = as_enum(Axis, axis, "axis").value
     block = tuple(int(b) for b in block)
     if len(block) != 3 or min(block) < 1:
         raise InputError(f"block must be three positive sizes (z, y, x), got {block!r}")

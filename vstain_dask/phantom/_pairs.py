@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from vstain_dask.errors import InputError
+from vstain_dask.errors import InputError, as_enum
 from vstain_dask.pairs import Material, parse_material, write_pair
 from vstain_dask.phantom._anatomy import (
     BONE_LABELS,
@@ -203,14 +203,7 @@ def phantom_pair(
     seed = check_seed(seed)
     sample_seed = seed if sample_seed is None else check_seed(sample_seed)
     voxel_size = check_voxel_size(voxel_size)
-    if plane is not None:
-        try:
-            plane = PlaneKind(plane)
-        except ValueError as e:
-            raise InputError(
-                f"plane must be one of {', '.join(k.value for k in PlaneKind)} or None, "
-                f"got {plane!r}"
-            ) from e
+    plane = as_enum(PlaneKind, plane, "plane", allow_none=True)
     n = max(size)
     frame = Frame((n, n, n), voxel_size)
     sp = specimen(sample_seed, mat.value, frame.vox)
