@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vstain_dask.errors import InputError
+from vstain_dask.errors import InputError, as_enum
 
 if TYPE_CHECKING:
     import torch
@@ -117,11 +117,7 @@ def _check_tile_step(tile: int, step: int) -> None:
 
 
 def _blend_mode(value: Any) -> BlendMode:
-    try:
-        return BlendMode(value)
-    except ValueError:
-        members = ", ".join(repr(m.value) for m in BlendMode)
-        raise InputError(f"blend must be one of {members}, got {value!r}") from None
+    return as_enum(BlendMode, value, "blend")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -50,7 +50,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vstain_dask.errors import CheckpointError, InputError, OutputExistsError
+from vstain_dask.errors import CheckpointError, InputError, OutputExistsError, as_enum
 from vstain_dask.models.card import card_path, render_card
 from vstain_dask.models.config import (
     DiscriminatorConfig,
@@ -58,7 +58,6 @@ from vstain_dask.models.config import (
     GeneratorConfig,
     InputNormalization,
     Variant,
-    _as_enum,
 )
 from vstain_dask.models.networks import PatchDiscriminator, ResnetGenerator, UnetGenerator
 
@@ -478,7 +477,7 @@ def _write(
                 )
     if path.suffix.lower() == ".md":
         raise InputError(f"path must not end in .md (the card goes there), got {path}")
-    variant = _as_enum(Variant, variant, "variant")
+    variant = as_enum(Variant, variant, "variant")
     if not isinstance(normalization, InputNormalization):
         raise InputError(
             f"normalization must be an InputNormalization, got {type(normalization).__name__}"
@@ -826,7 +825,7 @@ def _normalization(meta: Mapping[str, Any], path: pathlib.Path) -> InputNormaliz
 
 def _variant(meta: Mapping[str, Any], path: pathlib.Path) -> Variant:
     try:
-        return _as_enum(Variant, meta["variant"], "variant")
+        return as_enum(Variant, meta["variant"], "variant")
     except InputError as e:
         raise CheckpointError(f"{path}: {e}") from e
 

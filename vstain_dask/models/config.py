@@ -93,10 +93,6 @@ class ExportFormat(StrEnum):
     ONNX = "onnx"
 
 
-# the models and training modules look their choices up through this name
-_as_enum = as_enum
-
-
 def _check_int(value: Any, name: str, *, minimum: int, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise InputError(f"{name} must be an integer, got {value!r}")

@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vstain_dask.errors import InputError, OutputExistsError, VStainError
+from vstain_dask.errors import InputError, OutputExistsError, VStainError, as_enum
 from vstain_dask.models.checkpoint import load_model
-from vstain_dask.models.config import ExportFormat, GeneratorConfig, GeneratorKind, _as_enum
+from vstain_dask.models.config import ExportFormat, GeneratorConfig, GeneratorKind
 
 __all__ = ["export_model", "onnx_min_side"]
 
@@ -103,7 +103,7 @@ def export_model(
     pathlib.Path
         ``out``.
     """
-    fmt = _as_enum(ExportFormat, format, "format")
+    fmt = as_enum(ExportFormat, format, "format")
     out = pathlib.Path(out)
     if out.exists() and not overwrite:
         raise OutputExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")

@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from vstain_dask.errors import CheckpointError, InputError
+from vstain_dask.errors import CheckpointError, InputError, as_enum
 from vstain_dask.models.checkpoint import (
     FORMAT_NAME,
     _build,
@@ -54,7 +54,6 @@ from vstain_dask.models.config import (
     Norm,
     Upsample,
     Variant,
-    _as_enum,
 )
 from vstain_dask.models.networks import build_generator
 
@@ -261,7 +260,7 @@ def convert_state_dict(
         If the weights do not have the layout of the named format; the message names the
         missing, unexpected or mis-shaped keys.
     """
-    source = _as_enum(ForeignFormat, source, "source")
+    source = as_enum(ForeignFormat, source, "source")
     if not isinstance(state_dict, Mapping) or not state_dict:
         raise CheckpointError("expected a non-empty state dict of tensors")
     sd = _strip_data_parallel(state_dict)
@@ -383,7 +382,7 @@ def import_checkpoint(
     pathlib.Path
         ``out``.
     """
-    source = _as_enum(ForeignFormat, source, "source")
+    source = as_enum(ForeignFormat, source, "source")
     weights = pathlib.Path(weights)
     raw = _load_file(weights, mmap=False)
     if isinstance(raw, Mapping) and raw.get("format") == FORMAT_NAME:

@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from vstain_dask.errors import InputError
-from vstain_dask.models.config import Variant, _as_enum, _from_dict
+from vstain_dask.errors import InputError, as_enum
+from vstain_dask.models.config import Variant, _from_dict
 
 __all__ = [
     "LossWeights",
@@ -76,7 +76,7 @@ class LossWeights:
     @classmethod
     def for_variant(cls, variant: Variant | str, **changes: float) -> LossWeights:
         """The paper's weights for ``variant``; the plain CycleGANs have no pixel/greyscale terms."""
-        variant = _as_enum(Variant, variant, "variant")
+        variant = as_enum(Variant, variant, "variant")
         base: dict[str, float] = {}
         if variant in (Variant.CYCLEGAN, Variant.CYCLEGAN_INVCT):
             base = {"pixel": 0.0, "greyscale": 0.0}

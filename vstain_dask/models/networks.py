@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vstain_dask.errors import InputError
+from vstain_dask.errors import InputError, as_enum
 from vstain_dask.models.config import (
     DiscriminatorConfig,
     DiscriminatorKind,
@@ -32,7 +32,6 @@ from vstain_dask.models.config import (
     Norm,
     Upsample,
     Variant,
-    _as_enum,
 )
 
 __all__ = [
@@ -453,7 +452,7 @@ def build_networks(
     """
     from dataclasses import replace
 
-    variant = _as_enum(Variant, variant, "variant")
+    variant = as_enum(Variant, variant, "variant")
     gcfg = GeneratorConfig.for_variant(variant) if generator is None else generator
     dcfg = DiscriminatorConfig() if discriminator is None else discriminator
 

@@ -53,13 +53,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from vstain_dask.errors import CheckpointError, InputError, OutputExistsError
+from vstain_dask.errors import CheckpointError, InputError, OutputExistsError, as_enum
 from vstain_dask.models.config import (
     DiscriminatorConfig,
     GeneratorConfig,
     InputNormalization,
     Variant,
-    _as_enum,
 )
 from vstain_dask.models.losses import (
     LossWeights,
@@ -186,7 +185,7 @@ class TrainConfig:
     ct_high: float = CT_INPUT_HIGH
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "variant", _as_enum(Variant, self.variant, "variant"))
+        object.__setattr__(self, "variant", as_enum(Variant, self.variant, "variant"))
         for name, minimum in (
             ("epochs", 1),
             ("batch_size", 1),
