@@ -85,6 +85,14 @@ def parser(description: str, epilog: str | None = None) -> argparse.ArgumentPars
     return p
 
 
+def shape3(text: str) -> tuple[int, int, int]:
+    """``Z,Y,X`` (or ``ZxYxX``) from the command line: three positive integers."""
+    parts = [int(p) for p in text.lower().replace("x", ",").split(",") if p]
+    if len(parts) != 3 or min(parts) < 1:
+        raise ValueError(f"expected Z,Y,X, got {text!r}")
+    return tuple(parts)  # type: ignore[return-value]
+
+
 def check_device(device: str) -> str:
     """Fail early, in one line, when the asked device is not there."""
     import torch

@@ -30,18 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
 
-def _shape(text: str) -> tuple[int, int, int]:
-    parts = [int(p) for p in text.lower().replace("x", ",").split(",") if p]
-    if len(parts) != 3 or min(parts) < 1:
-        raise ValueError(f"expected Z,Y,X, got {text!r}")
-    return tuple(parts)  # type: ignore[return-value]
-
-
 def main(argv: list[str] | None = None) -> int:
     p = C.parser(__doc__.split("\n")[0], "\n".join(__doc__.split("\n")[2:]))
     p.set_defaults(repeats=2)
-    p.add_argument("--shape", type=_shape, help="Z,Y,X [32,1024,1024; 1536³ with --full]")
-    p.add_argument("--chunks", type=_shape, help="Z,Y,X [16,256,256; 64,256,256 with --full]")
+    p.add_argument("--shape", type=C.shape3, help="Z,Y,X [32,1024,1024; 1536³ with --full]")
+    p.add_argument("--chunks", type=C.shape3, help="Z,Y,X [16,256,256; 64,256,256 with --full]")
     p.add_argument("--workers", type=int, help="worker processes [the product's default]")
     args = p.parse_args(argv)
     device = C.check_device(args.device)

@@ -45,13 +45,6 @@ FULL_SHAPE = (1536, 1536, 1536)
 FULL_CHUNKS = (64, 256, 256)
 
 
-def _shape(text: str) -> tuple[int, int, int]:
-    parts = [int(p) for p in text.lower().replace("x", ",").split(",") if p]
-    if len(parts) != 3 or min(parts) < 1:
-        raise ValueError(f"expected Z,Y,X, got {text!r}")
-    return tuple(parts)  # type: ignore[return-value]
-
-
 def main(argv: list[str] | None = None) -> int:
     p = C.parser(__doc__.split("\n")[0], "\n".join(__doc__.split("\n")[2:]))
     p.set_defaults(repeats=1)
@@ -59,10 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--cases", help="comma-separated cases [paper-z,fast-z,paper-zyx; all with --full]"
     )
-    p.add_argument("--shape", type=_shape, help="Z,Y,X of the single-axis volume [4,512,512]")
-    p.add_argument("--chunks", type=_shape, help="Z,Y,X chunks of input and output [2,256,256]")
-    p.add_argument("--fusion-shape", type=_shape, help="Z,Y,X of the fusion volume [64,64,64]")
-    p.add_argument("--fusion-chunks", type=_shape, help="its chunks [32,32,32]")
+    p.add_argument("--shape", type=C.shape3, help="Z,Y,X of the single-axis volume [4,512,512]")
+    p.add_argument("--chunks", type=C.shape3, help="Z,Y,X chunks of input and output [2,256,256]")
+    p.add_argument("--fusion-shape", type=C.shape3, help="Z,Y,X of the fusion volume [64,64,64]")
+    p.add_argument("--fusion-chunks", type=C.shape3, help="its chunks [32,32,32]")
     p.add_argument("--workers", type=int, help="worker processes [the product's default]")
     p.add_argument("--threads", type=int, help="torch threads per worker [cores / workers]")
     p.add_argument("--batch-size", type=int, help="tiles per forward pass [StainConfig's default]")

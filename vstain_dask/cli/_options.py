@@ -141,3 +141,21 @@ def _pop_cluster_config(params: dict[str, Any]) -> ClusterConfig | None:
     return ClusterConfig(
         kind=ClusterKind.LOCAL if kind is None else kind, scheduler=scheduler, **settings
     )
+
+
+def parse_ct_levels(value: str | None, *, keywords: tuple[str, ...] = ()):
+    """``--ct-levels``: ``BONE,BACKGROUND`` (two raw CT means) as floats, one of ``keywords``
+    (lower-cased), or None."""
+    if value is None:
+        return None
+    if value.lower() in keywords:
+        return value.lower()
+    try:
+        bone, background = (float(v) for v in value.split(","))
+    except ValueError:
+        named = "".join(f"{k!r}, " for k in keywords)
+        raise click.BadParameter(
+            f"expected {named}{'or ' if keywords else ''}BONE,BACKGROUND (two raw CT means), "
+            f"got {value!r}"
+        ) from None
+    return (bone, background)

@@ -7,19 +7,10 @@ from pathlib import Path
 
 import click
 
-_MATERIALS = ("mg", "ti", "peek")
+from vstain_dask.cli._options import parse_ct_levels
+from vstain_dask.pairs import Material  # numpy only: --help stays quick
 
-
-def _levels(value: str | None):
-    if value is None:
-        return None
-    try:
-        bone, background = (float(v) for v in value.split(","))
-    except ValueError:
-        raise click.BadParameter(
-            f"expected BONE,BACKGROUND (two raw CT means), got {value!r}"
-        ) from None
-    return (bone, background)
+_MATERIALS = tuple(m.value for m in Material)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -106,7 +97,7 @@ def add(
         voxel_size=voxel_size,
         pair_id=pair_id,
         role=role,
-        ct_levels=_levels(ct_levels),
+        ct_levels=parse_ct_levels(ct_levels),
         bone_roi=bone_roi,
         background_roi=background_roi,
         overwrite=overwrite,

@@ -6,19 +6,7 @@ import sys
 
 import click
 
-from vstain_dask.cli._options import IntTuple, cluster_options, command_line
-
-
-def _ct_levels(value: str):
-    if value.lower() in ("auto", "none"):
-        return value.lower()
-    try:
-        bone, background = (float(v) for v in value.split(","))
-    except ValueError:
-        raise click.BadParameter(
-            f"expected 'auto', 'none' or BONE,BACKGROUND (two numbers), got {value!r}"
-        ) from None
-    return (bone, background)
+from vstain_dask.cli._options import IntTuple, cluster_options, command_line, parse_ct_levels
 
 
 @click.command()
@@ -131,7 +119,7 @@ def stain(input_path, output, model, axes, tile, step, blend, fuse, fusion, batc
             model=model,
             config=config,
             cluster=cluster_config,
-            ct_levels=_ct_levels(ct_levels),
+            ct_levels=parse_ct_levels(ct_levels, keywords=("auto", "none")),
             on_start=on_start,
             chunks=chunks,
             ngff_version=ngff_version,
