@@ -234,16 +234,33 @@ def finish(
     for note in notes:
         print(f"note: {note}")
     if args.json is not None:
-        payload = {
-            "benchmark": name,
-            "header": head,
-            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-            "results": results,
-            "notes": list(notes),
-        }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n")
+        _write_json(name, head, args, results, notes, complete=True)
         print(f"figures written to {args.json}")
+
+
+def save_partial(name: str, head: dict[str, Any], args: argparse.Namespace, results: Any) -> None:
+    """With ``--json``, write the figures measured so far, marked ``"complete": false``.
+
+    The long runs call this after each row, so that a run stopped by a time limit (``timeout``
+    sends SIGTERM, then SIGKILL) still leaves its finished rows on disk; ``finish`` overwrites
+    the file with the complete figures."""
+    if args.json is not None:
+        _write_json(name, head, args, results, (), complete=False)
+
+
+def _write_json(name, head, args, results, notes, *, complete: bool) -> None:
+    payload = {
+        "benchmark": name,
+        "complete": complete,
+        "header": head,
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "results": results,
+        "notes": list(notes),
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.json.with_name(args.json.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n")
+    tmp.replace(args.json)  # a reader never sees half a file
 
 
 def _json_default(value: Any) -> Any:

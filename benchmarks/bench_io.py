@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     head = C.header(device)
     C.print_header("I/O: stain path with an identity-like model vs a plain copy", head)
     with C.workdir(args.workdir) as work:
-        results = _run(args, work, device)
+        results = _run(args, work, device, save=lambda r: C.save_partial("bench_io", head, args, r))
     C.finish("bench_io", head, args, results, results.pop("notes"))
     return 0
 
@@ -77,7 +77,7 @@ def _copy(source: Path, out: Path, chunks) -> float:
     return time.perf_counter() - t0
 
 
-def _run(args, work: Path, device: str) -> dict:
+def _run(args, work: Path, device: str, *, save) -> dict:
     import numpy as np
 
     from vstain_dask import ngff
@@ -117,6 +117,13 @@ def _run(args, work: Path, device: str) -> dict:
             pyramid = time.perf_counter() - t0
             stains.append((report.seconds - pyramid, pyramid, report))
             copies.append(_copy(source, work / "io-copy.ome.zarr", chunks))
+            save(
+                {
+                    "stain_s": [r[0] for r in stains],
+                    "copy_s": copies,
+                    "pyramid_s": [r[1] for r in stains],
+                }
+            )
     s_seconds, pyramid, report = min(stains, key=lambda r: r[0])
     c_seconds = min(copies)
     t = report.timings

@@ -88,13 +88,18 @@ def main(argv: list[str] | None = None) -> int:
     head = C.header(device)
     C.print_header("stain, end to end (zarr in -> zarr out with pyramid)", head)
     with C.workdir(args.workdir) as work:
-        results = _run(args, work, device, model_name, cases, shape, chunks, fshape, fchunks)
+        results = _run(
+            args, work, device, model_name, cases, shape, chunks, fshape, fchunks,
+            save=lambda r: C.save_partial("bench_stain", head, args, r),
+        )  # fmt: skip
     notes = results.pop("notes")
     C.finish("bench_stain", head, args, results, notes)
     return 0
 
 
-def _run(args, work: Path, device, model_name, cases, shape, chunks, fshape, fchunks) -> dict:
+def _run(
+    args, work: Path, device, model_name, cases, shape, chunks, fshape, fchunks, *, save
+) -> dict:
     from vstain_dask.models import load_model
     from vstain_dask.stain import StainConfig, stain_to_zarr
     from vstain_dask.tiling import count_tiles
@@ -184,6 +189,7 @@ def _run(args, work: Path, device, model_name, cases, shape, chunks, fshape, fch
                     "worker_memory": mem,
                 }
                 rows.append(row)
+                save({"runs": rows})
                 print(
                     C.table(
                         [row],

@@ -58,12 +58,15 @@ def main(argv: list[str] | None = None) -> int:
     head = C.header(device)
     C.print_header("training: patch stream and training steps, patches/s", head)
     with C.workdir(args.workdir) as work:
-        results = _run(args, work, device, variants)
+        results = _run(
+            args, work, device, variants,
+            save=lambda r: C.save_partial("bench_train", head, args, r),
+        )  # fmt: skip
     C.finish("bench_train", head, args, results, results.pop("notes"))
     return 0
 
 
-def _run(args, work: Path, device: str, variants: list[str]) -> dict:
+def _run(args, work: Path, device: str, variants: list[str], *, save) -> dict:
     import time
 
     from vstain_dask.models import InputNormalization
@@ -102,6 +105,7 @@ def _run(args, work: Path, device: str, variants: list[str]) -> dict:
              "patches_per_s": r["samples_per_s"], "seconds": r["seconds"],
              "fold_hours": FOLD_PATCHES / r["samples_per_s"] / 3600}
         )  # fmt: skip
+        save({"stream": stream_rows})
         print(C.table(stream_rows[-1:]), flush=True)
 
     # 2. each variant's training, two epochs, the second one timed
@@ -141,6 +145,7 @@ def _run(args, work: Path, device: str, variants: list[str]) -> dict:
              "data_wait": wait, "fold_hours": FOLD_PATCHES / rate / 3600,
              "paper_v100_hours": 100}
         )  # fmt: skip
+        save({"stream": stream_rows, "train": rows})
         print(C.table(rows[-1:]), flush=True)
     print()
     print(C.table(stream_rows))

@@ -61,6 +61,7 @@ def _run(name, argv, tmp_path, capsys, workdir) -> tuple[str, dict]:
 
 def _check_header(data: dict, name: str) -> None:
     assert data["benchmark"] == name
+    assert data["complete"] is True
     head = data["header"]
     assert head["machine"]["cores"] >= 1
     assert head["versions"]["torch"] and head["versions"]["zarr"]
@@ -219,3 +220,36 @@ def test_bench_train_smallest(tmp_path, capsys, workdir):
     for r in res["train"]:
         assert r["patches_per_s"] > 0 and r["fold_hours"] > 0
     assert "fold_hours" in text
+
+
+@pytest.mark.slow
+def test_bench_train_stopped_by_a_time_limit_keeps_its_finished_rows(tmp_path):
+    """A run stopped as ``timeout`` stops it (SIGTERM) leaves the rows it finished in its JSON,
+    marked incomplete; the file is never half written."""
+    import signal
+    import time
+
+    out = tmp_path / "train.json"
+    argv = [
+        sys.executable, str(BENCH / "bench_train.py"), "--patch", "32", "--ngf", "4",
+        "--n-blocks", "1", "--ndf", "4", "--steps", "3", "--pairs", "3",
+        "--loader-workers", "0", "--stream-batches", "2", "--workdir", str(tmp_path / "work"),
+        "--json", str(out),
+    ]  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not out.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert out.exists(), "no partial figures were written"
+        proc.send_signal(signal.SIGTERM)  # while the four variants train
+        proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == -signal.SIGTERM
+    data = json.loads(out.read_text())
+    assert data["benchmark"] == "bench_train" and data["complete"] is False
+    assert [r["loader_workers"] for r in data["results"]["stream"]] == [0]
+    assert data["results"]["stream"][0]["patches_per_s"] > 0
+    assert len(data["results"].get("train", [])) < 4
+    assert not list(tmp_path.glob("*.tmp"))
