@@ -318,3 +318,44 @@ def test_cli_bad_options_one_line(ct, model_path, tmp_path):
         r = runner.invoke(main, ["stain", str(src), "--model", str(model_path), *args])
         assert r.exit_code == 2, (args, r.output)
         assert msg in r.output and "Traceback" not in r.output
+
+
+def _blocks_in_flight(stream) -> int:
+    """Most blocks held at once: from the start of a block's read to the end of its write."""
+    spans: dict[str, list[float]] = {}
+    for task in stream:
+        kind, _, block = str(task["key"]).partition("-")
+        for s in task["startstops"]:
+            if s["action"] == "compute" and kind in ("read", "write"):
+                span = spans.setdefault(block.split("-", 1)[1], [float("inf"), float("-inf")])
+                span[0] = min(span[0], s["start"]) if kind == "read" else span[0]
+                span[1] = max(span[1], s["stop"]) if kind == "write" else span[1]
+    events = sorted([(a, 1) for a, _ in spans.values()] + [(b, -1) for _, b in spans.values()])
+    most = held = 0
+    for _, step in events:
+        held += step
+        most = max(most, held)
+    return most
+
+
+def test_blocks_in_flight_per_worker_are_bounded_whatever_the_threads(ct, model_path, tmp_path):
+    """A worker with many threads (as on a GPU node) still holds at most 3 blocks at a time:
+    the reading does not run ahead of the staining through the whole volume."""
+    from distributed import get_task_stream
+
+    from vstain_dask.cluster import ClusterConfig, connect
+    from vstain_dask.stain import BLOCKS_IN_FLIGHT_PER_WORKER
+
+    src, vol = ct
+    with connect(ClusterConfig(workers=1, threads_per_worker=6, dashboard=False)) as client:
+        assert list(client.nthreads().values()) == [6]  # dask threads follow the torch threads
+        with get_task_stream(client) as ts:
+            report = stain_to_zarr(
+                src, tmp_path / "out.ome.zarr", model=model_path, client=client,
+                config=_config(), chunks=(1, 64, 64), progress=False,
+            )  # fmt: skip
+    assert BLOCKS_IN_FLIGHT_PER_WORKER == 3
+    assert report.blocks == SHAPE[0] == 10
+    held = _blocks_in_flight(ts.data)
+    assert 2 <= held <= 3, f"{held} blocks held at once"
+    np.testing.assert_array_equal(_stained(report.output), _u8(_reference(vol, model_path, "z")))

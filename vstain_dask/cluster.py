@@ -56,7 +56,11 @@ class ClusterConfig:
     workers : int, optional
         Local worker processes (default: one per core, at most 8) or SLURM jobs (default 1).
     threads_per_worker : int, optional
-        Torch threads per worker (default: cores divided among workers).
+        Torch threads per worker (default: cores divided among workers). Local workers run as
+        many dask threads, at least 2 (CUDA workers: the cores divided among GPUs): one task
+        at a time stains, the others read ahead, write, and build the pyramid and the fusion
+        pass; a worker holds at most ``stain.BLOCKS_IN_FLIGHT_PER_WORKER`` blocks whatever its
+        thread count.
     memory_limit : str, optional
         Per-worker memory limit for local clusters (``"4GiB"``), per-job memory for SLURM.
     cores, walltime, queue, account, gpus_per_job, interface
@@ -137,8 +141,10 @@ def _local_cluster(config: ClusterConfig):
     with _worker_environ(config):
         return LocalCluster(
             n_workers=n_workers,
-            # one thread stains (torch uses `threads` of its own), the other reads the next block
-            threads_per_worker=2,
+            # one task at a time stains (the compute resource; torch uses `threads` of its own);
+            # the other threads read the next block, write the last one, and build the pyramid
+            # and the fusion pass, which no resource holds back
+            threads_per_worker=max(2, threads),
             resources={COMPUTE_RESOURCE: 1},
             processes=True,
             host="127.0.0.1",
@@ -150,16 +156,25 @@ def _local_cluster(config: ClusterConfig):
         )
 
 
+def _gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
 def _cuda_cluster(config: ClusterConfig):
     try:
         from dask_cuda import LocalCUDACluster
     except ImportError as e:
         raise ClusterError("cluster 'cuda' needs dask-cuda: pip install 'vstain-dask[cuda]'") from e
     try:
+        n_gpus = config.workers or _gpu_count()
         with _worker_environ(config):
             return LocalCUDACluster(
                 n_workers=config.workers,
-                threads_per_worker=2,
+                # as for local workers: one thread stains on the GPU, the node's other cores
+                # read, write, and build the pyramid and the fusion pass
+                threads_per_worker=max(2, _cpu_count() // max(n_gpus, 1)),
                 resources={COMPUTE_RESOURCE: 1},
                 host="127.0.0.1",
                 dashboard_address=config.dashboard_address if config.dashboard else "127.0.0.1:0",

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -65,6 +66,9 @@ _LEDGER = ".vstain-job"
 #: planes per tiled-inference call inside a block: bounds the float64 blend accumulators
 #: (16 planes of 1536² RGB: 0.9 GiB) whatever the block's size
 _PLANES_PER_CALL = 16
+#: blocks a worker holds at a time while a stage runs: one read ahead, one being stained, one
+#: being written (``_run_stage`` submits the next block when one is written)
+BLOCKS_IN_FLIGHT_PER_WORKER = 3
 _LOCK = "lock.json"
 
 
@@ -1100,7 +1104,13 @@ def _run_stage(
     tag: str,
     mask_path: str | None,
 ) -> tuple[int, dict[str, float], int]:
-    """Submit a stage's blocks (read task + staining task each) and wait for them.
+    """Submit a stage's blocks (read, stain and write task each) and wait for them.
+
+    At most ``BLOCKS_IN_FLIGHT_PER_WORKER`` blocks per worker are submitted at a time, and the
+    next one when one is written: how many blocks a worker holds in memory (read ahead, being
+    stained, waiting to be written) does not depend on its thread count or on dask's
+    scheduling heuristics, so workers can have threads to spare for writing, the pyramid and
+    the fusion pass.
 
     Returns (tiles, summed task timings, blocks skipped as already done)."""
     from distributed import as_completed
@@ -1111,8 +1121,9 @@ def _run_stage(
         bar.update(len(blocks) - len(todo))
     workers = client.scheduler_info(n_workers=-1).get("workers", {}).values()
     gated = bool(workers) and all(COMPUTE_RESOURCE in w.get("resources", {}) for w in workers)
-    futures = {}
-    for b in todo:
+    futures: dict[Any, str] = {}
+
+    def submit(b: Block):
         name = prefix + b.name
         read = client.submit(
             _read_block, b, source=source, two_d=two_d, mask_path=mask_path,
@@ -1145,14 +1156,25 @@ def _run_stage(
             pure=False,
         )
         # the next task holds each result; released as soon as it has run
-        del read, stained
         futures[fut] = name
+        return fut
+
+    def window() -> int:
+        # workers can join (or leave) while a stage runs: SLURM jobs start when they start
+        n = len(client.scheduler_info(n_workers=-1).get("workers", {}))
+        return BLOCKS_IN_FLIGHT_PER_WORKER * max(n, 1)
+
+    pending = iter(todo)
     failed: dict[str, str] = {}
     tiles = 0
     timings = {"read": 0.0, "compute": 0.0, "write": 0.0}
+    first = [submit(b) for b in itertools.islice(pending, window())]
+    running = as_completed(first)
+    in_flight = len(first)
     try:
-        for fut in as_completed(list(futures)):
-            name = futures[fut]
+        for fut in running:
+            in_flight -= 1
+            name = futures.pop(fut)
             if fut.status == "finished":
                 result = fut.result()
                 tiles += int(result["tiles"])
@@ -1164,6 +1186,9 @@ def _run_stage(
             if bar is not None:
                 bar.update(1)
             fut.release()
+            for b in itertools.islice(pending, max(0, window() - in_flight)):
+                running.add(submit(b))
+                in_flight += 1
     except BaseException:
         client.cancel(list(futures))
         raise
