@@ -253,3 +253,69 @@ def test_bench_train_stopped_by_a_time_limit_keeps_its_finished_rows(tmp_path):
     assert data["results"]["stream"][0]["patches_per_s"] > 0
     assert len(data["results"].get("train", [])) < 4
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_suite_runs_steps_into_one_json(tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "suite.py"), "--only", "quality,train", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert sorted(p.name for p in out.iterdir()) == ["suite.json", "suite.log"]  # work removed
+    data = json.loads((out / "suite.json").read_text())
+    assert [s["step"] for s in data["steps"]] == ["quality", "train"]
+    for step in data["steps"]:
+        assert step["status"] == "ok" and step["returncode"] == 0 and step["seconds"] > 0
+        assert step["command"].startswith(f"python benchmarks/bench_{step['step']}.py ")
+        assert step["figures"]["complete"] is True
+        assert step["figures"]["benchmark"] == f"bench_{step['step']}"
+    assert data["steps"][1]["figures"]["results"]["train"][0]["patches_per_s"] > 0
+    log = (out / "suite.log").read_text()
+    assert "== quality: ok (exit 0)" in log and "fold_hours" in log  # the scripts' own output
+    assert "2 of 2 steps ok" in proc.stdout
+
+
+def test_suite_with_no_budget_left_runs_nothing_and_says_so(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "suite.py"), "--only", "limit", "--budget", "5",
+         "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    (step,) = json.loads((tmp_path / "suite.json").read_text())["steps"]
+    assert step["status"] == "not run: budget spent" and "figures" not in step
+    assert "0 of 1 steps ok" in proc.stdout
+
+
+def test_suite_stops_a_step_and_its_children_at_the_deadline(tmp_path):
+    """A step still running at the deadline gets SIGTERM, with the processes it started."""
+    import os
+    import time
+
+    suite = _load("suite")
+    pid_file = tmp_path / "grandchild.pid"
+    child = (
+        "import subprocess, sys, time\n"
+        "p = subprocess.Popen(['sleep', '120'])\n"
+        f"open({str(pid_file)!r}, 'w').write(str(p.pid))\n"
+        "print('working', flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    t0 = time.monotonic()
+    with (tmp_path / "log").open("w") as log:
+        rc, stopped = suite._run([sys.executable, "-c", child], log, timeout=3)
+    assert stopped and rc == -15
+    assert time.monotonic() - t0 < 3 + suite.GRACE_S
+    assert "working" in (tmp_path / "log").read_text()
+    grandchild = int(pid_file.read_text())
+    for _ in range(50):  # reaped by init once killed
+        try:
+            os.kill(grandchild, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"the step's own child {grandchild} outlived the stop")
