@@ -8,6 +8,7 @@ runs), on real stores written to a temporary folder.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import socket
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import zarr
 from click.testing import CliRunner
 
@@ -140,6 +142,14 @@ def bad(tmp_path_factory, ct, model_path):
             2,
             "either --resume or --overwrite",
         ),  # fmt: skip
+        "cuda cluster without a GPU": (
+            [str(src), *m, "-o", str(d / "cuda.zarr"), "--cluster", "cuda"],
+            1,
+            # the test extra has no dask-cuda; with it, dask-cuda finds no GPU
+            "needs dask-cuda: pip install 'vstain-dask[cuda]'"
+            if importlib.util.find_spec("dask_cuda") is None
+            else "could not start a CUDA cluster",
+        ),  # fmt: skip
     }, d
 
 
@@ -149,7 +159,7 @@ CASES = [
     "foreign file as checkpoint", "bare state dict", "missing checkpoint", "output exists",
     "output inside input", "output folder missing", "step 0", "step > tile", "unknown axis",
     "unknown blend", "unknown cluster", "unreachable scheduler", "second job on output",
-    "--resume with --overwrite",
+    "--resume with --overwrite", "cuda cluster without a GPU",
 ]  # fmt: skip
 
 
@@ -157,6 +167,8 @@ CASES = [
 def test_bad_input_one_line_nonzero_nothing_lost(bad, case):
     cases, root = bad
     args, code, message = cases[case]
+    if case == "cuda cluster without a GPU" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
     before = _snapshot(root)
     result = CliRunner().invoke(main, ["stain", args[0], *STAIN, *args[1:]])  # case options last
     errors = [ln for ln in result.stderr.splitlines() if ln.startswith("error")]
