@@ -545,6 +545,15 @@ def stain(volume, model, *, config: StainConfig | None = None, chunks=None, **op
     -------
     xarray.DataArray
         (c, z, y, x) uint8 RGB(A) (or (c, y, x) for a slice), dask-backed, nothing computed yet.
+
+    Notes
+    -----
+    Made for looking at parts of a stain: computing a region computes only the blocks under
+    it. With several ``axes`` the blocks are cubes of about 256 voxels that fuse in floating
+    point with halos, whatever ``config.fusion`` says. Each cube recomputes the tiles it
+    shares with its neighbours, about 8.8× the tiles of one axis for a 1536³ volume at step
+    64. :func:`run_stain` fuses one pass per axis through 8-bit intermediates on disk, 3× the
+    tiles of one axis, so stain whole volumes with it (or ``vstain-dask stain``).
     """
     import dask
     import dask.array as da
