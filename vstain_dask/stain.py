@@ -1177,12 +1177,10 @@ def _run_stage(
     failed: dict[str, str] = {}
     tiles = 0
     timings = {"read": 0.0, "compute": 0.0, "write": 0.0}
-    first = [submit(b) for b in itertools.islice(pending, window())]
-    running = as_completed(first)
-    in_flight = len(first)
     try:
+        # `futures` holds the blocks in flight: submitted and not yet written
+        running = as_completed([submit(b) for b in itertools.islice(pending, window())])
         for fut in running:
-            in_flight -= 1
             name = futures.pop(fut)
             if fut.status == "finished":
                 result = fut.result()
@@ -1195,9 +1193,8 @@ def _run_stage(
             if bar is not None:
                 bar.update(1)
             fut.release()
-            for b in itertools.islice(pending, max(0, window() - in_flight)):
+            for b in itertools.islice(pending, max(0, window() - len(futures))):
                 running.add(submit(b))
-                in_flight += 1
     except BaseException:
         client.cancel(list(futures))
         raise
