@@ -30,9 +30,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -184,8 +187,6 @@ def main(argv: list[str] | None = None) -> int:
             _write(args, steps)  # what is done so far survives a stop of the suite itself
     _write(args, steps)
     if own_work:
-        import shutil
-
         shutil.rmtree(work, ignore_errors=True)
     print(f"suite: {sum(s['status'] == 'ok' for s in steps)} of {len(steps)} steps ok; "
           f"figures in {args.out / 'suite.json'}, log in {log_path}")  # fmt: skip
@@ -200,7 +201,6 @@ def _run(cmd: list[str], log, *, timeout: float) -> tuple[int, bool]:
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
         start_new_session=True,  # the script's own workers are stopped with it
     )  # fmt: skip
-    import threading
 
     def pump() -> None:
         assert proc.stdout is not None
@@ -244,8 +244,6 @@ def _say(log, line: str) -> None:
 
 
 def _shown(cmd: list[str]) -> str:
-    import shlex
-
     parts = [Path(cmd[1]).relative_to(HERE.parent).as_posix() if i == 1 else c
              for i, c in enumerate(cmd)]  # fmt: skip
     parts[0] = "python"
