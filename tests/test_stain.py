@@ -182,6 +182,29 @@ def test_mask_paints_outside_the_sample(client, ct, model_path, tmp_path):
     np.testing.assert_array_equal(got[:, expected_mask], plain[:, expected_mask])
 
 
+@pytest.mark.parametrize(("axes", "fusion"), [("z", "passes"), ("zy", "blocks")])
+def test_bf16_autocast_stain_stays_close_to_float32(client, ct, model_path, tmp_path, axes,
+                                                    fusion):  # fmt: skip
+    """The precision CUDA runs by default (bf16 autocast, channels-last), on the CPU workers.
+
+    One axis goes to 8-bit inside the blend (the device-side conversion); block fusion keeps
+    float predictions. Both must stay within bf16's rounding of the float32 stain.
+    """
+    src, vol = ct
+    ref = np.mean([_reference(vol, model_path, a) for a in axes], axis=0, dtype=np.float64)
+    expected = _u8(ref.astype(np.float32)).astype(int)
+    cfg = _config(axes=axes, fusion=fusion, autocast=True, channels_last=True)
+    report = stain_to_zarr(src, tmp_path / "bf16.zarr", model=model_path, config=cfg,
+                           client=client, chunks=CHUNKS, progress=False)  # fmt: skip
+    got = _stained(report.output).astype(int)
+    assert got.shape == expected.shape
+    diff = np.abs(got - expected)
+    assert diff.max() <= 3 and diff.mean() < 0.4, (diff.max(), diff.mean())
+    assert diff.any()  # bf16 really ran: a float32 run would match byte for byte
+    params = ngff.open_volume(report.output).attrs["vstain"]["parameters"]
+    assert params["autocast"] is True
+
+
 def test_lazy_api_matches_runner(client, ct, model_path, tmp_path):
     src, vol = ct
     lazy = stain(ngff.open_volume(src), model_path, config=_config(), chunks=CHUNKS)
