@@ -664,13 +664,13 @@ class _Ledger:
     def done(self) -> set[str]:
         if not self.done_dir.is_dir():
             return set()
-        return {p.name for p in self.done_dir.iterdir()}
+        return {p.name for p in self.done_dir.iterdir() if not p.name.startswith(".")}
 
     def mark(self, name: str) -> None:
+        # an empty file whose name is the record: creating it is atomic, so a kill leaves
+        # either the marker or nothing (no temporary file to be mistaken for a finished block)
         self.done_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.done_dir / f".{name}.tmp"
-        tmp.write_text("")
-        os.replace(tmp, self.done_dir / name)
+        (self.done_dir / name).touch()
 
     def acquire(self, *, fingerprint: str) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
