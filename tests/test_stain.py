@@ -281,6 +281,19 @@ def test_plan_counts_blocks_and_validates():
     assert [default_batch_size(d) for d in ("cpu", "cuda", "cuda:1")] == [8, 32, 32]
 
 
+def test_ledger_records_only_finished_blocks(tmp_path):
+    """A marker appears in one step; stray hidden files (an older version's temporaries) are
+    never read as finished blocks."""
+    from vstain_dask.stain import _Ledger
+
+    ledger = _Ledger(tmp_path / "out.zarr")
+    assert ledger.done() == set()
+    ledger.mark("block-0-0-0")
+    (ledger.done_dir / ".block-1-0-0.tmp").write_text("")
+    assert ledger.done() == {"block-0-0-0"}
+    assert sorted(p.name for p in ledger.done_dir.iterdir()) == [".block-1-0-0.tmp", "block-0-0-0"]
+
+
 def _run_cli(args, **kw):
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     return subprocess.Popen([sys.executable, "-m", "vstain_dask.cli", *args], env=env, **kw)
