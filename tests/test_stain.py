@@ -321,7 +321,9 @@ def test_cli_stain_and_resume_after_kill(ct, model_path, tmp_path):
     deadline = time.time() + 240
 
     def finished() -> int:
-        return len([m for m in done.iterdir() if not m.name.startswith(".")]) if done.is_dir() else 0
+        return (
+            len([m for m in done.iterdir() if not m.name.startswith(".")]) if done.is_dir() else 0
+        )
 
     while time.time() < deadline and finished() < 2:
         time.sleep(0.05)
