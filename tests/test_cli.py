@@ -71,3 +71,41 @@ def test_stain_fusion_option_reaches_the_engine(ct, model_path, tmp_path):
     assert r.exit_code == 2
     assert r.output.strip().splitlines()[-1].startswith("error: fusion must be one of")
     assert not (tmp_path / "x.zarr").exists()
+
+
+# Ctrl-C while zarr I/O is in flight: a coroutine that was created but never started is freed
+# after the command's last line and Python warns about it. The script reproduces that order.
+_INTERRUPTED_IO = """
+import sys
+import click
+from vstain_dask.cli._options import exit_interrupted
+
+async def read_chunk():
+    return b""
+
+def command(quiet):
+    pending = read_chunk()  # the interrupt lands before this is awaited
+    try:
+        raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        if quiet:
+            exit_interrupted("interrupted: out.zarr is incomplete")
+        click.echo("interrupted: out.zarr is incomplete", err=True)
+        sys.exit(130)
+
+command(sys.argv[1] == "quiet")
+"""
+
+
+def test_ctrl_c_message_is_the_last_line_even_with_io_cut_off():
+    def run(mode):
+        return subprocess.run([sys.executable, "-c", _INTERRUPTED_IO, mode], capture_output=True,
+                              text=True, timeout=60)  # fmt: skip
+
+    plain = run("plain")  # what the commands printed before
+    assert plain.returncode == 130
+    assert "was never awaited" in plain.stderr
+    assert not plain.stderr.strip().splitlines()[-1].startswith("interrupted")
+    quiet = run("quiet")
+    assert quiet.returncode == 130
+    assert quiet.stderr == "interrupted: out.zarr is incomplete\n"

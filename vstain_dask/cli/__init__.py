@@ -14,6 +14,7 @@ import warnings
 
 import click
 
+from vstain_dask.cli._options import silence_interrupted_io
 from vstain_dask.errors import VStainError
 
 __all__ = ["main"]
@@ -79,6 +80,7 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             if debug:
                 raise
+            silence_interrupted_io()
             click.echo("interrupted", err=True)
             ctx.exit(130)
         except OSError as exc:

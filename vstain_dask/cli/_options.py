@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import functools
 import shlex
+import sys
+import warnings
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -18,10 +20,24 @@ def command_line() -> str:
     ctx = click.get_current_context(silent=True)
     argv = None if ctx is None else ctx.meta.get("vstain_dask.argv")
     if argv is None:
-        import sys
-
         argv = sys.argv[1:]
     return shlex.join(["vstain-dask", *map(str, argv)])
+
+
+def silence_interrupted_io() -> None:
+    """After Ctrl-C: zarr's reads and writes are coroutines run from synchronous code, and one
+    the interrupt cut off before it started is reported as "never awaited" when it is freed,
+    after our message. That says nothing to the user, so it is not shown."""
+    warnings.filterwarnings(
+        "ignore", message="coroutine .* was never awaited", category=RuntimeWarning
+    )
+
+
+def exit_interrupted(message: str) -> NoReturn:
+    """End a command stopped by Ctrl-C: one line on stderr, exit status 130."""
+    silence_interrupted_io()
+    click.echo(message, err=True)
+    sys.exit(130)
 
 
 class IntTuple(click.ParamType):

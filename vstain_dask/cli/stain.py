@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
-from vstain_dask.cli._options import IntTuple, cluster_options, command_line, parse_ct_levels
+from vstain_dask.cli._options import (
+    IntTuple,
+    cluster_options,
+    command_line,
+    exit_interrupted,
+    parse_ct_levels,
+)
 
 
 @click.command()
@@ -130,11 +134,9 @@ def stain(input_path, output, model, axes, tile, step, blend, fuse, fusion, batc
             command=command_line(),
         )
     except KeyboardInterrupt:
-        click.echo(
-            f"interrupted: {target} is incomplete; rerun the same command with --resume to finish it",
-            err=True,
+        exit_interrupted(
+            f"interrupted: {target} is incomplete; rerun the same command with --resume to finish it"
         )
-        sys.exit(130)
     click.echo(
         f"wrote {report.output}: {report.blocks} blocks ({report.blocks_skipped} resumed), "
         f"{report.tiles} tiles in {report.seconds:.1f} s: {report.blocks_per_s:.2f} blocks/s, "

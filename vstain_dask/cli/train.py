@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
 
-from vstain_dask.cli._options import cluster_options, command_line
+from vstain_dask.cli._options import cluster_options, command_line, exit_interrupted
 from vstain_dask.models.config import Variant  # plain Python: no torch at --help
 
 _VARIANTS = tuple(v.value for v in Variant)
@@ -263,8 +262,7 @@ def train(
         )
         click.echo(_summary(result, variant))
     except KeyboardInterrupt:
-        click.echo(_interrupted(out_dir, all_folds=all_folds), err=True)
-        sys.exit(130)
+        exit_interrupted(_interrupted(out_dir, all_folds=all_folds))
 
 
 def _interrupted(out_dir: Path, *, all_folds: bool) -> str:
