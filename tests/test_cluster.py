@@ -47,3 +47,22 @@ def test_cluster_config_rejects_bad_values():
         match="cluster must be one of 'local', 'cuda', 'slurm' or a scheduler address, got 'pbs'",
     ):
         ClusterConfig(kind="pbs")
+
+
+def test_a_local_stain_on_cuda_gets_one_worker_unless_told_otherwise():
+    """Local workers all share one GPU: a stain on CUDA starts one of them, not one per core.
+    A size given, another kind of cluster, or a scheduler address is left as it is."""
+    from vstain_dask.stain import _local_gpu_workers
+
+    assert _local_gpu_workers(None, "cuda").workers == 1
+    assert _local_gpu_workers(ClusterConfig(dashboard=False), "cuda:1") == ClusterConfig(
+        workers=1, dashboard=False
+    )
+    assert _local_gpu_workers(None, "cpu") == ClusterConfig()
+    for given in (
+        ClusterConfig(workers=3),
+        ClusterConfig(kind="cuda"),
+        ClusterConfig(kind="slurm"),
+        ClusterConfig(scheduler="tcp://127.0.0.1:8786"),
+    ):
+        assert _local_gpu_workers(given, "cuda") == given

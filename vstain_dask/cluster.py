@@ -54,7 +54,8 @@ class ClusterConfig:
     scheduler : str, optional
         Address of a running scheduler (``tcp://host:8786``); overrides ``kind``.
     workers : int, optional
-        Local worker processes (default: one per core, at most 8) or SLURM jobs (default 1).
+        Local worker processes (default: one per core, at most 8; one when a stain runs on
+        CUDA, see ``stain.run_stain``) or SLURM jobs (default 1).
     threads_per_worker : int, optional
         Torch threads per worker (default: cores divided among workers). Local workers run as
         many dask threads, at least 2 (CUDA workers: the cores divided among GPUs): one task

@@ -1378,6 +1378,26 @@ def resolve_ct_levels(source, model, ct_levels) -> tuple[float, float] | None:
     return (float(bone), float(background))
 
 
+def _local_gpu_workers(cluster, device: str | None):
+    """The cluster to stain on: a local cluster whose size was not given gets one worker when
+    the model runs on CUDA.
+
+    Local workers all see the same GPU, so one worker per core (the CPU default) would put up
+    to 8 processes, each with its own copy of the model and its own CUDA context, on one GPU.
+    One worker keeps the GPU busy by itself (its other threads read and write); several GPUs
+    need ``--cluster cuda``, which gives each worker its own.
+    """
+    from vstain_dask.cluster import ClusterConfig, ClusterKind
+
+    cluster = cluster or ClusterConfig()
+    if cluster.kind is not ClusterKind.LOCAL or cluster.scheduler or cluster.workers is not None:
+        return cluster
+    import torch
+
+    on_cuda = torch.device(device).type == "cuda" if device else torch.cuda.is_available()
+    return dataclasses.replace(cluster, workers=1) if on_cuda else cluster
+
+
 def run_stain(
     source: str | os.PathLike,
     output: str | os.PathLike | None = None,
@@ -1396,7 +1416,8 @@ def run_stain(
     model : path, optional
         Default: the bundled model (trained on synthetic phantoms).
     cluster : ClusterConfig, optional
-        Default: a local cluster sized to the machine.
+        Default: a local cluster sized to the machine: one worker per core (at most 8) on the
+        CPU, one worker when the model runs on CUDA (``--cluster cuda`` for several GPUs).
     ct_levels : "auto", "none" or (bone, background)
         See :func:`resolve_ct_levels`.
     on_start : callable, optional
@@ -1420,7 +1441,7 @@ def run_stain(
     levels = resolve_ct_levels(source, model, ct_levels)
     if levels != config.ct_levels:
         config = dataclasses.replace(config, ct_levels=levels)
-    with connect(cluster) as client:
+    with connect(_local_gpu_workers(cluster, config.device)) as client:
         if on_start is not None:
             on_start(client)
         try:
