@@ -6,6 +6,9 @@ Steps, in this order (``--only``/``--skip`` take comma-separated names):
 - ``tests``: ``pytest -m gpu`` (CUDA stain against the CPU stain, bf16 training, dask-cuda);
 - ``ceilings``: a bf16 matmul (8192³), a device-to-device copy, and the bare paper generator
   on a batch of tiles (no tiling, blending or I/O);
+- ``profile``: where the generator's time goes: the bare paper generator in several forms
+  (memory format, cuDNN autotuning, instance norm kept channels-last, ``torch.compile``) and the
+  CUDA kernels of one forward pass by total time (``torch.profiler``);
 - ``input``: the volumes: a 64 × 1536² phantom slab written by the phantom generator, repeated
   24 times along z into a 1536³ OME-Zarr (and 4 times into a 256 × 1536² slab) with the same
   chunks (64 × 256 × 256) and codec, so reading costs what a phantom of that size costs; and a
@@ -56,6 +59,7 @@ STEPS: dict[str, tuple[float, float]] = {
     "env": (30, 30),
     "tests": (170, 240),
     "ceilings": (45, 60),
+    "profile": (120, 90),
     "input": (100, 60),
     "fast-z": (110, 90),
     "paper-slab": (110, 90),
@@ -287,6 +291,8 @@ def _headline(name: str, f: dict | None) -> str:
         )
     if name == "sweeps":
         return ", ".join(f"{r['what']} {_n(r.get('tiles_per_s'))}" for r in f.get("rows", []))
+    if name == "profile":
+        return "; ".join(f"{r['variant']} {_n(r['tiles_per_s'])}" for r in f.get("rows", []))
     if name == "input":
         return ", ".join(f"{k} {_n(v)} s" for k, v in f.get("seconds", {}).items())
     if name == "env":
@@ -648,6 +654,111 @@ def step_ceilings(ctx: Ctx) -> int:
     ctx.save(generator={**rows[0], "gflop_per_tile": flops / 1e9, "model": ctx.model_name},
              generator_batches=rows)  # fmt: skip
     return 0
+
+
+# -- profile ------------------------------------------------------------------------------------
+
+
+class ChannelsLastInstanceNorm:
+    """Instance norm (no affine, no running stats) as one fused reduction that keeps the input's
+    memory format: ``torch.nn.functional.instance_norm`` makes a contiguous copy of a
+    channels-last input and returns NCHW, so every layer after it converts back."""
+
+    @staticmethod
+    def swap(module):
+        import torch
+
+        class _Norm(torch.nn.Module):
+            def __init__(self, eps: float) -> None:
+                super().__init__()
+                self.eps = eps
+
+            def forward(self, x):
+                x32 = x.float()
+                var, mean = torch.var_mean(x32, dim=(2, 3), keepdim=True, correction=0)
+                return ((x32 - mean) * torch.rsqrt(var + self.eps)).to(x.dtype)
+
+        for name, child in module.named_children():
+            if isinstance(child, torch.nn.InstanceNorm2d):
+                setattr(module, name, _Norm(child.eps))
+            else:
+                ChannelsLastInstanceNorm.swap(child)
+        return module
+
+
+def step_profile(ctx: Ctx) -> int:
+    import copy
+
+    import _common as C
+    import torch
+
+    from vstain_dask.models import load_model
+
+    cuda = ctx.cuda
+    dev = torch.device(ctx.device)
+    model = load_model(ctx.model(), device=ctx.device)
+    flops = C.tile_flops(model.config)
+    batch = 2 if ctx.small else 32
+    x = torch.rand(batch, 1, TILE, TILE, device=dev) * 40000
+    rows = []
+
+    def variant(name, gen, *, fmt, benchmark=False, autocast=True, compile_=False):
+        torch.backends.cudnn.benchmark = benchmark
+        gen = gen.to(memory_format=fmt)
+        t = x.contiguous(memory_format=fmt)
+        net = torch.compile(gen) if compile_ else gen
+
+        def forward():
+            with (
+                torch.inference_mode(),
+                torch.autocast(dev.type, torch.bfloat16, enabled=autocast and cuda),
+            ):
+                net(model.to_input(t))  # fmt: skip
+
+        t0 = time.perf_counter()
+        forward()
+        first = time.perf_counter() - t0
+        s = _timed(forward, repeats=3 if ctx.small else 10, warmup=1 if ctx.small else 3,
+                   cuda=cuda)  # fmt: skip
+        rows.append({"variant": name, "tiles_per_s": batch / s, "ms_per_batch": 1e3 * s,
+                     "tflops": batch * flops / s / 1e12, "first_call_s": first})  # fmt: skip
+        ctx.save(batch=batch, rows=rows)
+        print(f"{name}: {batch / s:,.0f} tiles/s ({1e3 * s:.1f} ms per batch of {batch}, "
+              f"{batch * flops / s / 1e12:.1f} TFLOP/s; first call {first:.1f} s)", flush=True)  # fmt: skip
+        return net, forward
+
+    cl, nchw = torch.channels_last, torch.contiguous_format
+    base = model.generator
+    _, fwd = variant("as the stain runs it (channels-last, bf16 autocast)", base, fmt=cl)
+    ctx.save(kernels=_kernels(fwd, cuda))
+    variant("+ cudnn.benchmark", base, fmt=cl, benchmark=True)
+    variant("NCHW, bf16 autocast", base, fmt=nchw)
+    swapped = ChannelsLastInstanceNorm.swap(copy.deepcopy(base))
+    _, fwd = variant("channels-last instance norm", swapped, fmt=cl)
+    ctx.save(kernels_channels_last_norm=_kernels(fwd, cuda))
+    variant("channels-last instance norm + cudnn.benchmark", swapped, fmt=cl, benchmark=True)
+    variant("torch.compile (inductor)", base, fmt=cl, compile_=cuda)
+    return 0
+
+
+def _kernels(forward, cuda: bool, top: int = 15) -> list[dict]:
+    """The operators of one forward pass by total device (or CPU) time."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=acts) as prof:
+        forward()
+        if cuda:
+            torch.cuda.synchronize()
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, key, 0), reverse=True)
+    total = sum(getattr(e, key, 0) for e in events) or 1
+    rows = [{"op": e.key, "calls": e.count, "ms": getattr(e, key, 0) / 1e3,
+             "share": getattr(e, key, 0) / total} for e in events[:top]]  # fmt: skip
+    for r in rows:
+        print(f"  {100 * r['share']:5.1f} %  {r['ms']:8.2f} ms  {r['calls']:5d}×  {r['op'][:90]}")
+    return rows
 
 
 # -- input --------------------------------------------------------------------------------------
