@@ -68,7 +68,12 @@ from vstain_dask.cli._options import (
 @click.option("--workers", type=int, help="Local worker processes, or SLURM jobs.")
 @click.option("--device", help="Torch device [cuda if present, else cpu].")
 @click.option("--autocast/--no-autocast", default=None, help="bf16 autocast [on for CUDA].")
-@click.option("--compile", "compile_", is_flag=True, help="torch.compile the generator.")
+@click.option(
+    "--compile/--no-compile",
+    "compile_",
+    default=None,
+    help="torch.compile the generator [on for CUDA, off for the CPU].",
+)
 @click.option("--retries", default=2, show_default=True, help="Retries per failed block.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 def stain(input_path, output, model, axes, tile, step, blend, fuse, fusion, batch_size,
