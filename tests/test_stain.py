@@ -400,3 +400,35 @@ def test_blocks_in_flight_per_worker_are_bounded_whatever_the_threads(ct, model_
     held = _blocks_in_flight(ts.data)
     assert 2 <= held <= 3, f"{held} blocks held at once"
     np.testing.assert_array_equal(_stained(report.output), _u8(_reference(vol, model_path, "z")))
+
+
+def test_default_compile_falls_back_to_the_eager_generator_once(recwarn):
+    """On CUDA the generator is compiled by default; where compiling fails (no C compiler for
+    Triton, say) the stain goes on with the eager generator, says so once, and never retries."""
+    import torch
+
+    from vstain_dask.stain import _CompiledOrEager
+
+    calls = []
+
+    def broken(x):
+        calls.append("compiled")
+        raise RuntimeError("Failed to find C compiler. Please specify via CC environment variable.")
+
+    net = torch.nn.Conv2d(1, 3, 1)
+    wrapped = _CompiledOrEager(net, broken)
+    x = torch.ones(2, 1, 4, 4)
+    with torch.inference_mode():
+        for _ in range(3):
+            assert torch.equal(wrapped(x), net(x))
+    assert calls == ["compiled"]
+    (w,) = [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+    assert str(w.message).startswith(
+        "torch.compile failed (RuntimeError: Failed to find C compiler"
+    )
+    assert "eager generator" in str(w.message) and "--no-compile" in str(w.message)
+    # a working compiled callable is used from then on
+    ok = _CompiledOrEager(net, lambda t: net(t) + 1)
+    with torch.inference_mode():
+        assert torch.equal(ok(x), net(x) + 1) and torch.equal(ok(x), net(x) + 1)
+    assert ok.failed is None

@@ -22,7 +22,9 @@ import logging
 import math
 import os
 import socket
+import threading
 import time
+import warnings
 from collections.abc import Sequence
 from enum import StrEnum
 from pathlib import Path
@@ -395,8 +397,10 @@ def stain_block(
 
     generator = model.generator
     device = next(generator.parameters()).device
-    if config.compile if config.compile is not None else device.type == "cuda":
+    if config.compile:
         generator = _compiled(generator)
+    elif config.compile is None and device.type == "cuda":
+        generator = _compiled_or_eager(generator)
 
     def predict(t: torch.Tensor) -> torch.Tensor:
         return generator(model.to_input(t))
@@ -483,6 +487,52 @@ def _compiled(generator):
     if key not in _COMPILED:
         _COMPILED[key] = torch.compile(generator)
     return _COMPILED[key]
+
+
+class _CompiledOrEager:
+    """The compiled generator, or the eager one for good if compiling fails: the default on
+    CUDA, where a node without what the compiler needs (a C compiler for Triton, say) should
+    stain at the eager speed rather than not at all. Only the first call can fail to compile
+    (the batch shape never changes within a job); an error that is not the compiler's is
+    raised again by the eager call."""
+
+    def __init__(self, generator, compiled) -> None:
+        self.generator = generator
+        self.compiled = compiled
+        self.failed: str | None = None
+        self._lock = threading.Lock()
+        self._checked = False
+
+    def __call__(self, x):
+        if self._checked:
+            return self.generator(x) if self.failed else self.compiled(x)
+        with self._lock:
+            if not self._checked:
+                try:
+                    y = self.compiled(x)
+                except Exception as e:
+                    first = (str(e).splitlines() or [""])[0][:300]
+                    self.failed = f"{type(e).__name__}: {first}"
+                    warnings.warn(
+                        f"torch.compile failed ({self.failed}); staining with the eager "
+                        "generator, about 3x slower on a GPU (--no-compile skips the attempt)",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
+                    y = self.generator(x)
+                self._checked = True
+                return y
+        return self(x)
+
+
+_COMPILED_OR_EAGER: dict[int, _CompiledOrEager] = {}
+
+
+def _compiled_or_eager(generator) -> _CompiledOrEager:
+    key = id(generator)
+    if key not in _COMPILED_OR_EAGER:
+        _COMPILED_OR_EAGER[key] = _CompiledOrEager(generator, _compiled(generator))
+    return _COMPILED_OR_EAGER[key]
 
 
 # -- the lazy result ---------------------------------------------------------------------------

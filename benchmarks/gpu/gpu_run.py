@@ -61,7 +61,7 @@ STEPS: dict[str, tuple[float, float]] = {
     "ceilings": (45, 60),
     "profile": (120, 90),
     "input": (100, 60),
-    "fast-z": (110, 90),
+    "fast-z": (150, 90),
     "paper-slab": (110, 90),
     "fusion": (100, 90),
     "monai": (60, 90),
@@ -820,6 +820,53 @@ SETTINGS = {
 }
 
 
+class BlockClock:
+    """When each block of a stain finished: the job's ledger of finished blocks, read every
+    ``interval`` seconds in a thread (the ledger goes when the job completes). Saved as the
+    step's ``progress`` as it goes, so a stain stopped at its time limit still says how far it
+    got and at what rate."""
+
+    def __init__(self, ctx: Ctx, output: Path, label: str, interval: float = 0.5) -> None:
+        from vstain_dask.stain import _Ledger
+
+        self.ledger = _Ledger(output)
+        self.ctx, self.label, self.interval = ctx, label, interval
+        self.t0 = time.perf_counter()
+        self.done_at: list[float] = []  # seconds after t0 at which the 1st, 2nd, ... block was seen
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        last_save = 0.0
+        while not self._stop.wait(self.interval):
+            n = len(self.ledger.done())
+            now = time.perf_counter() - self.t0
+            self.done_at += [now] * max(0, n - len(self.done_at))
+            if now - last_save > 5:
+                progress = dict(self.ctx.figures.get("progress", {}))
+                progress[self.label] = {"seconds": round(now, 1), "blocks_done_at": self.done_at}
+                self.ctx.save(progress=progress)
+                last_save = now
+
+    def phases(self, end: float, blocks: int) -> dict:
+        """First block (start-up, compilation), the steady blocks, and the rest (the pyramid,
+        marking complete), in seconds since the stain began."""
+        t = self.done_at[:blocks]
+        if not t:
+            return {}
+        steady = (len(t) - 1) / (t[-1] - t[0]) if len(t) > 1 and t[-1] > t[0] else None
+        return {"first_block_s": t[0], "last_block_s": t[-1], "after_last_block_s": end - t[-1],
+                "steady_blocks_per_s": steady, "blocks_done_at": t}  # fmt: skip
+
+
 def _stain(ctx: Ctx, source: Path, setting: str, axes: str, *, client=None, **config) -> dict:
     """One stain, OME-Zarr to OME-Zarr with the pyramid, as ``run_stain`` runs it (the product's
     default cluster for the device, started here unless ``client`` is given); its figures."""
@@ -841,13 +888,24 @@ def _stain(ctx: Ctx, source: Path, setting: str, axes: str, *, client=None, **co
             cluster = _local_gpu_workers(ClusterConfig(dashboard=False), ctx.device)
             client = stack.enter_context(connect(cluster))
         workers = len(client.scheduler_info(n_workers=-1)["workers"])
+        ctx.save(cluster_start_s=time.perf_counter() - t_start)
         gpu = stack.enter_context(GpuSampler())
+        clock = stack.enter_context(BlockClock(ctx, out, f"{setting}-{axes}"))
         t0 = time.perf_counter()
         report = stain_to_zarr(source, out, model=model, config=cfg, client=client,
                                overwrite=True, progress=False)  # fmt: skip
         t1 = time.perf_counter()
     peak = ctx.peak_tflops()
     achieved = report.tiles * flops / report.seconds / 1e12
+    phases = clock.phases(t1 - clock.t0, report.blocks)
+    if phases:  # GPU busy in each phase: where it waits
+        for name, a, b in (("first_block", 0, phases["first_block_s"]),
+                           ("steady", phases["first_block_s"], phases["last_block_s"]),
+                           ("after_last_block", phases["last_block_s"], t1 - clock.t0)):  # fmt: skip
+            phases[f"gpu_busy_{name}"] = gpu.busy(clock.t0 + a, clock.t0 + b)
+        if phases["steady_blocks_per_s"]:
+            tiles_per_block = report.tiles / report.blocks
+            phases["steady_tiles_per_s"] = phases["steady_blocks_per_s"] * tiles_per_block
     fig = {
         "setting": setting, "axes": axes, "shape": list(_shape(source)),
         "config": cfg.to_dict(), "workers": workers, "cluster_start_s": t0 - t_start,
@@ -857,12 +915,12 @@ def _stain(ctx: Ctx, source: Path, setting: str, axes: str, *, client=None, **co
         "tflops": achieved, "peak_tflops": peak,
         "peak_fraction": achieved / peak if peak else None,
         "gpu_busy": gpu.busy(t0, t1), "gpu_memory_peak_gib": gpu.peak_memory_gib(),
-        "output_gib": _du(out) / 2**30,
+        "output_gib": _du(out) / 2**30, "phases": phases,
     }  # fmt: skip
     print(f"{setting}-{axes} {fig['shape']}: {report.seconds:.1f} s ({t1 - t_start:.1f} s with "
           f"the cluster's start), {report.tiles} tiles, {report.tiles_per_s:,.0f} tiles/s, "
           f"{achieved:.1f} TFLOP/s, GPU busy {_pct(fig['gpu_busy'])}, {workers} worker(s), "
-          f"task-s {report.timings}", flush=True)  # fmt: skip
+          f"task-s {report.timings}; phases {phases}", flush=True)  # fmt: skip
     fig["output"] = str(out)
     return fig
 
@@ -885,11 +943,23 @@ def step_paper_slab(ctx: Ctx) -> int:
 
     fig = _stain(ctx, ctx.path("paper.ome.zarr"), "paper", "z")
     full = (ctx.side,) * 3
-    scale = count_tiles(full, tile=TILE, step=64, axes="z") / fig["tiles"]
-    ctx.save(**fig, tiles_1536=count_tiles(full, tile=TILE, step=64, axes="z"),
-             est_1536_s=fig["stain_s"] * scale,
-             extrapolation="stain seconds × tiles of the full cube / tiles of this slab")  # fmt: skip
-    print(f"paper setting, 1536³ one axis: {ctx.figures['est_1536_s']:.0f} s estimated", flush=True)
+    tiles_full = count_tiles(full, tile=TILE, step=64, axes="z")
+    scale = tiles_full / fig["tiles"]
+    ph = fig["phases"]
+    # the first block carries the fixed costs (model load, compilation); the steady rate
+    # carries the rest, and what follows the last block (the pyramid) grows with the volume
+    est_steady = None
+    if ph.get("steady_tiles_per_s"):
+        tiles_first = fig["tiles"] / fig["blocks"]
+        est_steady = (ph["first_block_s"] + (tiles_full - tiles_first) / ph["steady_tiles_per_s"]
+                      + ph["after_last_block_s"] * scale)  # fmt: skip
+    ctx.save(**fig, tiles_1536=tiles_full, est_1536_s=est_steady or fig["stain_s"] * scale,
+             est_1536_s_proportional=fig["stain_s"] * scale, est_1536_s_steady=est_steady,
+             extrapolation="first block + remaining tiles at the steady rate between the first "
+             "and the last block + the time after the last block scaled by the tile ratio "
+             "(proportional: stain seconds × tile ratio, fixed costs scaled too)")  # fmt: skip
+    print(f"paper setting, 1536³ one axis: {ctx.figures['est_1536_s']:.0f} s estimated "
+          f"({fig['stain_s'] * scale:.0f} s proportionally)", flush=True)  # fmt: skip
     shutil.rmtree(fig["output"], ignore_errors=True)
     return 0
 
