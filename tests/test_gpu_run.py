@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 GPU = ROOT / "benchmarks" / "gpu"
-STEPS = ["env", "tests", "ceilings", "input", "fast-z", "paper-slab", "fusion", "monai", "train",
+STEPS = ["env", "tests", "ceilings", "profile", "input", "fast-z", "paper-slab", "fusion", "monai", "train",
          "sweeps"]  # fmt: skip
 
 
