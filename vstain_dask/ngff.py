@@ -369,6 +369,40 @@ def level_array(path: str | os.PathLike, *, level: int = 0) -> zarr.Array:
     return ms.levels[int(level)].array
 
 
+_METADATA_FILES = ("zarr.json", ".zarray", ".zattrs", ".zgroup")
+
+
+def content_identity(path: str | os.PathLike) -> str:
+    """A cheap identity of what a volume holds, to tell whether it changed between two runs.
+
+    A hash of the store's metadata documents (the group's and the full-resolution level's) and
+    of the name, size and modification time of every stored chunk (or shard) file of the full
+    resolution level. Reading nothing but metadata and one directory listing, it changes when
+    the volume is rewritten or replaced, even with the same shape, and stays the same while the
+    files are only read.
+    """
+    import hashlib
+
+    ms = _read_multiscale(path)
+    h = hashlib.sha256()
+    for name in _METADATA_FILES:
+        f = ms.path / name
+        if f.is_file():
+            h.update(f"{name}\0".encode() + f.read_bytes() + b"\0")
+    level_dir = ms.path / ms.levels[0].path if ms.levels[0].path else ms.path
+    for root, dirs, files in os.walk(level_dir):
+        dirs.sort()
+        for name in sorted(files):
+            f = Path(root) / name
+            rel = f.relative_to(level_dir).as_posix()
+            if name in _METADATA_FILES:
+                h.update(f"{rel}\0".encode() + f.read_bytes() + b"\0")
+            else:
+                st = f.stat()
+                h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+    return h.hexdigest()[:32]
+
+
 def open_volume(path: str | os.PathLike, *, level: int = 0) -> xr.DataArray:
     """Open one level of an OME-Zarr image (NGFF 0.4 or 0.5) lazily.
 

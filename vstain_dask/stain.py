@@ -24,6 +24,7 @@ import os
 import socket
 import threading
 import time
+import uuid
 import warnings
 from collections.abc import Sequence
 from enum import StrEnum
@@ -72,6 +73,8 @@ _PLANES_PER_CALL = 16
 #: being written (``_run_stage`` submits the next block when one is written)
 BLOCKS_IN_FLIGHT_PER_WORKER = 3
 _LOCK = "lock.json"
+#: in the ledger: the identity of the output the finished-block records belong to
+_JOB = "job"
 
 
 class Axis(StrEnum):
@@ -722,6 +725,41 @@ class _Ledger:
             return set()
         return {p.name for p in self.done_dir.iterdir() if not p.name.startswith(".")}
 
+    def job(self) -> str | None:
+        """The job (the output's identity) the finished-block records belong to."""
+        try:
+            return (self.root / _JOB).read_text().strip() or None
+        except OSError:
+            return None
+
+    def bind(self, job: str, output: Path) -> None:
+        """Make ``job`` the owner of the records: any record of another job, or of none, is
+        discarded first (with a warning), so no record ever counts for an output it was not
+        written into."""
+        import shutil
+
+        stale = self.done()
+        stale_passes = sorted(self.root.glob("axis-*.zarr"))
+        if self.job() != job and (stale or stale_passes):
+            why = (
+                f"{output} no longer exists"
+                if not output.exists()
+                else f"they were not written into {output}"
+            )
+            warnings.warn(
+                f"discarded {len(stale)} finished-block record(s) in {self.done_dir}: {why}; "
+                "every block is stained again",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            shutil.rmtree(self.done_dir, ignore_errors=True)
+            for p in stale_passes:
+                shutil.rmtree(p, ignore_errors=True)
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / f".{_JOB}.{os.getpid()}.tmp"
+        tmp.write_text(job + "\n")
+        tmp.replace(self.root / _JOB)
+
     def mark(self, name: str) -> None:
         # an empty file whose name is the record: creating it is atomic, so a kill leaves
         # either the marker or nothing (no temporary file to be mistaken for a finished block)
@@ -766,6 +804,7 @@ class _Ledger:
         shutil.rmtree(self.done_dir, ignore_errors=True)
         for p in self.root.glob("axis-*.zarr"):
             shutil.rmtree(p, ignore_errors=True)
+        (self.root / _JOB).unlink(missing_ok=True)
         self.release()
         try:
             self.root.rmdir()
@@ -992,15 +1031,11 @@ def stain_to_zarr(
     vol_shape = (1, *vol.shape) if two_d else tuple(int(s) for s in vol.shape)
 
     model_path, model_sha = _model_ref(model)
-    if chunks is None:
-        chunks = (min(64, vol_shape[0]), min(256, vol_shape[1]), min(256, vol_shape[2]))
-    chunks = tuple(int(c) for c in chunks)
-    if two_d:
-        chunks = (1, *chunks[-2:])
+    chunks = _output_chunks(vol_shape, chunks, two_d=two_d)
     stages = _stages(vol_shape, chunks, config)
     n_blocks = sum(len(b) for _, _, b in stages)
-    fingerprint = _fingerprint(
-        str(src_res), vol_shape, chunks, model_sha, config.to_dict(), ngff_version
+    identity, fingerprint = _job_fingerprint(
+        source, vol_shape, chunks, model_sha, config, ngff_version
     )
 
     ledger = _Ledger(output)
@@ -1010,19 +1045,24 @@ def stain_to_zarr(
             shutil.rmtree(output)
             ledger.remove()
             ledger.acquire(fingerprint=fingerprint)
-        elif output.exists():
+        job = None
+        if output.exists():
             prov = _read_provenance(output)
             if prov.get("fingerprint") != fingerprint:
-                raise OutputExistsError(
-                    f"{output} was started with other inputs or parameters; --resume needs the "
-                    "same input, model and options (or use --overwrite)"
-                )
+                raise OutputExistsError(_resume_mismatch(output, prov, source, src_res, identity))
             if prov.get("complete"):
                 ledger.remove()
                 return StainReport(
                     output=output, blocks=n_blocks, blocks_skipped=n_blocks, tiles=0,
                     voxels=int(np.prod(vol_shape)), seconds=0.0, dashboard=None,
                 )  # fmt: skip
+            job = prov.get("job")
+        if job is None:  # a new output (or one from a version that had no job identity)
+            job = uuid.uuid4().hex
+            if output.exists():
+                _set_provenance(output, job=job)
+        # the records beside the output count only if they were written into this output
+        ledger.bind(job, output)
         return _create_and_run(
             output, ledger=ledger, stages=stages, vol=vol, vol_shape=vol_shape, two_d=two_d,
             chunks=chunks, config=config, ngff_version=ngff_version, client=client,
@@ -1030,10 +1070,12 @@ def stain_to_zarr(
             progress=progress, provenance={
                 "software": {"name": "vstain-dask", "version": __version__},
                 "model": {"path": model_path, "sha256": model_sha},
-                "input": {"path": str(src_res), "shape": list(vol.shape), "dtype": str(vol.dtype)},
+                "input": {"path": str(src_res), "shape": list(vol.shape), "dtype": str(vol.dtype),
+                          "identity": identity},
                 "parameters": config.to_dict(),
                 "chunks": list(chunks),
                 "fingerprint": fingerprint,
+                "job": job,
                 "command": command,
                 "complete": False,
             },
@@ -1124,6 +1166,71 @@ def _write_mask(source, output: Path, ledger: _Ledger, *, config: StainConfig, t
     ngff.write_labels(output, "sample", mask[0] if two_d else mask, overwrite=True)
     ledger.mark("mask")
     return str(path)
+
+
+def _output_chunks(vol_shape, chunks, *, two_d: bool) -> tuple[int, int, int]:
+    if chunks is None:
+        chunks = (min(64, vol_shape[0]), min(256, vol_shape[1]), min(256, vol_shape[2]))
+    chunks = tuple(int(c) for c in chunks)
+    return (1, *chunks[-2:]) if two_d else chunks
+
+
+def _job_fingerprint(source: Path, vol_shape, chunks, model_sha: str, config, ngff_version):
+    """(content identity of the input, fingerprint of everything that defines the output)."""
+    from vstain_dask import ngff
+
+    identity = ngff.content_identity(source)  # what the input holds, not only where it is
+    fingerprint = _fingerprint(
+        str(source.resolve()), identity, vol_shape, chunks, model_sha, config.to_dict(),
+        ngff_version,
+    )  # fmt: skip
+    return identity, fingerprint
+
+
+def check_resume(source, output, *, model, config: StainConfig, chunks=None,
+                 ngff_version: str = "0.5") -> None:  # fmt: skip
+    """Refuse, before any work, a resume of ``output`` with other inputs than it was started
+    with (the checks :func:`stain_to_zarr` makes again under the job's lock)."""
+    source, vol, output = check_inputs(source, output, resume=True, overwrite=False)
+    if not output.exists():
+        return
+    two_d = vol.ndim == 2
+    vol_shape = (1, *vol.shape) if two_d else tuple(int(s) for s in vol.shape)
+    chunks = _output_chunks(vol_shape, chunks, two_d=two_d)
+    _, model_sha = _model_ref(model)
+    identity, fingerprint = _job_fingerprint(
+        source, vol_shape, chunks, model_sha, config, ngff_version
+    )
+    prov = _read_provenance(output)
+    if prov.get("fingerprint") != fingerprint:
+        raise OutputExistsError(_resume_mismatch(output, prov, source, source.resolve(), identity))
+
+
+def _resume_mismatch(output: Path, prov: dict, source, src_res: Path, identity: str) -> str:
+    """Why an existing output cannot be resumed with these inputs, in one line."""
+    if not prov.get("fingerprint"):
+        return (
+            f"{output} exists but is not a stain written by vstain-dask, so there is nothing to "
+            "resume; choose another -o, or --overwrite to replace it"
+        )
+    was = prov.get("input") or {}
+    if was.get("path") == str(src_res) and was.get("identity") not in (None, identity):
+        return (
+            f"the input {source} changed since the stain into {output} started (same path, "
+            "other content); --resume needs the input it started from, or use --overwrite to "
+            "start again"
+        )
+    return (
+        f"{output} was started with other inputs or parameters; --resume needs the same input, "
+        "model and options (or use --overwrite)"
+    )
+
+
+def _set_provenance(output: Path, **values) -> None:
+    import zarr
+
+    group = zarr.open_group(store=str(output), mode="r+")
+    group.attrs["vstain"] = {**dict(group.attrs.get("vstain") or {}), **values}
 
 
 def _read_provenance(output: Path) -> dict:
@@ -1497,6 +1604,9 @@ def run_stain(
     levels = resolve_ct_levels(source, model, ct_levels)
     if levels != config.ct_levels:
         config = dataclasses.replace(config, ct_levels=levels)
+    if options.get("resume") and not options.get("overwrite"):
+        check_resume(source, output, model=model, config=config, chunks=options.get("chunks"),
+                     ngff_version=options.get("ngff_version", "0.5"))  # fmt: skip
     with connect(_local_gpu_workers(cluster, config.device)) as client:
         if on_start is not None:
             on_start(client)
