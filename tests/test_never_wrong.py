@@ -49,16 +49,21 @@ def _kill_after(args, out, n_blocks: int) -> int:
 
 
 def _stained(path):
-    return np.asarray(ngff.level_array(path)[...])
+    return np.asarray(ngff.level_array(path, allow_incomplete=True)[...])
 
 
 @pytest.fixture(scope="module")
-def clean(ct, model_path, tmp_path_factory):
+def clean_store(ct, model_path, tmp_path_factory):
     src, _ = ct
     out = tmp_path_factory.mktemp("clean") / "clean.zarr"
     r = _cli(*_args(src, model_path), "-o", str(out))
     assert r.returncode == 0, r.stderr
-    return _stained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def clean(clean_store):
+    return _stained(clean_store)
 
 
 def test_records_of_a_deleted_output_never_count(ct, model_path, clean, tmp_path):
@@ -125,3 +130,63 @@ def test_resume_into_a_folder_that_is_not_a_stain_says_so(ct, model_path, tmp_pa
     assert r.returncode == 2
     assert "is not a stain written by vstain-dask, so there is nothing to resume" in r.stderr
     np.testing.assert_array_equal(_stained(other), vol)
+
+
+def test_a_failed_import_leaves_a_store_that_every_command_refuses(model_path, tmp_path):
+    """A folder of TIFF slices with one truncated: the import fails in one line, and the store
+    it had started is refused by info, stain and preview, each saying how to redo it."""
+    import tifffile
+
+    slices = tmp_path / "slices"
+    slices.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        tifffile.imwrite(slices / f"s{i}.tif", rng.integers(0, 4000, (32, 32), dtype=np.uint16))
+    broken = slices / "s2.tif"
+    broken.write_bytes(broken.read_bytes()[:300])
+    out = tmp_path / "ct.ome.zarr"
+    r = _cli("import", str(slices), str(out), "--voxel-size", "5")
+    assert r.returncode == 2 and r.stderr.startswith(f"error: {broken} ended early")
+    assert out.exists()  # what was started stays, for inspection, but marked incomplete
+    redo = (f"is incomplete: its import from {slices} did not finish; run the `vstain-dask "
+            "import` command again with --overwrite")  # fmt: skip
+    info = _cli("info", str(out))
+    assert info.returncode == 2
+    assert info.stdout.startswith(f"INCOMPLETE:  its import from {slices} did not finish")
+    assert info.stderr.strip() == f"error: {out} {redo}"
+    stain = _cli("stain", str(out), "--model", str(model_path), "-o", str(tmp_path / "s.zarr"))
+    assert stain.returncode == 2 and stain.stderr.strip() == f"error: {out} {redo}"
+    assert not (tmp_path / "s.zarr").exists()
+    # fixed input, --overwrite: a complete volume
+    tifffile.imwrite(broken, rng.integers(0, 4000, (32, 32), dtype=np.uint16))
+    r = _cli("import", str(slices), str(out), "--voxel-size", "5", "--overwrite")
+    assert r.returncode == 0, r.stderr
+    assert _cli("info", str(out)).returncode == 0
+
+
+def test_preview_and_seams_refuse_an_unfinished_stain(ct, model_path, tmp_path):
+    src, _ = ct
+    out = tmp_path / "out.zarr"
+    _kill_after(_args(src, model_path), out, 2)
+    redo = f"error: {out} is incomplete: its stain did not finish; run the same `vstain-dask " \
+           "stain` command with --resume to finish it"  # fmt: skip
+    png = tmp_path / "views.png"
+    r = _cli("preview", str(out), "-o", str(png))
+    assert r.returncode == 2 and r.stderr.strip() == redo
+    assert not png.exists()
+    r = _cli("seams", str(out))
+    assert r.returncode == 2 and r.stderr.strip() == redo
+
+
+def test_preview_never_overwrites_a_png_unless_asked(clean_store, tmp_path):
+    png = tmp_path / "views.png"
+    png.write_bytes(b"not to be lost")
+    r = _cli("preview", str(clean_store), "-o", str(png))
+    assert r.returncode == 2
+    assert (
+        r.stderr.strip() == f"error: {png} exists; use --overwrite to replace it, or -o another PNG"
+    )
+    assert png.read_bytes() == b"not to be lost"
+    r = _cli("preview", str(clean_store), "-o", str(png), "--overwrite")
+    assert r.returncode == 0, r.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -103,7 +103,8 @@ def test_round_trip_values_chunks_scale_units_coords(tmp_path, volume, version, 
     assert vol.attrs["translation"] == {"z": 10.0, "y": -3.0, "x": 0.0}
     assert vol.attrs["n_levels"] == 2 and vol.attrs["level"] == 0
     assert vol.attrs["channels"] is None
-    assert vol.attrs["vstain"] == {"model_sha256": "abc", "params": {"step": 64}}
+    # given attributes, and the completeness every volume written here records
+    assert vol.attrs["vstain"] == {"model_sha256": "abc", "params": {"step": 64}, "complete": True}
     np.testing.assert_allclose(vol.coords["z"], np.arange(10) * 2.5 + 10.0)
     np.testing.assert_allclose(vol.coords["y"], np.arange(14) * 1.0 - 3.0)
     np.testing.assert_allclose(vol.coords["x"], np.arange(12) * 0.5)
@@ -119,7 +120,7 @@ def test_round_trip_values_chunks_scale_units_coords(tmp_path, volume, version, 
 def test_provenance_under_vstain_key_and_units_alias(tmp_path, volume):
     out = write_volume(volume, tmp_path / "v.zarr", scale=5, units="um", attrs={"a": [1, 2]})
     attrs = zarr.open_group(out, mode="r").attrs.asdict()
-    assert attrs["vstain"] == {"a": [1, 2]}
+    assert attrs["vstain"] == {"a": [1, 2], "complete": True}
     axes = attrs["ome"]["multiscales"][0]["axes"]
     assert [a["unit"] for a in axes] == ["micrometer"] * 3
 
@@ -570,7 +571,8 @@ def test_volume_info_and_format_info(tmp_path, volume):
     assert info["scale"] == {"z": 5.0, "y": 2.5, "x": 2.5}
     assert info["units"]["y"] == "micrometer"
     assert [lv["shape"] for lv in info["levels"]] == [[10, 14, 12], [5, 7, 6]]
-    assert info["vstain"] == {"model": "m1"} and info["kind"] == VolumeKind.INTENSITY
+    assert info["vstain"] == {"model": "m1", "complete": True}
+    assert info["kind"] == VolumeKind.INTENSITY and info["incomplete"] is None
     assert info["compressors"] and "zstd" in info["compressors"][0]
     text = format_info(info)
     assert "OME-Zarr 0.5 (zarr v3)" in text

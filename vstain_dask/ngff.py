@@ -356,17 +356,62 @@ def _write_chunks(arr: zarr.Array) -> tuple[int, ...]:
     return tuple(shards or arr.chunks)
 
 
-def level_array(path: str | os.PathLike, *, level: int = 0) -> zarr.Array:
+def level_array(
+    path: str | os.PathLike, *, level: int = 0, allow_incomplete: bool = False
+) -> zarr.Array:
     """One pyramid level of an OME-Zarr image (or a plain zarr array) as a zarr array.
 
     For code that reads or writes regions itself (the stain engine's block tasks) rather than
     through dask. Raises :class:`VolumeFormatError` as :func:`open_volume` does.
     """
     ms = _read_multiscale(path)
+    if not allow_incomplete:
+        _require_complete(ms)
     n = len(ms.levels)
     if isinstance(level, bool) or not isinstance(level, int | np.integer) or not 0 <= level < n:
         raise VolumeFormatError(f"level must be in 0..{n - 1} for {ms.path}, got {level!r}")
     return ms.levels[int(level)].array
+
+
+def incomplete_reason(vstain: Mapping) -> str | None:
+    """Why a volume written by vstain-dask is incomplete, and how to redo it; None when it is
+    complete (or was written by another tool, which records no such state)."""
+    if not isinstance(vstain, Mapping) or vstain.get("complete", True) is not False:
+        return None
+    if "import" in vstain:
+        src = (vstain.get("import") or {}).get("source")
+        return (
+            f"its import{f' from {src}' if src else ''} did not finish; run the "
+            "`vstain-dask import` command again with --overwrite"
+        )
+    if "fingerprint" in vstain:
+        return (
+            "its stain did not finish; run the same `vstain-dask stain` command with --resume "
+            "to finish it"
+        )
+    return "it was not written completely; write it again (with --overwrite)"
+
+
+def _require_complete(ms: _Multiscale) -> None:
+    why = incomplete_reason(ms.vstain)
+    if why:
+        raise VolumeFormatError(f"{ms.path} is incomplete: {why}")
+
+
+def check_complete(path: str | os.PathLike) -> Path:
+    """Raise :class:`VolumeFormatError`, saying how to redo it, if the volume at ``path`` was
+    left incomplete by an interrupted or failed import, stain or write."""
+    ms = _read_multiscale(path)
+    _require_complete(ms)
+    return ms.path
+
+
+def _mark_complete(path: str | os.PathLike) -> None:
+    group = zarr.open_group(store=str(path), mode="r+")
+    vstain = dict(group.attrs.get("vstain") or {})
+    if vstain.get("complete") is False:
+        vstain["complete"] = True
+        group.attrs["vstain"] = vstain
 
 
 _METADATA_FILES = ("zarr.json", ".zarray", ".zattrs", ".zgroup")
@@ -403,7 +448,9 @@ def content_identity(path: str | os.PathLike) -> str:
     return h.hexdigest()[:32]
 
 
-def open_volume(path: str | os.PathLike, *, level: int = 0) -> xr.DataArray:
+def open_volume(
+    path: str | os.PathLike, *, level: int = 0, allow_incomplete: bool = False
+) -> xr.DataArray:
     """Open one level of an OME-Zarr image (NGFF 0.4 or 0.5) lazily.
 
     Parameters
@@ -435,6 +482,8 @@ def open_volume(path: str | os.PathLike, *, level: int = 0) -> xr.DataArray:
     import xarray as xr
 
     ms = _read_multiscale(path)
+    if not allow_incomplete:
+        _require_complete(ms)
     if ms.ngff_version is None:
         warnings.warn(
             f"{ms.path} is a plain zarr array without OME-Zarr metadata, so no physical scale "
@@ -1264,7 +1313,9 @@ def write_volume(
         n_levels=n_levels,
         kind=kind,
         channel_names=channel_names if channel_names is not None else meta.get("channel_names"),
-        attrs=attrs,
+        # incomplete until the last level is written: a failed or interrupted write leaves a
+        # store that every reader refuses, instead of one that passes for a volume of zeros
+        attrs={**dict(attrs or {}), "complete": False},
     )
     if not isinstance(arr, da.Array):
         arr = da.from_array(arr, chunks=spec.chunks)
@@ -1272,6 +1323,7 @@ def write_volume(
     targets = _create(path, spec, overwrite)
     _store_level0(level0, targets[0])
     write_pyramid(path)
+    _mark_complete(path)
     return Path(path)
 
 
@@ -1393,7 +1445,8 @@ def volume_info(path: str | os.PathLike) -> dict:
         ``scale``, ``units``, ``translation`` (dicts keyed by axis), ``levels`` (list of
         ``{"path", "shape", "chunks", "scale"}``), ``channels``, ``labels``, ``compressors``,
         ``nbytes`` (level 0, uncompressed), ``stored_bytes`` (all files), ``vstain``
-        (provenance) and ``warnings``.
+        (provenance), ``incomplete`` (None, or why the volume is incomplete and how to redo
+        it) and ``warnings``.
     """
     ms = _read_multiscale(path)
     lv0 = ms.levels[0]
@@ -1429,6 +1482,7 @@ def volume_info(path: str | os.PathLike) -> dict:
         "nbytes": int(arr.nbytes),
         "stored_bytes": _stored_bytes(ms.path),
         "vstain": dict(ms.vstain),
+        "incomplete": incomplete_reason(ms.vstain),
         "warnings": notes,
     }
 
@@ -1465,6 +1519,7 @@ def format_info(info: Mapping[str, Any]) -> str:
     )
     origin = ", ".join(f"{a} {_fmt_num(info['translation'][a])}" for a in axes if a != "c")
     lines = [
+        *([f"INCOMPLETE:  {info['incomplete']}"] if info.get("incomplete") else []),
         f"path:        {info['path']}",
         f"format:      {fmt}",
         f"kind:        {info['kind']}",

@@ -1160,7 +1160,7 @@ def _write_mask(source, output: Path, ledger: _Ledger, *, config: StainConfig, t
     data = ngff.open_volume(source).data
     if two_d:
         data = data[None]
-    cz = ngff.open_volume(output).data.chunks[1][0] if not two_d else 1
+    cz = ngff.open_volume(output, allow_incomplete=True).data.chunks[1][0] if not two_d else 1
     planes = data.rechunk((cz, -1, -1))
     mask = planes.map_blocks(_mask_planes, ct_levels=config.ct_levels, dtype=np.uint8)
     ngff.write_labels(output, "sample", mask[0] if two_d else mask, overwrite=True)
@@ -1237,7 +1237,7 @@ def _read_provenance(output: Path) -> dict:
     from vstain_dask import ngff
 
     try:
-        return ngff.open_volume(output).attrs.get("vstain", {}) or {}
+        return ngff.open_volume(output, allow_incomplete=True).attrs.get("vstain", {}) or {}
     except Exception:
         return {}
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from vstain_dask.errors import InputError
+from vstain_dask.errors import InputError, OutputExistsError
 
 __all__ = ["orthogonal_views", "save_views", "save_preview", "input_ct_path"]
 
@@ -208,6 +208,7 @@ def save_preview(
     *,
     ct: str | os.PathLike | None = "auto",
     max_size: int = 768,
+    overwrite: bool = False,
 ) -> tuple[Path, Path | None]:
     """Orthogonal views of a stained volume with its input CT beside it: what
     ``vstain-dask preview`` writes.
@@ -223,6 +224,8 @@ def save_preview(
         exists; None shows the stained volume alone.
     max_size : int
         Largest side read (a pyramid level at most this size), so memory stays bounded.
+    overwrite : bool
+        Replace an existing PNG at ``out``.
 
     Returns
     -------
@@ -237,6 +240,12 @@ def save_preview(
                 name = name[: -len(suffix)]
                 break
         out = stained.with_name(f"{name}.views.png")
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"{out} exists; use --overwrite to replace it, or -o another PNG")
+    from vstain_dask import ngff
+
+    ngff.check_complete(stained)  # an unfinished stain is never shown as if it were one
     ct_path: Path | None
     if isinstance(ct, str) and ct == "auto":
         ct_path = input_ct_path(stained)

@@ -101,7 +101,8 @@ def evaluate(pairs, models, out_dir, split, patches_per_pair, patch_size, min_co
 @click.option("--no-ct", is_flag=True, help="Show the stained volume alone.")
 @click.option("--max-size", default=768, show_default=True,
               help="Largest side read (a pyramid level at most this size).")  # fmt: skip
-def preview(stained, out, ct, no_ct, max_size):
+@click.option("--overwrite", is_flag=True, help="Replace an existing PNG.")
+def preview(stained, out, ct, no_ct, max_size, overwrite):
     """Orthogonal XY/XZ/YZ mid-plane views of a STAINED volume (and its input CT) as a PNG."""
     from vstain_dask.views import save_preview
 
@@ -109,8 +110,9 @@ def preview(stained, out, ct, no_ct, max_size):
     if ct is not None:
         _check_exists(ct, "CT volume")
     png, ct_path = save_preview(
-        stained, out, ct=None if no_ct else (ct or "auto"), max_size=max_size
-    )
+        stained, out, ct=None if no_ct else (ct or "auto"), max_size=max_size,
+        overwrite=overwrite,
+    )  # fmt: skip
     if ct_path is None and not no_ct and ct is None:
         click.echo("input CT not shown: the stain records none that exists here (use --ct)",
                    err=True)  # fmt: skip

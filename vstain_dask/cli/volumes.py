@@ -117,6 +117,7 @@ def info(path: Path, as_json: bool) -> None:
     """Describe the OME-Zarr volume at PATH: axes, shape, voxel size, pyramid, provenance."""
     import json
 
+    from vstain_dask.errors import VolumeFormatError
     from vstain_dask.ngff import format_info, volume_info
 
     description = volume_info(path)
@@ -124,3 +125,6 @@ def info(path: Path, as_json: bool) -> None:
         click.echo(json.dumps(description, indent=2))
     else:
         click.echo(format_info(description))
+    if description.get("incomplete"):
+        # described, so that what is there can be inspected, but never passed off as a volume
+        raise VolumeFormatError(f"{description['path']} is incomplete: {description['incomplete']}")
