@@ -37,6 +37,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -176,7 +177,9 @@ def main(argv: list[str] | None = None) -> int:
             out.unlink(missing_ok=True)
             _say(log, f"== {name}: {step['command']}  (at most {left:.0f} s)")
             t0 = time.monotonic()
-            rc, stopped = _run(cmd + ["--json", str(out)], log, timeout=left)
+            rc, stopped = run_stopping_group(
+                cmd + ["--json", str(out)], lambda line: _say(log, line), timeout=left
+            )
             seconds = time.monotonic() - t0
             status = "stopped at the budget" if stopped else ("ok" if rc == 0 else "failed")
             step.update({"status": status, "returncode": rc, "seconds": round(seconds, 1)})
@@ -193,19 +196,22 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if all(s["status"] == "ok" for s in steps) else 1
 
 
-def _run(cmd: list[str], log, *, timeout: float) -> tuple[int, bool]:
-    """Run ``cmd`` with its output to the log and to stdout; stop it at ``timeout`` seconds
-    (SIGTERM, then SIGKILL after ``GRACE_S``). Returns (exit status, stopped)."""
+def run_stopping_group(
+    cmd: list[str], on_line: Callable[[str], None], *, timeout: float, cwd: Path | None = None
+) -> tuple[int, bool]:
+    """Run ``cmd`` in its own process group, each line of its output to ``on_line``; stop the
+    whole group at ``timeout`` seconds (SIGTERM, then SIGKILL after ``GRACE_S``). Returns
+    (exit status, stopped). The GPU run (``gpu/gpu_run.py``) runs its steps with it too."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd,
         start_new_session=True,  # the script's own workers are stopped with it
     )  # fmt: skip
 
     def pump() -> None:
         assert proc.stdout is not None
         for line in proc.stdout:
-            _say(log, line.rstrip("\n"))
+            on_line(line.rstrip("\n"))
 
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()

@@ -42,7 +42,6 @@ import json
 import math
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tarfile
@@ -52,7 +51,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
-sys.path.insert(0, str(HERE.parent))  # benchmarks/_common.py
+sys.path.insert(0, str(HERE.parent))  # benchmarks/_common.py, benchmarks/suite.py
+
+import suite  # noqa: E402  (the process-group runner and the log lines the suite uses)
+from suite import _say  # noqa: E402
 
 #: name -> (seconds at most with the full sizes, with --small)
 STEPS: dict[str, tuple[float, float]] = {
@@ -192,48 +194,17 @@ def _caps(p: argparse.ArgumentParser, given: list[str], *, small: bool) -> dict[
     return caps
 
 
-def _say(log, text: str) -> None:
-    print(text, flush=True)
-    log.write(text + "\n")
-
-
 def _run(cmd: list[str], step_log: Path, log, *, timeout: float) -> tuple[int, bool]:
-    """Run one step in its own process group, its output into its log and the run's log;
-    at ``timeout`` stop the whole group (a step's dask workers too)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    """Run one step in its own process group (its dask workers and loader processes too), its
+    output into its own log and the run's; stopped whole at ``timeout``."""
     with step_log.open("w") as f:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                cwd=ROOT, env=env, start_new_session=True)  # fmt: skip
 
-        def copy() -> None:
-            for line in proc.stdout:
-                f.write(line)
-                f.flush()
-                log.write("   " + line)
+        def on_line(line: str) -> None:
+            f.write(line + "\n")
+            f.flush()
+            log.write("   " + line + "\n")
 
-        reader = threading.Thread(target=copy, daemon=True)
-        reader.start()
-        stopped = False
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            stopped = True
-            _stop_group(proc)
-        reader.join(timeout=10)
-    return proc.returncode, stopped
-
-
-def _stop_group(proc: subprocess.Popen) -> None:
-    for sig, wait in ((signal.SIGTERM, 8.0), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+        return suite.run_stopping_group(cmd, on_line, timeout=timeout, cwd=ROOT)
 
 
 def _read(path: Path) -> dict | None:
@@ -668,31 +639,27 @@ def step_ceilings(ctx: Ctx) -> int:
 # -- profile ------------------------------------------------------------------------------------
 
 
-class ChannelsLastInstanceNorm:
-    """Instance norm (no affine, no running stats) as one fused reduction that keeps the input's
-    memory format: ``torch.nn.functional.instance_norm`` makes a contiguous copy of a
-    channels-last input and returns NCHW, so every layer after it converts back."""
+def _channels_last_instance_norm(module):
+    """``module`` with every ``InstanceNorm2d`` (no affine, no running stats) replaced by one
+    reduction that keeps the input's memory format: ``F.instance_norm`` makes a contiguous copy
+    of a channels-last input and returns NCHW, so every layer after it converts back."""
+    import torch
 
-    @staticmethod
-    def swap(module):
-        import torch
+    class Norm(torch.nn.Module):
+        def __init__(self, eps: float) -> None:
+            super().__init__()
+            self.eps = eps
 
-        class _Norm(torch.nn.Module):
-            def __init__(self, eps: float) -> None:
-                super().__init__()
-                self.eps = eps
+        def forward(self, x):
+            x32 = x.float()
+            var, mean = torch.var_mean(x32, dim=(2, 3), keepdim=True, correction=0)
+            return ((x32 - mean) * torch.rsqrt(var + self.eps)).to(x.dtype)
 
-            def forward(self, x):
-                x32 = x.float()
-                var, mean = torch.var_mean(x32, dim=(2, 3), keepdim=True, correction=0)
-                return ((x32 - mean) * torch.rsqrt(var + self.eps)).to(x.dtype)
-
-        for name, child in module.named_children():
-            if isinstance(child, torch.nn.InstanceNorm2d):
-                setattr(module, name, _Norm(child.eps))
-            else:
-                ChannelsLastInstanceNorm.swap(child)
-        return module
+    for name, child in list(module.named_modules()):
+        if isinstance(child, torch.nn.InstanceNorm2d):
+            parent, _, attr = name.rpartition(".")
+            setattr(module.get_submodule(parent), attr, Norm(child.eps))
+    return module
 
 
 def step_profile(ctx: Ctx) -> int:
@@ -742,7 +709,7 @@ def step_profile(ctx: Ctx) -> int:
     ctx.save(kernels=_kernels(fwd, cuda))
     variant("+ cudnn.benchmark", base, fmt=cl, benchmark=True)
     variant("NCHW, bf16 autocast", base, fmt=nchw)
-    swapped = ChannelsLastInstanceNorm.swap(copy.deepcopy(base))
+    swapped = _channels_last_instance_norm(copy.deepcopy(base))
     _, fwd = variant("channels-last instance norm", swapped, fmt=cl)
     ctx.save(kernels_channels_last_norm=_kernels(fwd, cuda))
     variant("channels-last instance norm + cudnn.benchmark", swapped, fmt=cl, benchmark=True)
