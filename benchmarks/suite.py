@@ -177,9 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             out.unlink(missing_ok=True)
             _say(log, f"== {name}: {step['command']}  (at most {left:.0f} s)")
             t0 = time.monotonic()
-            rc, stopped = run_stopping_group(
-                cmd + ["--json", str(out)], lambda line: _say(log, line), timeout=left
-            )
+            rc, stopped = _run(cmd + ["--json", str(out)], log, timeout=left)
             seconds = time.monotonic() - t0
             status = "stopped at the budget" if stopped else ("ok" if rc == 0 else "failed")
             step.update({"status": status, "returncode": rc, "seconds": round(seconds, 1)})
@@ -194,6 +192,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"suite: {sum(s['status'] == 'ok' for s in steps)} of {len(steps)} steps ok; "
           f"figures in {args.out / 'suite.json'}, log in {log_path}")  # fmt: skip
     return 0 if all(s["status"] == "ok" for s in steps) else 1
+
+
+def _run(cmd: list[str], log, *, timeout: float) -> tuple[int, bool]:
+    """Run one script, its output to the log and to stdout (see ``run_stopping_group``)."""
+    return run_stopping_group(cmd, lambda line: _say(log, line), timeout=timeout)
 
 
 def run_stopping_group(
