@@ -398,20 +398,10 @@ def _require_complete(ms: _Multiscale) -> None:
         raise VolumeFormatError(f"{ms.path} is incomplete: {why}")
 
 
-def check_complete(path: str | os.PathLike) -> Path:
-    """Raise :class:`VolumeFormatError`, saying how to redo it, if the volume at ``path`` was
-    left incomplete by an interrupted or failed import, stain or write."""
-    ms = _read_multiscale(path)
-    _require_complete(ms)
-    return ms.path
-
-
-def _mark_complete(path: str | os.PathLike) -> None:
+def update_provenance(path: str | os.PathLike, **values: Any) -> None:
+    """Set ``values`` in the ``vstain`` attributes (provenance, completeness) of a store."""
     group = zarr.open_group(store=str(path), mode="r+")
-    vstain = dict(group.attrs.get("vstain") or {})
-    if vstain.get("complete") is False:
-        vstain["complete"] = True
-        group.attrs["vstain"] = vstain
+    group.attrs["vstain"] = {**dict(group.attrs.get("vstain") or {}), **values}
 
 
 _METADATA_FILES = ("zarr.json", ".zarray", ".zattrs", ".zgroup")
@@ -1319,12 +1309,16 @@ def write_volume(
     )
     if not isinstance(arr, da.Array):
         arr = da.from_array(arr, chunks=spec.chunks)
-    level0 = _align(arr.astype(spec.dtype, copy=False), spec.chunks)
+    _write_levels(path, spec, _align(arr.astype(spec.dtype, copy=False), spec.chunks), overwrite)
+    return Path(path)
+
+
+def _write_levels(path, spec: _VolumeSpec, level0: da.Array, overwrite: bool) -> None:
+    """Create the store, write level 0 and the pyramid, then mark the volume complete."""
     targets = _create(path, spec, overwrite)
     _store_level0(level0, targets[0])
     write_pyramid(path)
-    _mark_complete(path)
-    return Path(path)
+    update_provenance(path, complete=True)
 
 
 def write_labels(

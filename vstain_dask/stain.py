@@ -1020,15 +1020,12 @@ def stain_to_zarr(
     JobError
         Some blocks failed after their retries; the output stays marked incomplete and resumable.
     """
-    import shutil
 
     from vstain_dask import __version__
 
     config = config or StainConfig()
     source, vol, output = check_inputs(source, output, resume=resume, overwrite=overwrite)
-    src_res = source.resolve()
-    two_d = vol.ndim == 2
-    vol_shape = (1, *vol.shape) if two_d else tuple(int(s) for s in vol.shape)
+    two_d, vol_shape = _vol_shape(vol)
 
     model_path, model_sha = _model_ref(model)
     chunks = _output_chunks(vol_shape, chunks, two_d=two_d)
@@ -1041,28 +1038,12 @@ def stain_to_zarr(
     ledger = _Ledger(output)
     ledger.acquire(fingerprint=fingerprint)  # refuses while another live job holds the output
     try:
-        if output.exists() and overwrite:
-            shutil.rmtree(output)
-            ledger.remove()
-            ledger.acquire(fingerprint=fingerprint)
-        job = None
-        if output.exists():
-            prov = _read_provenance(output)
-            if prov.get("fingerprint") != fingerprint:
-                raise OutputExistsError(_resume_mismatch(output, prov, source, src_res, identity))
-            if prov.get("complete"):
-                ledger.remove()
-                return StainReport(
-                    output=output, blocks=n_blocks, blocks_skipped=n_blocks, tiles=0,
-                    voxels=int(np.prod(vol_shape)), seconds=0.0, dashboard=None,
-                )  # fmt: skip
-            job = prov.get("job")
-        if job is None:  # a new output (or one from a version that had no job identity)
-            job = uuid.uuid4().hex
-            if output.exists():
-                _set_provenance(output, job=job)
-        # the records beside the output count only if they were written into this output
-        ledger.bind(job, output)
+        job = _open_job(output, ledger, source, identity, fingerprint, overwrite=overwrite)
+        if job is None:
+            return StainReport(
+                output=output, blocks=n_blocks, blocks_skipped=n_blocks, tiles=0,
+                voxels=int(np.prod(vol_shape)), seconds=0.0, dashboard=None,
+            )  # fmt: skip
         return _create_and_run(
             output, ledger=ledger, stages=stages, vol=vol, vol_shape=vol_shape, two_d=two_d,
             chunks=chunks, config=config, ngff_version=ngff_version, client=client,
@@ -1070,7 +1051,8 @@ def stain_to_zarr(
             progress=progress, provenance={
                 "software": {"name": "vstain-dask", "version": __version__},
                 "model": {"path": model_path, "sha256": model_sha},
-                "input": {"path": str(src_res), "shape": list(vol.shape), "dtype": str(vol.dtype),
+                "input": {"path": str(source.resolve()), "shape": list(vol.shape),
+                          "dtype": str(vol.dtype),
                           "identity": identity},
                 "parameters": config.to_dict(),
                 "chunks": list(chunks),
@@ -1168,6 +1150,44 @@ def _write_mask(source, output: Path, ledger: _Ledger, *, config: StainConfig, t
     return str(path)
 
 
+def _open_job(
+    output: Path, ledger: _Ledger, source: Path, identity: str, fingerprint: str, *, overwrite
+) -> str | None:
+    """Under the job's lock: clear the output when overwriting, check that an existing one
+    was started with these inputs, and bind the ledger to the output's job identity. Returns
+    that identity, or None when the output is already complete (nothing to do)."""
+    import shutil
+
+    from vstain_dask import ngff
+
+    if output.exists() and overwrite:
+        shutil.rmtree(output)
+        ledger.remove()
+        ledger.acquire(fingerprint=fingerprint)
+    job = None
+    if output.exists():
+        prov = _read_provenance(output)
+        if prov.get("fingerprint") != fingerprint:
+            raise OutputExistsError(_resume_mismatch(output, prov, source, identity))
+        if prov.get("complete"):
+            ledger.remove()
+            return None
+        job = prov.get("job")
+    if job is None:  # a new output (or one from a version that had no job identity)
+        job = uuid.uuid4().hex
+        if output.exists():
+            ngff.update_provenance(output, job=job)
+    # the records beside the output count only if they were written into this output
+    ledger.bind(job, output)
+    return job
+
+
+def _vol_shape(vol) -> tuple[bool, tuple[int, int, int]]:
+    """(whether the volume is one 2D plane, its shape as (z, y, x))."""
+    two_d = vol.ndim == 2
+    return two_d, ((1, *vol.shape) if two_d else tuple(int(s) for s in vol.shape))
+
+
 def _output_chunks(vol_shape, chunks, *, two_d: bool) -> tuple[int, int, int]:
     if chunks is None:
         chunks = (min(64, vol_shape[0]), min(256, vol_shape[1]), min(256, vol_shape[2]))
@@ -1194,8 +1214,7 @@ def check_resume(source, output, *, model, config: StainConfig, chunks=None,
     source, vol, output = check_inputs(source, output, resume=True, overwrite=False)
     if not output.exists():
         return
-    two_d = vol.ndim == 2
-    vol_shape = (1, *vol.shape) if two_d else tuple(int(s) for s in vol.shape)
+    two_d, vol_shape = _vol_shape(vol)
     chunks = _output_chunks(vol_shape, chunks, two_d=two_d)
     _, model_sha = _model_ref(model)
     identity, fingerprint = _job_fingerprint(
@@ -1203,10 +1222,10 @@ def check_resume(source, output, *, model, config: StainConfig, chunks=None,
     )
     prov = _read_provenance(output)
     if prov.get("fingerprint") != fingerprint:
-        raise OutputExistsError(_resume_mismatch(output, prov, source, source.resolve(), identity))
+        raise OutputExistsError(_resume_mismatch(output, prov, source, identity))
 
 
-def _resume_mismatch(output: Path, prov: dict, source, src_res: Path, identity: str) -> str:
+def _resume_mismatch(output: Path, prov: dict, source: Path, identity: str) -> str:
     """Why an existing output cannot be resumed with these inputs, in one line."""
     if not prov.get("fingerprint"):
         return (
@@ -1214,7 +1233,7 @@ def _resume_mismatch(output: Path, prov: dict, source, src_res: Path, identity: 
             "resume; choose another -o, or --overwrite to replace it"
         )
     was = prov.get("input") or {}
-    if was.get("path") == str(src_res) and was.get("identity") not in (None, identity):
+    if was.get("path") == str(source.resolve()) and was.get("identity") not in (None, identity):
         return (
             f"the input {source} changed since the stain into {output} started (same path, "
             "other content); --resume needs the input it started from, or use --overwrite to "
@@ -1224,13 +1243,6 @@ def _resume_mismatch(output: Path, prov: dict, source, src_res: Path, identity: 
         f"{output} was started with other inputs or parameters; --resume needs the same input, "
         "model and options (or use --overwrite)"
     )
-
-
-def _set_provenance(output: Path, **values) -> None:
-    import zarr
-
-    group = zarr.open_group(store=str(output), mode="r+")
-    group.attrs["vstain"] = {**dict(group.attrs.get("vstain") or {}), **values}
 
 
 def _read_provenance(output: Path) -> dict:
@@ -1480,7 +1492,7 @@ def _run(
     if config.uncertainty:
         ngff.write_pyramid(output / "uncertainty")
     seconds = time.perf_counter() - t0
-    _mark_complete(output, provenance, seconds=seconds, tiles=tiles)
+    _mark_complete(output, seconds=seconds, tiles=tiles)
     ledger.remove()
     return StainReport(
         output=output,
@@ -1494,13 +1506,10 @@ def _run(
     )
 
 
-def _mark_complete(output: Path, provenance: dict, *, seconds: float, tiles: int) -> None:
-    import zarr
+def _mark_complete(output: Path, *, seconds: float, tiles: int) -> None:
+    from vstain_dask import ngff
 
-    group = zarr.open_group(store=str(output), mode="r+")
-    vstain = dict(group.attrs.get("vstain") or provenance)
-    vstain.update(complete=True, seconds=round(seconds, 3), tiles=tiles)
-    group.attrs["vstain"] = vstain
+    ngff.update_provenance(output, complete=True, seconds=round(seconds, 3), tiles=tiles)
 
 
 # -- the whole job: model, CT levels, cluster ----------------------------------------------------

@@ -243,9 +243,6 @@ def save_preview(
     out = Path(out)
     if out.exists() and not overwrite:
         raise OutputExistsError(f"{out} exists; use --overwrite to replace it, or -o another PNG")
-    from vstain_dask import ngff
-
-    ngff.check_complete(stained)  # an unfinished stain is never shown as if it were one
     ct_path: Path | None
     if isinstance(ct, str) and ct == "auto":
         ct_path = input_ct_path(stained)
