@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 
@@ -43,33 +44,112 @@ def _input(*shape: int, seed: int = 0) -> torch.Tensor:
 
 
 # --- parameter counts against the reference layer definitions ------------------------------
+#
+# The expected counts are derived here from the layer lists the papers publish, with a
+# convolution holding in * out * k * k weights (a transposed one the same) plus ``out`` biases
+# when it has them, and an affine norm 2 * channels: independent of both our modules and the
+# reference reconstructions, which are then compared with it.
+
+
+def _conv(c_in: int, c_out: int, k: int, *, bias: bool = True) -> int:
+    return c_in * c_out * k * k + (c_out if bias else 0)
+
+
+def _resnet_count(*, c_in: int = 3, c_out: int = 3, ngf: int = 64, blocks: int = 9) -> int:
+    """c7s1-ngf, d(2 ngf), d(4 ngf), blocks x R(4 ngf), u(2 ngf), u(ngf), c7s1-c_out (Zhu et al.
+    2017, appendix 7.2). Instance norm has no affine parameters, so every convolution has a bias.
+    """
+    return (
+        _conv(c_in, ngf, 7)
+        + _conv(ngf, 2 * ngf, 3)
+        + _conv(2 * ngf, 4 * ngf, 3)
+        + blocks * 2 * _conv(4 * ngf, 4 * ngf, 3)  # two 3 x 3 convolutions per residual block
+        + _conv(4 * ngf, 2 * ngf, 3)
+        + _conv(2 * ngf, ngf, 3)
+        + _conv(ngf, c_out, 7)
+    )
+
+
+def _unet_count(norm: str, *, c_in: int = 3, c_out: int = 3, ngf: int = 64, depth: int = 8) -> int:
+    """U-Net of Isola et al. 2017, appendix 6.1.1: 4 x 4 convolutions; encoder C64-C128-C256-C512
+    -C512...; each decoder level but the innermost takes the skip, doubling its input channels.
+    Norm after every convolution but the first and innermost down and the outermost up; with
+    batch norm (affine) the normalized convolutions have no bias, the outermost up always has.
+    """
+    feats = [ngf * min(2**k, 8) for k in range(depth)]
+    bias = norm == "instance"
+
+    def normed(c: int) -> int:
+        return 2 * c if norm == "batch" else 0
+
+    n = _conv(c_in, feats[0], 4, bias=bias)
+    n += sum(_conv(a, b, 4, bias=bias) for a, b in itertools.pairwise(feats))
+    n += sum(normed(c) for c in feats[1:-1])
+    n += _conv(feats[-1], feats[-2], 4, bias=bias) + normed(feats[-2])  # innermost up
+    n += sum(_conv(2 * feats[k], feats[k - 1], 4, bias=bias) + normed(feats[k - 1])
+             for k in range(depth - 2, 0, -1))  # fmt: skip
+    return n + _conv(2 * feats[0], c_out, 4)
+
+
+def _patchgan_count(norm: str = "instance", *, c_in: int = 3, ndf: int = 64) -> int:
+    """70 x 70 PatchGAN, C64-C128-C256-C512 and a 4 x 4 convolution to one channel (Isola et al.
+    2017, appendix 6.1.2); the first and last convolution have a bias and no norm."""
+    middle = [(ndf, 2 * ndf), (2 * ndf, 4 * ndf), (4 * ndf, 8 * ndf)]
+    if norm == "batch":
+        normed = sum(_conv(a, b, 4, bias=False) + 2 * b for a, b in middle)
+    else:
+        normed = sum(_conv(a, b, 4) for a, b in middle)
+    return _conv(c_in, ndf, 4) + normed + _conv(8 * ndf, 1, 4)
+
+
+def test_parameter_formulas_give_the_sizes_the_reference_code_reports():
+    # junyanz/pytorch-CycleGAN-and-pix2pix issue #169 prints the ResNet-9 generator's count;
+    # issue #1152 a pix2pix log, "54.408 M" and "2.765 M": U-Net-256 and a PatchGAN with the
+    # default batch norm on one-channel images (the discriminator sees CT and stain together)
+    assert _resnet_count() == 11378179
+    assert f"{_unet_count('batch', c_in=1, c_out=1) / 1e6:.3f} M" == "54.408 M"
+    assert f"{_patchgan_count('batch', c_in=2) / 1e6:.3f} M" == "2.765 M"
 
 
 def test_paper_resnet_generator_has_pytorch_gan_parameter_count():
     ours = build_generator(GeneratorConfig())
     theirs = ref.GeneratorResNet((3, 256, 256), 9)
-    assert count_parameters(ours) == count_parameters(theirs) == 11_378_179
+    assert count_parameters(ours) == count_parameters(theirs) == _resnet_count()
 
 
 def test_transposed_resnet_generator_has_cyclegan_pix2pix_parameter_count():
     ours = build_generator(GeneratorConfig(upsample="transpose"))
     theirs = ref.ResnetGenerator(3, 3, 64, ref.get_norm_layer("instance"), False, 9)
-    assert count_parameters(ours) == count_parameters(theirs) == 11_378_179
+    assert count_parameters(ours) == count_parameters(theirs) == _resnet_count()
 
 
-@pytest.mark.parametrize(("norm", "expected"), [("batch", 54_413_955), ("instance", 54_409_603)])
-def test_unet_256_has_pix2pix_parameter_count(norm, expected):
+@pytest.mark.parametrize(("c_in", "ngf", "blocks"), [(1, 8, 2), (3, 4, 1), (1, 16, 6)])
+def test_resnet_parameter_count_follows_its_size(c_in, ngf, blocks):
+    ours = build_generator(GeneratorConfig(in_channels=c_in, ngf=ngf, n_blocks=blocks))
+    assert count_parameters(ours) == _resnet_count(c_in=c_in, ngf=ngf, blocks=blocks)
+
+
+@pytest.mark.parametrize("norm", ["batch", "instance"])
+def test_unet_256_has_pix2pix_parameter_count(norm):
     ours = build_generator(GeneratorConfig.for_variant("pix2pix", norm=norm))
     theirs = ref.UnetGenerator(3, 3, 8, 64, ref.get_norm_layer(norm), True)
-    assert count_parameters(ours) == count_parameters(theirs) == expected
+    assert count_parameters(ours) == count_parameters(theirs) == _unet_count(norm)
+
+
+def test_small_unet_parameter_count_follows_its_size():
+    ours = build_generator(GeneratorConfig(kind="unet", in_channels=1, ngf=4, depth=5))
+    assert count_parameters(ours) == _unet_count("instance", c_in=1, ngf=4, depth=5)
 
 
 def test_discriminators_have_reference_parameter_counts():
     pg = build_discriminator(DiscriminatorConfig(kind="pytorch-gan"))
     p70 = build_discriminator(DiscriminatorConfig(kind="patchgan-70"))
     assert count_parameters(pg) == count_parameters(ref.Discriminator((3, 256, 256)))
+    assert count_parameters(pg) == _patchgan_count()  # the same layers, a padding apart
     n_layer = ref.NLayerDiscriminator(3, 64, 3, ref.get_norm_layer("instance"))
-    assert count_parameters(p70) == count_parameters(n_layer) == 2_764_737
+    assert count_parameters(p70) == count_parameters(n_layer) == _patchgan_count()
+    pix2pix = ref.NLayerDiscriminator(2, 64, 3, ref.get_norm_layer("batch"))
+    assert count_parameters(pix2pix) == _patchgan_count("batch", c_in=2)
 
 
 # --- shapes and size handling --------------------------------------------------------------
