@@ -28,6 +28,7 @@ from vstain_dask.evaluate import (
     BASELINE,
     REPORT_FILES,
     EvalConfig,
+    PairImages,
     background_colour,
     ct_baseline,
     evaluate_models,
@@ -38,6 +39,7 @@ from vstain_dask.evaluate import (
     mask_to_background,
     patch_coverage,
     patch_metrics,
+    plot_pair_panel,
     run_evaluation,
     sample_patches,
     stain_slice,
@@ -146,12 +148,35 @@ def test_image_metrics_equal_direct_skimage_and_lpips_calls(lp):
     assert np.isnan(image_metrics(real, fake)["lpips"])
 
 
+#: SSIM's stabilizing constants for 8-bit images, (K L)^2 with K1 = 0.01, K2 = 0.03, L = 255
+#: (Wang et al. 2004, eq. 13)
+_C1, _C2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+
+
 def test_known_psnr_and_ssim_values():
     a = np.full((16, 16, 3), 100, np.uint8)
     b = a + np.uint8(10)  # MSE = 100 everywhere
     m = image_metrics(a, b)
-    assert m["psnr"] == pytest.approx(10 * np.log10(255**2 / 100))
-    assert m["ssim"] < 1.0
+    assert m["psnr"] == pytest.approx(10 * np.log10(255**2 / 100), rel=1e-9)
+    # flat images: no variance, so SSIM is its luminance term alone,
+    # (2 mu_a mu_b + C1) / (mu_a^2 + mu_b^2 + C1) in every window
+    assert m["ssim"] == pytest.approx((2 * 100 * 110 + _C1) / (100**2 + 110**2 + _C1), rel=1e-9)
+    assert m["ssim"] == pytest.approx(0.995476, abs=1e-6)
+
+
+def test_known_ssim_of_a_contrast_change():
+    # rows repeat 100 + 5 * (-3..3): every 7 x 7 window (skimage's default, sample statistics
+    # over its 49 pixels) holds one period, so the mean is 100 like the flat image's, the
+    # variance 49/48 * 5^2 * 4 and the covariance with a flat image 0: SSIM = C2 / (var + C2)
+    flat = np.full((28, 21, 3), 100, np.uint8)
+    period = 100 + 5 * np.arange(-3, 4)
+    rows = np.broadcast_to(np.tile(period, 4)[:, None, None], flat.shape).astype(np.uint8)
+    var = 49 / 48 * 25 * 4
+    ssim = image_metrics(flat, rows)["ssim"]
+    assert ssim == pytest.approx(_C2 / (var + _C2), rel=1e-9)
+    assert ssim == pytest.approx(0.364386, abs=1e-6)
+    # the same with the images swapped, as SSIM is symmetric
+    assert image_metrics(rows, flat)["ssim"] == pytest.approx(ssim, rel=1e-9)
 
 
 def test_patch_metrics_equal_metrics_of_the_crops(lp):
@@ -402,9 +427,28 @@ def test_report_files_hold_the_numbers(store, models, lp, tmp_path):
         assert (out / name).is_file(), name
     pairs = sorted({r["pair"] for r in result.records})
     for pid in pairs:
-        png = out / "panels" / f"{pid}.png"
-        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
-    assert (out / "boxplots.png").stat().st_size > 10_000
+        panel = _picture(out / "panels" / f"{pid}.png")
+        height, width = panel.shape[:2]
+        # five columns of 2.9 in at 100 dpi, less the margins cut off; four rows of plots
+        assert 0.7 * 1450 < width <= 1450 and height > 0.6 * width, panel.shape
+        _assert_white_corners(panel)
+        # columns CT | histology | raw CT | modc | raw, the top half the slices and zooms:
+        # the CT and the raw-CT baseline are grey (colour only in the thin overlay lines),
+        # the real histology is stained
+        chroma = np.ptp(panel[: height // 2].astype(int), axis=-1) > 20
+        coloured = [chroma[:, i * width // 5 : (i + 1) * width // 5].mean() for i in range(5)]
+        assert coloured[0] < 0.08 and coloured[2] < 0.08, coloured
+        assert coloured[1] > 0.1, coloured
+    box = _picture(out / "boxplots.png")
+    # one panel per metric, 4.8 in each for three models, 4.6 in high, at 110 dpi
+    assert box.shape == (round(4.6 * 110), round(3 * 4.8 * 110), 3)
+    _assert_white_corners(box)
+    # the boxes are drawn in the colour of their split (val, opaque in the median lines), in
+    # each metric's panel; no box has the colour of the test split, which was not evaluated
+    val, test = np.array([0x00, 0x72, 0xB2]), np.array([0xD5, 0x5E, 0x00])
+    for third in np.array_split(box, 3, axis=1):
+        assert (third == val).all(axis=-1).sum() > 100
+    assert not (box == test).all(axis=-1).any()
     table = result.table()
     assert [r["model"] for r in table] == [BASELINE, "modc", "raw"]
     # CSV
@@ -437,6 +481,53 @@ def test_report_files_hold_the_numbers(store, models, lp, tmp_path):
     # an existing report is kept unless asked
     with pytest.raises(OutputExistsError, match="--overwrite"):
         run_evaluation(store, models, out, config=config, lpips_model=lp, progress=False)
+
+
+def _picture(path: Path) -> np.ndarray:
+    """A PNG decoded to (Y, X, 3) uint8, checking it is one."""
+    import imageio.v3 as iio
+
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
+    return iio.imread(path)[..., :3]
+
+
+def _assert_white_corners(picture: np.ndarray) -> None:
+    corners = picture[[0, 0, -1, -1], [0, -1, 0, -1]]
+    assert (corners == 255).all(), corners
+
+
+def test_pair_panel_shows_each_image_in_its_column(tmp_path):
+    # flat colours: the slices (nearest-neighbour zoom included) show them exactly
+    h, w = 48, 60
+    mask = np.zeros((h, w), bool)
+    mask[6:42, 8:52] = True
+    slide = np.array([243, 244, 238], np.uint8)
+    stain, output = np.array([150, 60, 160], np.uint8), np.array([40, 170, 90], np.uint8)
+    images = PairImages(
+        pair={"id": "p", "material": "mg", "sample": "s"},
+        ct=np.where(mask, 20000, 3000).astype(np.uint16),
+        histology=np.where(mask[..., None], stain, slide),
+        mask=mask,
+        outputs={"model": np.where(mask[..., None], output, slide)},
+        positions=np.array([[6, 8], [10, 20]]),
+        patch_shape=(16, 16),
+        colour=slide.astype(float),
+        metrics={"model": {"ssim": np.array([0.5, 0.6]), "psnr": np.array([10.0, 11.0]),
+                           "lpips": np.full(2, np.nan)}},
+    )  # fmt: skip
+    panel = _picture(plot_pair_panel(images, tmp_path / "p.png"))
+    height, width = panel.shape[:2]
+    # three columns of 2.9 in at 100 dpi, less the margins cut off
+    assert 0.7 * 870 < width <= 870 and height > width, panel.shape
+    _assert_white_corners(panel)
+    thirds = np.array_split(panel, 3, axis=1)  # CT | histology | model
+    for i, colour in enumerate((stain, output)):
+        # in its own column only, where the slice and its zoom show it
+        shown = [(third == colour).all(axis=-1).mean() for third in thirds]
+        assert shown[i + 1] > 0.1 and shown[0] == shown[2 - i] == 0, shown
+    # the CT column's slice and zoom are grey, colour only in the thin overlay lines
+    coloured = (np.ptp(thirds[0][: height // 2].astype(int), axis=-1) > 20).mean()
+    assert coloured < 0.05, coloured
 
 
 def test_pairs_without_a_covered_patch_are_listed(tmp_path):
