@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["write_toy_pairs", "IDENTITY_NORMALIZATION", "BONE_RGB", "BACKGROUND_RGB"]
+__all__ = ["write_toy_pairs", "toy_plane", "IDENTITY_NORMALIZATION", "BONE_RGB", "BACKGROUND_RGB"]
 
 #: a recorded normalization that changes nothing
 IDENTITY_NORMALIZATION: dict[str, Any] = {
@@ -23,6 +23,22 @@ IDENTITY_NORMALIZATION: dict[str, Any] = {
 }
 BONE_RGB = (150, 70, 170)
 BACKGROUND_RGB = (245, 245, 245)
+
+
+def toy_plane(
+    rng: np.random.Generator, size: tuple[int, int] = (64, 64)
+) -> tuple[np.ndarray, np.ndarray]:
+    """One toy CT slice and where its bone is: ``(ct, bone)``, (H, W) uint16 and bool.
+
+    A smoothed random field cut at its median: about half the pixels are bone (30000), the
+    rest background (10000), both with noise of standard deviation 300.
+    """
+    from scipy import ndimage as ndi
+
+    field = ndi.gaussian_filter(rng.normal(size=size), max(2.0, min(size) / 10))
+    bone = field > np.median(field)
+    ct = np.where(bone, 30000.0, 10000.0) + rng.normal(0, 300, size)
+    return np.clip(np.rint(ct), 0, 65535).astype(np.uint16), bone
 
 
 def write_toy_pairs(
@@ -39,17 +55,12 @@ def write_toy_pairs(
     ``chunks`` rewrites the arrays with these (Y, X) chunks (the store's default is one chunk
     per 512 x 512 pixels).
     """
-    from scipy import ndimage as ndi
-
     from vstain_dask.pairs import write_pair
 
     path = Path(path)
     rng = np.random.default_rng(seed)
     for i in range(n):
-        field = ndi.gaussian_filter(rng.normal(size=size), max(2.0, min(size) / 10))
-        bone = field > np.median(field)
-        ct = np.where(bone, 30000.0, 10000.0) + rng.normal(0, 300, size)
-        ct = np.clip(np.rint(ct), 0, 65535).astype(np.uint16)
+        ct, bone = toy_plane(rng, size)
         hist = np.where(bone[..., None], np.array(BONE_RGB), np.array(BACKGROUND_RGB))
         hist = hist.astype(np.uint8)
         write_pair(
