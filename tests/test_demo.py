@@ -49,9 +49,18 @@ def test_demo_writes_a_complete_stain_and_views(demo_dir):
     meta = stained.attrs["vstain"]
     assert meta["complete"] is True
     assert meta["model"]["sha256"] == load_model(default_model_path()).sha256
-    views = iio.imread(demo_dir / "views.png")
-    assert views.ndim == 3 and min(views.shape[:2]) > 200
-    assert len(np.unique(views.reshape(-1, views.shape[-1]), axis=0)) > 1000  # pictures, not blank
+    views = iio.imread(demo_dir / "views.png")[..., :3]
+    # the phantom and its stain side by side, each a 5 in column of XY over XZ, at 110 dpi:
+    # 5 in x (y + z) / (x + z) + 0.9 in high (5.9 in, as y = x), less the white margins cut off
+    height, width = views.shape[:2]
+    assert 0.7 * 1100 < width <= 1100 and 0.7 * 649 < height <= 649, views.shape
+    assert (views[[0, 0, -1, -1], [0, -1, 0, -1]] == 255).all()
+    # the bundled model's purple (red and blue over green) shows in the stain's column only
+    r, g, b = np.moveaxis(views.astype(int), -1, 0)
+    purple = (r > g + 25) & (b > g + 25)
+    phantom_half, stained_half = np.array_split(purple, 2, axis=1)
+    assert stained_half.mean() > 0.02, stained_half.mean()
+    assert not phantom_half.any(), phantom_half.sum()
 
 
 @pytest.mark.slow
