@@ -66,6 +66,8 @@ def bad(tmp_path_factory, ct, model_path):
         if p.is_file() and p.name != "zarr.json"
     )
     chunk.write_bytes(b"\x00garbage" * 3)
+    ngff.write_volume(vol[:4, :16, :16], d / "badjson.ome.zarr", axes="zyx")
+    (d / "badjson.ome.zarr" / "0" / "zarr.json").write_text('{"zarr_format": 3, "shape": [4,')
 
     blob = Path(model_path).read_bytes()
     (d / "truncated.pt").write_bytes(blob[: len(blob) // 2])
@@ -92,12 +94,36 @@ def bad(tmp_path_factory, ct, model_path):
         "empty array": ([str(d / "empty.zarr"), *m], 2, "empty"),
         "complex dtype": ([str(d / "complex.zarr"), *m], 2, "complex"),
         "bool dtype": ([str(d / "bool.zarr"), *m], 2, "bool"),
-        "NaN voxels": ([str(d / "nan.ome.zarr"), *m, "-o", str(d / "nan-out.zarr")], 1, "NaN"),
+        "NaN voxels": (
+            [str(d / "nan.ome.zarr"), *m, "-o", str(d / "nan-out.zarr")],
+            2,
+            "1 NaN or infinite voxel(s) in block-0-0-0, the first nan at (z, y, x) = (1, 3, 3)",
+        ),  # fmt: skip
         "corrupt chunk": (
             [str(d / "corrupt.ome.zarr"), *m, "-o", str(d / "c-out.zarr")],
-            1,
-            "blocks failed",
+            2,
+            f"the input chunk {chunk} cannot be read",
         ),  # fmt: skip
+        "corrupt array metadata": (
+            [str(d / "badjson.ome.zarr"), *m],
+            2,
+            f"{d / 'badjson.ome.zarr' / '0' / 'zarr.json'} is corrupt",
+        ),  # fmt: skip
+        "block not a multiple of the chunks": (
+            [str(src), *m, "--chunks", "4,16,16", "--block", "3,16,16"],
+            2,
+            "block size along z must be a multiple of the chunk size 4, got 3",
+        ),  # fmt: skip
+        "block recomputing every tile": (
+            [str(src), *m, "--chunks", "1,1,1", "--block", "1,1,1"],
+            2,
+            "makes every tile be computed",
+        ),  # fmt: skip
+        "tile beyond memory": (
+            [str(src), *m, "--tile", "100000", "--step", "64"],
+            2,
+            "--tile 100000 needs about",
+        ),
         "truncated checkpoint": ([str(src), "--model", str(d / "truncated.pt")], 2, "truncated.pt"),
         "foreign file as checkpoint": (
             [str(src), "--model", str(d / "foreign.pt")],
@@ -155,7 +181,9 @@ def bad(tmp_path_factory, ct, model_path):
 
 CASES = [
     "missing path", "file, not a store", "group without NGFF", "RGB input", "empty array",
-    "complex dtype", "bool dtype", "NaN voxels", "corrupt chunk", "truncated checkpoint",
+    "complex dtype", "bool dtype", "NaN voxels", "corrupt chunk", "corrupt array metadata",
+    "block not a multiple of the chunks", "block recomputing every tile", "tile beyond memory",
+    "truncated checkpoint",
     "foreign file as checkpoint", "bare state dict", "missing checkpoint", "output exists",
     "output inside input", "output folder missing", "step 0", "step > tile", "unknown axis",
     "unknown blend", "unknown cluster", "unreachable scheduler", "second job on output",

@@ -4,9 +4,11 @@ bytes equal to a clean run, or in a refusal of one line with exit 2 and nothing 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -190,3 +192,233 @@ def test_preview_never_overwrites_a_png_unless_asked(clean_store, tmp_path):
     r = _cli("preview", str(clean_store), "-o", str(png), "--overwrite")
     assert r.returncode == 0, r.stderr
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# -- stopped by a signal: one line, then a resume to the same bytes ----------------------------
+
+SIGNALS = {
+    "Ctrl-C to the process group": (True, signal.SIGINT, 130, "interrupted"),
+    "SIGINT to the main process alone": (False, signal.SIGINT, 130, "interrupted"),
+    "SIGTERM to the main process alone": (False, signal.SIGTERM, 143, "terminated"),
+    "SIGTERM to the process group": (True, signal.SIGTERM, 143, "terminated"),
+}
+
+
+def _group_gone(pgid: int, timeout: float = 20.0) -> bool:
+    """Whether every process of the group ended (within ``timeout`` seconds)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.mark.parametrize("case", SIGNALS)
+def test_a_stopped_stain_says_one_line_and_resumes_to_the_same_bytes(
+    case, ct, model_path, clean, tmp_path
+):
+    """Nothing but our own lines on stderr (no worker tracebacks, no shutdown warnings: all
+    warnings shown), the output left resumable, and --resume finishing it exactly."""
+    group, sig, code, word = SIGNALS[case]
+    src, _ = ct
+    out = tmp_path / "out.zarr"
+    args = _args(src, model_path)
+    p = subprocess.Popen([sys.executable, "-m", "vstain_dask.cli", *args, "-o", str(out)],
+                         start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)  # fmt: skip
+    ledger = _Ledger(out)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(ledger.done()) < 2 and p.poll() is None:
+        time.sleep(0.05)
+    (os.killpg if group else os.kill)(p.pid, sig)
+    _, stderr = p.communicate(timeout=120)
+    assert _group_gone(p.pid), "the stain left processes behind"
+    assert p.returncode == code, stderr
+    lines = stderr.strip().splitlines()
+    assert lines[-1] == (
+        f"{word}: {out} is incomplete; rerun the same command with --resume to finish it"
+    )
+    assert [ln for ln in lines[:-1] if not ln.startswith("dashboard: ")] == [], stderr
+    assert 2 <= len(ledger.done()) < 10
+    r = _cli(*args, "-o", str(out), "--resume")
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_array_equal(_stained(out), clean)
+
+
+# -- locks: never blocked for good, never broken under a live job -----------------------------
+
+
+def _lock(out, **fields):
+    ledger = _Ledger(out)
+    ledger.root.mkdir(exist_ok=True)
+    ledger.lock_path.write_text(json.dumps(fields))
+    return ledger.lock_path
+
+
+def test_a_lock_naming_a_reused_pid_is_taken_over(ct, model_path, clean, tmp_path):
+    """The lock's pid runs (pid 1 always does) but started at another time than the lock
+    records: that is another process now, so the lock is stale and the stain runs."""
+    src, _ = ct
+    out = tmp_path / "out.zarr"
+    _lock(out, pid=1, host=socket.gethostname(), started=time.time(), process_started=1.0)
+    r = _cli(*_args(src, model_path), "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_array_equal(_stained(out), clean)
+    assert not _Ledger(out).root.exists()
+
+
+def test_a_lock_from_another_host_names_its_file_and_break_lock_clears_it(
+    ct, model_path, clean, tmp_path
+):
+    src, _ = ct
+    out = tmp_path / "out.zarr"
+    args = _args(src, model_path)
+    _kill_after(args, out, 2)
+    started = time.time() - 3600
+    lock = _lock(out, pid=4242, host="node-17", started=started)
+    before = _stained(out)
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(started))
+    held = (f"error: another job (pid 4242 on node-17, started {when}) is writing {out}; its "
+            f"lock is {lock}: wait for it or stop it first; if it no longer runs (its node went "
+            "down), rerun with --break-lock")  # fmt: skip
+    for flag in ("--resume", "--overwrite"):
+        r = _cli(*args, "-o", str(out), flag)
+        assert r.returncode == 2 and r.stderr.strip() == held, (flag, r.stderr)
+        np.testing.assert_array_equal(_stained(out), before)
+    r = _cli(*args, "-o", str(out), "--resume", "--break-lock")
+    assert r.returncode == 0, r.stderr
+    assert f"warning: broke the lock {lock} of pid 4242 on node-17" in r.stderr.splitlines()
+    assert "(2 resumed)" in r.stdout or "resumed)" in r.stdout
+    np.testing.assert_array_equal(_stained(out), clean)
+
+
+def test_break_lock_refuses_while_a_live_job_here_holds_it(ct, model_path, tmp_path):
+    import psutil
+
+    src, _ = ct
+    out = tmp_path / "out.zarr"
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        lock = _lock(out, pid=holder.pid, host=socket.gethostname(), started=time.time(),
+                     process_started=psutil.Process(holder.pid).create_time())  # fmt: skip
+        r = _cli(*_args(src, model_path), "-o", str(out), "--break-lock")
+        assert r.returncode == 2
+        assert r.stderr.strip() == (
+            f"error: --break-lock refused: pid {holder.pid} on this host still runs and holds "
+            f"{lock}; stop it first"
+        )
+        assert lock.is_file() and not out.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+# -- a full disk: one line naming the output, the cluster's log beside it, then --resume -------
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 300 KiB tmpfs (needs root, as CI runs); skipped with the reason elsewhere."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(disk)],
+                       capture_output=True, text=True)  # fmt: skip
+    if r.returncode:
+        pytest.skip(f"could not mount a tmpfs: {r.stderr.strip()}")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_a_full_disk_names_the_output_and_resume_finishes_after_freeing_space(
+    model_path, small_disk, tmp_path
+):
+    rng = np.random.default_rng(0)
+    src = tmp_path / "noisy.ome.zarr"
+    ngff.write_volume((rng.random((20, 96, 96)) * 3000 + 500).astype(np.uint16), src,
+                      axes="zyx", chunks=(2, 96, 96))  # fmt: skip
+    args = [*_args(src, model_path), "--chunks", "2,96,96"]
+    clean = tmp_path / "clean.zarr"
+    assert _cli(*args, "-o", str(clean)).returncode == 0
+    out = small_disk / "out.zarr"
+    r = _cli(*args, "-o", str(out))
+    assert r.returncode == 1
+    log = out.with_name(out.name + ".vstain-job") / "cluster.log"
+    lines = r.stderr.strip().splitlines()
+    assert lines[-1] == (
+        f"error: no space left for {out} (disk full or quota reached); it is incomplete: free "
+        f"some space and rerun the same command with --resume (the cluster's log: {log})"
+    )
+    assert [ln for ln in lines[:-1] if not ln.startswith("dashboard: ")] == [], r.stderr
+    assert "No space left on device" in log.read_text()  # the workers' reports are kept there
+    assert ngff.open_volume(out, allow_incomplete=True).attrs["vstain"]["complete"] is False
+    subprocess.run(["mount", "-o", "remount,size=20m", str(small_disk)], check=True)
+    r = _cli(*args, "-o", str(out), "--resume")
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_array_equal(_stained(out), _stained(clean))
+
+
+# -- messages that say what to do ---------------------------------------------------------------
+
+
+def test_resuming_a_finished_stain_says_there_is_nothing_to_do(clean_store, ct, model_path):
+    src, _ = ct
+    r = _cli(*_args(src, model_path), "-o", str(clean_store), "--resume")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"{clean_store} is already complete (10 blocks); nothing to do"
+
+
+def test_overwrite_refuses_a_symbolic_link_and_leaves_its_target(ct, model_path, tmp_path):
+    src, _ = ct
+    target = tmp_path / "scratch"
+    target.mkdir()
+    (target / "keep.txt").write_text("precious")
+    link = tmp_path / "out.zarr"
+    link.symlink_to(target)
+    r = _cli(*_args(src, model_path), "-o", str(link), "--overwrite")
+    assert r.returncode == 2
+    assert r.stderr.strip() == (
+        f"error: {link} is a symbolic link (to {target}); --overwrite replaces folders, not "
+        "links: remove the link, or give the folder it points to as -o"
+    )
+    assert (target / "keep.txt").read_text() == "precious" and link.is_symlink()
+
+
+def test_a_constant_volume_asks_for_ct_levels(tmp_path):
+    src = tmp_path / "flat.ome.zarr"
+    ngff.write_volume(np.full((4, 32, 32), 1000, np.uint16), src, axes="zyx")
+    r = _cli("stain", str(src), "-o", str(tmp_path / "o.zarr"), "--workers", "1")
+    assert r.returncode == 2
+    error = r.stderr.strip().splitlines()[-1]
+    assert error.startswith(f"error: could not estimate the CT levels of {src}: ")
+    assert error.endswith(
+        "give them with --ct-levels BONE,BACKGROUND (the raw grey values of bone and of the "
+        "embedding), or --ct-levels none for a volume already normalized"
+    )
+    assert "levels_from_rois" not in error and not (tmp_path / "o.zarr").exists()
+
+
+def test_missing_input_chunks_are_counted_in_the_last_line_and_the_provenance(
+    ct, model_path, clean, tmp_path
+):
+    src0, _ = ct
+    src = tmp_path / "ct.ome.zarr"
+    shutil.copytree(src0, src)
+    level0 = ngff.level_array(src)
+    chunk = ngff.chunk_file(level0, (1, 0, 0))
+    chunk.unlink()
+    out = tmp_path / "out.zarr"
+    r = _cli(*_args(src, model_path), "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    total = level0.nchunks
+    assert r.stdout.strip().endswith(
+        f"; 1 of {total} input chunks were missing (read as the fill value)"
+    )
+    assert f"warning: 1 of {total} chunks of {src} are not stored" in r.stderr
+    assert ngff.open_volume(out).attrs["vstain"]["input"]["missing_chunks"] == 1
+    # the stain of what zarr reads: the chunk's voxels as zeros, the rest as the clean stain
+    assert not np.array_equal(_stained(out), clean)

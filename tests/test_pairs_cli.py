@@ -121,6 +121,12 @@ def test_bad_inputs_give_one_line_errors(images, tmp_path):
     ]  # fmt: skip
     (d / "bad.txt").write_text("x")
     cases.append((["--ct", d / "ct.tif", "--histology", d / "bad.txt"], "unknown file type"))
+    empty = tmp_path / "empty.png"
+    iio.imwrite(empty, np.zeros(p["ct"].shape, np.uint8))
+    cases.append((["--ct", d / "ct.tif", "--histology", d / "he.png", "--mask", empty,
+                   "--mask-only"],
+                  f"the mask {empty} keeps no pixel (all zero); mark the region to keep with "
+                  "non-zero values"))  # fmt: skip
     for extra, message in cases:
         r = _run(*base, *extra)
         assert r.exit_code == 2, (extra, r.output)

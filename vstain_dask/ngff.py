@@ -166,9 +166,17 @@ def _open_node(path: str | os.PathLike, mode: str = "r") -> tuple[Path, zarr.Arr
         return p, zarr.open(store=str(p), mode=mode)
     except Exception as e:  # zarr raises several types for broken metadata
         raise VolumeFormatError(
-            f"{p} could not be opened as a zarr store ({type(e).__name__}: {e}); "
-            "check that it was written completely"
+            f"{p} could not be opened as a zarr store: {_metadata_file(p)} is corrupt "
+            f"({type(e).__name__}: {e}); check that it was written completely"
         ) from e
+
+
+def _metadata_file(p: Path) -> Path:
+    """The metadata document of the zarr node at ``p`` (zarr v3's or v2's)."""
+    for name in ("zarr.json", ".zarray", ".zgroup"):
+        if (p / name).is_file():
+            return p / name
+    return p / "zarr.json"
 
 
 def _default_axes(ndim: int, *, rgb: bool = False) -> tuple[str, ...]:
@@ -290,6 +298,11 @@ def _read_multiscale(path: str | os.PathLike, mode: str = "r") -> _Multiscale:
         except KeyError as e:
             raise VolumeFormatError(
                 f"{p} lists a level {name!r} that does not exist; the store is incomplete"
+            ) from e
+        except Exception as e:  # a metadata document that is not valid JSON or zarr metadata
+            raise VolumeFormatError(
+                f"{_metadata_file(p / name)} is corrupt ({type(e).__name__}: {e}); restore it "
+                "from a copy, or write the volume again"
             ) from e
         if not isinstance(arr, zarr.Array):
             raise VolumeFormatError(f"{p}: level {name!r} is a group, not an array")
@@ -436,6 +449,21 @@ def content_identity(path: str | os.PathLike) -> str:
                 st = f.stat()
                 h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
     return h.hexdigest()[:32]
+
+
+def missing_chunks(path: str | os.PathLike) -> tuple[int, int]:
+    """(chunks of the full-resolution level that are not stored, chunks it has in all).
+
+    Zarr reads a chunk that was never written as the array's fill value, which is what a store
+    copied in part, or written by a job that stopped, looks like; readers should say so.
+    """
+    arr = _read_multiscale(path).levels[0].array
+    return int(arr.nchunks - arr.nchunks_initialized), int(arr.nchunks)
+
+
+def chunk_file(arr: zarr.Array, index: Sequence[int]) -> Path:
+    """The file that holds chunk (or shard) ``index`` of an array in a local store."""
+    return Path(str(arr.store.root)) / arr.path / arr.metadata.encode_chunk_key(tuple(index))
 
 
 def open_volume(

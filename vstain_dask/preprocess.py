@@ -651,7 +651,7 @@ def estimate_ct_levels(
     if len(pops) < 2:
         raise InputError(
             "ct: could not find both a bone and a background intensity class in the sample "
-            f"(found {len(pops)}); measure them with levels_from_rois or pass a mask of the sample"
+            f"(found {len(pops)})"
         )
     roles = major(pops)
     background = roles[0] if roles else pops[0]

@@ -14,7 +14,9 @@ pyramid are written.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import hashlib
 import itertools
 import json
@@ -37,6 +39,7 @@ import numpy as np
 # while the worker's second thread reads the next block, so reads overlap compute
 from vstain_dask.cluster import COMPUTE_RESOURCE
 from vstain_dask.errors import (
+    ClusterError,
     InputError,
     JobError,
     OutputExistsError,
@@ -320,6 +323,97 @@ def plan_blocks(shape: Sequence[int], chunks: Sequence[int], config: StainConfig
                 blocks.append(Block(index, box, tile_box, read_box, n_tiles))  # type: ignore[arg-type]
                 index += 1
     return blocks
+
+
+#: a plan that computes each tile more than this many times over (blocks smaller than the
+#: tiles' reach) is refused before any work starts; about 3 times is the price of the default
+#: cubes of block fusion
+MAX_RECOMPUTE = 16.0
+#: ... and one computing them more than this many times over is run with a warning
+WARN_RECOMPUTE = 4.0
+
+
+def recompute_factor(shape: Sequence[int], blocks: list[Block], config: StainConfig) -> float:
+    """How many times over ``blocks`` compute each tile: the tiles they run, per tile of
+    whole-plane inference (1.0 for whole planes)."""
+    planned = sum(b.n_tiles for b in blocks)
+    minimum = sum(
+        _grid(shape, axis, config).n_tiles * shape[_DIMS.index(axis)] for axis in config.axes
+    )
+    return planned / max(minimum, 1)
+
+
+def _checked_plan(shape: Sequence[int], chunks: Sequence[int], config: StainConfig) -> list[Block]:
+    """:func:`plan_blocks`, refusing a block shape whose plan recomputes tiles many times over
+    (naming the factor) and warning of one that recomputes them a few times."""
+    block = config.block or default_block(shape, chunks, config)
+    n = math.prod(math.ceil(s / b) for s, b in zip(shape, block, strict=True))
+    if n > 100_000:
+        raise InputError(
+            f"--block {','.join(map(str, block))} cuts the volume into {n:,} blocks; use a "
+            f"block of at least a tile ({config.tile}) across, or leave --block out for the "
+            "default"
+        )
+    blocks = plan_blocks(shape, chunks, config)
+    factor = recompute_factor(shape, blocks, config)
+    if factor > MAX_RECOMPUTE:
+        raise InputError(
+            f"--block {','.join(map(str, block))} makes every tile be computed {factor:.0f} times "
+            f"over (blocks smaller than the tiles' reach; at most {MAX_RECOMPUTE:g} is allowed): "
+            "use a larger --block, or leave it out for the default"
+        )
+    if factor > WARN_RECOMPUTE:
+        warnings.warn(
+            f"--block {','.join(map(str, block))} computes every tile {factor:.1f} times over "
+            "(blocks smaller than the tiles' reach); a larger --block is faster",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return blocks
+
+
+def task_memory(block: Block, config: StainConfig, *, width: int, device: str = "cpu") -> int:
+    """Bytes one staining task of ``block`` needs at its peak, roughly: its input, the blend
+    accumulators and weights of a group of planes, one batch of tiles through a generator whose
+    full-resolution layers have ``width`` channels (a few of them alive at once), and its output.
+    An estimate to refuse plans that cannot fit, not a budget."""
+    tile_box = [b - a for a, b in block.tile_box]
+    read = math.prod(b - a for a, b in block.read_box) * 8  # raw, then float32
+    planes = 0
+    for axis in config.axes:
+        a = _DIMS.index(axis)
+        d1, d2 = _PLANE_DIMS[axis]
+        area = max(tile_box[d1], config.tile) * max(tile_box[d2], config.tile)
+        planes = max(planes, min(_PLANES_PER_CALL, tile_box[a]) * area * 4 * 8)
+    weights = config.tile**2 * 8
+    batch = config.batch_size or default_batch_size(device)
+    activations = batch * config.tile**2 * 4 * width * 4
+    out = math.prod(block.shape) * (3 if len(config.axes) == 1 else 3 * 4 * len(config.axes))
+    return read + planes + weights + activations + out
+
+
+def _generator_width(model) -> int:
+    """Channels of the generator's first convolution (its full-resolution width)."""
+    import torch
+
+    convs = (m for m in model.generator.modules() if isinstance(m, torch.nn.Conv2d))
+    return max(1, next((m.out_channels for m in convs), 1))
+
+
+def check_memory(
+    blocks: list[Block], config: StainConfig, *, model, available: int, device: str = "cpu"
+) -> None:
+    """Refuse a plan whose staining tasks cannot fit in ``available`` bytes per worker."""
+    from dask.utils import format_bytes
+
+    width = _generator_width(model)
+    need = max(task_memory(b, config, width=width, device=device) for b in blocks)
+    if need > available:
+        raise InputError(
+            f"one block with --tile {config.tile} needs about {format_bytes(need)}, more than the "
+            f"{format_bytes(available)} a worker has: use a smaller --tile (the model's is "
+            "usually 256), --batch-size or --block"
+        )
 
 
 # -- one block -------------------------------------------------------------------------------
@@ -684,6 +778,13 @@ class StainReport:
     dashboard: str | None
     #: task seconds summed over blocks: reading input, staining (model + blend), writing output
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
+    #: (chunks of the input not stored, so read as its fill value; chunks it has in all)
+    missing_chunks: tuple[int, int] = (0, 0)
+
+    @property
+    def already_complete(self) -> bool:
+        """The output was complete before this run: nothing was stained."""
+        return self.blocks_skipped == self.blocks and self.tiles == 0 and self.seconds == 0
 
     @property
     def voxels_per_s(self) -> float:
@@ -716,6 +817,7 @@ class _Ledger:
 
     def __init__(self, output: Path) -> None:
         # beside the store, not in it, so the store stays plain OME-Zarr; removed on completion
+        self.output = output
         self.root = output.with_name(output.name + _LEDGER)
         self.done_dir = self.root / "done"
         self.lock_path = self.root / _LOCK
@@ -768,23 +870,57 @@ class _Ledger:
 
     def acquire(self, *, fingerprint: str) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
+                "process_started": _process_started(os.getpid())}  # fmt: skip
         while True:
             try:
                 fd = os.open(self.lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 other = self._read_lock()
                 if other and _alive(other):
-                    raise OutputExistsError(
-                        f"another job (pid {other['pid']} on {other['host']}) is writing "
-                        f"{self.root.parent}; wait for it or stop it first"
-                    ) from None
+                    raise OutputExistsError(self.held_by(other)) from None
                 # a stale lock from a job that died: take it over
                 self.lock_path.unlink(missing_ok=True)
                 continue
             with os.fdopen(fd, "w") as f:
                 json.dump({**info, "fingerprint": fingerprint}, f)
             return
+
+    def held_by(self, lock: dict) -> str:
+        """Why the output is locked, naming the lock file and how to clear it, in one line."""
+        host = lock.get("host")
+        since = lock.get("started")
+        when = (
+            f", started {time.strftime('%Y-%m-%d %H:%M', time.localtime(since))}"
+            if isinstance(since, int | float)
+            else ""
+        )
+        here = host == socket.gethostname()
+        how = (
+            "wait for it or stop it first"
+            if here
+            else "wait for it or stop it first; if it no longer runs (its node went down), "
+            "rerun with --break-lock"
+        )
+        return (
+            f"another job (pid {lock.get('pid')} on {host}{when}) is writing "
+            f"{self.output}; its lock is "
+            f"{self.lock_path}: {how}"
+        )
+
+    def break_lock(self) -> dict | None:
+        """Remove the lock of a job that no longer runs (one on another host is taken at the
+        user's word); refuse while a live job on this host holds it. Returns the lock broken."""
+        other = self._read_lock()
+        if other is None:
+            return None
+        if other.get("host") == socket.gethostname() and _alive(other):
+            raise OutputExistsError(
+                f"--break-lock refused: pid {other.get('pid')} on this host still runs and holds "
+                f"{self.lock_path}; stop it first"
+            )
+        self.lock_path.unlink(missing_ok=True)
+        return other
 
     def _read_lock(self) -> dict | None:
         try:
@@ -805,6 +941,7 @@ class _Ledger:
         for p in self.root.glob("axis-*.zarr"):
             shutil.rmtree(p, ignore_errors=True)
         (self.root / _JOB).unlink(missing_ok=True)
+        job_log_path(self.output).unlink(missing_ok=True)
         self.release()
         try:
             self.root.rmdir()
@@ -812,18 +949,37 @@ class _Ledger:
             pass
 
 
+def _process_started(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch), or None if it does not run."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
+        return None
+
+
 def _alive(lock: dict) -> bool:
-    """Whether the process that holds a lock still runs (only knowable on the same host; a lock
-    from another host is taken as alive)."""
+    """Whether the job that holds a lock still runs. Only knowable on the same host, where the
+    process must exist and have started when the lock says (a pid reused by another process
+    does not count); a lock from another host is taken as alive."""
     if lock.get("host") != socket.gethostname():
         return True
     try:
-        os.kill(int(lock["pid"]), 0)
-    except ProcessLookupError:
+        pid = int(lock["pid"])
+    except (KeyError, TypeError, ValueError):
         return False
-    except (PermissionError, ValueError, KeyError, TypeError):
-        return True
-    return True
+    started = _process_started(pid)
+    if started is None:
+        import psutil
+
+        return psutil.pid_exists(pid)  # exists, but its start time cannot be read: alive
+    recorded = lock.get("process_started")
+    if isinstance(recorded, int | float):
+        return abs(started - recorded) < 1.0
+    # a lock without the process's start time: alive unless the process started after it
+    since = lock.get("started")
+    return not (isinstance(since, int | float) and started > since + 1.0)
 
 
 def _fingerprint(*parts: Any) -> str:
@@ -837,9 +993,57 @@ def _level0(source: str):
     return ngff.level_array(source)
 
 
+@dataclasses.dataclass(frozen=True)
+class _InputFault:
+    """What is wrong with a block's input (a corrupt chunk, NaN voxels): a task returns it
+    rather than raising, since no retry can help, and the job stops with it as a user error."""
+
+    message: str
+
+
+def _corrupt_chunk(arr, sel: tuple[slice, ...]) -> _InputFault | None:
+    """The first chunk (or shard) in ``sel`` that cannot be read, if reading each in turn finds
+    one."""
+    from vstain_dask import ngff
+
+    grid = arr.shards or arr.chunks
+    spans = [range(s.start // c, (s.stop - 1) // c + 1) for s, c in zip(sel, grid, strict=True)]
+    for index in itertools.product(*spans):
+        box = tuple(
+            slice(i * c, min((i + 1) * c, n))
+            for i, c, n in zip(index, grid, arr.shape, strict=True)
+        )
+        try:
+            arr[box]
+        except Exception as e:
+            return _InputFault(
+                f"the input chunk {ngff.chunk_file(arr, index)} cannot be read "
+                f"({type(e).__name__}: {e}); restore it from a copy, or import the volume again"
+            )
+    return None
+
+
+def _non_finite(raw: np.ndarray, block: Block, *, two_d: bool) -> _InputFault | None:
+    """NaN or infinite voxels in a block's input, naming the first."""
+    if raw.dtype.kind != "f":
+        return None
+    bad = ~np.isfinite(raw)
+    if not bad.any():
+        return None
+    i = np.unravel_index(int(np.argmax(bad)), raw.shape)
+    at = [int(k) + a for k, (a, _) in zip(i, block.read_box, strict=True)]
+    where = f"(y, x) = ({at[1]}, {at[2]})" if two_d else f"(z, y, x) = ({at[0]}, {at[1]}, {at[2]})"
+    # decided: reject rather than guess a value (documented in the README)
+    return _InputFault(
+        f"the CT has {int(bad.sum())} NaN or infinite voxel(s) in {block.name}, the first "
+        f"{raw[i]} at {where}; replace them (e.g. with the background grey value, "
+        "numpy.nan_to_num) and write the volume again, then stain it with --overwrite"
+    )
+
+
 def _read_block(
     block: Block, *, source: str, two_d: bool, mask_path: str | None = None
-) -> tuple[np.ndarray, np.ndarray | None, float]:
+) -> tuple[np.ndarray, np.ndarray | None, float] | _InputFault:
     """Task body: read a block's input box (and its mask): pure I/O, so it can run beside a
     staining task."""
     import zarr
@@ -847,7 +1051,16 @@ def _read_block(
     t0 = time.perf_counter()
     src = _level0(source)
     sel = tuple(slice(a, b) for a, b in block.read_box)
-    raw = src[sel[1:]][None] if two_d else src[sel]
+    sel = sel[1:] if two_d else sel
+    try:
+        raw = src[sel]
+    except Exception:
+        fault = _corrupt_chunk(src, sel)
+        if fault is None:
+            raise  # not a chunk that cannot be decoded: maybe transient, so retried
+        return fault
+    if two_d:
+        raw = raw[None]
     mask = None
     if mask_path is not None:
         box = tuple(slice(a, b) for a, b in block.box)
@@ -868,13 +1081,12 @@ def _stain_task(
     """Task body: stain one block (the only task that holds the compute resource)."""
     from vstain_dask.cluster import worker_model
 
+    if isinstance(read, _InputFault):
+        return read
     raw, mask, read_s = read
-    if raw.dtype.kind == "f" and not np.isfinite(raw).all():
-        # decided: reject rather than guess a value (documented in the README)
-        raise InputError(
-            f"the CT has NaN or infinite voxels in {block.name} (box {block.read_box}); replace "
-            "them, e.g. with the background grey value, before staining"
-        )
+    fault = _non_finite(raw, block, two_d=vol_shape[0] == 1)
+    if fault is not None:
+        return fault
     t1 = time.perf_counter()
     model = worker_model(model_path, model_sha, device=config.device)
     rgb, spread = stain_block(
@@ -904,6 +1116,8 @@ def _write_block(
     block's staining), then record the block in the ledger."""
     import zarr
 
+    if isinstance(stained, _InputFault):
+        return stained
     rgb, spread, timings = stained
     t2 = time.perf_counter()
     out = zarr.open_array(store=target, path=array_path, mode="r+")
@@ -925,8 +1139,10 @@ def check_inputs(
     *,
     resume: bool = False,
     overwrite: bool = False,
+    break_lock: bool = False,
 ):
-    """Everything that can be checked about a stain's input and output before any work starts.
+    """Everything that can be checked about a stain's input and output before any work starts
+    (and, with ``break_lock``, the removal of a lock left by a job that no longer runs).
 
     Returns
     -------
@@ -953,6 +1169,11 @@ def check_inputs(
         raise InputError(f"output {output} is inside the input {source}; choose another path")
     if resume and overwrite:
         raise InputError("choose either --resume or --overwrite, not both")
+    if overwrite and output.is_symlink():
+        raise InputError(
+            f"{output} is a symbolic link (to {os.readlink(output)}); --overwrite replaces "
+            "folders, not links: remove the link, or give the folder it points to as -o"
+        )
     parent = out_res.parent
     if not parent.is_dir():
         raise InputError(f"the output folder {parent} does not exist or is not a folder")
@@ -962,12 +1183,19 @@ def check_inputs(
         raise OutputExistsError(
             f"{output} exists; use --overwrite to replace it or --resume to continue it"
         )
-    lock = _Ledger(output)._read_lock()
+    ledger = _Ledger(output)
+    if break_lock:
+        broken = ledger.break_lock()
+        if broken:
+            warnings.warn(
+                f"broke the lock {ledger.lock_path} of pid {broken.get('pid')} on "
+                f"{broken.get('host')}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+    lock = ledger._read_lock()
     if lock and _alive(lock):
-        raise OutputExistsError(
-            f"another job (pid {lock['pid']} on {lock['host']}) is writing {output}; "
-            "wait for it or stop it first"
-        )
+        raise OutputExistsError(ledger.held_by(lock))
     return source, vol, output
 
 
@@ -982,6 +1210,7 @@ def stain_to_zarr(
     ngff_version: str = "0.5",
     resume: bool = False,
     overwrite: bool = False,
+    break_lock: bool = False,
     retries: int = 2,
     progress: bool = True,
     command: str | None = None,
@@ -1005,6 +1234,9 @@ def stain_to_zarr(
         Continue an interrupted job on ``output``: finished blocks are kept.
     overwrite : bool
         Replace an existing ``output``.
+    break_lock : bool
+        Remove the lock of a job that no longer runs but could not be seen to have ended (one
+        on another host whose node went down); refused while a job on this host holds it.
     retries : int
         Times a failed block is retried (on another worker if its worker died).
 
@@ -1021,10 +1253,12 @@ def stain_to_zarr(
         Some blocks failed after their retries; the output stays marked incomplete and resumable.
     """
 
-    from vstain_dask import __version__
+    from vstain_dask import __version__, ngff
 
     config = config or StainConfig()
-    source, vol, output = check_inputs(source, output, resume=resume, overwrite=overwrite)
+    source, vol, output = check_inputs(
+        source, output, resume=resume, overwrite=overwrite, break_lock=break_lock
+    )
     two_d, vol_shape = _vol_shape(vol)
 
     model_path, model_sha = _model_ref(model)
@@ -1044,7 +1278,16 @@ def stain_to_zarr(
                 output=output, blocks=n_blocks, blocks_skipped=n_blocks, tiles=0,
                 voxels=int(np.prod(vol_shape)), seconds=0.0, dashboard=None,
             )  # fmt: skip
-        return _create_and_run(
+        missing = ngff.missing_chunks(source)
+        if missing[0]:
+            warnings.warn(
+                f"{missing[0]} of {missing[1]} chunks of {source} are not stored; they are read "
+                f"as the fill value {ngff.level_array(source).fill_value}, as zarr does (a store "
+                "copied in part, or written by a job that stopped?)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        report = _create_and_run(
             output, ledger=ledger, stages=stages, vol=vol, vol_shape=vol_shape, two_d=two_d,
             chunks=chunks, config=config, ngff_version=ngff_version, client=client,
             source=str(source), model_path=model_path, model_sha=model_sha, retries=retries,
@@ -1053,7 +1296,7 @@ def stain_to_zarr(
                 "model": {"path": model_path, "sha256": model_sha},
                 "input": {"path": str(source.resolve()), "shape": list(vol.shape),
                           "dtype": str(vol.dtype),
-                          "identity": identity},
+                          "identity": identity, "missing_chunks": missing[0]},
                 "parameters": config.to_dict(),
                 "chunks": list(chunks),
                 "fingerprint": fingerprint,
@@ -1062,8 +1305,24 @@ def stain_to_zarr(
                 "complete": False,
             },
         )  # fmt: skip
+        return dataclasses.replace(report, missing_chunks=missing)
+    except OSError as e:
+        if _disk_full(e):
+            raise JobError(_disk_full_message(output)) from e
+        raise
     finally:
         ledger.release()
+
+
+def _disk_full(exc: BaseException | None) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def _disk_full_message(output: Path) -> str:
+    return (
+        f"no space left for {output} (disk full or quota reached); it is incomplete: free some "
+        "space and rerun the same command with --resume"
+    )
 
 
 def _create_and_run(
@@ -1254,18 +1513,22 @@ def _read_provenance(output: Path) -> dict:
         return {}
 
 
-def _stages(vol_shape, chunks, config: StainConfig) -> list[tuple[str, StainConfig, list[Block]]]:
-    """The job's stages: (ledger prefix, config, blocks). One stage, or one per axis when a
-    fused stain runs as passes."""
+def _stage_configs(config: StainConfig) -> list[tuple[str, StainConfig]]:
+    """(ledger prefix, config) of the job's stages: one, or one per axis when a fused stain runs
+    as passes."""
     if len(config.axes) > 1 and config.fusion is Fusion.PASSES:
-        stages = []
-        for axis in config.axes:
-            cfg = dataclasses.replace(
-                config, axes=axis, alpha=False, uncertainty=False, mask=False, block=None
-            )
-            stages.append((f"{axis}-", cfg, plan_blocks(vol_shape, chunks, cfg)))
-        return stages
-    return [("", config, plan_blocks(vol_shape, chunks, config))]
+        return [
+            (f"{axis}-", dataclasses.replace(config, axes=axis, alpha=False, uncertainty=False,
+                                              mask=False, block=None))
+            for axis in config.axes
+        ]  # fmt: skip
+    return [("", config)]
+
+
+def _stages(vol_shape, chunks, config: StainConfig) -> list[tuple[str, StainConfig, list[Block]]]:
+    """The job's stages: (ledger prefix, config, blocks), each plan checked first."""
+    return [(prefix, cfg, _checked_plan(vol_shape, chunks, cfg))
+            for prefix, cfg in _stage_configs(config)]  # fmt: skip
 
 
 def _run_stage(
@@ -1359,11 +1622,15 @@ def _run_stage(
             name = futures.pop(fut)
             if fut.status == "finished":
                 result = fut.result()
+                if isinstance(result, _InputFault):
+                    raise InputError(f"{result.message} ({output} is left incomplete)")
                 tiles += int(result["tiles"])
                 for k in timings:
                     timings[k] += float(result[k])
             else:
                 exc = fut.exception()
+                if _disk_full(exc):
+                    raise JobError(_disk_full_message(output)) from exc
                 failed[name] = f"{type(exc).__name__}: {exc}"
             if bar is not None:
                 bar.update(1)
@@ -1544,7 +1811,14 @@ def resolve_ct_levels(source, model, ct_levels) -> tuple[float, float] | None:
 
         vol = ngff.open_volume(source)
         material = (vol.attrs.get("vstain") or {}).get("material")  # phantoms record it
-        levels = estimate_ct_levels(vol.data, material=material)
+        try:
+            levels = estimate_ct_levels(vol.data, material=material)
+        except InputError as e:
+            raise InputError(
+                f"could not estimate the CT levels of {source}: {e}; give them with --ct-levels "
+                "BONE,BACKGROUND (the raw grey values of bone and of the embedding), or "
+                "--ct-levels none for a volume already normalized"
+            ) from e
         return (float(levels.bone), float(levels.background))
     bone, background = ct_levels
     return (float(bone), float(background))
@@ -1570,6 +1844,70 @@ def _local_gpu_workers(cluster, device: str | None):
     return dataclasses.replace(cluster, workers=1) if on_cuda else cluster
 
 
+def job_log_path(output: str | os.PathLike) -> Path:
+    """Where a job on ``output`` logs what its cluster says: beside the output, in the job's
+    folder (removed with it when the job completes)."""
+    return _Ledger(Path(output)).root / "cluster.log"
+
+
+@contextlib.contextmanager
+def job_log(path: Path):
+    """Send what the cluster says (distributed's logs in this process; stderr of the local
+    worker processes, through the ``vstain_dask._worker_log`` preload) to ``path`` rather than
+    the terminal, for the duration of a job."""
+    import dask
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    loggers = [logging.getLogger(n) for n in ("distributed", "tornado", "asyncio")]
+    saved = [(lg, lg.handlers[:], lg.propagate) for lg in loggers]
+    for lg in loggers:
+        lg.handlers, lg.propagate = [handler], False
+    preload = list(dask.config.get("distributed.worker.preload", None) or [])
+    try:
+        with dask.config.set({"distributed.worker.preload": [*preload, "vstain_dask._worker_log"],
+                              "vstain.worker-log": str(path)}):  # fmt: skip
+            yield path
+    finally:
+        for lg, handlers, propagate in saved:
+            lg.handlers, lg.propagate = handlers, propagate
+        handler.close()
+
+
+def _worker_memory(cluster) -> int | None:
+    """Bytes of memory a worker of ``cluster`` has, where known before it starts."""
+    from dask.utils import parse_bytes
+
+    from vstain_dask.cluster import ClusterKind, _cpu_count
+
+    if cluster.memory_limit:
+        return parse_bytes(cluster.memory_limit)
+    if cluster.scheduler or cluster.kind is not ClusterKind.LOCAL:
+        return None
+    import psutil
+
+    return psutil.virtual_memory().total // (cluster.workers or min(_cpu_count(), 8))
+
+
+def _check_fits(vol, model, config: StainConfig, cluster, *, chunks) -> None:
+    """The job's plan, checked before a cluster starts: block shapes against the chunks, tiles
+    computed many times over, and blocks whose staining cannot fit in a worker's memory."""
+    import torch
+
+    from vstain_dask.models import load_model
+
+    two_d, vol_shape = _vol_shape(vol)
+    stages = _stages(vol_shape, _output_chunks(vol_shape, chunks, two_d=two_d), config)
+    available = _worker_memory(cluster)
+    if available is None:
+        return
+    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    loaded = load_model(model, device="cpu")
+    for _, cfg, blocks in stages:
+        check_memory(blocks, cfg, model=loaded, available=available, device=device)
+
+
 def run_stain(
     source: str | os.PathLike,
     output: str | os.PathLike | None = None,
@@ -1579,6 +1917,7 @@ def run_stain(
     cluster=None,
     ct_levels: str | tuple[float, float] | None = "auto",
     on_start=None,
+    log_file: str | os.PathLike | None = None,
     **options,
 ) -> StainReport:
     """Stain ``source`` into ``output`` on a cluster: what ``vstain-dask stain`` runs.
@@ -1594,6 +1933,9 @@ def run_stain(
         See :func:`resolve_ct_levels`.
     on_start : callable, optional
         Called with the client once workers are up (the CLI prints the dashboard link).
+    log_file : path, optional
+        Send the cluster's logs (and local workers' stderr) there instead of the terminal
+        (see :func:`job_log`); errors of the job then name the file.
     options
         Passed to :func:`stain_to_zarr` (resume, overwrite, chunks, ngff_version, ...).
     """
@@ -1602,29 +1944,40 @@ def run_stain(
     model = Path(model) if model is not None else default_model_path()
     config = config or StainConfig()
     source = Path(source)
-    # fail early, before starting a cluster: bad input, bad model, existing output
-    check_inputs(
+    # fail early, before starting a cluster: bad input, bad model, existing output, a plan
+    # that cannot fit or would recompute every tile many times
+    _, vol, _ = check_inputs(
         source,
         output,
         resume=options.get("resume", False),
         overwrite=options.get("overwrite", False),
+        break_lock=options.pop("break_lock", False),
     )
     _model_ref(model)
     levels = resolve_ct_levels(source, model, ct_levels)
     if levels != config.ct_levels:
         config = dataclasses.replace(config, ct_levels=levels)
+    cluster = _local_gpu_workers(cluster, config.device)
+    _check_fits(vol, model, config, cluster, chunks=options.get("chunks"))
     if options.get("resume") and not options.get("overwrite"):
         check_resume(source, output, model=model, config=config, chunks=options.get("chunks"),
                      ngff_version=options.get("ngff_version", "0.5"))  # fmt: skip
-    with connect(_local_gpu_workers(cluster, config.device)) as client:
-        if on_start is not None:
-            on_start(client)
-        try:
-            return stain_to_zarr(
-                source, output, model=model, config=config, client=client, **options
-            )
-        except KeyboardInterrupt:
-            # the cluster is torn down mid-flight: its comms log tracebacks that mean nothing
-            for name in ("distributed", "tornado", "asyncio"):
-                logging.getLogger(name).setLevel(logging.CRITICAL + 1)
-            raise
+    logged = job_log(Path(log_file)) if log_file is not None else contextlib.nullcontext()
+    try:
+        with logged, connect(cluster) as client:
+            if on_start is not None:
+                on_start(client)
+            try:
+                return stain_to_zarr(
+                    source, output, model=model, config=config, client=client, **options
+                )
+            except KeyboardInterrupt:
+                # the cluster is torn down mid-flight: its comms log tracebacks that mean nothing
+                for name in ("distributed", "tornado", "asyncio"):
+                    logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+                raise
+    except (JobError, ClusterError) as e:
+        log_path = Path(log_file) if log_file is not None else None
+        if log_path is not None and log_path.is_file() and log_path.stat().st_size:
+            raise type(e)(f"{e} (the cluster's log: {log_path})") from e
+        raise

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import shlex
+import signal
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
@@ -33,11 +35,34 @@ def silence_interrupted_io() -> None:
     )
 
 
-def exit_interrupted(message: str) -> NoReturn:
-    """End a command stopped by Ctrl-C: one line on stderr, exit status 130."""
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a batch system's stop), raised where the command runs so that it
+    stops as after Ctrl-C: the cluster closed, the output left resumable, one line said."""
+
+
+@contextlib.contextmanager
+def stop_on_sigterm() -> Iterator[None]:
+    """Turn SIGTERM into :class:`Terminated` while the block runs (main thread only)."""
+
+    def terminate(signum, frame):  # noqa: ARG001
+        raise Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, terminate)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def exit_interrupted(message: str, exc: BaseException | None = None) -> NoReturn:
+    """End a command stopped by Ctrl-C (exit status 130) or SIGTERM (143): one line on stderr."""
     silence_interrupted_io()
     click.echo(message, err=True)
-    sys.exit(130)
+    sys.exit(143 if isinstance(exc, Terminated) else 130)
 
 
 class IntTuple(click.ParamType):

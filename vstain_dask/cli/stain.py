@@ -6,10 +6,12 @@ import click
 
 from vstain_dask.cli._options import (
     IntTuple,
+    Terminated,
     cluster_options,
     command_line,
     exit_interrupted,
     parse_ct_levels,
+    stop_on_sigterm,
 )
 
 
@@ -60,6 +62,12 @@ from vstain_dask.cli._options import (
 @click.option("--ngff-version", type=click.Choice(["0.4", "0.5"]), default="0.5", show_default=True)
 @click.option("--resume", is_flag=True, help="Continue an interrupted job on OUTPUT.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT.")
+@click.option(
+    "--break-lock",
+    is_flag=True,
+    help="Remove OUTPUT's lock left by a job that no longer runs (e.g. on a node that went "
+    "down); refused while a job on this host holds it.",
+)
 @cluster_options(
     default="local",
     cluster_help="Where the blocks are stained.",
@@ -78,8 +86,8 @@ from vstain_dask.cli._options import (
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 def stain(input_path, output, model, axes, tile, step, blend, fuse, fusion, batch_size,
           prefilter_sigma, ct_levels, alpha, uncertainty, mask, mask_colour, chunks, block,
-          ngff_version, resume, overwrite, cluster_config, workers, device, autocast, compile_,
-          retries, progress):  # fmt: skip
+          ngff_version, resume, overwrite, break_lock, cluster_config, workers, device, autocast,
+          compile_, retries, progress):  # fmt: skip
     """Stain a CT volume (OME-Zarr) into an RGB OME-Zarr volume."""
     import dataclasses
 
@@ -118,32 +126,45 @@ def stain(input_path, output, model, axes, tile, step, blend, fuse, fusion, batc
         n = len(client.scheduler_info().get("workers", {}))
         click.echo(f"dashboard: {url or 'not available'} ({n} worker(s))", err=True)
 
-    from vstain_dask.stain import default_output
+    from vstain_dask.stain import default_output, job_log_path
 
     target = output or default_output(input_path)
+    debug = (click.get_current_context().find_root().obj or {}).get("debug", False)
     try:
-        report = run_stain(
-            input_path,
-            output,
-            model=model,
-            config=config,
-            cluster=cluster_config,
-            ct_levels=parse_ct_levels(ct_levels, keywords=("auto", "none")),
-            on_start=on_start,
-            chunks=chunks,
-            ngff_version=ngff_version,
-            resume=resume,
-            overwrite=overwrite,
-            retries=retries,
-            progress=progress,
-            command=command_line(),
-        )
-    except KeyboardInterrupt:
+        with stop_on_sigterm():
+            report = run_stain(
+                input_path,
+                output,
+                model=model,
+                config=config,
+                cluster=cluster_config,
+                ct_levels=parse_ct_levels(ct_levels, keywords=("auto", "none")),
+                on_start=on_start,
+                # the cluster's own logs go to a file beside the job (to the terminal with --debug)
+                log_file=None if debug else job_log_path(target),
+                chunks=chunks,
+                ngff_version=ngff_version,
+                resume=resume,
+                overwrite=overwrite,
+                break_lock=break_lock,
+                retries=retries,
+                progress=progress,
+                command=command_line(),
+            )
+    except KeyboardInterrupt as e:
         exit_interrupted(
-            f"interrupted: {target} is incomplete; rerun the same command with --resume to finish it"
+            f"{'terminated' if isinstance(e, Terminated) else 'interrupted'}: {target} is "
+            "incomplete; rerun the same command with --resume to finish it",
+            e,
         )
+    if report.already_complete:
+        click.echo(f"{report.output} is already complete ({report.blocks} blocks); nothing to do")
+        return
+    missing, total = report.missing_chunks
     click.echo(
         f"wrote {report.output}: {report.blocks} blocks ({report.blocks_skipped} resumed), "
         f"{report.tiles} tiles in {report.seconds:.1f} s: {report.blocks_per_s:.2f} blocks/s, "
         f"{report.voxels_per_s:,.0f} voxels/s, {report.tiles_per_s:.1f} tiles/s"
-    )
+        + (f"; {missing} of {total} input chunks were missing (read as the fill value)"
+           if missing else "")
+    )  # fmt: skip

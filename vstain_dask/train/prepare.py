@@ -439,9 +439,21 @@ def add_pair(
     else:
         raise InputError("auto_mask=False (--mask-only) needs a mask (--mask M.png)")
     if not corr.any():
+        what = "" if isinstance(mask, np.ndarray) or mask is None else f" {mask}"
+        if not auto_mask:
+            raise InputError(
+                f"the mask{what} keeps no pixel (all zero); mark the region to keep with "
+                "non-zero values"
+            )
+        if manual is not None and manual.any():
+            raise InputError(
+                f"the correspondence mask is empty: the mask{what} and the automatic mask (the "
+                "bone and screw found on both images) do not overlap; use --mask-only to keep "
+                "the mask as it is"
+            )
         raise InputError(
-            "the correspondence mask is empty (no bone or screw found on both images); give a "
-            "mask with --mask and --mask-only"
+            "the correspondence mask is empty (no bone or screw found on both images); draw "
+            "the region to keep in a mask and give it with --mask M.png --mask-only"
         )
     norm = PairLevels(ct=levels, histology=hist_levels)
     p = Path(path).expanduser()
