@@ -28,6 +28,7 @@ def run_demo(
     overwrite: bool = False,
     cluster=None,
     progress: bool = True,
+    cluster_log: bool = False,
 ) -> DemoResult:
     """Make a phantom CT volume, stain it with the bundled model when one is installed, and
     write orthogonal views of both as a PNG.
@@ -40,10 +41,13 @@ def run_demo(
         Phantom size in voxels (5 µm).
     cluster : ClusterConfig, optional
         Where to stain; default a local cluster.
+    cluster_log : bool
+        Send the cluster's logs to a file beside the stain rather than the terminal (see
+        :func:`vstain_dask.stain.job_log`).
     """
     from vstain_dask import ngff
     from vstain_dask.phantom import write_phantom
-    from vstain_dask.stain import StainConfig, default_model_path, run_stain
+    from vstain_dask.stain import StainConfig, default_model_path, job_log_path, run_stain
     from vstain_dask.views import save_views
 
     out_dir = Path(out_dir)
@@ -64,6 +68,7 @@ def run_demo(
             chunks=(max(1, shape[0] // 4), shape[1], shape[2]),  # a few blocks per worker
             overwrite=overwrite,
             progress=progress,
+            log_file=job_log_path(stained) if cluster_log else None,
         )
     paths = [phantom] + ([stained] if stained else [])
     views = save_views(paths, out_dir / "views.png", titles=["CT phantom", "stained"][: len(paths)])

@@ -17,7 +17,8 @@ def demo(out_dir, shape, seed, overwrite):
     """Make a phantom volume, stain it with the bundled model, and save views."""
     from vstain_dask.demo import run_demo
 
-    result = run_demo(out_dir, shape=shape, seed=seed, overwrite=overwrite)
+    debug = (click.get_current_context().find_root().obj or {}).get("debug", False)
+    result = run_demo(out_dir, shape=shape, seed=seed, overwrite=overwrite, cluster_log=not debug)
     click.echo(result.info)
     if result.stained is None:
         click.echo("no bundled model is installed yet: the phantom was not stained")
