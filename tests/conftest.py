@@ -108,3 +108,21 @@ def ct(tmp_path_factory):
         vol, path, axes="zyx", scale=(5.0, 5.0, 5.0), units="micrometer", chunks=(5, 16, 16)
     )
     return path, vol
+
+
+# -- the stain's own record of finished blocks -------------------------------------------------
+
+
+@pytest.fixture
+def stain_ledger():
+    """``records(output) -> set[str]``: the finished-block records of the stain job writing
+    ``output``, read as the stain reads them when it resumes (empty before the job starts and
+    after it completed, when the ledger is removed)."""
+    from pathlib import Path
+
+    from vstain_dask.stain import _Ledger
+
+    def records(output) -> set[str]:
+        return _Ledger(Path(output)).done()
+
+    return records

@@ -59,11 +59,6 @@ def _gone(workdir: Path, job: str) -> bool:
     return _our_jobs(workdir).get(job) in (None, "CANCELLED", "COMPLETING")
 
 
-def _done(out: Path) -> int:
-    d = out.with_name(out.name + ".vstain-job") / "done"
-    return len([p for p in d.iterdir() if "block-" in p.name]) if d.is_dir() else 0
-
-
 def _levels(path: Path) -> list[np.ndarray]:
     n = ngff.open_volume(path).attrs["n_levels"]
     return [np.asarray(zarr.open_array(store=str(path), path=str(i), mode="r")[...])
@@ -130,18 +125,18 @@ def _slurm_stain(ct: Path, model: Path, tmp_path: Path, slurm: dict, *, jobs: in
 
 
 def test_scancel_of_one_of_two_worker_jobs_still_completes_identically(
-    slurm, ct_store, model_path, tmp_path
+    slurm, ct_store, model_path, tmp_path, stain_ledger
 ):
     local = None
     with _slurm_stain(ct_store, model_path, tmp_path, slurm, jobs=2) as (proc, out, log, jobdir):
         # both worker jobs run and blocks are being written: then one job is cancelled
-        _wait(lambda: len(_running(jobdir)) == 2 and _done(out) >= 3, timeout=240, proc=proc,
-              log=log, what="two running worker jobs and three stained blocks")  # fmt: skip
+        _wait(lambda: len(_running(jobdir)) == 2 and len(stain_ledger(out)) >= 3, timeout=240,
+              proc=proc, log=log, what="two running worker jobs and three stained blocks")  # fmt: skip
         victim = _running(jobdir)[0]
         subprocess.run(["scancel", victim], check=True)
-        _wait(lambda: _gone(jobdir, victim), timeout=60, proc=proc, log=log,
+        _wait(lambda: _gone(jobdir, victim), timeout=120, proc=proc, log=log,
               what=f"job {victim} to leave the queue")  # fmt: skip
-        assert _done(out) < CT_SHAPE[0], "the cancel must land mid-run"
+        assert len(stain_ledger(out)) < CT_SHAPE[0], "the cancel must land mid-run"
 
         # meanwhile, the reference on a local cluster (on the core the cancelled job freed)
         local = subprocess.run(
@@ -164,7 +159,7 @@ def test_scancel_of_one_of_two_worker_jobs_still_completes_identically(
 
 
 def test_scancel_of_the_only_worker_job_is_replaced_and_completes(
-    slurm, ct_store, model_path, tmp_path
+    slurm, ct_store, model_path, tmp_path, stain_ledger
 ):
     reference = tmp_path / "local.ome.zarr"
     local = None
@@ -175,19 +170,31 @@ def test_scancel_of_the_only_worker_job_is_replaced_and_completes(
             log,
             jobdir,
         ):
-            _wait(lambda: len(_running(jobdir)) == 1 and _done(out) >= 2, timeout=240, proc=proc,
-                  log=log, what="a running worker job and two stained blocks")  # fmt: skip
+            _wait(lambda: len(_running(jobdir)) == 1 and len(stain_ledger(out)) >= 2,
+                  timeout=240, proc=proc, log=log,
+                  what="a running worker job and two stained blocks")  # fmt: skip
             (victim,) = _running(jobdir)
             subprocess.run(["scancel", victim], check=True)
+            # fully gone (not still completing), so no block it stained is written after this
+            _wait(lambda: _our_jobs(jobdir).get(victim) in (None, "CANCELLED"), timeout=120,
+                  proc=proc, log=log, what=f"job {victim} to leave the queue")  # fmt: skip
+            before = stain_ledger(out)
+            assert len(before) < CT_SHAPE[0], "the cancel must land mid-run"
             # the reference, on the core the stain leaves idle while it has no worker
             local = subprocess.Popen(
                 [*_cli(), "stain", str(ct_store), "-o", str(reference), "--model", str(model_path),
                  *COMMON, "--workers", "1", "--threads-per-worker", "1"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
             )  # fmt: skip
-            # a replacement is submitted once the scheduler has given the lost worker up (15 s)
-            _wait(lambda: set(_our_jobs(jobdir)) - {victim}, timeout=40, proc=proc, log=log,
+            # a replacement is submitted once the scheduler has given the lost worker up (about
+            # 15 s), and it starts staining where the cancelled job left off
+            _wait(lambda: set(_our_jobs(jobdir)) - {victim}, timeout=180, proc=proc, log=log,
                   what=f"a job to replace the cancelled job {victim}")  # fmt: skip
+            replacements = sorted(set(_our_jobs(jobdir)) - {victim})
+            # a block recorded now (or the stain done, which removes the records) was stained
+            # by the replacement: no other worker is left
+            _wait(lambda: len(stain_ledger(out)) > len(before) or proc.poll() == 0, timeout=240,
+                  proc=proc, log=log, what=f"the replacement {replacements} to stain a block")  # fmt: skip
             stdout, _ = proc.communicate(timeout=300)
             _, local_err = local.communicate(timeout=300)
     finally:
@@ -201,3 +208,4 @@ def test_scancel_of_the_only_worker_job_is_replaced_and_completes(
     assert ngff.open_volume(out).attrs["vstain"]["complete"] is True
     for stained, expected in zip(_levels(out), _levels(reference), strict=True):
         np.testing.assert_array_equal(stained, expected)
+    assert any((jobdir / f"slurm-{job}.out").exists() for job in replacements), replacements
