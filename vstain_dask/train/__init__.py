@@ -7,7 +7,8 @@
 - :mod:`~vstain_dask.train.dataset`: the seeded patch stream read straight from zarr;
 - :mod:`~vstain_dask.train.trainer`: the four variants, checkpoints and exact resume
   (:func:`train`);
-- :mod:`~vstain_dask.train.folds`: stratified splits and folds on a dask cluster;
+- :mod:`~vstain_dask.train.split`: the test set and stratified cross-validation folds;
+- :mod:`~vstain_dask.train.folds`: the folds trained in parallel on a dask cluster;
 - :mod:`~vstain_dask.train.metrics`: masked SSIM/PSNR of whole-pair predictions;
 - :mod:`~vstain_dask.train.default`: the recipe of the bundled default model.
 
@@ -28,8 +29,8 @@ _EXPORTS: dict[str, str] = {
     "make_loader": "vstain_dask.train.dataset",
     "measure_stream": "vstain_dask.train.dataset",
     "scan_pairs": "vstain_dask.train.dataset",
-    "Split": "vstain_dask.train.folds",
-    "make_split": "vstain_dask.train.folds",
+    "Split": "vstain_dask.train.split",
+    "make_split": "vstain_dask.train.split",
     "train_folds": "vstain_dask.train.folds",
     "masked_ssim": "vstain_dask.train.metrics",
     "masked_psnr": "vstain_dask.train.metrics",

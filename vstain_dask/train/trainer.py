@@ -137,7 +137,7 @@ class TrainConfig:
     autocast, channels_last : bool or None
         bf16 autocast and channels-last memory; None: on for CUDA, off on the CPU.
     folds, fold, test_fraction
-        Cross-validation (see :func:`~vstain_dask.train.folds.make_split`).
+        Cross-validation (see :func:`~vstain_dask.train.split.make_split`).
     val_every : int
         Validate on the validation pairs every this many epochs (0: never).
     log_every : int
@@ -462,7 +462,7 @@ def _components(variant: Variant, weights: LossWeights, ct_channels: int) -> lis
 
 def _split_for(pairs: Any, config: TrainConfig) -> Any:
     from vstain_dask.pairs import list_pairs
-    from vstain_dask.train.folds import make_split
+    from vstain_dask.train.split import make_split
 
     if not isinstance(pairs, str | os.PathLike):
         raise InputError("pairs must be the path of a pairs store")
