@@ -406,8 +406,7 @@ def test_default_compile_falls_back_to_the_eager_generator_once(recwarn):
     """On CUDA the generator is compiled by default; where compiling fails (no C compiler for
     Triton, say) the stain goes on with the eager generator, says so once, and never retries."""
     import torch
-
-    from vstain_dask.stain import _CompiledOrEager
+    from vstain_dask.runtime import CompiledOrEager
 
     calls = []
 
@@ -416,7 +415,7 @@ def test_default_compile_falls_back_to_the_eager_generator_once(recwarn):
         raise RuntimeError("Failed to find C compiler. Please specify via CC environment variable.")
 
     net = torch.nn.Conv2d(1, 3, 1)
-    wrapped = _CompiledOrEager(net, broken)
+    wrapped = CompiledOrEager(net, broken)
     x = torch.ones(2, 1, 4, 4)
     with torch.inference_mode():
         for _ in range(3):
@@ -428,7 +427,7 @@ def test_default_compile_falls_back_to_the_eager_generator_once(recwarn):
     )
     assert "eager generator" in str(w.message) and "--no-compile" in str(w.message)
     # a working compiled callable is used from then on
-    ok = _CompiledOrEager(net, lambda t: net(t) + 1)
+    ok = CompiledOrEager(net, lambda t: net(t) + 1)
     with torch.inference_mode():
         assert torch.equal(ok(x), net(x) + 1) and torch.equal(ok(x), net(x) + 1)
     assert ok.failed is None

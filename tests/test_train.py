@@ -273,11 +273,11 @@ def test_config_validation():
     with pytest.raises(InputError, match="unknown field"):
         TrainConfig.from_dict({"nope": 1})
     with pytest.raises(InputError, match="CUDA is not available"):
-        from vstain_dask.train.trainer import _device
+        from vstain_dask.runtime import resolve_device
 
         if torch.cuda.is_available():
             pytest.skip("CUDA is available here")
-        _device("cuda")
+        resolve_device("cuda")
 
 
 _CUDA = pytest.param(

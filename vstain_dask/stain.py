@@ -24,7 +24,6 @@ import logging
 import math
 import os
 import socket
-import threading
 import time
 import uuid
 import warnings
@@ -45,6 +44,7 @@ from vstain_dask.errors import (
     OutputExistsError,
     as_enum,
 )
+from vstain_dask.runtime import compiled, compiled_or_eager, on_for_cuda, resolve_device
 from vstain_dask.tiling import BlendMode, TileGrid, predict_region
 
 __all__ = [
@@ -495,14 +495,14 @@ def stain_block(
     generator = model.generator
     device = next(generator.parameters()).device
     if config.compile:
-        generator = _compiled(generator)
+        generator = compiled(generator)
     elif config.compile is None and device.type == "cuda":
-        generator = _compiled_or_eager(generator)
+        generator = compiled_or_eager(generator)
 
     def predict(t: torch.Tensor) -> torch.Tensor:
         return generator(model.to_input(t))
 
-    autocast = config.autocast if config.autocast is not None else device.type == "cuda"
+    autocast = on_for_cuda(config.autocast, device)
     single = len(config.axes) == 1
     box_shape = tuple(b - a for a, b in box)
     preds = []
@@ -572,64 +572,6 @@ def default_batch_size(device) -> int:
 def _to_uint8(pred: np.ndarray) -> np.ndarray:
     """Generator output in [-1, 1] to 8-bit, as the model card states: round((y + 1) · 127.5)."""
     return np.clip(np.rint((pred.astype(np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
-
-
-_COMPILED: dict[int, Any] = {}
-
-
-def _compiled(generator):
-    import torch
-
-    key = id(generator)
-    if key not in _COMPILED:
-        _COMPILED[key] = torch.compile(generator)
-    return _COMPILED[key]
-
-
-class _CompiledOrEager:
-    """The compiled generator, or the eager one for good if compiling fails: the default on
-    CUDA, where a node without what the compiler needs (a C compiler for Triton, say) should
-    stain at the eager speed rather than not at all. Only the first call can fail to compile
-    (the batch shape never changes within a job); an error that is not the compiler's is
-    raised again by the eager call."""
-
-    def __init__(self, generator, compiled) -> None:
-        self.generator = generator
-        self.compiled = compiled
-        self.failed: str | None = None
-        self._lock = threading.Lock()
-        self._checked = False
-
-    def __call__(self, x):
-        if self._checked:
-            return self.generator(x) if self.failed else self.compiled(x)
-        with self._lock:
-            if not self._checked:
-                try:
-                    y = self.compiled(x)
-                except Exception as e:
-                    first = (str(e).splitlines() or [""])[0][:300]
-                    self.failed = f"{type(e).__name__}: {first}"
-                    warnings.warn(
-                        f"torch.compile failed ({self.failed}); staining with the eager "
-                        "generator, about 3x slower on a GPU (--no-compile skips the attempt)",
-                        RuntimeWarning,
-                        stacklevel=2,
-                    )
-                    y = self.generator(x)
-                self._checked = True
-                return y
-        return self(x)
-
-
-_COMPILED_OR_EAGER: dict[int, _CompiledOrEager] = {}
-
-
-def _compiled_or_eager(generator) -> _CompiledOrEager:
-    key = id(generator)
-    if key not in _COMPILED_OR_EAGER:
-        _COMPILED_OR_EAGER[key] = _CompiledOrEager(generator, _compiled(generator))
-    return _COMPILED_OR_EAGER[key]
 
 
 # -- the lazy result ---------------------------------------------------------------------------
@@ -1838,9 +1780,7 @@ def _local_gpu_workers(cluster, device: str | None):
     cluster = cluster or ClusterConfig()
     if cluster.kind is not ClusterKind.LOCAL or cluster.scheduler or cluster.workers is not None:
         return cluster
-    import torch
-
-    on_cuda = torch.device(device).type == "cuda" if device else torch.cuda.is_available()
+    on_cuda = resolve_device(device).type == "cuda"
     return dataclasses.replace(cluster, workers=1) if on_cuda else cluster
 
 
@@ -1893,7 +1833,6 @@ def _worker_memory(cluster) -> int | None:
 def _check_fits(vol, model, config: StainConfig, cluster, *, chunks) -> None:
     """The job's plan, checked before a cluster starts: block shapes against the chunks, tiles
     computed many times over, and blocks whose staining cannot fit in a worker's memory."""
-    import torch
 
     from vstain_dask.models import load_model
 
@@ -1902,7 +1841,7 @@ def _check_fits(vol, model, config: StainConfig, cluster, *, chunks) -> None:
     available = _worker_memory(cluster)
     if available is None:
         return
-    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = str(resolve_device(config.device))
     loaded = load_model(model, device="cpu")
     for _, cfg, blocks in stages:
         check_memory(blocks, cfg, model=loaded, available=available, device=device)

@@ -27,7 +27,6 @@ Only numpy is needed to build grids and weights; torch is imported by the infere
 from __future__ import annotations
 
 import functools
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -36,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vstain_dask.errors import InputError, as_enum
+from vstain_dask.runtime import compiled, on_for_cuda
 
 if TYPE_CHECKING:
     import torch
@@ -399,32 +399,6 @@ def blend_weights(
 # inference
 
 
-#: (id(predict), backend) -> (predict, compiled): the last few compiled callables, so a model is
-#: compiled once per process; bounded because the entries keep their models alive
-_COMPILED: OrderedDict[tuple[int, str], tuple[Callable, Callable]] = OrderedDict()
-_COMPILED_MAX = 4
-
-
-def _compiled(predict: Callable, backend: str) -> Callable:
-    import torch
-
-    key = (id(predict), backend)
-    entry = _COMPILED.get(key)
-    if entry is None:
-        try:
-            entry = (predict, torch.compile(predict, backend=backend))
-        except torch._dynamo.exc.InvalidBackend as e:
-            raise InputError(
-                f"compile must be True, False or a torch.compile backend name "
-                f"({', '.join(torch._dynamo.list_backends())}), got {backend!r}"
-            ) from e
-        _COMPILED[key] = entry
-        while len(_COMPILED) > _COMPILED_MAX:
-            _COMPILED.popitem(last=False)
-    _COMPILED.move_to_end(key)
-    return entry[1]
-
-
 def _reflect_index(n: int, size: int) -> np.ndarray:
     """Indices ``0..size-1`` reflected into ``[0, n)`` (numpy's "reflect", for any size)."""
     i = np.arange(size)
@@ -587,13 +561,12 @@ def predict_region(
     if device is None:
         device = planes.device if isinstance(planes, torch.Tensor) else "cpu"
     device = torch.device(device)
-    cuda = device.type == "cuda"
-    autocast = cuda if autocast is None else bool(autocast)
-    channels_last = cuda if channels_last is None else bool(channels_last)
+    autocast = on_for_cuda(autocast, device)
+    channels_last = on_for_cuda(channels_last, device)
     if compile is True:
-        fn = _compiled(predict, "inductor")
+        fn = compiled(predict)
     elif isinstance(compile, str) and compile:
-        fn = _compiled(predict, compile)
+        fn = compiled(predict, compile)
     elif compile is False:
         fn = predict
     else:

@@ -31,9 +31,9 @@ from vstain_dask.evaluate._run import (
     EvalConfig,
     EvaluationResult,
     PairImages,
-    _default_device,
     evaluate_models,
 )
+from vstain_dask.runtime import resolve_device
 
 __all__ = [
     "format_table",
@@ -490,7 +490,7 @@ def run_evaluation(
         from vstain_dask.evaluate._metrics import load_lpips
 
         # before touching the output, so a missing download fails first
-        lpips_model = load_lpips(device=config.device or _default_device())
+        lpips_model = load_lpips(device=resolve_device(config.device))
     _prepare(out, overwrite)  # refuses (or clears) before any work is done
     panel_files: list[Path] = []
 

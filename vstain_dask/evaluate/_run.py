@@ -32,6 +32,7 @@ from vstain_dask.evaluate._metrics import (
     sample_patches,
 )
 from vstain_dask.pairs import Role, list_pairs, read_pair
+from vstain_dask.runtime import resolve_device
 from vstain_dask.tiling import BlendMode
 
 __all__ = [
@@ -290,12 +291,6 @@ def _recorded_split(card: Mapping[str, Any]) -> dict[str, str]:
                 for pid in ids:
                     out[str(pid)] = role.value
     return out
-
-
-def _default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _model_names(paths: Sequence[Path]) -> list[str]:
@@ -557,7 +552,7 @@ def evaluate_models(
         raise InputError(
             f"the pairs store {pairs} holds no pairs; add some with `vstain-dask pairs add`"
         )
-    device = config.device or _default_device()
+    device = str(resolve_device(config.device))
     loaded = _load_models(models, device)
     plan = []
     for entry in entries:

@@ -60,6 +60,7 @@ from vstain_dask.models.config import (
     Variant,
 )
 from vstain_dask.models.networks import PatchDiscriminator, ResnetGenerator, UnetGenerator
+from vstain_dask.runtime import resolve_device
 
 __all__ = [
     "FORMAT_NAME",
@@ -847,15 +848,6 @@ def _load_network(
     return net.to(device), arch
 
 
-def _device(device: torch.device | str) -> torch.device:
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise InputError(
-            f"device must be a torch device such as 'cpu' or 'cuda:0', got {device!r}"
-        ) from e
-
-
 def load_model(path: str | os.PathLike, *, device: torch.device | str = "cpu") -> StainModel:
     """Load a model file (or the generator of a training checkpoint), ready to stain.
 
@@ -877,7 +869,7 @@ def load_model(path: str | os.PathLike, *, device: torch.device | str = "cpu") -
         metadata.
     """
     path = pathlib.Path(path)
-    dev = _device(device)
+    dev = resolve_device(device)
     doc = _read(path, verify=True)
     meta = doc["meta"]
     normalization = _normalization(meta, path)
@@ -913,7 +905,7 @@ def load_training_checkpoint(
         Where to put the networks (and nothing else: ``extra`` stays on the CPU).
     """
     path = pathlib.Path(path)
-    dev = _device(device)
+    dev = resolve_device(device)
     doc = _read(path, verify=True, mmap=False)
     meta = doc["meta"]
     if meta.get("kind") != "training":

@@ -69,6 +69,7 @@ from vstain_dask.models.losses import (
     supervision_loss,
     total_loss,
 )
+from vstain_dask.runtime import on_for_cuda, resolve_device
 from vstain_dask.train.augment import AugmentConfig
 
 __all__ = [
@@ -419,20 +420,6 @@ def _set_rng_state(state: Mapping[str, Any]) -> None:
 # -- helpers ---------------------------------------------------------------------------------------
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, TypeError) as e:
-        raise InputError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {name!r}") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(
-            f"device {name!r} was asked for but CUDA is not available; use --device cpu"
-        )
-    return dev
-
-
 def _set_requires_grad(nets: list[nn.Module], flag: bool) -> None:
     for net in nets:
         for p in net.parameters():
@@ -598,12 +585,8 @@ class _Trainer:
         self.variant = config.variant
         self.weights = config.loss_weights()
         self.components = _components(self.variant, self.weights, config.ct_channels)
-        self.use_autocast = (
-            config.autocast if config.autocast is not None else device.type == "cuda"
-        )
-        self.channels_last = (
-            config.channels_last if config.channels_last is not None else device.type == "cuda"
-        )
+        self.use_autocast = on_for_cuda(config.autocast, device)
+        self.channels_last = on_for_cuda(config.channels_last, device)
         nets = build_networks(
             self.variant,
             generator=config.generator_config(),
@@ -872,7 +855,7 @@ def train(
     run_dir = Path(out_dir).expanduser()
     pairs_path = Path(pairs).expanduser()
     split = _split_for(pairs_path, config)  # validates the store before anything is written
-    device = _device(config.device)
+    device = resolve_device(config.device)
     _prepare_dir(run_dir, resume=resume, overwrite=overwrite)
     ckpt_dir = run_dir / "checkpoints"
     ckpt_dir.mkdir(exist_ok=True)
