@@ -406,6 +406,7 @@ def test_default_compile_falls_back_to_the_eager_generator_once(recwarn):
     """On CUDA the generator is compiled by default; where compiling fails (no C compiler for
     Triton, say) the stain goes on with the eager generator, says so once, and never retries."""
     import torch
+
     from vstain_dask.runtime import CompiledOrEager
 
     calls = []
