@@ -17,7 +17,7 @@ Names are resolved lazily, so ``vstain-dask pairs list`` does not import torch.
 
 from __future__ import annotations
 
-import importlib
+from vstain_dask._lazy import lazy_exports
 
 # public name -> module that defines it
 _EXPORTS: dict[str, str] = {
@@ -48,17 +48,4 @@ _EXPORTS: dict[str, str] = {
     "train": "vstain_dask.train.trainer",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'vstain_dask.train' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)
