@@ -220,6 +220,22 @@ def test_lazy_api_matches_runner(client, ct, model_path, tmp_path):
     np.testing.assert_array_equal(lazy.data.compute(), _u8(_reference(vol, model_path, "z")))
 
 
+def test_lazy_api_refuses_what_it_cannot_honour(ct, model_path):
+    """The lazy stain fuses in blocks (its default as options) and says so when asked for
+    passes, a mask or the uncertainty, which only the runner writes."""
+    src, _ = ct
+    vol = ngff.open_volume(src)
+    lazy = stain(vol, model_path, axes="zyx", tile=TILE, step=STEP, chunks=CHUNKS)
+    assert lazy.shape == (3, *SHAPE)  # nothing computed
+    with pytest.raises(InputError, match="fuses several axes in blocks only .* run_stain"):
+        stain(vol, model_path, config=_config(axes="zyx"), chunks=CHUNKS)
+    with pytest.raises(InputError, match="got fusion='passes'"):
+        stain(vol, model_path, axes="zyx", fusion="passes", tile=TILE, step=STEP)
+    for option in ("mask", "uncertainty"):
+        with pytest.raises(InputError, match=f"RGB\\(A\\) stain only, got {option}=True"):
+            stain(vol, model_path, config=_config(axes="zyx", fusion="blocks", **{option: True}))
+
+
 def test_single_slice_gives_a_2d_image(client, ct, model_path, tmp_path):
     _, vol = ct
     ngff.write_volume(vol[3], tmp_path / "slice.zarr", axes="yx", scale=(5.0, 5.0))

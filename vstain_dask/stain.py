@@ -632,7 +632,8 @@ def stain(volume, model, *, config: StainConfig | None = None, chunks=None, **op
     model : path
         A vstain-dask checkpoint (loaded on each worker, once per process).
     config : StainConfig, optional
-        Or pass its fields as keyword options (``axes="zyx"``, ``step=64``, ...).
+        Or pass its fields as keyword options (``axes="zyx"``, ``step=64``, ...); given as
+        options, ``fusion`` defaults to ``"blocks"``, the only fusion this function does.
     chunks : (int, int, int), optional
         Output chunks (z, y, x); default: the input's chunks.
 
@@ -641,20 +642,39 @@ def stain(volume, model, *, config: StainConfig | None = None, chunks=None, **op
     xarray.DataArray
         (c, z, y, x) uint8 RGB(A) (or (c, y, x) for a slice), dask-backed, nothing computed yet.
 
+    Raises
+    ------
+    InputError
+        For several ``axes`` with ``fusion="passes"`` (passes go through 8-bit intermediates
+        on disk), and for ``mask`` or ``uncertainty``, which :func:`run_stain`
+        (``vstain-dask stain``) writes.
+
     Notes
     -----
     Made for looking at parts of a stain: computing a region computes only the blocks under
     it. With several ``axes`` the blocks are cubes of about 256 voxels that fuse in floating
-    point with halos, whatever ``config.fusion`` says. Each cube recomputes the tiles it
-    shares with its neighbours, about 8.8× the tiles of one axis for a 1536³ volume at step
-    64. :func:`run_stain` fuses one pass per axis through 8-bit intermediates on disk, 3× the
+    point with halos (``fusion="blocks"``). Each cube recomputes the tiles it shares with its
+    neighbours, about 8.8× the tiles of one axis for a 1536³ volume at step 64.
+    :func:`run_stain` fuses one pass per axis through 8-bit intermediates on disk, 3× the
     tiles of one axis, so stain whole volumes with it (or ``vstain-dask stain``).
     """
     import dask
     import dask.array as da
     import xarray as xr
 
-    config = config or StainConfig(**options)
+    config = config or StainConfig(**{"fusion": Fusion.BLOCKS, **options})
+    if len(config.axes) > 1 and config.fusion is not Fusion.BLOCKS:
+        raise InputError(
+            f"the lazy stain fuses several axes in blocks only (fusion='blocks'), got "
+            f"fusion={config.fusion.value!r}: fusion by passes writes 8-bit passes to disk, so "
+            "use run_stain or `vstain-dask stain` for it"
+        )
+    asked = [name for name in ("mask", "uncertainty") if getattr(config, name)]
+    if asked:
+        raise InputError(
+            f"the lazy stain returns the RGB(A) stain only, got {' and '.join(asked)}=True: "
+            "use run_stain or `vstain-dask stain`, which write the mask and the uncertainty"
+        )
     coords = {}
     attrs = {}
     if isinstance(volume, xr.DataArray):
