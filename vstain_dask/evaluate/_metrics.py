@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vstain_dask.errors import CheckpointError, InputError
+from vstain_dask.metrics import psnr, ssim
 
 if TYPE_CHECKING:
     import torch
@@ -35,8 +36,6 @@ __all__ = [
     "mask_to_background",
 ]
 
-#: 8-bit images: the data range of SSIM and PSNR
-DATA_RANGE = 255
 #: patches per LPIPS forward pass
 _LPIPS_BATCH = 16
 
@@ -263,20 +262,6 @@ def _rgb8(name: str, a: Any) -> np.ndarray:
     return a
 
 
-def _psnr(real: np.ndarray, fake: np.ndarray) -> float:
-    from skimage.metrics import peak_signal_noise_ratio
-
-    if np.array_equal(real, fake):
-        return float("inf")  # skimage divides by a zero error here
-    return float(peak_signal_noise_ratio(real, fake, data_range=DATA_RANGE))
-
-
-def _ssim(real: np.ndarray, fake: np.ndarray) -> float:
-    from skimage.metrics import structural_similarity
-
-    return float(structural_similarity(real, fake, channel_axis=-1, data_range=DATA_RANGE))
-
-
 def _to_lpips_input(batch: np.ndarray, device) -> torch.Tensor:
     import torch
 
@@ -345,8 +330,8 @@ def image_metrics(real: Any, fake: Any, *, lpips_model: Any | None = None) -> di
     if r.shape != f.shape:
         raise InputError(f"real and fake must have one shape, got {r.shape} and {f.shape}")
     return {
-        Metric.SSIM.value: _ssim(r, f),
-        Metric.PSNR.value: _psnr(r, f),
+        Metric.SSIM.value: ssim(r, f),
+        Metric.PSNR.value: psnr(r, f),
         Metric.LPIPS.value: (
             float(lpips_distance(r, f, lpips_model)[0]) if lpips_model is not None else float("nan")
         ),
@@ -390,8 +375,8 @@ def patch_metrics(
         else np.zeros((0, ph, pw, 3), np.uint8)
     )
     out = {
-        Metric.SSIM.value: np.array([_ssim(a, b) for a, b in zip(rp, fp, strict=True)]),
-        Metric.PSNR.value: np.array([_psnr(a, b) for a, b in zip(rp, fp, strict=True)]),
+        Metric.SSIM.value: np.array([ssim(a, b) for a, b in zip(rp, fp, strict=True)]),
+        Metric.PSNR.value: np.array([psnr(a, b) for a, b in zip(rp, fp, strict=True)]),
     }
     if lpips_model is not None and len(pos):
         out[Metric.LPIPS.value] = lpips_distance(rp, fp, lpips_model)

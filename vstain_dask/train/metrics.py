@@ -8,13 +8,13 @@ the mean absolute error are taken inside the mask too.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
+from vstain_dask import metrics
 from vstain_dask.errors import InputError
 from vstain_dask.models.config import InputNormalization
 
@@ -35,28 +35,21 @@ def _check(pred: np.ndarray, target: np.ndarray, mask: np.ndarray) -> tuple[np.n
             f"pred and target must be (Y, X, 3) RGB images of one shape, got {pred.shape} and "
             f"{target.shape}"
         )
-    if mask.shape != pred.shape[:2]:
-        raise InputError(f"mask must be (Y, X) = {pred.shape[:2]}, got {mask.shape}")
-    if not mask.any():
-        raise InputError("mask is empty: nothing to compare")
     return pred, target, mask
 
 
 def masked_ssim(pred: np.ndarray, target: np.ndarray, mask: np.ndarray) -> float:
-    """Mean SSIM inside ``mask`` of two (Y, X, 3) uint8 RGB images (data range 255)."""
-    from skimage.metrics import structural_similarity
-
+    """Mean SSIM inside ``mask`` of two (Y, X, 3) uint8 RGB images (data range 255):
+    :func:`vstain_dask.metrics.ssim` ``(target, pred, mask=mask)``."""
     pred, target, mask = _check(pred, target, mask)
-    _, smap = structural_similarity(target, pred, channel_axis=-1, data_range=255, full=True)
-    return float(smap.mean(axis=-1)[mask].mean())
+    return metrics.ssim(target, pred, mask=mask)
 
 
 def masked_psnr(pred: np.ndarray, target: np.ndarray, mask: np.ndarray) -> float:
-    """PSNR (dB, data range 255) over the pixels inside ``mask``."""
+    """PSNR (dB, data range 255) over the pixels inside ``mask``:
+    :func:`vstain_dask.metrics.psnr` ``(target, pred, mask=mask)``."""
     pred, target, mask = _check(pred, target, mask)
-    err = (pred.astype(np.float64) - target.astype(np.float64))[mask]
-    mse = float(np.mean(err**2))
-    return math.inf if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
+    return metrics.psnr(target, pred, mask=mask)
 
 
 def normalized_pair(
