@@ -102,10 +102,11 @@ def cluster_options(
 
     Adds ``--cluster``, ``--scheduler``, ``--jobs``, ``--threads-per-worker``, ``--memory``,
     the SLURM job settings (``--cores``, ``--walltime``, ``--gpus-per-job``, ``--queue``,
-    ``--account``, ``--interface``) and ``--cluster-timeout``. The command receives them as a
-    single keyword argument ``cluster_config``: a :class:`~vstain_dask.cluster.ClusterConfig`
-    (``workers`` is ``--jobs``, ``None`` when not given), or ``None`` when ``default`` is
-    ``None`` and neither ``--cluster`` nor ``--scheduler`` is given.
+    ``--account``, ``--interface``, ``--tls/--no-tls``) and ``--cluster-timeout``. The command
+    receives them as a single keyword argument ``cluster_config``: a
+    :class:`~vstain_dask.cluster.ClusterConfig` (``workers`` is ``--jobs``, ``None`` when not
+    given), or ``None`` when ``default`` is ``None`` and neither ``--cluster`` nor
+    ``--scheduler`` is given. Defaults are the ``ClusterConfig`` fields'.
 
     Parameters
     ----------
@@ -116,8 +117,11 @@ def cluster_options(
     jobs_help : str
         What ``--jobs`` counts for this command, and its default.
     """
-    from vstain_dask.cluster import ClusterKind
+    import dataclasses
 
+    from vstain_dask.cluster import ClusterConfig, ClusterKind
+
+    defaults = {f.name: f.default for f in dataclasses.fields(ClusterConfig)}
     positive = click.IntRange(min=1)
     options = [
         click.option(
@@ -128,7 +132,9 @@ def cluster_options(
             help=cluster_help,
         ),
         click.option(
-            "--scheduler", help="Address of a running dask scheduler (overrides --cluster)."
+            "--scheduler",
+            help="Address of a running dask scheduler, tcp://HOST:PORT or tls://HOST:PORT "
+            "(credentials from dask's distributed.comm.tls.* config); overrides --cluster.",
         ),
         click.option("--jobs", type=positive, help=jobs_help),
         click.option("--threads-per-worker", type=positive, help="Torch threads per worker."),
@@ -140,8 +146,15 @@ def cluster_options(
         click.option("--account", help="SLURM account."),
         click.option("--interface", help="Network interface for SLURM workers (e.g. ib0)."),
         click.option(
+            "--tls/--no-tls",
+            default=defaults["tls"],
+            show_default=True,
+            help="SLURM: TLS between scheduler, workers and this client, with temporary "
+            "credentials or the site's from dask's distributed.comm.tls.* config.",
+        ),
+        click.option(
             "--cluster-timeout",
-            default=60.0,
+            default=defaults["timeout"],
             show_default=True,
             help="Seconds to wait for a scheduler or the first worker.",
         ),
@@ -173,6 +186,7 @@ def _pop_cluster_config(params: dict[str, Any]) -> ClusterConfig | None:
         "queue": params.pop("queue"),
         "account": params.pop("account"),
         "interface": params.pop("interface"),
+        "tls": params.pop("tls"),
         "timeout": params.pop("cluster_timeout"),
     }
     if kind is None and scheduler is None:
