@@ -60,8 +60,9 @@ def _run(args, work: Path, device: str) -> dict:
     import torch
     from skimage.metrics import structural_similarity
 
+    from vstain_dask import intensity
     from vstain_dask.models import load_model
-    from vstain_dask.stain import _BACKGROUND_TARGET, _BONE_TARGET, resolve_ct_levels
+    from vstain_dask.stain import resolve_ct_levels
     from vstain_dask.tiling import TileGrid, predict_plane
 
     cuda = device.startswith("cuda")
@@ -81,10 +82,7 @@ def _run(args, work: Path, device: str) -> dict:
     # a trained model sees the CT normalized as it was in training, as `stain` feeds it
     levels = resolve_ct_levels(source, model_file, "auto")
     if levels is not None:
-        bone, background = levels
-        gain = (_BONE_TARGET - _BACKGROUND_TARGET) / (bone - background)
-        planes = np.clip((planes - background) * gain + _BACKGROUND_TARGET, 0.0, 65535.0)
-        planes = planes.astype(np.float32)
+        planes = intensity.ct_to_paper_units(planes.astype(np.float32), *levels)
     x = torch.from_numpy(planes).to(device)
 
     def predict(t: torch.Tensor) -> torch.Tensor:

@@ -23,6 +23,7 @@ Only numpy, scipy, scikit-image and dask are used here; nothing imports torch.
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from collections.abc import Sequence
@@ -36,7 +37,9 @@ import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 from scipy import ndimage as ndi
 
+from vstain_dask import intensity
 from vstain_dask.errors import InputError, as_enum
+from vstain_dask.intensity import CT_BACKGROUND_LEVEL, CT_BONE_LEVEL
 from vstain_dask.pairs import Material
 
 __all__ = [
@@ -56,11 +59,6 @@ __all__ = [
     "correspondence_mask",
     "gaussian_prefilter",
 ]
-
-#: uint16 grey value that the mean of bone is mapped to (the paper's constant).
-CT_BONE_LEVEL: int = 30000
-#: uint16 grey value that the mean of the background is mapped to (the paper's constant).
-CT_BACKGROUND_LEVEL: int = 10000
 
 
 class LevelSource(StrEnum):
@@ -737,16 +735,6 @@ def levels_from_rois(
     return CTLevels(bone=means[0], background=means[1], source=LevelSource.ROI, n_samples=None)
 
 
-def _normalize_block(
-    block: np.ndarray, *, offset: float, scale: float, target: float, out_dtype: np.dtype
-) -> np.ndarray:
-    out = (block.astype(np.float64) - offset) * scale + target
-    if out_dtype.kind in "iu":
-        info = np.iinfo(out_dtype)
-        out = np.clip(np.rint(out), info.min, info.max)
-    return out.astype(out_dtype)
-
-
 def normalize_ct(
     ct: ArrayLike | da.Array,
     levels: CTLevels,
@@ -809,21 +797,20 @@ def normalize_ct(
                     f"{name} must lie in the range of {out_dtype} [{info.min}, {info.max}], "
                     f"got {value}"
                 )
-    kwargs = {
-        "offset": levels.background,
-        "scale": (bone_target - background_target) / (levels.bone - levels.background),
-        "target": background_target,
-        "out_dtype": out_dtype,
-    }
+    rescale = functools.partial(
+        intensity.rescale_ct,
+        bone=levels.bone,
+        background=levels.background,
+        bone_target=bone_target,
+        background_target=background_target,
+        dtype=out_dtype,
+    )
     if isinstance(data, da.Array):
         out = data.map_blocks(
-            _normalize_block,
-            dtype=out_dtype,
-            meta=np.empty((0,) * data.ndim, dtype=out_dtype),
-            **kwargs,
+            rescale, dtype=out_dtype, meta=np.empty((0,) * data.ndim, dtype=out_dtype)
         )
     else:
-        out = _normalize_block(data, **kwargs)
+        out = rescale(data)
     return _rewrap(out, like)
 
 
@@ -1154,18 +1141,6 @@ def _sigmas(sigma: Any, ndim: int) -> tuple[float, ...]:
     return values
 
 
-def _gaussian_block(block: np.ndarray, *, sigma: tuple[float, ...], truncate: float) -> np.ndarray:
-    kind = block.dtype.kind
-    if kind == "f" and block.dtype.itemsize >= 4:
-        return ndi.gaussian_filter(block, sigma, mode="reflect", truncate=truncate)
-    work = np.float32 if block.dtype == np.float16 else np.float64
-    out = ndi.gaussian_filter(block, sigma, output=work, mode="reflect", truncate=truncate)
-    if kind in "iu":
-        info = np.iinfo(block.dtype)
-        out = np.clip(np.rint(out), info.min, info.max)
-    return out.astype(block.dtype)
-
-
 def gaussian_prefilter(volume: Any, *, sigma: Any = 1.0, truncate: float = 4.0) -> Any:
     """The paper's 3D Gaussian prefilter of the CT stack (σ = 1 voxel), lazily.
 
@@ -1204,14 +1179,14 @@ def gaussian_prefilter(volume: Any, *, sigma: Any = 1.0, truncate: float = 4.0) 
     if all(s == 0 for s in sig) or data.size == 0:
         return volume
     if not isinstance(data, da.Array):
-        return _rewrap(_gaussian_block(data, sigma=sig, truncate=float(truncate)), like)
+        return _rewrap(intensity.prefilter(data, sig, truncate=float(truncate)), like)
     # a halo beyond the far face adds nothing: the block already sees the whole axis
     depth = {
-        axis: min(int(float(truncate) * s + 0.5), n - 1) if s > 0 else 0
+        axis: min(intensity.prefilter_halo(s, truncate=float(truncate)), n - 1)
         for axis, (s, n) in enumerate(zip(sig, data.shape, strict=True))
     }
     out = data.map_overlap(
-        _gaussian_block,
+        intensity.prefilter,
         depth=depth,
         boundary="none",
         allow_rechunk=True,

@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from vstain_dask import intensity
+
 # a worker resource that admits one staining task at a time (one model per GPU or CPU worker)
 # while the worker's second thread reads the next block, so reads overlap compute
 from vstain_dask.cluster import COMPUTE_RESOURCE
@@ -62,9 +64,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: the paper's CT normalization targets (uint16): bone mean and background mean
-_BONE_TARGET = 30000.0
-_BACKGROUND_TARGET = 10000.0
 #: volume axes, and for each staining axis the two volume axes that span its planes
 _DIMS = ("z", "y", "x")
 _PLANE_DIMS = {"z": (1, 2), "y": (0, 2), "x": (0, 1)}
@@ -230,7 +229,7 @@ class StainConfig:
     @property
     def prefilter_halo(self) -> int:
         """Halo in voxels that the Gaussian prefilter needs (scipy's truncate = 4)."""
-        return int(4.0 * self.prefilter_sigma + 0.5) if self.prefilter_sigma > 0 else 0
+        return intensity.prefilter_halo(self.prefilter_sigma)
 
     @property
     def out_channels(self) -> int:
@@ -426,9 +425,7 @@ def _prefiltered(raw: np.ndarray, *, raw_box, tile_box, vol_shape, sigma: float)
     Equal to filtering the whole volume with scipy's ``mode='reflect'`` and cropping: where the
     halo leaves the volume it is padded symmetrically, which is what 'reflect' means in scipy.
     """
-    from scipy import ndimage
-
-    halo = int(4.0 * sigma + 0.5)
+    halo = intensity.prefilter_halo(sigma)
     pad = [
         (max(0, halo - (t0 - r0)), max(0, halo - (r1 - t1)))
         for (t0, t1), (r0, r1) in zip(tile_box, raw_box, strict=True)
@@ -436,7 +433,7 @@ def _prefiltered(raw: np.ndarray, *, raw_box, tile_box, vol_shape, sigma: float)
     x = raw.astype(np.float32, copy=False)
     if any(p != (0, 0) for p in pad):
         x = np.pad(x, pad, mode="symmetric")
-    x = ndimage.gaussian_filter(x, sigma=sigma, mode="reflect", truncate=4.0)
+    x = intensity.prefilter(x, sigma)
     # x now spans tile_box +- halo; keep tile_box
     return x[tuple(slice(halo, halo + (t1 - t0)) for (t0, t1) in tile_box)]
 
@@ -486,10 +483,7 @@ def stain_block(
     else:
         x = raw.astype(np.float32, copy=False)
     if config.ct_levels is not None:
-        bone, background = config.ct_levels
-        gain = (_BONE_TARGET - _BACKGROUND_TARGET) / (bone - background)
-        x = (x - background) * gain + _BACKGROUND_TARGET
-        np.clip(x, 0.0, 65535.0, out=x)
+        x = intensity.ct_to_paper_units(x, *config.ct_levels)
     x = np.ascontiguousarray(x, dtype=np.float32)
 
     generator = model.generator
@@ -551,7 +545,7 @@ def stain_block(
             fused = np.median(np.stack(preds), axis=0).astype(np.float32)
         else:
             fused = np.mean(np.stack(preds), axis=0, dtype=np.float64).astype(np.float32)
-        rgb = _to_uint8(fused)
+        rgb = intensity.output_to_uint8(fused)
     if mask is not None:
         rgb[:, ~mask.astype(bool)] = np.asarray(config.mask_colour, np.uint8)[:, None]
     if config.alpha:
@@ -567,11 +561,6 @@ def stain_block(
 def default_batch_size(device) -> int:
     """Tiles per model call when ``StainConfig.batch_size`` is None: 32 on CUDA, 8 elsewhere."""
     return 32 if str(device).startswith("cuda") else 8
-
-
-def _to_uint8(pred: np.ndarray) -> np.ndarray:
-    """Generator output in [-1, 1] to 8-bit, as the model card states: round((y + 1) · 127.5)."""
-    return np.clip(np.rint((pred.astype(np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
 # -- the lazy result ---------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vstain_dask.errors import InputError, as_enum
+from vstain_dask.intensity import output_to_uint8
 from vstain_dask.runtime import compiled, on_for_cuda
 
 if TYPE_CHECKING:
@@ -657,9 +658,8 @@ def predict_region(
         y = acc.to(torch.float32)
         del acc
         if to_uint8:
-            # float32 arithmetic and round-half-to-even, as numpy's rint on the host
-            y.add_(1.0).mul_(127.5).round_().clamp_(0.0, 255.0)
-            y = y.to(torch.uint8)
+            # on the device, in float32 with round-half-to-even, as the host would convert it
+            y = output_to_uint8(y)
         return y.cpu().numpy()
 
 

@@ -246,12 +246,9 @@ def ct_baseline(ct: Any, *, levels: Any = None) -> np.ndarray:
         raise InputError(f"ct must be a 2D (Y, X) slice, got shape {a.shape}")
     lv = _levels_tuple(levels)
     if lv is not None:
-        from vstain_dask.preprocess import CT_BACKGROUND_LEVEL, CT_BONE_LEVEL
+        from vstain_dask import intensity
 
-        bone, background = lv
-        gain = (CT_BONE_LEVEL - CT_BACKGROUND_LEVEL) / (bone - background)
-        v = np.clip((a.astype(np.float64) - background) * gain + CT_BACKGROUND_LEVEL, 0, 65535)
-        grey = v / 257.0
+        grey = intensity.ct_to_paper_units(a, *lv, dtype=np.float64) / 257.0
     elif a.dtype.kind in "iu":
         info = np.iinfo(a.dtype)
         grey = (a.astype(np.float64) - info.min) * (255.0 / (float(info.max) - info.min))

@@ -50,7 +50,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from vstain_dask import intensity
 from vstain_dask.errors import CheckpointError, InputError, OutputExistsError, as_enum
+from vstain_dask.intensity import output_to_uint8
 from vstain_dask.models.card import card_path, render_card
 from vstain_dask.models.config import (
     DiscriminatorConfig,
@@ -94,7 +96,11 @@ def normalize_ct(
     *,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """Map CT values to a generator input as ``normalization`` says.
+    """Map CT values to a generator input tensor as ``normalization`` says.
+
+    The arithmetic is :func:`vstain_dask.intensity.network_input`; ``ct`` is already in the units
+    the model expects (paper units for ``normalization.ct_normalized``, see
+    :func:`vstain_dask.intensity.ct_to_paper_units`).
 
     Parameters
     ----------
@@ -124,16 +130,10 @@ def normalize_ct(
         raise InputError(
             f"ct must be (H, W), (N, H, W) or (N, 1, H, W), got shape {tuple(ct.shape)}"
         )
-    low, high = normalization.low, normalization.high
-    x = torch.clamp(2.0 * (v - low) / (high - low) - 1.0, -1.0, 1.0)
-    if normalization.invert:
-        x = -x
+    x = intensity.network_input(
+        v, low=normalization.low, high=normalization.high, invert=normalization.invert
+    )
     return x[:, None].expand(-1, normalization.channels, -1, -1).contiguous()
-
-
-def output_to_uint8(y: torch.Tensor) -> torch.Tensor:
-    """Map generator output in [-1, 1] to uint8 as ``round((y + 1) * 127.5)`` (same shape)."""
-    return torch.clamp(torch.round((y.float() + 1.0) * 127.5), 0, 255).to(torch.uint8)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from enum import Enum, StrEnum
 from typing import Any, TypeVar
 
 from vstain_dask.errors import InputError, as_enum
+from vstain_dask.intensity import CT_MAX
 
 __all__ = [
     "Variant",
@@ -277,7 +278,8 @@ class InputNormalization:
 
     ``x = clip(2 * (v - low) / (high - low) - 1, -1, 1)``, negated if ``invert``, repeated to
     ``channels`` channels. The generator's tanh output ``y`` in [-1, 1] maps to uint8 R, G, B as
-    ``round((y + 1) * 127.5)``.
+    ``round((y + 1) * 127.5)``. Both formulas live in :mod:`vstain_dask.intensity`
+    (:func:`~vstain_dask.intensity.network_input`, :func:`~vstain_dask.intensity.output_to_uint8`).
 
     Parameters
     ----------
@@ -293,7 +295,7 @@ class InputNormalization:
     """
 
     low: float = 0.0
-    high: float = 65535.0
+    high: float = float(CT_MAX)
     invert: bool = False
     channels: int = 3
     ct_normalized: bool = True

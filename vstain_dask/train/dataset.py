@@ -39,9 +39,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from vstain_dask import intensity
 from vstain_dask.errors import InputError, VolumeFormatError
 from vstain_dask.models.config import InputNormalization
-from vstain_dask.preprocess import CT_BACKGROUND_LEVEL, CT_BONE_LEVEL
 from vstain_dask.train.augment import (
     AugmentConfig,
     draw_geometry,
@@ -163,13 +163,9 @@ def scan_pairs(
 
 def _normalize_ct(raw: np.ndarray, levels: PairLevels, norm: InputNormalization) -> np.ndarray:
     """Raw CT values -> network units, as the stain engine computes them (float32)."""
-    gain = (CT_BONE_LEVEL - CT_BACKGROUND_LEVEL) / (levels.ct.bone - levels.ct.background)
-    v = (raw.astype(np.float32) - np.float32(levels.ct.background)) * np.float32(gain)
-    v += np.float32(CT_BACKGROUND_LEVEL)
-    np.clip(v, 0.0, 65535.0, out=v)
-    x = (v - np.float32(norm.low)) * np.float32(2.0 / (norm.high - norm.low)) - np.float32(1.0)
-    np.clip(x, -1.0, 1.0, out=x)
-    return -x if norm.invert else x
+    ct = raw.astype(np.float32, copy=False)
+    v = intensity.ct_to_paper_units(ct, levels.ct.bone, levels.ct.background)
+    return intensity.network_input(v, low=norm.low, high=norm.high, invert=norm.invert)
 
 
 def _normalize_histology(rgb: np.ndarray, levels: PairLevels) -> np.ndarray:

@@ -72,13 +72,12 @@ def normalized_pair(
         White-balanced and stretched.
     mask : (Y, X) bool
     """
-    from vstain_dask.preprocess import CT_BACKGROUND_LEVEL, CT_BONE_LEVEL
+    from vstain_dask import intensity
     from vstain_dask.train.dataset import _normalize_histology
 
     ct, hist, mask = (np.asarray(a[...]) for a in arrays)
-    gain = (CT_BONE_LEVEL - CT_BACKGROUND_LEVEL) / (levels.ct.bone - levels.ct.background)
-    v = (ct.astype(np.float32) - np.float32(levels.ct.background)) * np.float32(gain)
-    v = np.clip(v + np.float32(CT_BACKGROUND_LEVEL), 0.0, 65535.0)
+    ct = ct.astype(np.float32, copy=False)
+    v = intensity.ct_to_paper_units(ct, levels.ct.bone, levels.ct.background)
     rgb = _normalize_histology(np.moveaxis(hist, -1, 0), levels)
     rgb = np.clip(np.rint(np.moveaxis(rgb, 0, -1) * 255.0), 0, 255).astype(np.uint8)
     return v, rgb, mask.astype(bool)

@@ -54,6 +54,7 @@ import torch
 from torch import nn
 
 from vstain_dask.errors import CheckpointError, InputError, OutputExistsError, as_enum
+from vstain_dask.intensity import CT_INPUT_HIGH, CT_INPUT_LOW
 from vstain_dask.models.config import (
     DiscriminatorConfig,
     GeneratorConfig,
@@ -81,11 +82,6 @@ __all__ = [
     "train",
     "input_normalization",
 ]
-
-#: normalized CT value mapped to -1 (network input); background (10000) lands at -0.6
-CT_INPUT_LOW = 0.0
-#: normalized CT value mapped to +1; bone (30000) lands at +0.2, a Ti screw saturates
-CT_INPUT_HIGH = 50000.0
 
 _CONFIG_FILE = "config.json"
 _LAST = "last.pt"
