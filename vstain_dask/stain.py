@@ -46,7 +46,13 @@ from vstain_dask.errors import (
     OutputExistsError,
     as_enum,
 )
-from vstain_dask.runtime import compiled, compiled_or_eager, on_for_cuda, resolve_device
+from vstain_dask.runtime import (
+    compiled,
+    compiled_or_eager,
+    default_device,
+    on_for_cuda,
+    resolve_device,
+)
 from vstain_dask.tiling import BlendMode, TileGrid, predict_region
 
 __all__ = [
@@ -1789,8 +1795,11 @@ def _local_gpu_workers(cluster, device: str | None):
     cluster = cluster or ClusterConfig()
     if cluster.kind is not ClusterKind.LOCAL or cluster.scheduler or cluster.workers is not None:
         return cluster
-    on_cuda = resolve_device(device).type == "cuda"
-    return dataclasses.replace(cluster, workers=1) if on_cuda else cluster
+    import torch
+
+    # the device asked for, as the plan's premise (whether it exists is checked by the job)
+    on_cuda = torch.device(device if device not in (None, "auto") else default_device()).type
+    return dataclasses.replace(cluster, workers=1) if on_cuda == "cuda" else cluster
 
 
 def job_log_path(output: str | os.PathLike) -> Path:
