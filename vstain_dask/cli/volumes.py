@@ -36,9 +36,16 @@ class _FloatTuple(click.ParamType):
 @click.argument("out", metavar="OUT.zarr", type=click.Path(path_type=Path))
 @click.option(
     "--voxel-size",
-    required=True,
+    default=None,
     type=_FloatTuple(),
-    help="Voxel size in --unit: one number, or Z,Y,X (Y,X for 2D images).",
+    help="Voxel size in --unit: one number, or Z,Y,X (Y,X for 2D images). Default: the size "
+    "the file states (OME, Aperio MPP, ImageJ, TIFF resolution tags, OME-Zarr scale); "
+    "checked against it when both exist.",
+)
+@click.option(
+    "--voxel-size-override",
+    is_flag=True,
+    help="Use --voxel-size even where the file states a size more than 1 % different.",
 )
 @click.option(
     "--unit",
@@ -74,7 +81,8 @@ class _FloatTuple(click.ParamType):
 def import_(
     input_path: Path,
     out: Path,
-    voxel_size: tuple[float, ...],
+    voxel_size: tuple[float, ...] | None,
+    voxel_size_override: bool,
     unit: str,
     shape: tuple[int, ...] | None,
     dtype: str | None,
@@ -85,29 +93,37 @@ def import_(
     """Convert INPUT to an OME-Zarr volume OUT.zarr, with its pyramid.
 
     INPUT is a folder of 2D TIFF slices (natural order: slice2 before slice10), a multi-page
-    TIFF stack, a .npy file, a raw binary file (give --shape and --dtype), or a 2D image such
-    as a histology section (TIFF/PNG; RGB becomes c,y,x).
+    TIFF stack, a .npy file, a raw binary file (give --shape and --dtype), a whole-slide image
+    (pyramidal tiled TIFF/BigTIFF, OME-TIFF, Aperio .svs, Hamamatsu .ndpi; .mrxs, .czi and
+    other vendor formats with the wsi extra), or a 2D image such as PNG/JPEG. Colour images
+    become c,y,x RGB. The voxel size is the file's unless --voxel-size is given.
 
-    Example: vstain-dask import slices/ volume.ome.zarr --voxel-size 5
+    Examples: vstain-dask import slide.svs section.ome.zarr;
+    vstain-dask import slices/ volume.ome.zarr --voxel-size 5
     """
     from dask.diagnostics import ProgressBar
 
     from vstain_dask.ngff import format_info, import_volume, volume_info
+    from vstain_dask.ngff._pixel_size import describe
 
     with ProgressBar(minimum=2.0, out=sys.stderr):
         path = import_volume(
             input_path,
             out,
-            voxel_size=voxel_size[0] if len(voxel_size) == 1 else voxel_size,
+            voxel_size=voxel_size,
             unit=unit,
+            voxel_size_override=voxel_size_override,
             shape=shape,
             dtype=dtype,
             chunks=chunks,
             ngff_version=ngff_version,
             overwrite=overwrite,
         )
+    description = volume_info(path)
+    record = description["vstain"]["import"]
     click.echo(f"wrote {path}")
-    click.echo(format_info(volume_info(path)))
+    click.echo(describe(tuple(record["voxel_size"]), record["unit"], record["voxel_size_source"]))
+    click.echo(format_info(description))
 
 
 @click.command("info", context_settings={"help_option_names": ["-h", "--help"]})

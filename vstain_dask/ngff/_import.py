@@ -1,18 +1,19 @@
-"""Import of TIFF stacks, raw files, npy and images into OME-Zarr."""
+"""Import of TIFF stacks, whole-slide images, raw files, npy and images into OME-Zarr."""
 
 from __future__ import annotations
 
-import math
+import dataclasses
 import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import dask.array as da
 import numpy as np
 
 from vstain_dask.errors import InputError, VolumeFormatError, as_enum
-from vstain_dask.ngff import _sources
+from vstain_dask.ngff import _sources, _wsi
 from vstain_dask.ngff._common import (
     _RGB_NAMES,
     DEFAULT_CHUNK_2D,
@@ -22,30 +23,23 @@ from vstain_dask.ngff._common import (
     VolumeKind,
     _is_zarr_dir,
 )
-from vstain_dask.ngff._create import _parse_unit, check_output
-from vstain_dask.ngff._pyramid import _align
-from vstain_dask.ngff._read import open_volume
-from vstain_dask.ngff._write import _same_or_inside, write_volume
+from vstain_dask.ngff._create import _build_spec, _create, _parse_unit, check_output
+from vstain_dask.ngff._pixel_size import FoundSize, found, resolve_voxel_size, um_per
+from vstain_dask.ngff._pyramid import _align, _pyramid_graph
+from vstain_dask.ngff._read import open_volume, update_provenance
+from vstain_dask.ngff._write import _same_or_inside
 
 
-def _voxel_sizes(voxel_size: Any, n_spatial: int) -> tuple[float, ...]:
-    names = "Z,Y,X" if n_spatial == 3 else "Y,X"
-    if isinstance(voxel_size, int | float | np.number) and not isinstance(voxel_size, bool):
-        vals = (float(voxel_size),) * n_spatial
-    else:
-        try:
-            vals = tuple(float(v) for v in voxel_size)
-        except (TypeError, ValueError) as e:
-            raise InputError(
-                f"voxel_size must be a number or {n_spatial} numbers ({names}), got {voxel_size!r}"
-            ) from e
-        if len(vals) == 1:
-            vals = vals * n_spatial
-    if len(vals) != n_spatial or not all(math.isfinite(v) and v > 0 for v in vals):
-        raise InputError(
-            f"voxel_size must be one positive number or {n_spatial} ({names}), got {voxel_size!r}"
-        )
-    return vals
+def _zarr_pixel_size(attrs: dict) -> FoundSize | None:
+    """The scale an OME-Zarr source states, in µm (None for a plain zarr array)."""
+    if attrs.get("ngff_version") is None:
+        return None
+    sizes = {}
+    for axis, value in attrs["scale"].items():
+        factor = um_per(attrs["units"].get(axis) or "")
+        if axis != "c" and factor is not None:
+            sizes[axis] = value * factor
+    return found(sizes, "the OME-Zarr scale")
 
 
 def _open_source(
@@ -56,7 +50,7 @@ def _open_source(
     if src.is_dir():
         if _is_zarr_dir(src):
             with warnings.catch_warnings():
-                # the voxel size comes from the import options, not from the store
+                # a plain array states no voxel size: the import options must give it
                 warnings.simplefilter("ignore", MissingScaleWarning)
                 vol = open_volume(src)
             data = vol.data
@@ -75,11 +69,14 @@ def _open_source(
                     axes="".join(vol.dims),
                     description=f"zarr {src.name}",
                     spatial_chunks=cz,
+                    pixel_size=_zarr_pixel_size(vol.attrs),
                 ),
                 False,
             )
         return _sources.open_tiff_folder(src, **opts), False
     suffix = src.suffix.lower()
+    if suffix in _wsi.OPENSLIDE_SUFFIXES or suffix in _wsi.UNSUPPORTED_SUFFIXES:
+        return _sources.open_slide(src, chunks=chunks, default2=DEFAULT_CHUNK_2D), False
     if suffix in _sources.TIFF_SUFFIXES:
         return _sources.open_tiff(src, **opts), False
     if suffix in _sources.NPY_SUFFIXES:
@@ -93,36 +90,52 @@ def import_volume(
     source: str | os.PathLike,
     out: str | os.PathLike,
     *,
-    voxel_size: float | Sequence[float],
+    voxel_size: float | Sequence[float] | None = None,
     unit: str = "micrometer",
+    voxel_size_override: bool = False,
     shape: Sequence[int] | None = None,
     dtype: Any = None,
     chunks: Sequence[int] | None = None,
     ngff_version: NgffVersion | str = "0.5",
     overwrite: bool = False,
 ) -> Path:
-    """Convert a CT volume or a 2D image to OME-Zarr, lazily and in bounded memory.
+    """Convert a CT volume, a whole-slide image or a 2D image to OME-Zarr, lazily and in
+    bounded memory.
 
     Sources, by what ``source`` is:
 
     - a folder of 2D TIFF slices, stacked in natural order (``slice2`` before ``slice10``);
       all slices must have one shape and dtype;
-    - a TIFF file: a multi-page 3D stack, a 2D image, or a 2D RGB image (histology);
+    - a TIFF file (also ``.svs``, ``.ndpi``, ``.btf``): a multi-page 3D stack, a 2D image, a
+      2D RGB image, or a whole-slide image (pyramidal tiled TIFF/BigTIFF, OME-TIFF with
+      SubIFD levels, Aperio SVS, Hamamatsu NDPI), read tile by tile; the file's own levels
+      that are exact 2x steps are copied into the pyramid, the others computed;
+    - a vendor slide (``.mrxs``, ``.czi``, ``.scn``, ``.bif``, ...) through OpenSlide, which
+      the ``wsi`` extra installs;
     - a ``.npy`` file (2D or 3D);
     - a PNG/JPEG/... 2D image (read whole; RGB becomes ``(c, y, x)`` kind rgb);
-    - a zarr store (OME-Zarr or a plain array), rewritten with the given voxel size;
+    - a zarr store (OME-Zarr or a plain array);
     - any other file: raw C-ordered binary of ``shape`` and ``dtype``.
 
-    Uncompressed data are read in bands of whole chunks with plain reads, compressed TIFFs
-    region by region, so a 1.5k³ uint16 stack converts with a few chunk-bands per worker.
+    Colour uint8 sources become ``(c, y, x)`` images of kind rgb. Uncompressed data are read
+    in bands of whole chunks with plain reads, compressed and tiled TIFFs region by region, so
+    a 1.5k³ uint16 stack or a 20k² slide converts with a few chunks per worker in memory. The
+    output is marked complete only once every level is written.
+
+    The voxel size is the one the file states (OME ``PhysicalSize*``, Aperio ``MPP``, ImageJ
+    unit and spacing, TIFF resolution tags in pixels per inch or cm, an OME-Zarr scale, the
+    ``openslide.mpp-*`` properties) unless ``voxel_size`` is given; a given size more than
+    1 % from the file's is refused unless ``voxel_size_override``.
 
     Parameters
     ----------
     source : input path
     out : output OME-Zarr store
     voxel_size : voxel size in ``unit`` (e.g. µm); one number, or one per spatial axis
-        (Z, Y, X) or (Y, X)
-    unit : NGFF space unit (``micrometer``; ``um``, ``mm``, ``nm`` accepted)
+        (Z, Y, X) or (Y, X); None to take it from the file
+    unit : NGFF space unit of ``voxel_size`` and of the output (``micrometer``; ``um``,
+        ``mm``, ``nm`` accepted)
+    voxel_size_override : use ``voxel_size`` even where the file states another size
     shape : (Z, Y, X) or (Y, X) of a raw file; for other sources, checked if given
     dtype : element type of a raw file, e.g. ``uint16`` or ``>u2``; for other sources,
         checked if given
@@ -133,7 +146,9 @@ def import_volume(
     Returns
     -------
     pathlib.Path
-        ``out``.
+        ``out``. Its ``vstain.import`` attributes record the source, its format, the voxel
+        size and where it came from (``voxel_size_source``), and the levels copied from the
+        file (``levels_from_file``).
     """
     from vstain_dask import __version__
 
@@ -143,13 +158,14 @@ def import_volume(
     unit = _parse_unit(unit)
     if not src.exists():
         raise VolumeFormatError(
-            f"input {src} does not exist; give a folder of TIFF slices, a TIFF stack, a .npy, "
-            "an image or a raw file"
+            f"input {src} does not exist; give a folder of TIFF slices, a TIFF stack, a "
+            "whole-slide image, a .npy, an image or a raw file"
         )
     if _same_or_inside(src, out_path):
         raise InputError(f"output {out_path} overlaps the input {src}; write to another path")
     opened, is_raw = _open_source(src, shape=shape, dtype=dtype, chunks=chunks)
     data = opened.data
+    spatial_axes = opened.axes.replace("c", "")
     spatial_shape = tuple(s for s, a in zip(data.shape, opened.axes, strict=True) if a != "c")
     if shape is not None and not is_raw and tuple(int(s) for s in shape) != spatial_shape:
         raise InputError(
@@ -165,28 +181,58 @@ def import_volume(
                 f"dtype {want} was given but {src} holds {data.dtype}; --dtype is only needed "
                 "for raw files: drop it"
             )
-    voxel = _voxel_sizes(voxel_size, len(spatial_shape))
+    voxel, voxel_source = resolve_voxel_size(
+        voxel_size,
+        unit=unit,
+        file_size=opened.pixel_size,
+        axes=spatial_axes,
+        src=src,
+        override=voxel_size_override,
+    )
     n_channels = data.shape[0] if opened.axes.startswith("c") else 0
     rgb = n_channels in (3, 4) and data.dtype == np.uint8
-    channel_names = _RGB_NAMES[:n_channels] if n_channels in (3, 4) else None
-    return write_volume(
-        data,
+    spec = _build_spec(
         out_path,
+        shape=data.shape,
+        dtype=data.dtype,
+        chunks=opened.spatial_chunks,
         axes=opened.axes,
         scale=voxel,
         units=unit,
-        chunks=opened.spatial_chunks,
+        translation=None,
         ngff_version=version,
+        n_levels=None,
         kind=VolumeKind.RGB if rgb else VolumeKind.INTENSITY,
-        channel_names=channel_names,
-        attrs={
-            "import": {
-                "source": str(src.resolve()),
-                "format": opened.description,
-                "voxel_size": list(voxel),
-                "unit": unit,
-                "software": f"vstain-dask {__version__}",
-            }
-        },
-        overwrite=overwrite,
+        channel_names=_RGB_NAMES[:n_channels] if n_channels in (3, 4) else None,
+        attrs=None,
     )
+    reused = opened.levels[: spec.n_levels - 1]
+    record = {
+        "source": str(src.resolve()),
+        "format": opened.description,
+        "voxel_size": list(voxel),
+        "unit": unit,
+        "voxel_size_source": voxel_source,
+        "levels_from_file": list(range(1, len(reused) + 1)),
+        "software": f"vstain-dask {__version__}",
+    }
+    # incomplete until the last level is written: a failed or interrupted import leaves a
+    # store that every reader refuses, instead of one that passes for an image of zeros
+    spec = dataclasses.replace(spec, attrs={"import": record, "complete": False})
+    _write_import(out_path, spec, [data, *reused], overwrite)
+    return out_path
+
+
+def _write_import(path: Path, spec, given: Sequence[da.Array], overwrite: bool) -> None:
+    """Create the store, write the ``given`` levels (level 0 and the file's own 2x levels),
+    compute the remaining levels from the last given one, then mark the store complete."""
+    targets = _create(path, spec, overwrite)
+    sources = [
+        _align(level.astype(spec.dtype, copy=False), spec.level_chunks(k))
+        for k, level in enumerate(given)
+    ]
+    # every block covers whole chunks that no other block touches, so no lock is needed
+    da.store(sources, targets[: len(sources)], lock=False)
+    if len(targets) > len(sources):
+        _pyramid_graph(targets[len(sources) - 1 :], spec.factors, "mean").compute()
+    update_provenance(path, complete=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,9 +23,12 @@ import dask
 import dask.array as da
 import numpy as np
 
-from vstain_dask.errors import InputError, VolumeFormatError
+from vstain_dask.errors import InputError, VolumeFormatError, VStainError
+from vstain_dask.ngff import _wsi
+from vstain_dask.ngff._pixel_size import FoundSize
 
-TIFF_SUFFIXES = (".tif", ".tiff")
+#: TIFF-based files tifffile reads, slides included (BigTIFF, OME-TIFF, Aperio, Hamamatsu)
+TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".svs", ".ndpi")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 NPY_SUFFIXES = (".npy",)
 _ENDIAN = {">": "big", "<": "little", "=": "native", "|": "native"}
@@ -40,12 +44,17 @@ class OpenedSource:
     axes : ``"zyx"``, ``"yx"``, ``"czyx"`` or ``"cyx"``
     description : what the source is, for provenance (``"TIFF folder of 100 slices"``)
     spatial_chunks : output chunks along the spatial axes
+    pixel_size : the pixel size the file states (µm), or None
+    levels : the file's own lower pyramid levels, exact 2x steps of ``data`` (level 1 first),
+        with the axes ``axes``; empty when the pyramid is to be computed
     """
 
     data: da.Array
     axes: str
     description: str
     spatial_chunks: tuple[int, ...]
+    pixel_size: FoundSize | None = None
+    levels: tuple[da.Array, ...] = ()
 
 
 def natural_key(name: str) -> list:
@@ -120,32 +129,49 @@ def _read_slices_band(
     return out
 
 
-def _read_tiff_region(path: str, index: tuple[slice, ...]) -> np.ndarray:
-    """A region of the first series of a (compressed or tiled) TIFF, decoding only what it needs."""
+def _read_tiff_region(path: str, index: tuple[slice, ...], level: int = 0) -> np.ndarray:
+    """A region of one pyramid level of the first series of a (compressed or tiled) TIFF,
+    decoding only the tiles or strips under it."""
     import tifffile
     import zarr
 
-    with tifffile.TiffFile(path) as tif:
-        store = tif.series[0].aszarr()
-        try:
-            return np.asarray(zarr.open_array(store, mode="r")[index])
-        finally:
-            store.close()
+    try:
+        with tifffile.TiffFile(path) as tif:
+            store = tif.series[0].aszarr(level=level)
+            try:
+                return np.asarray(zarr.open_array(store, mode="r")[index])
+            finally:
+                store.close()
+    except VStainError:
+        raise
+    except Exception as e:  # decoders raise many types (ValueError, zlib.error, codec errors)
+        where = ", ".join(f"{s.start}:{s.stop}" for s in index if isinstance(s, slice))
+        hint = (
+            f"the codecs for it are not installed: {_wsi.WSI_EXTRA}"
+            if "imagecodecs" in str(e)
+            else "the file is damaged or truncated"
+        )
+        raise VolumeFormatError(
+            f"{path}: cannot decode region [{where}] of level {level} ({type(e).__name__}: "
+            f"{e}); {hint}"
+        ) from e
 
 
 class _TiffRegions:
-    """Array-like view of a compressed TIFF series, opened afresh in every task (picklable)."""
+    """Array-like view of one level of a compressed TIFF series, opened afresh in every task
+    (picklable)."""
 
-    def __init__(self, path: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    def __init__(self, path: str, shape: tuple[int, ...], dtype: np.dtype, level: int = 0) -> None:
         self.path = path
         self.shape = shape
         self.dtype = np.dtype(dtype)
         self.ndim = len(shape)
+        self.level = level
 
     def __getitem__(self, index):
         if not isinstance(index, tuple):
             index = (index,)
-        return _read_tiff_region(self.path, index)
+        return _read_tiff_region(self.path, index, self.level)
 
 
 def _read_image_file(path: str) -> np.ndarray:
@@ -232,18 +258,30 @@ def _band_for(shape: tuple[int, ...], spatial_chunks: tuple[int, ...], rgb_last:
 
 
 def _finish(
-    data: da.Array, spatial_chunks: tuple[int, ...], rgb_last: bool, description: str
+    data: da.Array,
+    spatial_chunks: tuple[int, ...],
+    rgb_last: bool,
+    description: str,
+    *,
+    pixel_size: FoundSize | None = None,
+    levels: Sequence[da.Array] = (),
 ) -> OpenedSource:
-    if rgb_last:
-        data = da.moveaxis(data, -1, 0)
-        chunks = (data.shape[0], *spatial_chunks)
-    else:
-        chunks = tuple(spatial_chunks)
-    data = data.rechunk(chunks)
+    def arrange(a: da.Array) -> da.Array:
+        clipped = tuple(min(c, n) for c, n in zip(spatial_chunks, a.shape, strict=False))
+        if rgb_last:
+            a = da.moveaxis(a, -1, 0)
+            return a.rechunk((a.shape[0], *clipped))
+        return a.rechunk(clipped)
+
     spatial = "zyx" if len(spatial_chunks) == 3 else "yx"
     axes = ("c" + spatial) if rgb_last else spatial
     return OpenedSource(
-        data=data, axes=axes, description=description, spatial_chunks=tuple(spatial_chunks)
+        data=arrange(data),
+        axes=axes,
+        description=description,
+        spatial_chunks=tuple(spatial_chunks),
+        pixel_size=pixel_size,
+        levels=tuple(arrange(a) for a in levels),
     )
 
 
@@ -402,10 +440,46 @@ def _tiff_layout(shape: tuple[int, ...], axes: str, path: Path) -> bool:
     return rgb_last
 
 
+_SLIDE_KINDS = {"ome": "OME-TIFF", "svs": "Aperio SVS", "ndpi": "Hamamatsu NDPI"}
+
+
+def _planar_rgb(shape: tuple[int, ...], axes: str, dtype: np.dtype) -> bool:
+    """A 2D colour image stored plane by plane (axes CYX or SYX), as OME-TIFF writers do."""
+    return (
+        len(shape) == 3 and axes[0] in "CS" and axes[1:] == "YX" and shape[0] in (3, 4)
+        and dtype == np.uint8
+    )  # fmt: skip
+
+
+def _tiff_level(
+    path: Path, level: int, shape: tuple[int, ...], dt: np.dtype, chunks, planar: bool, token: str
+) -> da.Array:
+    """One level of a compressed or tiled TIFF series as stored (``shape``), read region by
+    region in ``chunks`` along its spatial axes; colour samples last."""
+    if planar:
+        full = (shape[0], *(min(c, n) for c, n in zip(chunks, shape[1:], strict=True)))
+    else:
+        full = tuple(min(c, n) for c, n in zip(chunks, shape, strict=False)) + shape[len(chunks) :]
+    data = da.from_array(
+        _TiffRegions(str(path), shape, dt, level),
+        chunks=full,
+        name=f"{token}-{level}",
+        meta=np.empty((0,) * len(shape), dt.newbyteorder("=")),
+    )
+    # planar colour planes go last, like interleaved ones, so both take one path from here
+    return da.moveaxis(data, 0, -1) if planar else data
+
+
 def open_tiff(
     path: Path, *, chunks: tuple[int, ...] | None, default3: int, default2: int
 ) -> OpenedSource:
-    """A single TIFF: a multi-page 3D stack, a 2D image or a 2D RGB image."""
+    """A single TIFF: a multi-page 3D stack, a 2D image or a 2D RGB image, or a whole-slide
+    image (pyramidal tiled TIFF/BigTIFF, OME-TIFF, Aperio SVS, Hamamatsu NDPI).
+
+    Tiled and compressed files are read tile-aligned, region by region; the file's own lower
+    levels that are exact 2x steps of level 0 become ``levels``, to be copied rather than
+    recomputed. The pixel size the file states becomes ``pixel_size``.
+    """
     import tifffile
 
     try:
@@ -414,25 +488,42 @@ def open_tiff(
             shape = tuple(int(s) for s in series.shape)
             axes = series.axes
             dt = np.dtype(series.dtype).newbyteorder(tif.byteorder)
-            offset = series.dataoffset
+            offset = series.dataoffset if len(series.levels) == 1 else None
             n_pages = len(series.pages)
-    except (tifffile.TiffFileError, OSError, IndexError) as e:
+            level_shapes = [tuple(int(s) for s in lv.shape) for lv in series.levels]
+            kind = series.kind
+            pixel_size = _wsi.tiff_pixel_size(tif, series)
+    except (tifffile.TiffFileError, OSError, IndexError, KeyError, ValueError) as e:
         raise VolumeFormatError(f"{path} is not a readable TIFF file ({e})") from e
+    planar = _planar_rgb(shape, axes, dt)
+    stored_shapes = level_shapes
+    if planar:
+        shape, axes = (*shape[1:], shape[0]), axes[1:] + "S"
+        level_shapes = [(*s[1:], s[0]) for s in level_shapes]
     rgb_last = _tiff_layout(shape, axes, path)
-    spatial_chunks = _clip_chunks(_spatial_shape(shape, rgb_last), chunks, default3, default2)
+    spatial_shape = _spatial_shape(shape, rgb_last)
+    spatial_chunks = _clip_chunks(spatial_shape, chunks, default3, default2)
     token = f"tiff-{dask.base.tokenize(path, path.stat().st_mtime_ns)}"
+    levels: list[da.Array] = []
     if offset is not None:
         band = _band_for(shape, spatial_chunks, rgb_last)
         data = _banded(shape, dt, band, _RawBand(str(path), offset, shape, dt), token)
     else:
-        data = da.from_array(
-            _TiffRegions(str(path), shape, dt),
-            chunks=(*spatial_chunks, *((shape[-1],) if rgb_last else ())),
-            name=token,
-            meta=np.empty((0,) * len(shape), dt.newbyteorder("=")),
+        # decode one region now, so that a missing codec or a damaged file is refused before
+        # anything is written
+        _read_tiff_region(str(path), (slice(0, 1),) * len(spatial_chunks), 0)
+        n = _wsi.halving_levels([_spatial_shape(s, rgb_last) for s in level_shapes])
+        data, *levels = (
+            _tiff_level(path, k, stored_shapes[k], dt, spatial_chunks, planar, token)
+            for k in range(n + 1)
         )
-    kind = "TIFF stack" if len(spatial_chunks) == 3 else "TIFF image"
-    return _finish(data, spatial_chunks, rgb_last, f"{kind} {path.name} ({n_pages} pages)")
+    if len(level_shapes) > 1:
+        name = _SLIDE_KINDS.get(kind, "pyramidal TIFF")
+        what = f"{name} {path.name} ({len(level_shapes)} levels)"
+    else:
+        what = ("TIFF stack" if len(spatial_chunks) == 3 else "TIFF image") + f" {path.name}"
+        what += f" ({n_pages} pages)"
+    return _finish(data, spatial_chunks, rgb_last, what, pixel_size=pixel_size, levels=levels)
 
 
 def open_tiff_folder(
@@ -453,7 +544,7 @@ def open_tiff_folder(
             "give a folder of 2D TIFF slices, a TIFF stack, a .npy or a raw file"
         )
     offsets: list[int | None] = []
-    first_shape = first_dtype = None
+    first_shape = first_dtype = pixel_size = None
     for p in files:
         try:
             with tifffile.TiffFile(p) as tif:
@@ -461,6 +552,8 @@ def open_tiff_folder(
                 shape = tuple(int(s) for s in series.shape)
                 dt = np.dtype(series.dtype).newbyteorder(tif.byteorder)
                 offset = series.dataoffset
+                if first_shape is None:  # the slices' in-plane size, from the first one
+                    pixel_size = _wsi.tiff_pixel_size(tif, series)
         except (tifffile.TiffFileError, OSError, IndexError) as e:
             raise VolumeFormatError(f"slice {p} is not a readable TIFF file ({e})") from e
         if first_shape is None:
@@ -486,7 +579,11 @@ def open_tiff_folder(
     token = f"tiffs-{dask.base.tokenize([str(p) for p in files], os.stat(folder).st_mtime_ns)}"
     data = _banded(shape, first_dtype, band, reader, token)
     return _finish(
-        data, spatial_chunks, rgb_last, f"TIFF folder {folder.name} ({len(files)} slices)"
+        data,
+        spatial_chunks,
+        rgb_last,
+        f"TIFF folder {folder.name} ({len(files)} slices)",
+        pixel_size=pixel_size,
     )
 
 
@@ -511,3 +608,21 @@ def open_image(
     d = dask.delayed(_read_image_file, pure=True)(str(path))
     data = da.from_delayed(d, shape=shape, dtype=dt)
     return _finish(data, spatial_chunks, rgb_last, f"image {path.name}")
+
+
+def open_slide(path: Path, *, chunks: tuple[int, ...] | None, default2: int) -> OpenedSource:
+    """A vendor whole-slide image (MRXS, CZI, ...) through the optional OpenSlide reader, as
+    a 2D RGB image; its exact 2x levels become ``levels``."""
+    _wsi.refuse_unsupported(path)
+    slide = _wsi.open_openslide(
+        path, chunks_of=lambda shape: _clip_chunks(shape, chunks, default2, default2)
+    )
+    data, *levels = slide["levels"]
+    return _finish(
+        data,
+        _clip_chunks(data.shape[:2], chunks, default2, default2),
+        True,
+        slide["description"],
+        pixel_size=slide["pixel_size"],
+        levels=levels,
+    )

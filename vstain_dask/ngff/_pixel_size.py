@@ -1,0 +1,213 @@
+"""The physical pixel size an input file states, and how it meets the one a user gives.
+
+Files state sizes in many ways (OME ``PhysicalSize*`` with units, TIFF resolution tags in pixels
+per inch or centimetre, Aperio's ``MPP``, ImageJ's unit and spacing, a zarr store's scale); the
+readers turn each into a :class:`FoundSize` in micrometres, and :func:`resolve_voxel_size`
+decides the voxel size of the output, or refuses when the user and the file disagree.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vstain_dask.errors import InputError
+
+#: micrometres in one NGFF space unit
+UM_PER_UNIT: dict[str, float] = {
+    "yoctometer": 1e-18,
+    "zeptometer": 1e-15,
+    "attometer": 1e-12,
+    "femtometer": 1e-9,
+    "picometer": 1e-6,
+    "angstrom": 1e-4,
+    "nanometer": 1e-3,
+    "micrometer": 1.0,
+    "millimeter": 1e3,
+    "centimeter": 1e4,
+    "inch": 25_400.0,
+    "decimeter": 1e5,
+    "foot": 304_800.0,
+    "yard": 914_400.0,
+    "meter": 1e6,
+    "hectometer": 1e8,
+    "kilometer": 1e9,
+    "mile": 1_609_344_000.0,
+    "megameter": 1e12,
+    "gigameter": 1e15,
+    "terameter": 1e18,
+    "petameter": 1e21,
+    "exameter": 1e24,
+    "parsec": 3.0856775814913673e22,
+    "zettameter": 1e27,
+    "yottameter": 1e30,
+}
+
+# length units as OME (UnitsLength symbols) and ImageJ write them
+_UNIT_SYMBOLS = {
+    "pm": "picometer",
+    "å": "angstrom",
+    "angstrom": "angstrom",
+    "nm": "nanometer",
+    "µm": "micrometer",
+    "μm": "micrometer",
+    "um": "micrometer",
+    "micron": "micrometer",
+    "microns": "micrometer",
+    "micrometer": "micrometer",
+    "\\u00b5m": "micrometer",  # how ImageJ escapes µ in its description
+    "mm": "millimeter",
+    "cm": "centimeter",
+    "m": "meter",
+    "in": "inch",
+    "inch": "inch",
+}
+
+# 72 and 96 pixels per inch are the screen defaults that writers put in when they know no
+# physical size; 1 pixel per unit is tifffile's placeholder. None is a plausible CT or slide
+# pixel, so they are read as "no size" rather than as 353 µm pixels.
+_PLACEHOLDER_PPI = (72.0, 96.0)
+
+_NAMES = {3: "Z,Y,X", 2: "Y,X"}
+
+
+@dataclass(frozen=True)
+class FoundSize:
+    """A pixel size stated by an input file.
+
+    Attributes
+    ----------
+    sizes : µm per spatial axis the file states, keyed by axis name (``"y"``, ``"x"``, and
+        ``"z"`` when the file gives a slice spacing)
+    source : where it was read, for messages and provenance (``"the OME metadata"``)
+    """
+
+    sizes: Mapping[str, float]
+    source: str
+
+
+def um_per(unit: str) -> float | None:
+    """Micrometres in one ``unit`` (an OME or ImageJ symbol, or an NGFF name); None if unknown."""
+    key = str(unit).strip().lower()
+    name = _UNIT_SYMBOLS.get(key, key)
+    return UM_PER_UNIT.get(name)
+
+
+def found(sizes: Mapping[str, float], source: str) -> FoundSize | None:
+    """A :class:`FoundSize`, or None unless y and x are given as finite positive numbers."""
+    clean = {a: float(v) for a, v in sizes.items() if v is not None}
+    if not {"y", "x"} <= clean.keys():
+        return None
+    if not all(math.isfinite(v) and v > 0 for v in clean.values()):
+        return None
+    return FoundSize(sizes=clean, source=source)
+
+
+def resolution_size(pixels_per_unit: float, unit_um: float) -> float | None:
+    """Pixel size in µm from a resolution in pixels per unit; None for placeholder values."""
+    if not (math.isfinite(pixels_per_unit) and pixels_per_unit > 0) or pixels_per_unit == 1:
+        return None
+    if unit_um == UM_PER_UNIT["inch"] and pixels_per_unit in _PLACEHOLDER_PPI:
+        return None
+    return unit_um / pixels_per_unit
+
+
+_SYMBOLS = {"micrometer": "µm", "nanometer": "nm", "millimeter": "mm"}
+
+
+def _fmt(values: tuple[float, ...], unit: str) -> str:
+    unit = _SYMBOLS.get(unit, unit)
+    if len(set(values)) == 1:
+        return f"{values[0]:g} {unit}"
+    return ",".join(f"{v:g}" for v in values) + f" {unit}"
+
+
+def describe(voxel: tuple[float, ...], unit: str, source: str) -> str:
+    """``"pixel size 0.5 micrometer from the OME metadata"``, for the command's output."""
+    word = "voxel size" if len(voxel) == 3 else "pixel size"
+    return f"{word} {_fmt(voxel, unit)} from {source}"
+
+
+def _as_tuple(voxel_size: Any, n_spatial: int) -> tuple[float, ...]:
+    names = _NAMES[n_spatial]
+    if isinstance(voxel_size, int | float) and not isinstance(voxel_size, bool):
+        vals = (float(voxel_size),) * n_spatial
+    else:
+        try:
+            vals = tuple(float(v) for v in voxel_size)
+        except (TypeError, ValueError) as e:
+            raise InputError(
+                f"voxel_size must be a number or {n_spatial} numbers ({names}), got {voxel_size!r}"
+            ) from e
+        if len(vals) == 1:
+            vals = vals * n_spatial
+    if len(vals) != n_spatial or not all(math.isfinite(v) and v > 0 for v in vals):
+        raise InputError(
+            f"voxel_size must be one positive number or {n_spatial} ({names}), got {voxel_size!r}"
+        )
+    return vals
+
+
+def resolve_voxel_size(
+    given: Any,
+    *,
+    unit: str,
+    file_size: FoundSize | None,
+    axes: str,
+    src: Path,
+    override: bool = False,
+) -> tuple[tuple[float, ...], str]:
+    """The output voxel size in ``unit`` and where it came from.
+
+    The file's size is used when nothing is given; a given size is checked against the file's
+    (more than 1 % apart on any axis is refused unless ``override``); axes the file does not
+    state (a slice spacing, say) must be given.
+
+    Parameters
+    ----------
+    given : None, one number, or one per spatial axis, in ``unit``
+    unit : NGFF space unit of ``given`` and of the result
+    file_size : what the file states, or None
+    axes : spatial axes of the output, ``"zyx"`` or ``"yx"``
+    src : the input, for messages
+    override : use ``given`` even where the file says otherwise
+
+    Returns
+    -------
+    (sizes per spatial axis in ``unit``, a phrase naming the source)
+    """
+    n = len(axes)
+    per_um = UM_PER_UNIT[unit]
+    if override and given is None:
+        raise InputError("--voxel-size-override (voxel_size_override=True) needs --voxel-size")
+    if given is not None:
+        values = _as_tuple(given, n)
+        if file_size is None or override:
+            return values, "the command line" if file_size is None else "the command line (forced)"
+        for axis, value in zip(axes, values, strict=True):
+            stated = file_size.sizes.get(axis)
+            if stated is not None and abs(value * per_um - stated) > 0.01 * stated:
+                shown = tuple(file_size.sizes[a] / per_um for a in axes if a in file_size.sizes)
+                raise InputError(
+                    f"--voxel-size {_fmt(values, unit)} was given but {src.name} says "
+                    f"{_fmt(shown, unit)} ({file_size.source}); drop --voxel-size to use the "
+                    "file's, or add --voxel-size-override to use yours"
+                )
+        return values, f"the command line (agrees with {file_size.source})"
+    if file_size is None:
+        raise InputError(
+            f"{src.name} states no pixel size; give it with --voxel-size (one number or "
+            f"{_NAMES[n]}, in --unit, micrometer by default; voxel_size= in Python)"
+        )
+    missing = [a for a in axes if a not in file_size.sizes]
+    if missing:
+        have = ",".join(a.upper() for a in axes if a in file_size.sizes)
+        raise InputError(
+            f"{src.name} gives the {have} pixel size ({file_size.source}) but no "
+            f"{','.join(a.upper() for a in missing)} spacing; give all with --voxel-size "
+            f"({_NAMES[n]})"
+        )
+    return tuple(file_size.sizes[a] / per_um for a in axes), file_size.source
