@@ -6,13 +6,14 @@ import csv
 import dataclasses
 import json
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from scipy import ndimage
 
-from vstain_dask.errors import CheckpointError, InputError, OutputExistsError
+from vstain_dask.errors import CheckpointError, DivergenceError, InputError, OutputExistsError
 from vstain_dask.models import (
     LossWeights,
     load_model,
@@ -22,7 +23,8 @@ from vstain_dask.models import (
 from vstain_dask.models.networks import build_networks
 from vstain_dask.train import TrainConfig, train
 from vstain_dask.train._testing import BACKGROUND_RGB, BONE_RGB, toy_plane, write_toy_pairs
-from vstain_dask.train.trainer import ImageBuffer, _Trainer
+from vstain_dask.train.hooks import Hook, LossLog, Run, StepLog
+from vstain_dask.train.trainer import ImageBuffer, _Trainer, fit
 
 torch.set_num_threads(1)
 
@@ -258,6 +260,82 @@ def test_run_directory_rules(toy, tmp_path):
     assert (other / "notes.txt").exists()
 
 
+def test_a_non_finite_loss_stops_the_run_with_a_divergence_error(toy, tmp_path, monkeypatch):
+    step, calls = _Trainer.step, []
+
+    def nan_at_step_2(self, batch):
+        calls.append(1)
+        losses = step(self, batch)
+        return torch.full_like(losses, math.nan) if len(calls) == 2 else losses
+
+    monkeypatch.setattr(_Trainer, "step", nan_at_step_2)
+    cfg = TrainConfig(epochs=2, patches_per_pair=4, **TINY)  # 3 steps an epoch, checked at 3
+    with pytest.raises(DivergenceError, match=r"the gan loss became nan at epoch 1, step 2 of 3; "
+                       r"try a lower learning rate \(--lr, now 0.0002\)") as e:  # fmt: skip
+        train(toy, tmp_path / "run", cfg, progress=False)
+    assert e.value.exit_code == 1 and not isinstance(e.value, InputError)
+    assert not (tmp_path / "run" / "losses.json").exists()  # no epoch completed
+
+
+class _Recorder(Hook):
+    def __init__(self):
+        self.calls = []
+
+    def on_fit_start(self, run):
+        self.calls.append("fit_start")
+
+    def on_epoch_start(self, run, epoch):
+        self.calls.append(("epoch_start", epoch))
+
+    def on_log(self, run, epoch, step, losses):
+        self.calls.append(("log", epoch, step, losses))
+
+    def on_step_end(self, run):
+        self.calls.append("step")
+
+    def on_epoch_end(self, run, row):
+        self.calls.append(("epoch_end", row["epoch"], row is run.history[-1]))
+
+    def on_fit_end(self, run):
+        self.calls.append("fit_end")
+
+
+def test_fit_calls_its_hooks_at_the_defined_points(tmp_path):
+    """The loop alone, with a stand-in trainer whose step returns the losses ``[gan, G, D]``
+    of the step's number: the hooks see every step, a log every ``log_every`` steps and at the
+    end of an epoch, and the epoch rows hold the mean losses."""
+    n = iter(range(1, 100))
+    trainer = SimpleNamespace(
+        components=["gan"],
+        step=lambda batch: torch.full((3,), float(next(n))),
+        sched_g=SimpleNamespace(step=lambda: None),
+        sched_d=SimpleNamespace(step=lambda: None),
+        opt_g=SimpleNamespace(param_groups=[{"lr": 0.5}]),
+    )
+    cfg = TrainConfig(epochs=2, log_every=2, device="cpu")
+    run = Run(config=cfg, trainer=trainer, run_dir=tmp_path, split={}, n_batches=3)
+    recorder = _Recorder()
+    batches = iter([{"ct": torch.zeros(2, 1, 4, 4)}] * 6)
+    fit(run, batches, [recorder, StepLog(), LossLog()])
+    assert recorder.calls == [
+        "fit_start",
+        ("epoch_start", 0), "step", ("log", 0, 1, [2.0] * 3), "step", ("log", 0, 2, [3.0] * 3),
+        "step", ("epoch_end", 1, True),
+        ("epoch_start", 1), "step", ("log", 1, 1, [5.0] * 3), "step", ("log", 1, 2, [6.0] * 3),
+        "step", ("epoch_end", 2, True),
+        "fit_end",
+    ]  # fmt: skip
+    assert [(r["epoch"], r["gan"], r["G"], r["D"], r["lr"]) for r in run.history] == [
+        (1, 2.0, 2.0, 2.0, 0.5),
+        (2, 5.0, 5.0, 5.0, 0.5),
+    ]
+    assert [(r["epoch"], r["step"], r["gan"]) for r in _csv(tmp_path / "steps.csv")] == [
+        ("1", "2", "2"), ("1", "3", "3"), ("2", "2", "5"), ("2", "3", "6"),
+    ]  # fmt: skip
+    assert json.loads((tmp_path / "losses.json").read_text()) == run.history
+    assert [r["G"] for r in _csv(tmp_path / "losses.csv")] == ["2.0", "5.0"]
+
+
 def test_config_validation():
     with pytest.raises(InputError, match="variant must be one of 'mod-cyclegan'"):
         TrainConfig(variant="gan")
@@ -267,6 +345,10 @@ def test_config_validation():
         TrainConfig(epochs=5, decay_start=5)
     with pytest.raises(InputError, match="epochs must be an integer >= 1"):
         TrainConfig(epochs=0)
+    with pytest.raises(InputError, match=r"disc_layers must be an integer in 1\.\.8, got 9"):
+        TrainConfig(disc_layers=9)
+    with pytest.raises(InputError, match="unet_depth must be an integer in 2..12, got 1"):
+        TrainConfig(unet_depth=1)
     cfg = TrainConfig(variant="pix2pix", patch_size=64, ngf=8)
     assert cfg.generator_config().depth == 6 and cfg.generator_config().kind.value == "unet"
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 import shlex
 import shutil
@@ -12,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import click
 import pytest
 import torch
 from click.testing import CliRunner
@@ -82,6 +85,39 @@ def test_train_errors(toy, tmp_path):
         assert "Traceback" not in r.output
     r = _run("train", toy, "-o", tmp_path / "x", "--variant", "gan")
     assert r.exit_code == 2 and "'gan' is not one of 'mod-cyclegan'" in r.output
+
+
+def test_a_diverging_run_exits_1_with_one_line(toy, tmp_path, monkeypatch):
+    from vstain_dask.train.trainer import _Trainer
+
+    step = _Trainer.step
+    monkeypatch.setattr(_Trainer, "step", lambda self, b: step(self, b) * math.inf)
+    r = _run("train", toy, "-o", tmp_path / "run", "--lr", "0.001", *TINY)
+    assert r.exit_code == 1, r.output
+    assert "training diverged: the gan loss became inf at epoch 1, step 1 of " in r.output
+    assert "--lr, now 0.001" in r.output and "Traceback" not in r.output
+
+
+def test_options_take_defaults_and_ranges_from_train_config():
+    """The options named after a TrainConfig field state nothing of their own: the default
+    and an integer's range are the field's."""
+    from vstain_dask.cli.train import train as command
+    from vstain_dask.train import TrainConfig
+
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    options = [p for p in command.params if p.name in fields]
+    assert len(options) == 23
+    given = command.make_context("train", ["pairs.zarr", "-o", "run"]).params
+    for option in options:
+        field = fields[option.name]
+        expected = field.default
+        if isinstance(option.type, click.Choice):
+            expected = str(expected)  # the value of a Variant, "3" for ct_channels
+        assert given[option.name] == expected, option.name
+        if "min" in field.metadata:
+            assert (option.type.min, option.type.max) == (
+                field.metadata["min"], field.metadata["max"]
+            ), option.name  # fmt: skip
 
 
 @pytest.mark.slow

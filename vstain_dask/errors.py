@@ -22,6 +22,7 @@ __all__ = [
     "OutputExistsError",
     "JobError",
     "ClusterError",
+    "DivergenceError",
     "as_enum",
 ]
 
@@ -65,6 +66,12 @@ class JobError(VStainError, RuntimeError):
 
 class ClusterError(VStainError, ConnectionError):
     """A cluster could not be started or a scheduler could not be reached."""
+
+    exit_code = 1
+
+
+class DivergenceError(VStainError, FloatingPointError):
+    """Training diverged: a loss became non-finite (NaN or infinite)."""
 
     exit_code = 1
 

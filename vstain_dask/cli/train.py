@@ -2,14 +2,38 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
 from vstain_dask.cli._options import cluster_options, command_line, exit_interrupted
-from vstain_dask.models.config import Variant  # plain Python: no torch at --help
+from vstain_dask.models.config import Variant
+from vstain_dask.train.config import TrainConfig  # plain Python: no torch at --help
 
 _VARIANTS = tuple(v.value for v in Variant)
+_VARIANT_HELP = "mod-cyclegan is the paper's method; the others are its baselines."
+_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def _option(name: str, **kwargs: Any) -> Callable:
+    """The option ``--name`` of the ``TrainConfig`` field ``name``: its default, and for an
+    integer field its range, come from the field; a bool becomes ``--name/--no-name``."""
+    field = _FIELDS[name]
+    flag = "--" + name.replace("_", "-")
+    default = field.default
+    if isinstance(default, bool):
+        flag = f"{flag}/--no-{flag[2:]}"
+    if "min" in field.metadata:
+        kwargs.setdefault("type", click.IntRange(field.metadata["min"], field.metadata["max"]))
+    if default is not None:
+        if isinstance(kwargs.get("type"), click.Choice):
+            default = str(default)  # a choice's value: "mod-cyclegan", "3"
+        kwargs.setdefault("default", default)
+        kwargs.setdefault("show_default", True)
+    return click.option(flag, name, **kwargs)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -22,127 +46,48 @@ _VARIANTS = tuple(v.value for v in Variant)
     type=click.Path(path_type=Path),
     help="Run directory (model, checkpoints, loss log and curves).",
 )
-@click.option(
-    "--variant",
-    type=click.Choice(_VARIANTS),
-    default="mod-cyclegan",
-    show_default=True,
-    help="mod-cyclegan is the paper's method; the others are its baselines.",
-)
-@click.option("--epochs", type=click.IntRange(min=1), default=200, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
-@click.option(
-    "--patch-size",
-    type=click.IntRange(min=8),
-    default=256,
-    show_default=True,
-    help="Patch side in pixels.",
-)
-@click.option(
-    "--patches-per-pair",
-    type=click.IntRange(min=1),
-    default=100,
-    show_default=True,
-    help="Patches drawn from each pair per epoch.",
-)
-@click.option(
-    "--workers",
-    type=click.IntRange(min=0),
-    default=2,
-    show_default=True,
-    help="Patch-reading processes (0: read in the training process).",
-)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@_option("variant", type=click.Choice(_VARIANTS), help=_VARIANT_HELP)
+@_option("epochs")
+@_option("batch_size")
+@_option("patch_size", help="Patch side in pixels.")
+@_option("patches_per_pair", help="Patches drawn from each pair per epoch.")
+@_option("workers", help="Patch-reading processes (0: read in the training process).")
+@_option("device", help="auto, cpu, cuda or cuda:N.")
+@_option("seed")
 @click.option(
     "--threads",
     type=click.IntRange(min=1),
     help="Torch threads of the training process  [default: torch's choice]",
 )
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-4, show_default=True)
-@click.option(
-    "--decay-start",
-    type=click.IntRange(min=0),
-    help="Epoch from which the learning rate decays linearly to 0  [default: none]",
+@_option("lr", type=click.FloatRange(min=0, min_open=True))
+@_option(
+    "decay_start", help="Epoch from which the learning rate decays linearly to 0  [default: none]"
 )
-@click.option(
-    "--ngf",
-    type=click.IntRange(min=1),
-    default=64,
-    show_default=True,
-    help="Generator base features.",
-)
-@click.option(
-    "--n-blocks",
-    type=click.IntRange(min=0),
-    default=9,
-    show_default=True,
-    help="Residual blocks of the ResNet generator.",
-)
-@click.option(
-    "--ndf",
-    type=click.IntRange(min=1),
-    default=64,
-    show_default=True,
-    help="Discriminator base features.",
-)
-@click.option(
-    "--disc-layers",
-    type=click.IntRange(min=1, max=8),
-    help="Strided discriminator layers  [default: 4]",
-)
-@click.option(
-    "--unet-depth",
-    type=click.IntRange(min=2, max=12),
-    help="Pix2Pix U-Net downsamplings  [default: log2(patch size), at most 8]",
-)
-@click.option(
-    "--ct-channels",
+@_option("ngf", help="Generator base features.")
+@_option("n_blocks", help="Residual blocks of the ResNet generator.")
+@_option("ndf", help="Discriminator base features.")
+@_option("disc_layers", help="Strided discriminator layers  [default: 4]")
+@_option("unet_depth", help="Pix2Pix U-Net downsamplings  [default: log2(patch size), at most 8]")
+@_option(
+    "ct_channels",
     type=click.Choice(["3", "1"]),
-    default="3",
-    show_default=True,
     help="CT repeated to 3 channels (the paper) or fed as 1 (no identity loss).",
 )
-@click.option(
-    "--buffer-size",
-    type=click.IntRange(min=0),
-    default=50,
-    show_default=True,
-    help="Image buffer of the CycleGAN discriminators.",
-)
-@click.option(
-    "--cache/--no-cache",
-    default=False,
-    show_default=True,
-    help="Keep pairs in memory in each reading process (small data sets).",
-)
+@_option("buffer_size", help="Image buffer of the CycleGAN discriminators.")
+@_option("cache", help="Keep pairs in memory in each reading process (small data sets).")
 @click.option("--no-augment", is_flag=True, help="Random crops only: no rescale, flips, jitter.")
-@click.option(
-    "--mask-l1/--no-mask-l1",
-    default=True,
-    show_default=True,
+@_option(
+    "mask_l1",
     help="Multiply every L1 term by the correspondence mask (the paper); off: whole patches.",
 )
-@click.option(
-    "--folds",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Cross-validation folds (stratified by material; a test set is held out).",
-)
-@click.option("--fold", type=click.IntRange(min=0), help="Fold to validate on (0-based).")
+@_option("folds", help="Cross-validation folds (stratified by material; a test set is held out).")
+@_option("fold", help="Fold to validate on (0-based).")
 @click.option(
     "--test-fraction",
     type=click.FloatRange(0, 1, max_open=True),
     help="Samples held out for testing  [default: 0.2 with folds, else 0]",
 )
-@click.option(
-    "--val-every",
-    type=click.IntRange(min=0),
-    default=1,
-    show_default=True,
-    help="Validate every N epochs (0: never).",
-)
+@_option("val_every", help="Validate every N epochs (0: never).")
 @cluster_options(
     default=None,
     cluster_help="Train all folds in parallel on a dask cluster, one fold per worker.",
@@ -154,35 +99,13 @@ _VARIANTS = tuple(v.value for v in Variant)
 def train(
     pairs_path,
     out_dir,
-    variant,
-    epochs,
-    batch_size,
-    patch_size,
-    patches_per_pair,
-    workers,
-    device,
-    seed,
     threads,
-    lr,
-    decay_start,
-    ngf,
-    n_blocks,
-    ndf,
-    disc_layers,
-    unet_depth,
-    ct_channels,
-    buffer_size,
-    cache,
     no_augment,
-    mask_l1,
-    folds,
-    fold,
-    test_fraction,
-    val_every,
     cluster_config,
     resume,
     overwrite,
     progress,
+    **settings,
 ):
     """Train a CT -> stain model on the pairs in PAIRS.zarr.
 
@@ -196,36 +119,13 @@ def train(
         import torch
 
         torch.set_num_threads(threads)
-    from vstain_dask.train.trainer import TrainConfig
-
-    config = TrainConfig(
-        variant=variant,
-        epochs=epochs,
-        batch_size=batch_size,
-        patch_size=patch_size,
-        patches_per_pair=patches_per_pair,
-        workers=workers,
-        device=device,
-        seed=seed,
-        lr=lr,
-        decay_start=decay_start,
-        ngf=ngf,
-        n_blocks=n_blocks,
-        ndf=ndf,
-        disc_layers=disc_layers,
-        unet_depth=unet_depth,
-        ct_channels=int(ct_channels),
-        buffer_size=buffer_size,
-        augment=AugmentConfig.none() if no_augment else AugmentConfig(),
-        cache=cache,
-        mask_l1=mask_l1,
-        folds=folds,
-        fold=fold,
-        test_fraction=test_fraction,
-        val_every=val_every,
-    )
+    # settings: the options named after TrainConfig fields; ct_channels comes as a choice "3"|"1"
+    settings["ct_channels"] = int(settings["ct_channels"])
+    augment = AugmentConfig.none() if no_augment else AugmentConfig()
+    config = TrainConfig(**settings, augment=augment)
+    folds, variant = config.folds, config.variant.value
     command = command_line()
-    all_folds = folds > 1 and fold is None
+    all_folds = folds > 1 and config.fold is None
     if cluster_config is not None and not all_folds:
         raise InputError(
             "--cluster/--scheduler train all folds in parallel: give --folds K (K > 1) without "

@@ -5,8 +5,11 @@
 - :mod:`~vstain_dask.train.augment`: crop/rescale/flip geometry shared by CT, histology and
   mask, and intensity jitter per modality;
 - :mod:`~vstain_dask.train.dataset`: the seeded patch stream read straight from zarr;
-- :mod:`~vstain_dask.train.trainer`: the four variants, checkpoints and exact resume
+- :mod:`~vstain_dask.train.config`: the settings of a run (:class:`TrainConfig`), no torch;
+- :mod:`~vstain_dask.train.trainer`: the four variants, the training step and the ``fit`` loop
   (:func:`train`);
+- :mod:`~vstain_dask.train.hooks`: what the loop does around its steps: progress, logs,
+  validation, best and last checkpoints (exact resume), plots;
 - :mod:`~vstain_dask.train.split`: the test set and stratified cross-validation folds;
 - :mod:`~vstain_dask.train.folds`: the folds trained in parallel on a dask cluster;
 - :mod:`~vstain_dask.train.metrics`: masked SSIM/PSNR of whole-pair predictions;
@@ -43,8 +46,9 @@ _EXPORTS: dict[str, str] = {
     "CT_INPUT_HIGH": "vstain_dask.train.trainer",
     "CT_INPUT_LOW": "vstain_dask.train.trainer",
     "ImageBuffer": "vstain_dask.train.trainer",
-    "TrainConfig": "vstain_dask.train.trainer",
-    "TrainResult": "vstain_dask.train.trainer",
+    "TrainConfig": "vstain_dask.train.config",
+    "TrainResult": "vstain_dask.train.config",
+    "fit": "vstain_dask.train.trainer",
     "train": "vstain_dask.train.trainer",
 }
 

@@ -32,20 +32,22 @@ float32). A run directory holds::
                            validation metrics
     steps.csv              losses every ``log_every`` steps
     loss_curve.png         the curves (redrawn at most once a minute, and at the end)
+
+:func:`train` sets a run up and hands it to :func:`fit`, a loop over epochs and steps that calls
+the hooks of :mod:`~vstain_dask.train.hooks` (progress, step log, validation, checkpoints, loss
+log, plot) at defined points. A loss that becomes NaN or infinite stops the run with a
+:class:`~vstain_dask.errors.DivergenceError`.
 """
 
 from __future__ import annotations
 
-import csv
-import dataclasses
 import json
 import math
 import os
 import random
 import shutil
-import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,14 +55,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from vstain_dask.errors import CheckpointError, InputError, OutputExistsError, as_enum
+from vstain_dask.errors import CheckpointError, DivergenceError, InputError, OutputExistsError
 from vstain_dask.intensity import CT_INPUT_HIGH, CT_INPUT_LOW
-from vstain_dask.models.config import (
-    DiscriminatorConfig,
-    GeneratorConfig,
-    InputNormalization,
-    Variant,
-)
+from vstain_dask.models.config import InputNormalization, Variant
 from vstain_dask.models.losses import (
     LossWeights,
     discriminator_loss,
@@ -71,7 +68,21 @@ from vstain_dask.models.losses import (
     total_loss,
 )
 from vstain_dask.runtime import on_for_cuda, resolve_device
-from vstain_dask.train.augment import AugmentConfig
+from vstain_dask.train.config import TrainConfig, TrainResult
+from vstain_dask.train.hooks import (
+    LAST,
+    EpochCallback,
+    Hook,
+    LastCheckpoint,
+    LossLog,
+    LossPlot,
+    MinimumCheckpoints,
+    ProgressBar,
+    Run,
+    StepLog,
+    Validation,
+    final_metrics,
+)
 
 __all__ = [
     "CT_INPUT_LOW",
@@ -79,247 +90,11 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "ImageBuffer",
+    "fit",
     "train",
-    "input_normalization",
 ]
 
 _CONFIG_FILE = "config.json"
-_LAST = "last.pt"
-# fields that may change when a run is resumed (they do not change what is computed)
-_RESUMABLE = {"epochs", "workers", "device", "cache", "val_every", "log_every"}
-
-
-def _check_int(value: Any, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """Everything that defines a training run; defaults are the paper's.
-
-    Parameters
-    ----------
-    variant : Variant
-        ``mod-cyclegan`` (the paper's), ``cyclegan``, ``cyclegan-invct`` or ``pix2pix``.
-    epochs : int
-        Total epochs (a resumed run continues up to this number).
-    batch_size, patch_size, patches_per_pair : int
-        Patches per step (4), their side in pixels (256) and patches per pair per epoch (100).
-    workers : int
-        DataLoader worker processes (0: read patches in the training process).
-    device : str
-        ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
-    seed : int
-        Seeds weights, patches, split and image buffers.
-    lr, betas : float, (float, float)
-        Adam settings (2e-4, (0.5, 0.999)).
-    decay_start : int or None
-        Epoch from which the learning rate decays linearly to 0 at ``epochs``; None keeps it
-        constant.
-    ngf, n_blocks, ndf, disc_layers, unet_depth : int
-        Architecture: generator base features (64), ResNet blocks (9), discriminator base
-        features (64) and strided layers (None: the design's 4), U-Net downsamplings (None:
-        ``log2(patch_size)``, at most 8).
-    ct_channels : int
-        3 (the paper: greyscale repeated) or 1.
-    buffer_size : int
-        Image buffer of the CycleGAN discriminators (50; 0 disables it).
-    weights : LossWeights or None
-        None: the paper's weights for the variant.
-    augment : AugmentConfig
-    cache : bool
-        Keep pairs in memory in each loader process.
-    autocast, channels_last : bool or None
-        bf16 autocast and channels-last memory; None: on for CUDA, off on the CPU.
-    folds, fold, test_fraction
-        Cross-validation (see :func:`~vstain_dask.train.split.make_split`).
-    val_every : int
-        Validate on the validation pairs every this many epochs (0: never).
-    log_every : int
-        Steps between rows of ``steps.csv`` and progress-bar updates.
-    histology_normalization : bool
-        Normalize histology as the paper does (white balance, stretch).
-    mask_l1 : bool
-        Multiply every L1 term by the correspondence mask (the paper). False takes the L1 terms
-        over whole patches, for data that correspond everywhere (phantom pairs).
-    ct_low, ct_high : float
-        Normalized CT values mapped to -1 and +1 at the network input.
-    """
-
-    variant: Variant = Variant.MOD_CYCLEGAN
-    epochs: int = 200
-    batch_size: int = 4
-    patch_size: int = 256
-    patches_per_pair: int = 100
-    workers: int = 2
-    device: str = "auto"
-    seed: int = 0
-    lr: float = 2e-4
-    betas: tuple[float, float] = (0.5, 0.999)
-    decay_start: int | None = None
-    ngf: int = 64
-    n_blocks: int = 9
-    ndf: int = 64
-    disc_layers: int | None = None
-    unet_depth: int | None = None
-    ct_channels: int = 3
-    buffer_size: int = 50
-    weights: LossWeights | None = None
-    augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
-    cache: bool = False
-    autocast: bool | None = None
-    channels_last: bool | None = None
-    folds: int = 1
-    fold: int | None = None
-    test_fraction: float | None = None
-    val_every: int = 1
-    log_every: int = 10
-    histology_normalization: bool = True
-    mask_l1: bool = True
-    ct_low: float = CT_INPUT_LOW
-    ct_high: float = CT_INPUT_HIGH
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "variant", as_enum(Variant, self.variant, "variant"))
-        for name, minimum in (
-            ("epochs", 1),
-            ("batch_size", 1),
-            ("patch_size", 8),
-            ("patches_per_pair", 1),
-            ("workers", 0),
-            ("seed", 0),
-            ("ngf", 1),
-            ("n_blocks", 0),
-            ("ndf", 1),
-            ("buffer_size", 0),
-            ("folds", 1),
-            ("val_every", 0),
-            ("log_every", 1),
-        ):
-            object.__setattr__(self, name, _check_int(getattr(self, name), name, minimum))
-        for name in ("cache", "histology_normalization", "mask_l1"):
-            if not isinstance(getattr(self, name), bool):
-                raise InputError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        for name in ("decay_start", "disc_layers", "unet_depth", "fold"):
-            v = getattr(self, name)
-            if v is not None:
-                object.__setattr__(self, name, _check_int(v, name, 0))
-        if self.decay_start is not None and self.decay_start >= self.epochs:
-            raise InputError(
-                f"decay_start must be below epochs ({self.epochs}), got {self.decay_start}"
-            )
-        if self.unet_depth is not None and not 2 <= self.unet_depth <= 12:
-            raise InputError(f"unet_depth must be in 2..12, got {self.unet_depth}")
-        if self.ct_channels not in (1, 3):
-            raise InputError(f"ct_channels must be 1 or 3, got {self.ct_channels!r}")
-        if not (isinstance(self.lr, int | float) and math.isfinite(self.lr) and self.lr > 0):
-            raise InputError(f"lr must be a positive number, got {self.lr!r}")
-        b = tuple(float(v) for v in self.betas)
-        if len(b) != 2 or not all(0 <= v < 1 for v in b):
-            raise InputError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
-        object.__setattr__(self, "betas", b)
-        if self.weights is not None and not isinstance(self.weights, LossWeights):
-            object.__setattr__(self, "weights", LossWeights.from_dict(self.weights))
-        if not isinstance(self.augment, AugmentConfig):
-            object.__setattr__(self, "augment", AugmentConfig.from_dict(self.augment))
-        if not self.ct_high > self.ct_low:
-            raise InputError(f"ct_high must exceed ct_low, got {self.ct_low}, {self.ct_high}")
-        if not isinstance(self.device, str) or not self.device:
-            raise InputError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
-        # fold and test_fraction are checked by make_split, with the data in hand
-
-    # -- what the config implies --------------------------------------------------------------
-
-    def loss_weights(self) -> LossWeights:
-        """The weights used: ``weights`` or the paper's for the variant."""
-        return self.weights if self.weights is not None else LossWeights.for_variant(self.variant)
-
-    def normalization(self) -> InputNormalization:
-        """Normalized CT -> network input of the trained generator."""
-        return InputNormalization(
-            low=float(self.ct_low),
-            high=float(self.ct_high),
-            invert=self.variant is Variant.CYCLEGAN_INVCT,
-            channels=self.ct_channels,
-            ct_normalized=True,
-        )
-
-    def generator_config(self) -> GeneratorConfig:
-        """The CT -> stain generator's architecture."""
-        changes: dict[str, Any] = {"in_channels": self.ct_channels, "ngf": self.ngf}
-        if self.variant is Variant.PIX2PIX:
-            depth = self.unet_depth or min(8, max(2, int(math.log2(self.patch_size))))
-            changes["depth"] = depth
-        else:
-            changes["n_blocks"] = self.n_blocks
-        return GeneratorConfig.for_variant(self.variant, **changes)
-
-    def discriminator_config(self) -> DiscriminatorConfig:
-        """The discriminator template (channels are set per role)."""
-        return DiscriminatorConfig(ndf=self.ndf, n_layers=self.disc_layers)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain form for JSON and checkpoints."""
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        d["variant"] = self.variant.value
-        d["betas"] = list(self.betas)
-        d["weights"] = None if self.weights is None else self.weights.to_dict()
-        d["augment"] = self.augment.to_dict()
-        return d
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
-        """Inverse of :meth:`to_dict`; unknown fields are an error."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise InputError(f"TrainConfig got unknown field(s) {unknown}")
-        d = dict(data)
-        if d.get("betas") is not None:
-            d["betas"] = tuple(d["betas"])
-        return cls(**d)
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainResult:
-    """What a training run produced.
-
-    Attributes
-    ----------
-    run_dir : Path
-    model : Path
-        The final generator (``model.pt``).
-    last : Path
-        The training checkpoint (``checkpoints/last.pt``).
-    minima : dict of str -> Path
-        Generator at the lowest epoch mean of each loss term.
-    epochs : int
-        Epochs completed.
-    seconds : float
-        Wall time of this call.
-    split : dict
-    history : list of dict
-        Per-epoch rows of ``losses.csv``.
-    metrics : dict
-        Final losses and validation metrics, as stored in the model.
-    """
-
-    run_dir: Path
-    model: Path
-    last: Path
-    minima: dict[str, Path]
-    epochs: int
-    seconds: float
-    split: dict[str, Any]
-    history: list[dict[str, Any]]
-    metrics: dict[str, Any]
-
-
-def input_normalization(config: TrainConfig) -> InputNormalization:
-    """The :class:`InputNormalization` a model trained with ``config`` expects."""
-    return config.normalization()
 
 
 # -- image buffer ----------------------------------------------------------------------------------
@@ -372,47 +147,6 @@ class ImageBuffer:
         self._rng.bit_generator.state = json.loads(state["rng"])
 
 
-# -- RNG state -------------------------------------------------------------------------------------
-
-
-def _rng_state() -> dict[str, Any]:
-    py = random.getstate()
-    np_state = np.random.get_state()  # noqa: NPY002 (the legacy global state is restored)
-    out = {
-        "python": json.dumps([py[0], list(py[1]), py[2]]),
-        "numpy": {
-            "keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
-            "pos": int(np_state[2]),
-            "has_gauss": int(np_state[3]),
-            "cached_gaussian": float(np_state[4]),
-        },
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        out["cuda"] = list(torch.cuda.get_rng_state_all())
-    return out
-
-
-def _set_rng_state(state: Mapping[str, Any]) -> None:
-    v, internal, gauss = json.loads(state["python"])
-    random.setstate((v, tuple(internal), gauss))
-    n = state["numpy"]
-    np.random.set_state(  # noqa: NPY002
-        (
-            "MT19937",
-            n["keys"].numpy().astype(np.uint32),
-            int(n["pos"]),
-            int(n["has_gauss"]),
-            float(n["cached_gaussian"]),
-        )
-    )
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        cuda = state["cuda"]
-        if len(cuda) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(cuda)
-
-
 # -- helpers ---------------------------------------------------------------------------------------
 
 
@@ -460,9 +194,9 @@ def _split_for(pairs: Any, config: TrainConfig) -> Any:
 
 def _prepare_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
     if resume:
-        if not (run_dir / "checkpoints" / _LAST).exists():
+        if not (run_dir / "checkpoints" / LAST).exists():
             raise CheckpointError(
-                f"--resume: {run_dir} holds no training checkpoint (checkpoints/{_LAST}); start "
+                f"--resume: {run_dir} holds no training checkpoint (checkpoints/{LAST}); start "
                 "the run without --resume"
             )
         # a process killed while writing a checkpoint leaves its temporary file behind
@@ -482,89 +216,6 @@ def _prepare_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
             )
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-
-
-def _check_resumable(saved: Mapping[str, Any], config: TrainConfig) -> None:
-    now = config.to_dict()
-    differ = [k for k in now if k not in _RESUMABLE and saved.get(k) != now[k]]
-    if differ:
-        shown = ", ".join(f"{k}: run {saved.get(k)!r}, now {now[k]!r}" for k in differ[:4])
-        raise InputError(
-            f"--resume needs the run's settings; these differ ({shown}); resume with the run's "
-            "settings or start a new run"
-        )
-
-
-# -- the loss log ----------------------------------------------------------------------------------
-
-
-def _write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
-    (run_dir / "losses.json").write_text(json.dumps(history, indent=1), encoding="utf-8")
-    keys: list[str] = []
-    for row in history:
-        keys += [k for k in row if k not in keys]
-    with open(run_dir / "losses.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        for row in history:
-            w.writerow(row)
-
-
-def _plot(run_dir: Path, history: list[dict[str, Any]], components: list[str]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = _read_steps(run_dir)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    ax = axes[0]
-    for name in [*components, "G", "D"]:
-        if steps and name in steps[0]:
-            x = [float(r["epoch"]) - 1 + float(r["fraction"]) for r in steps]
-            ax.plot(x, [float(r[name]) for r in steps], lw=0.8, label=name)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss (every log step)")
-    ax.set_yscale("log")
-    ax.legend(fontsize=8)
-    ax = axes[1]
-    epochs = [r["epoch"] for r in history]
-    for name in ["G", "D", *components]:
-        if history and name in history[0]:
-            ax.plot(epochs, [r[name] for r in history], marker="o", ms=3, label=name)
-    if history and "val_ssim" in history[-1]:
-        ax2 = ax.twinx()
-        pts = [(r["epoch"], r["val_ssim"]) for r in history if "val_ssim" in r]
-        ax2.plot(*zip(*pts, strict=True), "k--", marker="s", ms=3, label="val SSIM")
-        ax2.set_ylabel("validation SSIM (masked)")
-        ax2.legend(loc="upper right", fontsize=8)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("epoch mean loss")
-    ax.set_yscale("log")
-    ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(run_dir / "loss_curve.png", dpi=90)
-    plt.close(fig)
-
-
-def _read_steps(run_dir: Path) -> list[dict[str, str]]:
-    path = run_dir / "steps.csv"
-    if not path.exists():
-        return []
-    with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
-
-
-def _truncate_steps(run_dir: Path, epoch: int) -> None:
-    """Drop step rows of epochs after ``epoch`` (left by an interrupted run)."""
-    rows = _read_steps(run_dir)
-    if not rows:
-        return
-    keep = [r for r in rows if int(r["epoch"]) <= epoch]
-    with open(run_dir / "steps.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(keep)
 
 
 # -- the trainer -----------------------------------------------------------------------------------
@@ -735,70 +386,92 @@ class _Trainer:
         )
 
 
-def _save_checkpoint(
-    trainer: _Trainer,
-    path: Path,
-    *,
-    config: TrainConfig,
-    split: Mapping[str, Any],
-    epoch: int,
-    best: Mapping[str, Any],
-    history: list[dict[str, Any]],
-    command: str | None,
-) -> None:
-    from vstain_dask.models.checkpoint import save_training_checkpoint
+# -- the loop --------------------------------------------------------------------------------------
 
-    extra = {
-        **trainer.state(),
-        "epoch": epoch,
-        "rng": _rng_state(),
-        "best": dict(best),
-        "history": json.dumps(history),
-        "config": json.dumps(config.to_dict()),
-    }
-    save_training_checkpoint(
-        path,
-        networks=trainer.nets,
-        normalization=config.normalization(),
-        variant=config.variant,
-        extra=extra,
-        training=_training_meta(config, trainer),
-        seed=config.seed,
-        split=split,
-        metrics=_metrics(history),
-        command=command,
-        card=False,
-        overwrite=True,
+
+def fit(run: Run, batches: Iterator[Mapping[str, torch.Tensor]], hooks: Sequence[Hook]) -> None:
+    """Train ``run`` from ``run.start_epoch`` to ``run.config.epochs``, calling ``hooks``.
+
+    Parameters
+    ----------
+    run : Run
+        The trainer, config and logs; ``run.history`` gets one row per epoch.
+    batches : iterator of dict
+        ``n_batches`` batches per epoch (``ct``, ``histology``, ``mask``), as
+        :func:`~vstain_dask.train.dataset.make_loader` yields them.
+    hooks : sequence of Hook
+        Called in order at the points :mod:`~vstain_dask.train.hooks` lists.
+
+    Raises
+    ------
+    DivergenceError
+        A loss became NaN or infinite.
+    """
+    _call(hooks, "on_fit_start", run)
+    try:
+        for epoch in range(run.start_epoch, run.config.epochs):
+            _call(hooks, "on_epoch_start", run, epoch)
+            row = _train_epoch(run, batches, hooks, epoch)
+            run.history.append(row)  # hooks may still add to the row (validation does)
+            _call(hooks, "on_epoch_end", run, row)
+    finally:
+        _call(hooks, "on_fit_end", run)
+
+
+def _call(hooks: Sequence[Hook], point: str, *args: Any) -> None:
+    for hook in hooks:
+        getattr(hook, point)(*args)
+
+
+def _train_epoch(
+    run: Run, batches: Iterator[Mapping[str, torch.Tensor]], hooks: Sequence[Hook], epoch: int
+) -> dict[str, Any]:
+    """One epoch of steps; returns its row of the loss log (means, lr, speed)."""
+    trainer, n_batches = run.trainer, run.n_batches
+    t0 = time.perf_counter()
+    wait = 0.0
+    sums = torch.zeros(len(run.names), dtype=torch.float64)
+    pending: list[torch.Tensor] = []
+    n_samples = 0
+    for step in range(n_batches):
+        tw = time.perf_counter()
+        batch = next(batches)
+        wait += time.perf_counter() - tw
+        pending.append(trainer.step(batch))
+        n_samples += int(batch["ct"].shape[0])
+        # the losses stay on the device between log steps: reading them waits for the device
+        if len(pending) == run.config.log_every or step == n_batches - 1:
+            block = torch.stack(pending).double().cpu()
+            _check_finite(run, block, epoch, step)
+            sums += block.sum(0)
+            pending = []
+            _call(hooks, "on_log", run, epoch, step, block[-1].tolist())
+        _call(hooks, "on_step_end", run)
+    trainer.sched_g.step()
+    trainer.sched_d.step()
+    seconds = time.perf_counter() - t0
+    row: dict[str, Any] = {"epoch": epoch + 1}
+    row.update({n: float(v) / n_batches for n, v in zip(run.names, sums.tolist(), strict=True)})
+    row["lr"] = float(trainer.opt_g.param_groups[0]["lr"])
+    row["seconds"] = round(seconds, 3)
+    row["samples_per_s"] = round(n_samples / seconds, 3) if seconds > 0 else None
+    row["data_wait_fraction"] = round(wait / seconds, 4) if seconds > 0 else None
+    return row
+
+
+def _check_finite(run: Run, block: torch.Tensor, epoch: int, step: int) -> None:
+    """Raise :class:`DivergenceError` naming the first non-finite loss of ``block``, the
+    losses ``[*components, G, D]`` of the steps up to ``step`` (0-based) since the last check."""
+    bad = (~torch.isfinite(block)).nonzero()
+    if not len(bad):
+        return
+    i, j = (int(v) for v in bad[0])
+    at = step + 1 - (block.shape[0] - 1 - i)  # 1-based step of row i
+    raise DivergenceError(
+        f"training diverged: the {run.names[j]} loss became {float(block[i, j])} at epoch "
+        f"{epoch + 1}, step {at} of {run.n_batches}; try a lower learning rate (--lr, now "
+        f"{run.config.lr:g}), --decay-start, or check the pairs (CT levels, masks)"
     )
-
-
-def _training_meta(config: TrainConfig, trainer: _Trainer) -> dict[str, Any]:
-    meta = config.to_dict()
-    meta["weights"] = trainer.weights.to_dict()
-    meta["loss_terms"] = list(trainer.components)
-    meta["optimizer"] = f"Adam(lr={config.lr:g}, betas={tuple(config.betas)})"
-    meta["device"] = str(trainer.device)
-    meta["autocast_bf16"] = trainer.use_autocast
-    meta["channels_last"] = trainer.channels_last
-    meta["masked_l1"] = (
-        "every L1 term is multiplied by the correspondence mask"
-        if config.mask_l1
-        else "L1 terms over whole patches (mask_l1=False)"
-    )
-    return meta
-
-
-def _metrics(history: list[dict[str, Any]]) -> dict[str, Any]:
-    if not history:
-        return {}
-    last = history[-1]
-    out = {f"final_{k}": v for k, v in last.items() if k not in ("epoch",)}
-    vals = [r for r in history if "val_ssim" in r]
-    if vals:
-        best = max(vals, key=lambda r: r["val_ssim"])
-        out["best_val_ssim"] = best["val_ssim"]
-        out["best_val_ssim_epoch"] = best["epoch"]
-    return out
 
 
 def train(
@@ -841,37 +514,93 @@ def train(
     Returns
     -------
     TrainResult
+
+    Raises
+    ------
+    DivergenceError
+        A loss became NaN or infinite (``checkpoints/last.pt`` holds the last finite epoch).
     """
-    from vstain_dask.models.checkpoint import load_training_checkpoint, save_model
-    from vstain_dask.train.dataset import PatchDataset, make_loader, scan_pairs
-    from vstain_dask.train.metrics import evaluate_generator
+    from vstain_dask.train.dataset import make_loader
 
     t_start = time.perf_counter()
     config = config or TrainConfig()
-    run_dir = Path(out_dir).expanduser()
     pairs_path = Path(pairs).expanduser()
     split = _split_for(pairs_path, config)  # validates the store before anything is written
     device = resolve_device(config.device)
+    run_dir = Path(out_dir).expanduser()
     _prepare_dir(run_dir, resume=resume, overwrite=overwrite)
-    ckpt_dir = run_dir / "checkpoints"
-    ckpt_dir.mkdir(exist_ok=True)
+    (run_dir / "checkpoints").mkdir(exist_ok=True)
+    dataset, val_pairs = _data(pairs_path, split, config)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    run = Run(
+        config=config,
+        trainer=_Trainer(config, device),
+        run_dir=run_dir,
+        split=split.to_dict(),
+        n_batches=math.ceil(len(dataset) / config.batch_size),
+        command=command,
+    )
+    _start(run, pairs_path, resume=resume, device=device)
+    hooks: list[Hook] = [
+        ProgressBar(enabled=progress),
+        StepLog(),
+        Validation(pairs_path, val_pairs, device),
+        MinimumCheckpoints(),
+        LastCheckpoint(),
+        LossLog(),
+        LossPlot(),
+    ]
+    if on_epoch is not None:
+        hooks.append(EpochCallback(on_epoch))
+    loader = make_loader(
+        dataset,
+        batch_size=config.batch_size,
+        workers=config.workers,
+        start_epoch=run.start_epoch,
+        epochs=config.epochs,
+        pin_memory=device.type == "cuda",
+    )
+    batches = iter(loader) if run.start_epoch < config.epochs else iter(())
+    try:
+        fit(run, batches, hooks)
+    finally:
+        del batches  # stops the loader's worker processes
+
+    metrics = final_metrics(run.history)
+    metrics["seconds_this_call"] = round(time.perf_counter() - t_start, 2)
+    model = run.save_generator(run_dir / "model.pt", metrics=metrics, notes=notes)
+    return TrainResult(
+        run_dir=run_dir,
+        model=model,
+        last=run.checkpoints / LAST,
+        minima={k: run.checkpoints / f"min_{k}.pt" for k in run.best},
+        epochs=len(run.history),
+        seconds=time.perf_counter() - t_start,
+        split=run.split,
+        history=run.history,
+        metrics=metrics,
+    )
+
+
+def _data(pairs: Path, split: Any, config: TrainConfig) -> tuple[Any, list[Any]]:
+    """The patch stream of the training pairs, and the validation pairs."""
+    from vstain_dask.train.dataset import PatchDataset, scan_pairs
 
     infos = {
         p.id: p
         for p in scan_pairs(
-            pairs_path,
+            pairs,
             ids=[*split.train, *split.val],
             histology_normalization=config.histology_normalization,
         )
     }
-    train_pairs = [infos[i] for i in split.train]
-    val_pairs = [infos[i] for i in split.val]
     norm_data = InputNormalization(
         low=config.ct_low, high=config.ct_high, invert=config.normalization().invert, channels=1
     )
     dataset = PatchDataset(
-        pairs_path,
-        train_pairs,
+        pairs,
+        [infos[i] for i in split.train],
         patch_size=config.patch_size,
         patches_per_pair=config.patches_per_pair,
         normalization=norm_data,
@@ -879,186 +608,20 @@ def train(
         seed=config.seed,
         cache=config.cache,
     )
+    return dataset, [infos[i] for i in split.val]
 
-    trainer = _Trainer(config, device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    start_epoch = 0
-    history: list[dict[str, Any]] = []
-    best: dict[str, Any] = {}
-    split_dict = split.to_dict()
+
+def _start(run: Run, pairs: Path, *, resume: bool, device: torch.device) -> None:
+    """Restore a resumed run from its last checkpoint, or seed a new one; write config.json."""
     if resume:
-        saved = json.loads((run_dir / _CONFIG_FILE).read_text(encoding="utf-8"))
-        _check_resumable(saved["config"], config)
-        ckpt = load_training_checkpoint(ckpt_dir / _LAST, device=device)
-        trainer.load_state(ckpt.networks, ckpt.extra)
-        start_epoch = int(ckpt.extra["epoch"])
-        history = json.loads(ckpt.extra["history"])
-        best = dict(ckpt.extra["best"])
-        _set_rng_state(ckpt.extra["rng"])
-        _truncate_steps(run_dir, start_epoch)
+        saved = json.loads((run.run_dir / _CONFIG_FILE).read_text(encoding="utf-8"))
+        run.config.check_resume(saved["config"])
+        LastCheckpoint.restore(run, device)
     else:
         # the global RNGs only drive dropout (Pix2Pix); seed them for a reproducible run
-        random.seed(config.seed)
-        np.random.seed(config.seed % 2**32)  # noqa: NPY002
-        torch.manual_seed(config.seed)
-    (run_dir / _CONFIG_FILE).write_text(
-        json.dumps(
-            {"config": config.to_dict(), "split": split_dict, "pairs": str(pairs_path)}, indent=1
-        ),
-        encoding="utf-8",
-    )
-
-    names = [*trainer.components, "G", "D"]
-    n_batches = math.ceil(len(dataset) / config.batch_size)
-    steps_file = run_dir / "steps.csv"
-    if not steps_file.exists():
-        steps_file.write_text(",".join(["epoch", "step", "fraction", *names]) + "\n")
-    loader = make_loader(
-        dataset,
-        batch_size=config.batch_size,
-        workers=config.workers,
-        start_epoch=start_epoch,
-        epochs=config.epochs,
-        pin_memory=device.type == "cuda",
-    )
-    from tqdm import tqdm
-
-    bar = tqdm(
-        total=(config.epochs - start_epoch) * n_batches,
-        disable=not progress or start_epoch >= config.epochs,
-        file=sys.stderr,
-        unit="step",
-        dynamic_ncols=True,
-    )
-    it = iter(loader) if start_epoch < config.epochs else None
-    last_plot = time.perf_counter()
-    try:
-        for epoch in range(start_epoch, config.epochs):
-            bar.set_description(f"epoch {epoch + 1}/{config.epochs}")
-            t0 = time.perf_counter()
-            wait = 0.0
-            sums = torch.zeros(len(names), dtype=torch.float64)
-            pending: list[torch.Tensor] = []
-            n_samples = 0
-            step_rows: list[str] = []
-            for step in range(n_batches):
-                tw = time.perf_counter()
-                batch = next(it)
-                wait += time.perf_counter() - tw
-                losses = trainer.step(batch)
-                n_samples += int(batch["ct"].shape[0])
-                pending.append(losses)
-                if len(pending) == config.log_every or step == n_batches - 1:
-                    block = torch.stack(pending).double().cpu()
-                    if not torch.isfinite(block).all():
-                        raise InputError(
-                            f"training diverged: a loss became non-finite in epoch {epoch + 1}; "
-                            "lower --lr or check the data"
-                        )
-                    sums += block.sum(0)
-                    pending = []
-                    last = block[-1].tolist()
-                    step_rows.append(
-                        ",".join(
-                            [
-                                str(epoch + 1),
-                                str(step + 1),
-                                f"{(step + 1) / n_batches:.6f}",
-                                *(f"{v:.6g}" for v in last),
-                            ]
-                        )
-                    )
-                    bar.set_postfix(
-                        {n: f"{v:.3f}" for n, v in zip(names, last, strict=True)}, refresh=False
-                    )
-                bar.update(1)
-            trainer.sched_g.step()
-            trainer.sched_d.step()
-            with open(steps_file, "a", encoding="utf-8") as f:
-                f.write("\n".join(step_rows) + "\n")
-            seconds = time.perf_counter() - t0
-            row: dict[str, Any] = {"epoch": epoch + 1}
-            row.update({n: float(v) / n_batches for n, v in zip(names, sums.tolist(), strict=True)})
-            row["lr"] = float(trainer.opt_g.param_groups[0]["lr"])
-            row["seconds"] = round(seconds, 3)
-            row["samples_per_s"] = round(n_samples / seconds, 3) if seconds > 0 else None
-            row["data_wait_fraction"] = round(wait / seconds, 4) if seconds > 0 else None
-            last_epoch = epoch + 1 == config.epochs
-            if (
-                val_pairs
-                and config.val_every
-                and ((epoch + 1) % config.val_every == 0 or last_epoch)
-            ):
-                m = evaluate_generator(
-                    trainer.nets["generator"],
-                    pairs_path,
-                    val_pairs,
-                    config.normalization(),
-                    device=device,
-                )
-                row.update({f"val_{k}": v for k, v in m.items()})
-            history.append(row)
-            # the generator at the lowest epoch mean of each generator term (and of the total)
-            for name in [*trainer.components, "G"]:
-                if name not in best or row[name] < best[name]["value"]:
-                    best[name] = {"value": row[name], "epoch": epoch + 1}
-                    save_model(
-                        ckpt_dir / f"min_{name}.pt",
-                        generator=trainer.nets["generator"],
-                        normalization=config.normalization(),
-                        variant=config.variant,
-                        training=_training_meta(config, trainer),
-                        seed=config.seed,
-                        split=split_dict,
-                        metrics={f"min_{name}": row[name], "epoch": epoch + 1},
-                        command=command,
-                        notes=f"Generator at the epoch ({epoch + 1}) of the lowest mean {name} loss.",
-                        overwrite=True,
-                    )
-            _save_checkpoint(
-                trainer,
-                ckpt_dir / _LAST,
-                config=config,
-                split=split_dict,
-                epoch=epoch + 1,
-                best=best,
-                history=history,
-                command=command,
-            )
-            _write_history(run_dir, history)
-            if last_epoch or time.perf_counter() - last_plot > 60:  # plotting costs a second
-                _plot(run_dir, history, trainer.components)
-                last_plot = time.perf_counter()
-            if on_epoch is not None:
-                on_epoch(row)
-    finally:
-        bar.close()
-        del it
-
-    metrics = _metrics(history)
-    metrics["seconds_this_call"] = round(time.perf_counter() - t_start, 2)
-    model = save_model(
-        run_dir / "model.pt",
-        generator=trainer.nets["generator"],
-        normalization=config.normalization(),
-        variant=config.variant,
-        training=_training_meta(config, trainer),
-        seed=config.seed,
-        split=split_dict,
-        metrics=metrics,
-        command=command,
-        notes=notes,
-        overwrite=True,
-    )
-    return TrainResult(
-        run_dir=run_dir,
-        model=model,
-        last=ckpt_dir / _LAST,
-        minima={k: ckpt_dir / f"min_{k}.pt" for k in best},
-        epochs=len(history),
-        seconds=time.perf_counter() - t_start,
-        split=split_dict,
-        history=history,
-        metrics=metrics,
-    )
+        seed = run.config.seed
+        random.seed(seed)
+        np.random.seed(seed % 2**32)  # noqa: NPY002
+        torch.manual_seed(seed)
+    config_json = {"config": run.config.to_dict(), "split": run.split, "pairs": str(pairs)}
+    (run.run_dir / _CONFIG_FILE).write_text(json.dumps(config_json, indent=1), encoding="utf-8")
