@@ -21,6 +21,23 @@ class VolumeKind(StrEnum):
     RGB = "rgb"  # uint8 R,G,B(,A) on the c axis; pyramid by mean, omero colours
 
 
+def _pyramid_method(kind: VolumeKind) -> str:
+    """How each pyramid level is made from the level above: ``"nearest"`` (every second
+    voxel) for labels, ``"mean"`` (2x2x2 means) otherwise."""
+    return "nearest" if kind is VolumeKind.LABELS else "mean"
+
+
+def _level_offset(method: str, factor: int, level: int) -> float:
+    """Where voxel 0 of a pyramid level sits, in voxels of level 0 from level-0 voxel 0.
+
+    Level ``l`` voxel ``i`` comes from level-0 voxels ``i * factor**l`` to
+    ``(i + 1) * factor**l - 1``: ``"nearest"`` keeps the first of them (offset 0), ``"mean"``
+    averages them all, so its value belongs at their centre, ``(factor**l - 1) / 2`` voxels in
+    (half a voxel of the finer level per step).
+    """
+    return 0.0 if method == "nearest" else (factor**level - 1) / 2
+
+
 class MissingScaleWarning(UserWarning):
     """A volume carries no OME-Zarr metadata, so its physical voxel size is unknown."""
 

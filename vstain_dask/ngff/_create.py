@@ -28,6 +28,8 @@ from vstain_dask.ngff._common import (
     NgffVersion,
     VolumeKind,
     _is_zarr_dir,
+    _level_offset,
+    _pyramid_method,
 )
 from vstain_dask.ngff._format import Format, format_for
 
@@ -65,10 +67,14 @@ class _VolumeSpec:
     def level_scale(self, level: int) -> tuple[float, ...]:
         return tuple(s * f**level for s, f in zip(self.scale, self.factors, strict=True))
 
+    @property
+    def method(self) -> str:
+        return _pyramid_method(self.kind)
+
     def level_translation(self, level: int) -> tuple[float, ...]:
-        # a level-l voxel covers f**l level-0 voxels; its centre sits (f**l - 1)/2 voxels in
+        # physical position of a level's voxel 0: where the level-0 voxels it comes from sit
         return tuple(
-            t + (f**level - 1) / 2 * s
+            t + _level_offset(self.method, f, level) * s
             for t, s, f in zip(self.translation, self.scale, self.factors, strict=True)
         )
 
@@ -348,7 +354,7 @@ def _group_attrs(spec: _VolumeSpec) -> dict:
         "name": spec.name,
         "axes": axes,
         "datasets": datasets,
-        "type": "nearest" if labels else "mean",
+        "type": spec.method,
         "metadata": {
             "description": (
                 "each level takes every second voxel along z, y, x of the level above"

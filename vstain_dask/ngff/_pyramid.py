@@ -16,7 +16,7 @@ import numpy as np
 import zarr
 
 from vstain_dask.errors import VolumeFormatError
-from vstain_dask.ngff._common import _SLAB_BYTES, VolumeKind
+from vstain_dask.ngff._common import _SLAB_BYTES, _pyramid_method
 from vstain_dask.ngff._read import _read_multiscale, _write_chunks
 
 
@@ -195,7 +195,7 @@ def write_pyramid(path: str | os.PathLike, *, compute: bool = True):
                 f"level {i} of {ms.path} has shape {tuple(arr.shape)} but a factor-2 pyramid "
                 f"needs {expected}; write_pyramid only fills stores made by create_volume"
             )
-    method = "nearest" if ms.kind is VolumeKind.LABELS else "mean"
+    method = _pyramid_method(ms.kind)
     graph = _pyramid_graph(arrays, factors, method)
     if not compute:
         return graph
