@@ -48,6 +48,16 @@ class _FloatTuple(click.ParamType):
     help="Use --voxel-size even where the file states a size more than 1 % different.",
 )
 @click.option(
+    "--voxel-size-out",
+    "--pixel-size-out",
+    "voxel_size_out",
+    default=None,
+    type=_FloatTuple(),
+    help="Resample during import to this size in --unit (one number, or Z,Y,X / Y,X) by exact "
+    "area averaging, e.g. --pixel-size-out 5 makes a 0.44 µm slide a 5 µm image. The output's "
+    "scale is this size exactly; only coarser sizes than the input's.",
+)
+@click.option(
     "--unit",
     default="micrometer",
     show_default=True,
@@ -83,6 +93,7 @@ def import_(
     out: Path,
     voxel_size: tuple[float, ...] | None,
     voxel_size_override: bool,
+    voxel_size_out: tuple[float, ...] | None,
     unit: str,
     shape: tuple[int, ...] | None,
     dtype: str | None,
@@ -104,7 +115,7 @@ def import_(
     from dask.diagnostics import ProgressBar
 
     from vstain_dask.ngff import format_info, import_volume, volume_info
-    from vstain_dask.ngff._pixel_size import describe
+    from vstain_dask.ngff._pixel_size import _fmt, describe
 
     with ProgressBar(minimum=2.0, out=sys.stderr):
         path = import_volume(
@@ -113,6 +124,7 @@ def import_(
             voxel_size=voxel_size,
             unit=unit,
             voxel_size_override=voxel_size_override,
+            voxel_size_out=voxel_size_out,
             shape=shape,
             dtype=dtype,
             chunks=chunks,
@@ -122,7 +134,16 @@ def import_(
     description = volume_info(path)
     record = description["vstain"]["import"]
     click.echo(f"wrote {path}")
-    click.echo(describe(tuple(record["voxel_size"]), record["unit"], record["voxel_size_source"]))
+    resampled = record.get("resampled")
+    if resampled is None:
+        click.echo(
+            describe(tuple(record["voxel_size"]), record["unit"], record["voxel_size_source"])
+        )
+    else:
+        click.echo(describe(tuple(resampled["from"]), record["unit"], record["voxel_size_source"]))
+        factors = ", ".join(f"{f:.4g}" for f in resampled["factors"])
+        to = _fmt(tuple(resampled["to"]), record["unit"])
+        click.echo(f"resampled to {to} (factors {factors}, area average)")
     click.echo(format_info(description))
 
 

@@ -27,6 +27,7 @@ from vstain_dask.ngff._create import _build_spec, _create, _parse_unit, check_ou
 from vstain_dask.ngff._pixel_size import FoundSize, found, resolve_voxel_size, um_per
 from vstain_dask.ngff._pyramid import _align, _pyramid_graph
 from vstain_dask.ngff._read import open_volume, update_provenance
+from vstain_dask.ngff._resample import resample_to_size
 from vstain_dask.ngff._write import _same_or_inside
 
 
@@ -93,6 +94,7 @@ def import_volume(
     voxel_size: float | Sequence[float] | None = None,
     unit: str = "micrometer",
     voxel_size_override: bool = False,
+    voxel_size_out: float | Sequence[float] | None = None,
     shape: Sequence[int] | None = None,
     dtype: Any = None,
     chunks: Sequence[int] | None = None,
@@ -136,6 +138,11 @@ def import_volume(
     unit : NGFF space unit of ``voxel_size`` and of the output (``micrometer``; ``um``,
         ``mm``, ``nm`` accepted)
     voxel_size_override : use ``voxel_size`` even where the file states another size
+    voxel_size_out : resample to this voxel size in ``unit`` (one number, or one per spatial
+        axis; none finer than the input's) by exact area averaging, output block by output
+        block; the output's scale is this size exactly and its ``floor(n * voxel_size /
+        voxel_size_out)`` pixels per axis each average a whole output pixel's area of the
+        input. The file's own pyramid levels are then not used. None keeps the input's size
     shape : (Z, Y, X) or (Y, X) of a raw file; for other sources, checked if given
     dtype : element type of a raw file, e.g. ``uint16`` or ``>u2``; for other sources,
         checked if given
@@ -147,8 +154,9 @@ def import_volume(
     -------
     pathlib.Path
         ``out``. Its ``vstain.import`` attributes record the source, its format, the voxel
-        size and where it came from (``voxel_size_source``), and the levels copied from the
-        file (``levels_from_file``).
+        size and where it came from (``voxel_size_source``), the levels copied from the
+        file (``levels_from_file``), and for a resampled import ``resampled`` (input and output
+        sizes, factors, translation, method).
     """
     from vstain_dask import __version__
 
@@ -189,24 +197,41 @@ def import_volume(
         src=src,
         override=voxel_size_override,
     )
+    reused = opened.levels
+    resampled = None
+    translation = None
+    if voxel_size_out is not None:
+        data, resampled = resample_to_size(
+            data,
+            axes=opened.axes,
+            voxel_size=voxel,
+            target=voxel_size_out,
+            unit=unit,
+            chunks=opened.spatial_chunks,
+        )
+        voxel, translation, reused = tuple(resampled["to"]), resampled["translation"], ()
+    spatial_chunks = tuple(
+        min(c, s)
+        for c, s in zip(opened.spatial_chunks, data.shape[-len(spatial_axes) :], strict=True)
+    )
     n_channels = data.shape[0] if opened.axes.startswith("c") else 0
     rgb = n_channels in (3, 4) and data.dtype == np.uint8
     spec = _build_spec(
         out_path,
         shape=data.shape,
         dtype=data.dtype,
-        chunks=opened.spatial_chunks,
+        chunks=spatial_chunks,
         axes=opened.axes,
         scale=voxel,
         units=unit,
-        translation=None,
+        translation=translation,
         ngff_version=version,
         n_levels=None,
         kind=VolumeKind.RGB if rgb else VolumeKind.INTENSITY,
         channel_names=_RGB_NAMES[:n_channels] if n_channels in (3, 4) else None,
         attrs=None,
     )
-    reused = opened.levels[: spec.n_levels - 1]
+    reused = reused[: spec.n_levels - 1]
     record = {
         "source": str(src.resolve()),
         "format": opened.description,
@@ -216,6 +241,8 @@ def import_volume(
         "levels_from_file": list(range(1, len(reused) + 1)),
         "software": f"vstain-dask {__version__}",
     }
+    if resampled is not None:
+        record["resampled"] = resampled
     # incomplete until the last level is written: a failed or interrupted import leaves a
     # store that every reader refuses, instead of one that passes for an image of zeros
     spec = dataclasses.replace(spec, attrs={"import": record, "complete": False})

@@ -1,0 +1,231 @@
+"""Resampling to a coarser pixel size by exact area averaging, chunk by chunk.
+
+Along an axis with input pixel size ``s_in`` and target ``s_out`` (factor ``f = s_out / s_in
+>= 1``, not necessarily an integer), output pixel ``j`` covers the input interval
+``[j f, (j + 1) f)`` in input pixel units and takes the mean of the piecewise-constant input over
+it: input pixel ``i`` has the weight ``|[i, i + 1) ∩ [j f, (j + 1) f)| / f``. The operator is
+separable (a weight matrix per axis) and, for an integer factor, equals the block mean. It is the
+box filter of the target pixel followed by point sampling at its centre, the anti-aliasing that
+an imaging system with the target's pixels would do.
+
+The output has ``floor(n f⁻¹)`` pixels per axis, so that every output pixel averages a whole
+``f``-wide interval of the input; the less than one output pixel of input left at the far end is
+dropped. Its scale is the target exactly, and its translation places output pixel centres at the
+centres of the intervals they average (``(f - 1) / 2`` input pixels in).
+
+The input is cut at ``floor(j_k f)`` for output block boundaries ``j_k``; a block then needs one
+input pixel of the next block (the interval's fractional end), taken with ``map_overlap``. Output
+blocks are sized so that a block's input holds about ``_PIECE_ELEMENTS`` elements per channel,
+whatever the factor, and they divide the output chunks, so rechunking to those only merges.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import dask.array as da
+import numpy as np
+
+from vstain_dask.errors import InputError
+from vstain_dask.ngff._pixel_size import _fmt
+
+#: elements per channel of one block's input (4M: 2048² in 2D, 161³ in 3D)
+_PIECE_ELEMENTS = 1 << 22
+#: factors this close to 1 are 1 (a size given with fewer digits than the file's)
+_SAME = 1e-9
+
+
+def output_length(n: int, factor: float) -> int:
+    """Output pixels along an axis of ``n`` input pixels resampled by ``factor``."""
+    return max(1, math.floor(n / factor + 1e-9))
+
+
+def area_weights(factor: float, j0: int, j1: int, i0: int, i1: int) -> np.ndarray:
+    """Area-averaging weights of output pixels ``j0:j1`` over input pixels ``i0:i1``,
+    shape ``(j1 - j0, i1 - i0)``, float64; each row sums to 1 where its interval is inside."""
+    j = np.arange(j0, j1, dtype=np.float64)[:, None]
+    i = np.arange(i0, i1, dtype=np.float64)[None, :]
+    lo = np.maximum(i, j * factor)
+    hi = np.minimum(i + 1, (j + 1) * factor)
+    return np.clip(hi - lo, 0.0, None) / factor
+
+
+def _split(length: int, chunk: int, step: int) -> list[int]:
+    """Output block sizes: each output chunk of ``chunk`` cut into near-equal blocks of at most
+    ``step``."""
+    sizes = []
+    for a in range(0, length, chunk):
+        c = min(chunk, length - a)
+        m = math.ceil(c / step)
+        sizes += [c // m + (1 if k < c % m else 0) for k in range(m)]
+    return sizes
+
+
+def _cast(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    if dtype.kind in "iub":
+        info = np.iinfo(dtype) if dtype.kind != "b" else None
+        values = np.rint(values)
+        if info is not None:
+            values = np.clip(values, info.min, info.max)
+    return values.astype(dtype)
+
+
+def _resample_block(
+    block: np.ndarray,
+    *,
+    axes: str,
+    factors: tuple[float, ...],
+    out_bounds: tuple[tuple[int, ...], ...],
+    in_bounds: tuple[tuple[int, ...], ...],
+    block_id: tuple[int, ...],
+    out_dtype: np.dtype,
+) -> np.ndarray:
+    """One output block from its input block (plus a one-pixel right halo; a left halo that
+    ``map_overlap`` adds on every block but the first is skipped)."""
+    values = block.astype(np.float64)
+    k_sp = 0
+    for dim, axis in enumerate(axes):
+        if axis == "c":
+            continue
+        f, k = factors[k_sp], block_id[dim]
+        if f != 1.0:
+            j0, j1 = out_bounds[k_sp][k], out_bounds[k_sp][k + 1]
+            start = in_bounds[k_sp][k] - (1 if k > 0 else 0)  # the halo's first pixel
+            n = values.shape[dim]
+            w = area_weights(f, j0, j1, start, start + n)
+            values = np.moveaxis(np.tensordot(w, values, axes=([1], [dim])), 0, dim)
+        k_sp += 1
+    return _cast(values, out_dtype)
+
+
+def resample_area(
+    data: da.Array,
+    *,
+    axes: str,
+    factors: Sequence[float],
+    chunks: Sequence[int],
+) -> da.Array:
+    """Resample ``data`` to a coarser grid by exact area averaging (module docstring).
+
+    Parameters
+    ----------
+    data : dask array with axes ``axes`` (``"zyx"``, ``"yx"``, ``"czyx"`` or ``"cyx"``); the
+        channel axis is left alone
+    axes : axis names of ``data``
+    factors : target / input pixel size per spatial axis, each ``>= 1`` (1 leaves an axis)
+    chunks : the output chunks along the spatial axes; the result's blocks divide them
+
+    Returns
+    -------
+    dask.array.Array
+        Same axes and dtype, ``output_length(n, f)`` pixels along each spatial axis; integer
+        types rounded to nearest.
+    """
+    factors = tuple(float(f) for f in factors)
+    spatial = [d for d, a in enumerate(axes) if a != "c"]
+    if len(factors) != len(spatial) or any(not f >= 1.0 for f in factors):
+        raise InputError(f"resampling factors must be >= 1, one per spatial axis, got {factors}")
+    step = max(1, round(_PIECE_ELEMENTS ** (1 / len(spatial))))
+    out_bounds, in_bounds, in_chunks, out_chunks, depth = [], [], list(data.chunks), [], {}
+    for k, dim in enumerate(spatial):
+        n, f = data.shape[dim], factors[k]
+        if f == 1.0:
+            sizes = list(data.chunks[dim])
+            out_bounds.append(tuple(np.cumsum([0, *sizes]).tolist()))
+            in_bounds.append(out_bounds[-1])
+            out_chunks.append(tuple(sizes))
+            continue
+        m = output_length(n, f)
+        sizes = _split(m, int(chunks[k]), max(1, math.floor(step / f)))
+        bounds = np.cumsum([0, *sizes]).tolist()
+        starts = [math.floor(j * f + 1e-9) for j in bounds[:-1]] + [n]
+        out_bounds.append(tuple(bounds))
+        in_bounds.append(tuple(starts))
+        in_chunks[dim] = tuple(np.diff(starts).tolist())
+        out_chunks.append(tuple(sizes))
+        depth[dim] = 1 if len(sizes) > 1 else 0
+    data = data.rechunk(tuple(in_chunks))
+    full_chunks, it = [], iter(out_chunks)
+    for d, a in enumerate(axes):
+        full_chunks.append(data.chunks[d] if a == "c" else next(it))
+    return da.map_overlap(
+        _resample_block,
+        data,
+        depth={d: depth.get(d, 0) for d in range(data.ndim)},
+        boundary="none",
+        trim=False,
+        chunks=tuple(full_chunks),
+        dtype=data.dtype,
+        meta=np.empty((0,) * data.ndim, data.dtype),
+        axes=axes,
+        factors=factors,
+        out_bounds=tuple(out_bounds),
+        in_bounds=tuple(in_bounds),
+        out_dtype=data.dtype,
+    )
+
+
+def resample_to_size(
+    data: da.Array,
+    *,
+    axes: str,
+    voxel_size: Sequence[float],
+    target: float | Sequence[float],
+    unit: str,
+    chunks: Sequence[int],
+) -> tuple[da.Array, dict]:
+    """``data`` resampled from ``voxel_size`` to the ``target`` size by area averaging.
+
+    Parameters
+    ----------
+    data : dask array with axes ``axes``
+    axes : ``"zyx"``, ``"yx"``, ``"czyx"`` or ``"cyx"``
+    voxel_size : the input's size per spatial axis, in ``unit``
+    target : one size, or one per spatial axis, in ``unit``; none finer than the input's
+    unit : NGFF space unit of both
+    chunks : output chunks along the spatial axes
+
+    Returns
+    -------
+    (the resampled dask array, a record for provenance: ``from``, ``to`` (the output scale,
+    the target exactly), ``factors``, ``translation`` (output pixel 0's centre, in ``unit``),
+    ``method`` and ``input_pixels_used``)
+    """
+    spatial = axes.replace("c", "")
+    n = len(spatial)
+    values = (target,) * n if isinstance(target, int | float) else tuple(target)
+    if len(values) == 1:
+        values = values * n
+    names = ",".join(a.upper() for a in spatial)
+    if len(values) != n or not all(isinstance(v, int | float) and v > 0 for v in values):
+        raise InputError(
+            f"voxel_size_out (--voxel-size-out/--pixel-size-out) must be one positive size or "
+            f"{n} ({names}), got {tuple(values)}"
+        )
+    factors = []
+    for axis, given, have in zip(spatial, values, voxel_size, strict=True):
+        f = float(given) / float(have)
+        if f < 1 - _SAME:
+            raise InputError(
+                f"--voxel-size-out {_fmt((given,), unit)} is finer than the input's "
+                f"{_fmt((have,), unit)} along {axis.upper()}; import only resamples to coarser "
+                f"sizes (area averaging): give a size of at least {have:g}"
+            )
+        factors.append(1.0 if abs(f - 1) <= _SAME else f)
+    dims = [d for d, a in enumerate(axes) if a != "c"]
+    lengths = [output_length(data.shape[d], f) for d, f in zip(dims, factors, strict=True)]
+    out_chunks = [min(int(c), m) for c, m in zip(chunks, lengths, strict=True)]
+    out = resample_area(data, axes=axes, factors=factors, chunks=out_chunks)
+    record = {
+        "method": "area average (exact; block mean for integer factors)",
+        "from": [float(v) for v in voxel_size],
+        "to": [float(v) for v in values],
+        "factors": factors,
+        "translation": [(float(v) - float(h)) / 2 for v, h in zip(values, voxel_size, strict=True)],
+        "input_pixels_used": [
+            min(data.shape[d], math.ceil(m * f - 1e-9))
+            for d, m, f in zip(dims, lengths, factors, strict=True)
+        ],
+    }
+    return out, record
