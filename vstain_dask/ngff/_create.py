@@ -25,6 +25,8 @@ from vstain_dask.ngff._common import (
     MIN_LEVEL_SIZE,
     SPACE_UNITS,
     SUPPORTED_AXES,
+    Display,
+    LabelTable,
     NgffVersion,
     VolumeKind,
     _is_zarr_dir,
@@ -49,6 +51,10 @@ class _VolumeSpec:
     kind: VolumeKind
     channel_names: tuple[str, ...] | None
     attrs: dict
+    #: names and colours of label values (labels only)
+    label_table: LabelTable | None = None
+    #: the omero window and colour of an intensity image
+    display: Display | None = None
 
     @property
     def format(self) -> Format:
@@ -229,6 +235,8 @@ def _build_spec(
     kind: Any,
     channel_names: Any,
     attrs: Any,
+    label_table: LabelTable | None = None,
+    display: Display | None = None,
 ) -> _VolumeSpec:
     kind = as_enum(VolumeKind, kind, "kind")
     version = as_enum(NgffVersion, ngff_version, "ngff_version")
@@ -257,11 +265,23 @@ def _build_spec(
             )
         if dt != np.uint8:
             raise InputError(f"kind rgb needs dtype uint8, got {dt}")
+    if label_table is not None:
+        if kind is not VolumeKind.LABELS:
+            raise InputError(f"label_table is for kind labels, got kind {kind.value}")
+        if not isinstance(label_table, LabelTable):
+            raise InputError(f"label_table must be a LabelTable, got {type(label_table).__name__}")
+    if display is not None:
+        if kind is not VolumeKind.INTENSITY:
+            raise InputError(f"display is for kind intensity, got kind {kind.value}")
+        if not isinstance(display, Display):
+            raise InputError(f"display must be a Display, got {type(display).__name__}")
     if kind is VolumeKind.LABELS:
         if dt.kind not in "iu":
             raise InputError(f"kind labels needs an integer dtype, got {dt}")
         if ci is not None:
             raise InputError(f"kind labels takes no c axis, got axes {''.join(axes)}")
+        if label_table is not None:
+            label_table.check_dtype(dt)
     names = None
     if channel_names is not None:
         if ci is None:
@@ -291,6 +311,8 @@ def _build_spec(
         kind=kind,
         channel_names=names,
         attrs=_json_attrs(attrs),
+        label_table=label_table,
+        display=display,
     )
 
 
@@ -298,19 +320,40 @@ def _build_spec(
 # writing: metadata and arrays
 
 
+def _window(spec: _VolumeSpec) -> dict[str, float]:
+    """The omero ``window`` of every channel: the display's, else the full value range."""
+    if spec.kind is VolumeKind.RGB:
+        return {"start": 0, "end": 255, "min": 0, "max": 255}
+    integer = spec.dtype.kind in "iub"
+    if integer:
+        info = np.iinfo(spec.dtype) if spec.dtype.kind != "b" else np.iinfo(np.uint8)
+        lo, hi = int(info.min), int(info.max)
+    else:
+        lo, hi = 0.0, 1.0
+    d = spec.display
+    if d is None:
+        return {"start": lo, "end": hi, "min": lo, "max": hi}
+    low = d.min if d.min is not None else (min(lo, d.start) if integer else d.start)
+    high = d.max if d.max is not None else (max(hi, d.end) if integer else d.end)
+    window = {"start": d.start, "end": d.end, "min": low, "max": high}
+    # whole numbers stay integers in the JSON of an integer image
+    return {k: int(v) if integer and float(v).is_integer() else float(v) for k, v in window.items()}
+
+
 def _omero(spec: _VolumeSpec) -> dict | None:
-    if spec.channel_names is None:
+    if spec.kind is VolumeKind.LABELS:
+        return None
+    if spec.channel_names is not None:
+        names = spec.channel_names
+    elif spec.display is not None:  # one channel shown for an image without a c axis
+        names = (spec.name,)
+    else:
         return None
     if spec.kind is VolumeKind.RGB:
-        lo, hi = 0, 255
         colors = _RGB_COLORS
     else:
-        if spec.dtype.kind in "iu":
-            info = np.iinfo(spec.dtype)
-            lo, hi = int(info.min), int(info.max)
-        else:
-            lo, hi = 0.0, 1.0
-        colors = ("FFFFFF",) * len(spec.channel_names)
+        colors = (spec.display.color if spec.display else "FFFFFF",) * len(names)
+    window = _window(spec)
     channels = [
         {
             "label": name,
@@ -320,9 +363,9 @@ def _omero(spec: _VolumeSpec) -> dict | None:
             "coefficient": 1.0,
             "family": "linear",
             "inverted": False,
-            "window": {"start": lo, "end": hi, "min": lo, "max": hi},
+            "window": dict(window),
         }
-        for i, name in enumerate(spec.channel_names)
+        for i, name in enumerate(names)
     ]
     rdefs: dict[str, Any] = {"model": "color", "defaultT": 0}
     if "z" in spec.axes:
@@ -372,7 +415,8 @@ def _group_attrs(spec: _VolumeSpec) -> dict:
     if omero is not None:
         ome["omero"] = omero
     if labels:
-        ome["image-label"] = fmt.entry({"source": {"image": "../../"}})
+        table = spec.label_table.image_label() if spec.label_table is not None else {}
+        ome["image-label"] = fmt.entry({**table, "source": {"image": "../../"}})
     out = fmt.group_attrs(ome)
     out["vstain"] = spec.attrs
     return out
@@ -457,6 +501,7 @@ def create_volume(
     kind: VolumeKind | str = "intensity",
     channel_names: Sequence[str] | None = None,
     attrs: Mapping[str, Any] | None = None,
+    display: Display | None = None,
     overwrite: bool = False,
 ) -> zarr.Array:
     """Create an empty OME-Zarr image: all pyramid levels, metadata, no data.
@@ -484,6 +529,8 @@ def create_volume(
         channels R, G, B(, A) with colours FF0000, 00FF00, 0000FF, FFFFFF, window 0-255)
     channel_names : labels of the c channels (default R, G, B, A for rgb)
     attrs : JSON-serializable provenance, stored under the ``"vstain"`` attribute
+    display : the omero window and colour of an intensity image (e.g. ``Display(0, 255,
+        color="FF00FF")``); None writes omero only for images with channel names (full range)
     overwrite : replace an existing store at ``path``
 
     Returns
@@ -512,5 +559,6 @@ def create_volume(
         kind=kind,
         channel_names=channel_names,
         attrs=attrs,
+        display=display,
     )
     return _create(path, spec, overwrite)[0]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -13,8 +15,8 @@ import numpy as np
 import zarr
 
 from vstain_dask.errors import InputError, VolumeFormatError, as_enum
-from vstain_dask.ngff._common import NgffVersion, VolumeKind
-from vstain_dask.ngff._create import _build_spec, _create, _VolumeSpec
+from vstain_dask.ngff._common import Display, LabelTable, NgffVersion, VolumeKind
+from vstain_dask.ngff._create import _build_spec, _create, _omero, _VolumeSpec
 from vstain_dask.ngff._format import format_of_store, ome_metadata
 from vstain_dask.ngff._pyramid import _align, _store_level0, write_pyramid
 from vstain_dask.ngff._read import _default_axes, _read_multiscale, _write_chunks, update_provenance
@@ -60,6 +62,7 @@ def write_volume(
     kind: VolumeKind | str = "intensity",
     channel_names: Sequence[str] | None = None,
     attrs: Mapping[str, Any] | None = None,
+    display: Display | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write an array as an OME-Zarr image with its pyramid, streaming chunk by chunk.
@@ -79,6 +82,9 @@ def write_volume(
     axes, scale, units, translation, chunks, ngff_version, n_levels, kind, channel_names,
     attrs, overwrite : as in :func:`create_volume`; ``axes`` defaults to zyx/yx/czyx by
         dimension (cyx/czyx for rgb)
+    display : the omero window and colour of an intensity image; None takes the window from
+        the 0.5 and 99.5 percentiles of a bounded sample of the written volume (see
+        :func:`_write_window`)
 
     Returns
     -------
@@ -118,6 +124,7 @@ def write_volume(
         # incomplete until the last level is written: a failed or interrupted write leaves a
         # store that every reader refuses, instead of one that passes for a volume of zeros
         attrs={**dict(attrs or {}), "complete": False},
+        display=display,
     )
     if not isinstance(arr, da.Array):
         arr = da.from_array(arr, chunks=spec.chunks)
@@ -130,7 +137,71 @@ def _write_levels(path, spec: _VolumeSpec, level0: da.Array, overwrite: bool) ->
     targets = _create(path, spec, overwrite)
     _store_level0(level0, targets[0])
     write_pyramid(path)
+    if spec.kind is VolumeKind.INTENSITY and spec.display is None:
+        _write_window(path, spec)
     update_provenance(path, complete=True)
+
+
+#: a pyramid level of at most this many voxels is read whole for the display window
+_WINDOW_VOXELS = 1 << 22
+#: else this many chunks of the coarsest level, spread over the volume
+_WINDOW_CHUNKS = 16
+#: robust display limits (percent): a few hot or dead voxels do not set the window
+_WINDOW_PERCENTILES = (0.5, 99.5)
+
+
+def _window_sample(arrays: Sequence[zarr.Array]) -> np.ndarray:
+    """Values of a written image, read in bounded memory whatever its size.
+
+    The finest pyramid level of at most ``_WINDOW_VOXELS`` voxels, read whole (it covers the
+    whole volume); without one, ``_WINDOW_CHUNKS`` chunks of the coarsest level spread evenly
+    over its chunk grid.
+    """
+    for arr in arrays:
+        if arr.size <= _WINDOW_VOXELS:
+            return np.asarray(arr[...]).ravel()
+    arr = arrays[-1]
+    chunks = _write_chunks(arr)
+    grid = tuple(math.ceil(s / c) for s, c in zip(arr.shape, chunks, strict=True))
+    picks = np.unique(np.linspace(0, math.prod(grid) - 1, _WINDOW_CHUNKS).round().astype(int))
+    parts = []
+    for flat in picks:
+        index = np.unravel_index(flat, grid)
+        region = tuple(slice(i * c, (i + 1) * c) for i, c in zip(index, chunks, strict=True))
+        parts.append(np.asarray(arr[region]).ravel())
+    return np.concatenate(parts)
+
+
+def _robust_window(sample: np.ndarray, dtype: np.dtype) -> Display | None:
+    """A display window from the percentiles of ``sample``; None when no value is finite."""
+    values = sample[np.isfinite(sample)] if sample.dtype.kind == "f" else sample
+    if values.size == 0:
+        return None
+    lo, hi = (float(v) for v in np.percentile(values, _WINDOW_PERCENTILES))
+    if np.dtype(dtype).kind in "iub":
+        info = np.iinfo(dtype) if np.dtype(dtype).kind != "b" else np.iinfo(np.uint8)
+        lo, hi = math.floor(lo), math.ceil(hi)
+        if hi <= lo:  # a constant volume still gets a window one value wide
+            lo, hi = (lo, lo + 1) if lo < info.max else (lo - 1, lo)
+        return Display(start=lo, end=hi)
+    if hi <= lo:
+        hi = lo + max(abs(lo), 1.0) * 1e-3
+    return Display(
+        start=lo, end=hi, min=min(float(values.min()), lo), max=max(float(values.max()), hi)
+    )
+
+
+def _write_window(path: str | os.PathLike, spec: _VolumeSpec) -> None:
+    """Write the omero display window of a written intensity image (all levels filled) from
+    robust percentiles of a bounded sample of it (:func:`_window_sample`)."""
+    ms = _read_multiscale(path)
+    display = _robust_window(_window_sample([lv.array for lv in ms.levels]), spec.dtype)
+    if display is None:
+        return
+    omero = _omero(dataclasses.replace(spec, display=display))
+    group = zarr.open_group(store=str(path), mode="r+")
+    ome = {k: v for k, v in ome_metadata(group.attrs.asdict()).items() if k != "version"}
+    group.attrs.update(spec.format.group_attrs({**ome, "omero": omero}))
 
 
 def write_labels(
@@ -138,18 +209,24 @@ def write_labels(
     name: str,
     labels: Any,
     *,
+    table: LabelTable | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write a label image into ``image_path/labels/name`` (NGFF labels), beside the image.
 
     The label image gets the image's spatial axes, voxel size, units, translation, spatial
-    chunks, number of levels and NGFF version; its pyramid takes every second voxel.
+    chunks, number of levels and NGFF version; its pyramid takes every second voxel, each
+    level at the position of the voxels it keeps. With a ``table``, the NGFF ``image-label``
+    gets ``colors`` and ``properties`` (class names), which the NGFF ``strict_label`` schema
+    asks for and viewers show.
 
     Parameters
     ----------
     image_path : an OME-Zarr image
     name : label image name (a folder name, e.g. ``"mask"``)
     labels : integer or bool array shaped like the image's spatial axes, e.g. (Z, Y, X)
+    table : names and colours of the label values; None for a bool mask is
+        ``LabelTable.mask(name)`` (0 outside, 1 ``name``), for integers no table
     overwrite : replace an existing label image of that name
 
     Returns
@@ -175,6 +252,7 @@ def write_labels(
     dt = np.dtype(arr.dtype)
     if dt == np.bool_:
         dt = np.dtype(np.uint8)
+        table = table if table is not None else LabelTable.mask(name)
     elif dt.kind not in "iu":
         raise InputError(f"labels must be integers or bool, got dtype {dt}")
     axes = tuple(ms.axes[i] for i in spatial)
@@ -194,6 +272,7 @@ def write_labels(
         kind=VolumeKind.LABELS,
         channel_names=None,
         attrs=None,
+        label_table=table,
     )
     group = zarr.open_group(store=str(ms.path / "labels"), mode="a", zarr_format=ms.zarr_format)
     if not isinstance(arr, da.Array):

@@ -18,6 +18,8 @@ from vstain_dask.phantom._noise import derive_key, gaussian_white, value_noise
 if TYPE_CHECKING:
     import dask.array as da
 
+    from vstain_dask.ngff import LabelTable
+
 __all__ = ["GENERATOR_VERSION", "phantom_volume", "write_phantom"]
 
 #: bumped whenever the same parameters would give different bytes
@@ -351,6 +353,31 @@ def phantom_attrs(shape, *, material, seed: int, voxel_size: float) -> dict:
     }
 
 
+# display colours of the tissue map (RGBA): air transparent, bone in light tones, the screw
+# steel blue, so that the classes stay apart over the CT
+_TISSUE_RGBA = {
+    Tissue.AIR: (0, 0, 0, 0),
+    Tissue.HOLDER: (128, 128, 128, 255),
+    Tissue.EMBEDDING: (255, 236, 160, 255),
+    Tissue.SOFT_TISSUE: (232, 128, 150, 255),
+    Tissue.TRABECULAR_BONE: (228, 196, 136, 255),
+    Tissue.CORTICAL_BONE: (255, 252, 232, 255),
+    Tissue.NEW_BONE: (120, 200, 90, 255),
+    Tissue.DEGRADATION: (160, 90, 40, 255),
+    Tissue.SCREW: (70, 110, 200, 255),
+    Tissue.VESSEL: (220, 40, 40, 255),
+    Tissue.LACUNA: (150, 60, 200, 255),
+}
+
+
+def tissue_table() -> LabelTable:
+    """The NGFF names and colours of the tissue labels: ``{"label-value": 3, "tissue":
+    "soft_tissue"}``, names as in the ``tissue_labels`` attribute."""
+    from vstain_dask.ngff import LabelTable
+
+    return LabelTable("tissue", {int(t): (t.name.lower(), _TISSUE_RGBA[t]) for t in Tissue})
+
+
 def write_phantom(
     path: str | os.PathLike,
     *,
@@ -362,7 +389,8 @@ def write_phantom(
     ngff_version: str = "0.5",
     overwrite: bool = False,
 ) -> Path:
-    """Write a phantom as an OME-Zarr image with its tissue map as NGFF labels ``tissue``.
+    """Write a phantom as an OME-Zarr image with its tissue map as NGFF labels ``tissue``
+    (each class named and coloured, :func:`tissue_table`).
 
     The CT goes to ``path`` (uint16, scale ``voxel_size`` µm on z, y, x, with a pyramid), the
     labels to ``path/labels/tissue``; the generation parameters are in the image's ``vstain``
@@ -402,5 +430,5 @@ def write_phantom(
         attrs=phantom_attrs(shape, material=mat, seed=seed, voxel_size=voxel_size),
         overwrite=overwrite,
     )
-    ngff.write_labels(out, "tissue", labels, overwrite=True)
+    ngff.write_labels(out, "tissue", labels, table=tissue_table(), overwrite=True)
     return Path(out)
