@@ -7,9 +7,8 @@ import dask.array as da
 import numpy as np
 import pytest
 import tifffile
-from click.testing import CliRunner
+from test_wsi import assert_one_line_error, run
 
-from vstain_dask.cli import main
 from vstain_dask.ngff import import_volume, open_volume
 from vstain_dask.ngff._resample import resample_area
 
@@ -113,10 +112,6 @@ def test_memory_per_block_is_bounded_whatever_the_factor():
     assert max(out.chunks[1]) * 11.36 <= 2049 and max(out.chunks[2]) * 11.36 <= 2049
 
 
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
 def test_cli_slide_to_5_um(tmp_path, slide):
     src = tmp_path / "slide.ome.tif"
     rgb = np.moveaxis(slide, 0, -1)
@@ -161,9 +156,7 @@ def test_upsampling_is_refused_in_one_line(tmp_path):
     result = run(
         "import", tmp_path / "v.npy", tmp_path / "o.zarr", "--voxel-size", 2, "--voxel-size-out", 1
     )
-    assert result.exit_code == 2, result.output
-    err = result.stderr.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("error: ") and "finer" in err
+    assert_one_line_error(result, "finer than the input's 2 µm")
     assert not (tmp_path / "o.zarr").exists()
 
 

@@ -83,6 +83,14 @@ def _resample_block(
 ) -> np.ndarray:
     """One output block from its input block (plus a one-pixel right halo; a left halo that
     ``map_overlap`` adds on every block but the first is skipped)."""
+    if "c" in axes:  # a channel at a time: one float64 copy of one channel's input in memory
+        c = axes.index("c")
+        one = dict(
+            axes=axes.replace("c", ""), factors=factors, out_bounds=out_bounds,
+            in_bounds=in_bounds, block_id=block_id[:c] + block_id[c + 1 :], out_dtype=out_dtype,
+        )  # fmt: skip
+        planes = [_resample_block(np.take(block, k, axis=c), **one) for k in range(block.shape[c])]
+        return np.stack(planes, axis=c)
     values = block.astype(np.float64)
     k_sp = 0
     for dim, axis in enumerate(axes):
