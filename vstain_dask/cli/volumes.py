@@ -58,6 +58,12 @@ class _FloatTuple(click.ParamType):
     "scale is this size exactly; only coarser sizes than the input's.",
 )
 @click.option(
+    "--dataset",
+    default=None,
+    help="Dataset inside an HDF5 INPUT, e.g. /exchange/data (DXchange). Default: its only 3D "
+    "dataset.",
+)
+@click.option(
     "--unit",
     default="micrometer",
     show_default=True,
@@ -94,6 +100,7 @@ def import_(
     voxel_size: tuple[float, ...] | None,
     voxel_size_override: bool,
     voxel_size_out: tuple[float, ...] | None,
+    dataset: str | None,
     unit: str,
     shape: tuple[int, ...] | None,
     dtype: str | None,
@@ -103,7 +110,9 @@ def import_(
 ) -> None:
     """Convert INPUT to an OME-Zarr volume OUT.zarr, with its pyramid.
 
-    INPUT is a folder of 2D TIFF slices (natural order: slice2 before slice10), a multi-page
+    INPUT is a folder of 2D TIFF slices (natural order: slice2 before slice10), a folder
+    holding one DICOM series (ordered by slice position; the dicom extra), an HDF5 file
+    (--dataset; the hdf5 extra), a multi-page
     TIFF stack, a .npy file, a raw binary file (give --shape and --dtype), a whole-slide image
     (pyramidal tiled TIFF/BigTIFF, OME-TIFF, Aperio .svs, Hamamatsu .ndpi; .mrxs, .czi and
     other vendor formats with the wsi extra), or a 2D image such as PNG/JPEG. Colour images
@@ -125,6 +134,7 @@ def import_(
             unit=unit,
             voxel_size_override=voxel_size_override,
             voxel_size_out=voxel_size_out,
+            dataset=dataset,
             shape=shape,
             dtype=dtype,
             chunks=chunks,
@@ -134,6 +144,8 @@ def import_(
     description = volume_info(path)
     record = description["vstain"]["import"]
     click.echo(f"wrote {path}")
+    if "dataset" in record:
+        click.echo(f"dataset {record['dataset']} ({record['dataset_chosen_by']})")
     resampled = record.get("resampled")
     if resampled is None:
         click.echo(

@@ -13,7 +13,7 @@ import dask.array as da
 import numpy as np
 
 from vstain_dask.errors import InputError, VolumeFormatError, as_enum
-from vstain_dask.ngff import _sources, _wsi
+from vstain_dask.ngff import _dicom, _hdf5, _sources, _wsi
 from vstain_dask.ngff._common import (
     _RGB_NAMES,
     DEFAULT_CHUNK_2D,
@@ -44,10 +44,18 @@ def _zarr_pixel_size(attrs: dict) -> FoundSize | None:
 
 
 def _open_source(
-    src: Path, *, shape: Any, dtype: Any, chunks: Any
+    src: Path, *, shape: Any, dtype: Any, chunks: Any, dataset: str | None = None
 ) -> tuple[_sources.OpenedSource, bool]:
     """Open ``src`` lazily; returns the source and whether it was read as a raw file."""
     opts = {"chunks": chunks, "default3": DEFAULT_CHUNK_3D, "default2": DEFAULT_CHUNK_2D}
+    is_hdf5 = src.is_file() and src.suffix.lower() in _hdf5.HDF5_SUFFIXES
+    if dataset is not None and not is_hdf5:
+        raise InputError(
+            f"--dataset (dataset=) names a dataset inside an HDF5 file, but {src.name} is not one "
+            f"({', '.join(_hdf5.HDF5_SUFFIXES)}); drop it"
+        )
+    if is_hdf5:
+        return _sources.open_hdf5(src, dataset=dataset, **opts), False
     if src.is_dir():
         if _is_zarr_dir(src):
             with warnings.catch_warnings():
@@ -74,6 +82,8 @@ def _open_source(
                 ),
                 False,
             )
+        if _dicom.dicom_files(src):
+            return _sources.open_dicom(src, **opts), False
         return _sources.open_tiff_folder(src, **opts), False
     suffix = src.suffix.lower()
     if suffix in _wsi.OPENSLIDE_SUFFIXES or suffix in _wsi.UNSUPPORTED_SUFFIXES:
@@ -95,6 +105,7 @@ def import_volume(
     unit: str = "micrometer",
     voxel_size_override: bool = False,
     voxel_size_out: float | Sequence[float] | None = None,
+    dataset: str | None = None,
     shape: Sequence[int] | None = None,
     dtype: Any = None,
     chunks: Sequence[int] | None = None,
@@ -108,6 +119,12 @@ def import_volume(
 
     - a folder of 2D TIFF slices, stacked in natural order (``slice2`` before ``slice10``);
       all slices must have one shape and dtype;
+    - a folder holding one DICOM series (``pydicom``, the ``dicom`` extra): slices ordered by
+      ``ImagePositionPatient`` along the slice normal, evenly spaced, rescale slope and
+      intercept applied; voxel size from ``PixelSpacing`` and the slice positions;
+    - an HDF5 file (``.h5``, ``.hdf5``, ``.nxs``, ...; ``h5py``, the ``hdf5`` extra): the
+      ``dataset`` given, or its only 3D dataset; voxel size from DXchange's
+      ``/measurement/instrument/detector/actual_pixel_size_x`` (and ``_y``) where present;
     - a TIFF file (also ``.svs``, ``.ndpi``, ``.btf``): a multi-page 3D stack, a 2D image, a
       2D RGB image, or a whole-slide image (pyramidal tiled TIFF/BigTIFF, OME-TIFF with
       SubIFD levels, Aperio SVS, Hamamatsu NDPI), read tile by tile; the file's own levels
@@ -143,6 +160,7 @@ def import_volume(
         block; the output's scale is this size exactly and its ``floor(n * voxel_size /
         voxel_size_out)`` pixels per axis each average a whole output pixel's area of the
         input. The file's own pyramid levels are then not used. None keeps the input's size
+    dataset : the dataset of an HDF5 source (``/exchange/data``); None picks the only 3D one
     shape : (Z, Y, X) or (Y, X) of a raw file; for other sources, checked if given
     dtype : element type of a raw file, e.g. ``uint16`` or ``>u2``; for other sources,
         checked if given
@@ -171,7 +189,7 @@ def import_volume(
         )
     if _same_or_inside(src, out_path):
         raise InputError(f"output {out_path} overlaps the input {src}; write to another path")
-    opened, is_raw = _open_source(src, shape=shape, dtype=dtype, chunks=chunks)
+    opened, is_raw = _open_source(src, shape=shape, dtype=dtype, chunks=chunks, dataset=dataset)
     data = opened.data
     spatial_axes = opened.axes.replace("c", "")
     spatial_shape = tuple(s for s, a in zip(data.shape, opened.axes, strict=True) if a != "c")
@@ -241,6 +259,7 @@ def import_volume(
         "levels_from_file": list(range(1, len(reused) + 1)),
         "software": f"vstain-dask {__version__}",
     }
+    record.update(opened.record)
     if resampled is not None:
         record["resampled"] = resampled
     # incomplete until the last level is written: a failed or interrupted import leaves a

@@ -15,8 +15,8 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import dask
@@ -47,6 +47,7 @@ class OpenedSource:
     pixel_size : the pixel size the file states (µm), or None
     levels : the file's own lower pyramid levels, exact 2x steps of ``data`` (level 1 first),
         with the axes ``axes``; empty when the pyramid is to be computed
+    record : what else the import records about the source (an HDF5 dataset, a DICOM rescale)
     """
 
     data: da.Array
@@ -55,6 +56,7 @@ class OpenedSource:
     spatial_chunks: tuple[int, ...]
     pixel_size: FoundSize | None = None
     levels: tuple[da.Array, ...] = ()
+    record: Mapping = field(default_factory=dict)
 
 
 def natural_key(name: str) -> list:
@@ -265,6 +267,7 @@ def _finish(
     *,
     pixel_size: FoundSize | None = None,
     levels: Sequence[da.Array] = (),
+    record: Mapping | None = None,
 ) -> OpenedSource:
     def arrange(a: da.Array) -> da.Array:
         clipped = tuple(min(c, n) for c, n in zip(spatial_chunks, a.shape, strict=False))
@@ -282,6 +285,7 @@ def _finish(
         spatial_chunks=tuple(spatial_chunks),
         pixel_size=pixel_size,
         levels=tuple(arrange(a) for a in levels),
+        record=dict(record or {}),
     )
 
 
@@ -625,4 +629,53 @@ def open_slide(path: Path, *, chunks: tuple[int, ...] | None, default2: int) -> 
         slide["description"],
         pixel_size=slide["pixel_size"],
         levels=levels,
+    )
+
+
+def open_hdf5(
+    path: Path,
+    *,
+    dataset: str | None,
+    chunks: tuple[int, ...] | None,
+    default3: int,
+    default2: int,
+) -> OpenedSource:
+    """A 2D or 3D dataset of an HDF5 file (``/exchange/data`` of DXchange, say), read in
+    bands, each task opening the file."""
+    from vstain_dask.ngff import _hdf5
+
+    spatial: list[tuple[int, ...]] = []
+
+    def band_of(shape):
+        spatial.append(_clip_chunks(shape, chunks, default3, default2))
+        return _band_for(shape, spatial[0], False)
+
+    got = _hdf5.open_hdf5(path, dataset=dataset, band_of=band_of)
+    return _finish(
+        got["data"],
+        spatial[0],
+        False,
+        got["description"],
+        pixel_size=got["pixel_size"],
+        record=got["record"],
+    )
+
+
+def open_dicom(
+    folder: Path, *, chunks: tuple[int, ...] | None, default3: int, default2: int
+) -> OpenedSource:
+    """A folder holding one DICOM series, slices ordered by position, read a band of slices
+    per task."""
+    from vstain_dask.ngff import _dicom
+
+    band = (chunks or (default3,))[0]
+    got = _dicom.open_dicom_folder(folder, band_z=int(band))
+    spatial = _clip_chunks(got["data"].shape, chunks, default3, default2)
+    return _finish(
+        got["data"],
+        spatial,
+        False,
+        got["description"],
+        pixel_size=got["pixel_size"],
+        record=got["record"],
     )
