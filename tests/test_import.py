@@ -242,3 +242,25 @@ def test_import_memory_stays_bounded(tmp_path):
     values = [((y * 7 + x * 3) % 4000 + z) % 4000 for z in (62, 63) for y in (1022, 1023)
               for x in (1022, 1023)]  # fmt: skip
     assert corner == round(np.mean(values))
+
+
+def test_an_imported_ct_opens_with_a_display_window(tmp_path):
+    """The omero window of an imported CT: robust percentiles of its voxels, so viewers do not
+    start black on a 16-bit volume whose values sit in a narrow band."""
+    import tifffile
+
+    from vstain_dask import ngff
+
+    rng = np.random.default_rng(0)
+    vol = rng.integers(9000, 11000, (8, 64, 64), dtype=np.uint16)
+    vol[0, 0, 0] = 65535  # one hot voxel must not set the window
+    src = tmp_path / "ct.tif"
+    tifffile.imwrite(src, vol)
+    out = tmp_path / "ct.ome.zarr"
+    ngff.import_volume(src, out, voxel_size=5.0)
+    import zarr
+
+    window = zarr.open_group(str(out), mode="r").attrs["ome"]["omero"]["channels"][0]["window"]
+    lo, hi = np.percentile(vol, [0.5, 99.5])
+    assert abs(window["start"] - lo) <= 20 and abs(window["end"] - hi) <= 20
+    assert window["end"] < 11000

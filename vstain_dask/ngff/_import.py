@@ -28,7 +28,7 @@ from vstain_dask.ngff._pixel_size import FoundSize, found, resolve_voxel_size, u
 from vstain_dask.ngff._pyramid import _align, _pyramid_graph
 from vstain_dask.ngff._read import open_volume, update_provenance
 from vstain_dask.ngff._resample import resample_to_size
-from vstain_dask.ngff._write import _same_or_inside
+from vstain_dask.ngff._write import _same_or_inside, _write_window
 
 
 def _zarr_pixel_size(attrs: dict) -> FoundSize | None:
@@ -281,4 +281,6 @@ def _write_import(path: Path, spec, given: Sequence[da.Array], overwrite: bool) 
     da.store(sources, targets[: len(sources)], lock=False)
     if len(targets) > len(sources):
         _pyramid_graph(targets[len(sources) - 1 :], spec.factors, "mean").compute()
+    if spec.kind is VolumeKind.INTENSITY:  # a CT opens in viewers with a useful window
+        _write_window(path, spec)
     update_provenance(path, complete=True)
