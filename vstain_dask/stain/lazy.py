@@ -1,0 +1,126 @@
+"""The lazy stain, :func:`stain`: a dask-backed xarray whose blocks are stained when computed.
+
+Made for looking at parts of a stain (computing a region computes only the blocks under it);
+it fuses several axes in 3D blocks only, and writes neither mask nor uncertainty, which the
+job (:func:`vstain_dask.stain.run.run_stain`) does.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from vstain_dask.errors import InputError
+from vstain_dask.stain.block import _stain_on_worker
+from vstain_dask.stain.job import _check_ct, _model_ref
+from vstain_dask.stain.params import Fusion, StainConfig
+from vstain_dask.stain.plan import Block, plan_blocks
+
+
+def _block_from_array(raw, block: Block, vol_shape, model_path, model_sha, config):
+    rgb, _ = _stain_on_worker(
+        np.asarray(raw), block, vol_shape=vol_shape, model_path=model_path,
+        model_sha=model_sha, config=config,
+    )  # fmt: skip
+    return rgb
+
+
+def stain(volume, model, *, config: StainConfig | None = None, chunks=None, **options):
+    """Lazily stain a CT volume.
+
+    Parameters
+    ----------
+    volume : xarray.DataArray or dask/numpy array, (Z, Y, X) or (Y, X)
+        Raw CT values.
+    model : path
+        A vstain-dask checkpoint (loaded on each worker, once per process).
+    config : StainConfig, optional
+        Or pass its fields as keyword options (``axes="zyx"``, ``step=64``, ...); given as
+        options, ``fusion`` defaults to ``"blocks"``, the only fusion this function does.
+    chunks : (int, int, int), optional
+        Output chunks (z, y, x); default: the input's chunks.
+
+    Returns
+    -------
+    xarray.DataArray
+        (c, z, y, x) uint8 RGB(A) (or (c, y, x) for a slice), dask-backed, nothing computed yet.
+
+    Raises
+    ------
+    InputError
+        For several ``axes`` with ``fusion="passes"`` (passes go through 8-bit intermediates
+        on disk), and for ``mask`` or ``uncertainty``, which :func:`run_stain`
+        (``vstain-dask stain``) writes.
+
+    Notes
+    -----
+    Made for looking at parts of a stain: computing a region computes only the blocks under
+    it. With several ``axes`` the blocks are cubes of about 256 voxels that fuse in floating
+    point with halos (``fusion="blocks"``). Each cube recomputes the tiles it shares with its
+    neighbours, about 8.8× the tiles of one axis for a 1536³ volume at step 64.
+    :func:`run_stain` fuses one pass per axis through 8-bit intermediates on disk, 3× the
+    tiles of one axis, so stain whole volumes with it (or ``vstain-dask stain``).
+    """
+    import dask
+    import dask.array as da
+    import xarray as xr
+
+    config = config or StainConfig(**{"fusion": Fusion.BLOCKS, **options})
+    if len(config.axes) > 1 and config.fusion is not Fusion.BLOCKS:
+        raise InputError(
+            f"the lazy stain fuses several axes in blocks only (fusion='blocks'), got "
+            f"fusion={config.fusion.value!r}: fusion by passes writes 8-bit passes to disk, so "
+            "use run_stain or `vstain-dask stain` for it"
+        )
+    asked = [name for name in ("mask", "uncertainty") if getattr(config, name)]
+    if asked:
+        raise InputError(
+            f"the lazy stain returns the RGB(A) stain only, got {' and '.join(asked)}=True: "
+            "use run_stain or `vstain-dask stain`, which write the mask and the uncertainty"
+        )
+    coords = {}
+    attrs = {}
+    if isinstance(volume, xr.DataArray):
+        coords = {d: volume.coords[d] for d in volume.dims if d in volume.coords}
+        attrs = {k: volume.attrs[k] for k in ("scale", "units") if k in volume.attrs}
+        data = volume.data
+    else:
+        data = volume
+    _check_ct(data)
+    if not isinstance(data, da.Array):
+        data = da.from_array(np.asarray(data), chunks=chunks or "auto")
+    two_d = data.ndim == 2
+    if two_d:
+        data = data[None]
+    shape = tuple(int(s) for s in data.shape)
+    chunks = tuple(chunks) if chunks is not None else tuple(int(c[0]) for c in data.chunks)
+    if two_d and len(chunks) == 2:
+        chunks = (1, *chunks)
+    model_path, model_sha = _model_ref(model)
+    blocks = plan_blocks(shape, chunks, config)
+    nb = [len(range(0, s, b)) for s, b in zip(shape, _block_shape(blocks), strict=True)]
+    arrays = np.empty(nb, dtype=object)
+    for b in blocks:
+        raw = data[tuple(slice(a, c) for a, c in b.read_box)]
+        task = dask.delayed(_block_from_array, pure=True)(
+            raw, b, shape, model_path, model_sha, config
+        )
+        idx = tuple(a // s for (a, _), s in zip(b.box, _block_shape(blocks), strict=True))
+        arrays[idx] = da.from_delayed(task, shape=(config.out_channels, *b.shape), dtype=np.uint8)
+    out = da.block(_nest(arrays))
+    if two_d:
+        out = out[:, 0]
+    channels = list("RGBA"[: config.out_channels])
+    dims = ("c", "y", "x") if two_d else ("c", "z", "y", "x")
+    coords = {"c": channels, **coords}
+    return xr.DataArray(out, dims=dims, coords=coords, attrs=attrs, name="stained")
+
+
+def _block_shape(blocks: list[Block]) -> tuple[int, int, int]:
+    return blocks[0].shape
+
+
+def _nest(arrays: np.ndarray) -> list:
+    """Nested lists of (c, z, y, x) blocks for da.block: channel axis first, then z, y, x."""
+    return [
+        [[list(arrays[i, j, :]) for j in range(arrays.shape[1])] for i in range(arrays.shape[0])]
+    ]
