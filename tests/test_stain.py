@@ -448,3 +448,24 @@ def test_default_compile_falls_back_to_the_eager_generator_once(recwarn):
     with torch.inference_mode():
         assert torch.equal(ok(x), net(x) + 1) and torch.equal(ok(x), net(x) + 1)
     assert ok.failed is None
+
+
+@pytest.mark.parametrize(
+    "first",
+    ["import vstain_dask as vd", "import vstain_dask.stain.job", "from vstain_dask import stain"],
+)
+def test_vd_stain_works_whatever_was_imported_first(first, model_path):
+    """``vd.stain`` is the lazy stain and ``vstain_dask.stain`` the package: the same object,
+    a callable module, whichever import came first (the import system sets the attribute to the
+    module when it is first imported)."""
+    code = f"""{first}
+import numpy as np
+import vstain_dask as vd
+import vstain_dask.stain as package
+assert vd.stain is package and package.run_stain and package.StainConfig
+lazy = vd.stain(np.full((2, 24, 24), 1000, np.uint16), {str(model_path)!r}, tile=16, step=8)
+print(lazy.shape, lazy.dtype, int(lazy.compute(scheduler="sync").max()) > 0)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "(3, 2, 24, 24) uint8 True"

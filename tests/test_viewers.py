@@ -220,7 +220,10 @@ def test_validates_with_ome_zarr_models(stained, version, kind):
 
 @pytest.mark.filterwarnings(
     # napari and npe2 (0.9 / 0.10) still declare pydantic-v1-style fields when imported
-    "ignore::pydantic.warnings.PydanticDeprecatedSince20"
+    "ignore::pydantic.warnings.PydanticDeprecatedSince20",
+    # napari-ome-zarr hands napari the labels' NGFF colours without a colour for values the
+    # table does not list; ours lists every value the mask holds, so nothing goes unseen
+    "ignore:color_dict did not provide a default color:UserWarning",
 )
 @pytest.mark.parametrize("version", VERSIONS)
 @pytest.mark.parametrize("kind", ["rgb", "rgba"])
@@ -265,3 +268,21 @@ def test_napari_ome_zarr_reader(stained, version, kind, monkeypatch):
         assert list(mask.scale) == list(SCALE)
     else:
         assert labels == []
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_stain_mask_labels_and_uncertainty_carry_display_metadata(stained, version):
+    """The sample mask is an NGFF label image with names and colours (valid against the
+    specification's strict_label schema); the uncertainty image has a colour and a window."""
+    import zarr
+    from test_ngff_display import ngff_schema_errors
+
+    out = stained[version, "rgba"]
+    attrs = zarr.open_group(str(out / "labels" / "sample"), mode="r").attrs.asdict()
+    assert ngff_schema_errors(attrs, version, "strict_label") == []
+    meta = attrs.get("ome", attrs)["image-label"]
+    names = {p["label-value"]: p["sample"] for p in meta["properties"]}
+    assert names == {0: "outside", 1: "sample"}
+    unc = zarr.open_group(str(out / "uncertainty"), mode="r").attrs.asdict()
+    channel = unc.get("ome", unc)["omero"]["channels"][0]
+    assert channel["color"] == "FF00FF" and channel["window"]["end"] == 64

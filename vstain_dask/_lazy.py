@@ -24,7 +24,11 @@ def lazy_exports(
         module = exports.get(name)
         if module is None:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
-        value = getattr(importlib.import_module(module), name)
+        value = importlib.import_module(module)
+        if module != f"{package}.{name}":
+            value = getattr(value, name)
+        # a name that is also a submodule (vstain_dask.stain) stays the submodule, as the import
+        # system makes it anyway once it is imported; that module is then callable itself
         setattr(sys.modules[package], name, value)
         return value
 

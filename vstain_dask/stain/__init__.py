@@ -18,6 +18,9 @@ computation and a block's tasks), ``ledger`` (finished blocks and the lock), ``j
 (:func:`stain_to_zarr`), ``run`` (:func:`run_stain` on a cluster), ``lazy`` (:func:`stain`).
 """
 
+import sys
+import types
+
 from vstain_dask.stain.block import stain_block
 from vstain_dask.stain.execute import BLOCKS_IN_FLIGHT_PER_WORKER, StainReport, stain_to_zarr
 from vstain_dask.stain.job import check_inputs, check_resume, default_output
@@ -71,3 +74,16 @@ __all__ = [
     "MAX_RECOMPUTE",
     "WARN_RECOMPUTE",
 ]
+
+
+class _CallableModule(types.ModuleType):
+    """``vstain_dask.stain`` is both this package and the lazy staining function that
+    ``import vstain_dask as vd; vd.stain(ct, model)`` promises: Python sets the package's
+    ``stain`` attribute to this module when it is first imported, whoever imports it, so the
+    module itself calls :func:`~vstain_dask.stain.lazy.stain`."""
+
+    def __call__(self, volume, model, **kwargs):
+        return stain(volume, model, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

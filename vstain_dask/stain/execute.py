@@ -200,6 +200,8 @@ def _create_and_run(job: Job, *, client, retries: int, progress: bool) -> StainR
                 ngff_version=job.ngff_version,
                 kind="intensity",
                 attrs={"description": "spread of the stain between axes (8-bit std)"},
+                # magenta over the stain; spreads between axes are mostly well below 64 of 255
+                display=ngff.Display(0, 64, min=0, max=255, color="FF00FF"),
             )
     return _run(job, client=client, retries=retries, progress=progress)
 
@@ -226,7 +228,8 @@ def _write_mask(job: Job) -> str:
     cz = 1 if job.two_d else ngff.open_volume(job.output, allow_incomplete=True).data.chunks[1][0]
     planes = data.rechunk((cz, -1, -1))
     mask = planes.map_blocks(_mask_planes, ct_levels=job.config.ct_levels, dtype=np.uint8)
-    ngff.write_labels(job.output, "sample", mask[0] if job.two_d else mask, overwrite=True)
+    ngff.write_labels(job.output, "sample", mask[0] if job.two_d else mask,
+                      table=ngff.LabelTable.mask("sample"), overwrite=True)  # fmt: skip
     job.ledger.mark("mask")
     return str(path)
 
