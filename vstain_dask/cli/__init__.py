@@ -34,6 +34,7 @@ _COMMANDS: dict[str, str] = {
     "evaluate": "vstain_dask.cli.evaluate:evaluate",
     "preview": "vstain_dask.cli.evaluate:preview",
     "seams": "vstain_dask.cli.evaluate:seams",
+    "render": "vstain_dask.cli.render:render",
 }
 
 
