@@ -323,7 +323,7 @@ def test_config_validation_names_field_and_members():
         InputError, match=r"upsample must be one of 'nearest', 'transpose', got 'x'"
     ):
         GeneratorConfig(upsample="x")
-    with pytest.raises(InputError, match="n_blocks must be >= 0, got -1"):
+    with pytest.raises(InputError, match="n_blocks must be an integer >= 0, got -1"):
         GeneratorConfig(n_blocks=-1)
     with pytest.raises(InputError, match="unknown field"):
         GeneratorConfig.from_dict({"ngf": 8, "blocks": 3})

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from enum import StrEnum
 from typing import Any
 
+from vstain_dask._validate import check_float, check_int
 from vstain_dask.errors import ClusterError, InputError, as_enum
 
 __all__ = ["ClusterKind", "ClusterConfig", "connect", "dashboard_url", "worker_model"]
@@ -167,10 +168,10 @@ class ClusterConfig:
         object.__setattr__(self, "kind", kind)
         for name in ("workers", "threads_per_worker", "cores", "gpus_per_job"):
             value = getattr(self, name)
-            if value is not None and value < 1:
-                raise InputError(f"{name} must be >= 1, got {value}")
-        if self.timeout <= 0:
-            raise InputError(f"timeout must be > 0 seconds, got {self.timeout}")
+            if value is not None:
+                object.__setattr__(self, name, check_int(value, name, 1))
+        timeout = check_float(self.timeout, "timeout", positive=True, unit="seconds")
+        object.__setattr__(self, "timeout", timeout)
         if self.scheduler is not None:
             _parse_scheduler_address(self.scheduler)
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from vstain_dask._validate import check_float, check_int
 from vstain_dask.errors import CheckpointError, InputError
 from vstain_dask.metrics import psnr, ssim
 
@@ -164,12 +165,9 @@ def sample_patches(
         Top-left corners ``(y0, x0)`` in pixels, ``k <= n``, in the order drawn.
     """
     m = _as_mask(mask)
-    if isinstance(size, bool) or not isinstance(size, int | np.integer) or size < 1:
-        raise InputError(f"size must be a positive number of pixels, got {size!r}")
-    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 0:
-        raise InputError(f"n must be a number of patches >= 0, got {n!r}")
-    if not 0.0 <= float(min_coverage) <= 1.0:
-        raise InputError(f"min_coverage must be a fraction in [0, 1], got {min_coverage!r}")
+    size = check_int(size, "size", 1)
+    n = check_int(n, "n", 0)
+    check_float(min_coverage, "min_coverage", minimum=0, maximum=1)
     tries = 100 * int(n) if max_tries is None else int(max_tries)
     rng = np.random.default_rng(_seed_sequence(seed))
     ph, pw = _patch_shape(m.shape, int(size))

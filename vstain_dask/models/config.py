@@ -6,12 +6,12 @@ plain dicts and read back from JSON or YAML without building a network.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from enum import Enum, StrEnum
 from typing import Any, TypeVar
 
+from vstain_dask._validate import check_bool, check_float, check_int_fields, int_field
 from vstain_dask.errors import InputError, as_enum
 from vstain_dask.intensity import CT_MAX
 
@@ -94,22 +94,6 @@ class ExportFormat(StrEnum):
     ONNX = "onnx"
 
 
-def _check_int(value: Any, name: str, *, minimum: int, maximum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InputError(f"{name} must be an integer, got {value!r}")
-    if value < minimum or (maximum is not None and value > maximum):
-        upper = "" if maximum is None else f"..{maximum}"
-        expected = f">= {minimum}" if maximum is None else f"in {minimum}{upper}"
-        raise InputError(f"{name} must be {expected}, got {value}")
-    return value
-
-
-def _check_bool(value: Any, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise InputError(f"{name} must be true or false, got {value!r}")
-    return value
-
-
 C = TypeVar("C")
 
 
@@ -166,13 +150,13 @@ class GeneratorConfig:
     """
 
     kind: GeneratorKind = GeneratorKind.RESNET
-    in_channels: int = 3
-    out_channels: int = 3
-    ngf: int = 64
-    n_blocks: int = 9
-    depth: int = 8
+    in_channels: int = int_field(3, 1)
+    out_channels: int = int_field(3, 1)
+    ngf: int = int_field(64, 1)
+    n_blocks: int = int_field(9, 0)
+    depth: int = int_field(8, 2, 12)
     upsample: Upsample = Upsample.NEAREST
-    outer_pad: int = 3
+    outer_pad: int = int_field(3, 0, 8)
     norm: Norm = Norm.INSTANCE
     dropout: bool = False
 
@@ -180,13 +164,8 @@ class GeneratorConfig:
         object.__setattr__(self, "kind", as_enum(GeneratorKind, self.kind, "kind"))
         object.__setattr__(self, "upsample", as_enum(Upsample, self.upsample, "upsample"))
         object.__setattr__(self, "norm", as_enum(Norm, self.norm, "norm"))
-        _check_int(self.in_channels, "in_channels", minimum=1)
-        _check_int(self.out_channels, "out_channels", minimum=1)
-        _check_int(self.ngf, "ngf", minimum=1)
-        _check_int(self.n_blocks, "n_blocks", minimum=0)
-        _check_int(self.depth, "depth", minimum=2, maximum=12)
-        _check_int(self.outer_pad, "outer_pad", minimum=0, maximum=8)
-        _check_bool(self.dropout, "dropout")
+        check_int_fields(self)
+        check_bool(self.dropout, "dropout")
 
     @classmethod
     def for_variant(cls, variant: Variant | str, **changes: Any) -> GeneratorConfig:
@@ -245,22 +224,19 @@ class DiscriminatorConfig:
     """
 
     kind: DiscriminatorKind = DiscriminatorKind.PYTORCH_GAN
-    in_channels: int = 3
-    condition_channels: int = 0
-    ndf: int = 64
-    n_layers: int | None = None
+    in_channels: int = int_field(3, 1)
+    condition_channels: int = int_field(0, 0)
+    ndf: int = int_field(64, 1)
+    n_layers: int | None = int_field(None, 1, 8)
     norm: Norm = Norm.INSTANCE
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", as_enum(DiscriminatorKind, self.kind, "kind"))
         object.__setattr__(self, "norm", as_enum(Norm, self.norm, "norm"))
-        _check_int(self.in_channels, "in_channels", minimum=1)
-        _check_int(self.condition_channels, "condition_channels", minimum=0)
-        _check_int(self.ndf, "ndf", minimum=1)
         if self.n_layers is None:
             default = 4 if self.kind is DiscriminatorKind.PYTORCH_GAN else 3
             object.__setattr__(self, "n_layers", default)
-        _check_int(self.n_layers, "n_layers", minimum=1, maximum=8)
+        check_int_fields(self)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-Python form (enums as strings) for checkpoints, JSON and YAML."""
@@ -302,18 +278,13 @@ class InputNormalization:
 
     def __post_init__(self) -> None:
         for name in ("low", "high"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise InputError(f"{name} must be a number, got {value!r}")
-            if not math.isfinite(value):
-                raise InputError(f"{name} must be finite, got {value!r}")
-            object.__setattr__(self, name, float(value))
+            object.__setattr__(self, name, check_float(getattr(self, name), name))
         if not self.high > self.low:
             raise InputError(
                 f"high must be greater than low, got low={self.low:g}, high={self.high:g}"
             )
-        _check_bool(self.invert, "invert")
-        _check_bool(self.ct_normalized, "ct_normalized")
+        check_bool(self.invert, "invert")
+        check_bool(self.ct_normalized, "ct_normalized")
         if (
             not isinstance(self.channels, int)
             or isinstance(self.channels, bool)

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from vstain_dask._validate import check_int
 from vstain_dask.errors import InputError, as_enum
 from vstain_dask.pairs import Material, parse_material, write_pair
 from vstain_dask.phantom._anatomy import (
@@ -316,8 +317,7 @@ def phantom_pairs(
     Pairs come in samples of two sections of one specimen; each dict also has ``id``,
     ``material`` and ``sample``. Nothing is written; pairs are generated one at a time.
     """
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise InputError(f"n must be a positive number of pairs, got {n!r}")
+    n = check_int(n, "n", 1)
     seed = check_seed(seed)
     size = _check_size(size)
     voxel_size = check_voxel_size(voxel_size)
@@ -375,8 +375,7 @@ def write_phantom_pairs(
     seed = check_seed(seed)
     size = _check_size(size)
     voxel_size = check_voxel_size(voxel_size)
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise InputError(f"n must be a positive number of pairs, got {n!r}")
+    n = check_int(n, "n", 1)
     from vstain_dask import ngff
 
     p = ngff.check_output(path, overwrite=overwrite)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from vstain_dask._validate import check_float
 from vstain_dask.errors import InputError
 from vstain_dask.pairs import Material, parse_material
 from vstain_dask.phantom._anatomy import Frame, Points, Specimen, Tissue, evaluate, specimen
@@ -228,13 +228,7 @@ def check_seed(seed) -> int:
 
 def check_voxel_size(voxel_size) -> float:
     """``voxel_size`` (µm) as a positive finite float, or an InputError."""
-    try:
-        v = float(voxel_size)
-    except (TypeError, ValueError) as e:
-        raise InputError(f"voxel_size must be a positive number of µm, got {voxel_size!r}") from e
-    if not (math.isfinite(v) and v > 0):
-        raise InputError(f"voxel_size must be a positive number of µm, got {voxel_size!r}")
-    return v
+    return check_float(voxel_size, "voxel_size", positive=True, unit="µm")
 
 
 def _check_chunks(chunks, shape: tuple[int, ...]) -> tuple[int, ...]:
