@@ -139,8 +139,8 @@ def bad(tmp_path_factory, ct, model_path):
             2,
             "output folder",
         ),  # fmt: skip
-        "step 0": ([str(src), *m, "--step", "0"], 2, "step must be in 1..16"),
-        "step > tile": ([str(src), *m, "--step", "17"], 2, "step must be in 1..16"),
+        "step 0": ([str(src), *m, "--step", "0"], 2, "step must be an integer in 1..16"),
+        "step > tile": ([str(src), *m, "--step", "17"], 2, "step must be an integer in 1..16"),
         "unknown axis": ([str(src), *m, "--axes", "zw"], 2, "axes must be letters from z, y, x"),
         "unknown blend": ([str(src), *m, "--blend", "max"], 2, "'mean', 'gaussian', 'cosine'"),
         "unknown cluster": ([str(src), *m, "--cluster", "k8s"], 2, "'local', 'cuda', 'slurm'"),

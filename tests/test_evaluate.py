@@ -320,7 +320,7 @@ def test_ct_baseline_is_the_normalized_ct_in_grey():
 def test_config_validation_names_the_parameter():
     with pytest.raises(InputError, match="split must be one of 'train', 'val', 'test'"):
         EvalConfig(split="holdout")
-    with pytest.raises(InputError, match="step must be in 1..32"):
+    with pytest.raises(InputError, match="step must be an integer in 1..32"):
         EvalConfig(tile=32, step=64)
     with pytest.raises(InputError, match="blend must be one of 'mean', 'gaussian', 'cosine'"):
         EvalConfig(blend="max")

@@ -293,11 +293,11 @@ def test_plan_counts_blocks_and_validates():
     assert len(cubes) == 6 * 6 * 6
     with pytest.raises(InputError, match="multiple of the chunk"):
         plan_blocks((10, 40, 36), (2, 16, 16), StainConfig(block=(3, 16, 16)))
-    with pytest.raises(InputError, match="step must be in 1..256"):
+    with pytest.raises(InputError, match="step must be an integer in 1..256, got 0"):
         StainConfig(step=0)
     with pytest.raises(InputError, match="axes must be letters from z, y, x"):
         StainConfig(axes="q")
-    with pytest.raises(InputError, match="batch_size must be >= 1, got 0"):
+    with pytest.raises(InputError, match="batch_size must be an integer >= 1, got 0"):
         StainConfig(batch_size=0)
     # tiles per model call follow the device the worker runs the model on, unless given
     assert StainConfig().batch_size is None
@@ -367,7 +367,7 @@ def test_cli_bad_options_one_line(ct, model_path, tmp_path):
     src, _ = ct
     runner = CliRunner()
     for args, msg in (
-        (["--step", "0"], "step must be in 1..256"),
+        (["--step", "0"], "step must be an integer in 1..256"),
         (["--axes", "zq"], "axes must be letters"),
         (["--blend", "max"], "blend must be one of 'mean', 'gaussian', 'cosine'"),
         (["--cluster", "kubernetes"], "cluster must be one of 'local', 'cuda', 'slurm'"),

@@ -12,9 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vstain_dask.errors import InputError
+from vstain_dask.stain import StainConfig
 from vstain_dask.tiling import (
     BlendMode,
     TileGrid,
+    Tiling,
     blend_weights,
     count_tiles,
     predict_plane,
@@ -525,11 +527,11 @@ def test_blend_overhead_is_small():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"tile": 0, "step": 1}, "tile must be >= 1, got 0"),
-        ({"tile": 8, "step": 0}, "step must be in 1..8, got 0"),
-        ({"tile": 8, "step": 9}, "step must be in 1..8, got 9"),
-        ({"tile": 8.0, "step": 2}, "tile must be an integer, got 8.0"),
-        ({"tile": True, "step": 1}, "tile must be an integer, got True"),
+        ({"tile": 0, "step": 1}, "tile must be an integer >= 1, got 0"),
+        ({"tile": 8, "step": 0}, "step must be an integer in 1..8, got 0$"),
+        ({"tile": 8, "step": 9}, r"step must be an integer in 1..8, got 9 \(a step larger"),
+        ({"tile": 8.0, "step": 2}, "tile must be an integer >= 1, got 8.0"),
+        ({"tile": True, "step": 1}, "tile must be an integer >= 1, got True"),
     ],
 )
 def test_bad_tile_or_step(kwargs, message):
@@ -537,12 +539,14 @@ def test_bad_tile_or_step(kwargs, message):
         tile_starts(10, **kwargs)
     with pytest.raises(ValueError, match=message):
         TileGrid(extent=10, **kwargs)
+    with pytest.raises(InputError, match=message):
+        Tiling(**kwargs)
 
 
 def test_bad_length_extent_and_mode():
-    with pytest.raises(InputError, match="length must be >= 1, got 0"):
+    with pytest.raises(InputError, match="length must be an integer >= 1, got 0"):
         tile_starts(0, tile=4, step=2)
-    with pytest.raises(InputError, match=r"extent\[1\] must be >= 1, got 0"):
+    with pytest.raises(InputError, match=r"extent\[1\] must be an integer >= 1, got 0"):
         TileGrid(extent=(4, 0), tile=4, step=2)
     with pytest.raises(InputError, match=r"tile must be an integer or a \(y, x\) pair"):
         TileGrid(extent=4, tile=(4, 4, 4), step=2)
@@ -571,7 +575,7 @@ def test_bad_region_and_planes():
         predict_region(x[..., :10, :10], plus_one, grid=grid, region=(0, 5, 0, 5))
     with pytest.raises(InputError, match="grid must be a TileGrid"):
         predict_region(x, plus_one, grid=(20, 30))
-    with pytest.raises(InputError, match="batch_size must be >= 1, got 0"):
+    with pytest.raises(InputError, match="batch_size must be an integer >= 1, got 0"):
         predict_region(x, plus_one, grid=grid, batch_size=0)
     with pytest.raises(InputError, match=r"plane must be \(C, H, W\) or \(N, C, H, W\)"):
         predict_plane(x[0, 0], plus_one, tile=4, step=2)
@@ -603,3 +607,48 @@ def test_bad_count_tiles_arguments():
         count_tiles((10, 10, 10), tile=4, step=2, axes="q")
     with pytest.raises(InputError, match="axes must hold 0, 1, 2 or 'z', 'y', 'x', got 3"):
         count_tiles((10, 10, 10), tile=4, step=2, axes=(0, 3))
+
+
+# ---------------------------------------------------------------------------------------------
+# the tiling parameters
+
+
+def test_tiling_defaults_are_the_papers_and_everyones():
+    """One statement of tile, step and blend: the paper's, and the default of every place
+    that tiles (stain, evaluate, predict_plane, the command line)."""
+    import inspect
+
+    from vstain_dask.cli import evaluate as cli_evaluate
+    from vstain_dask.cli import stain as cli_stain
+    from vstain_dask.evaluate import EvalConfig, stain_slice
+
+    paper = Tiling()
+    assert (paper.tile, paper.step, paper.blend) == (256, 64, BlendMode.MEAN)
+    for config in (StainConfig(), EvalConfig()):
+        assert config.tiling == paper
+        assert (config.tile, config.step, config.blend) == (256, 64, BlendMode.MEAN)
+    sig = inspect.signature(stain_slice).parameters
+    assert (sig["tile"].default, sig["step"].default) == (paper.tile, paper.step)
+    for command in (cli_stain.stain, cli_evaluate.evaluate):
+        defaults = {p.name: p.default for p in command.params}
+        assert (defaults["tile"], defaults["step"], defaults["blend"]) == (256, 64, "mean")
+    assert TileGrid(extent=300) == paper.grid(300)
+
+
+def test_tiling_object_and_keywords_agree():
+    tiling = Tiling(tile=8, step=4, blend="gaussian")
+    assert tiling.blend is BlendMode.GAUSSIAN
+    assert tiling.grid((20, 30)) == TileGrid(extent=(20, 30), tile=8, step=4)
+    config = StainConfig(tile=8, step=4, blend="gaussian")
+    assert config.tiling == tiling
+    assert config.to_dict()["tile"] == 8 and config.to_dict()["blend"] == "gaussian"
+    assert "tiling" not in config.to_dict()  # the fingerprinted form keeps its flat fields
+    x = np.random.default_rng(0).random((1, 20, 30), dtype=np.float32)
+    by_object = predict_plane(x, plus_one, tiling=tiling, batch_size=4)
+    by_keywords = predict_plane(x, plus_one, tile=8, step=4, blend="gaussian", batch_size=4)
+    np.testing.assert_array_equal(by_object, by_keywords)
+    np.testing.assert_array_equal(by_object, x + 1)
+    with pytest.raises(InputError, match="give tiling, or tile, step and blend, not both"):
+        predict_plane(x, plus_one, tiling=tiling, tile=8)
+    with pytest.raises(InputError, match="tiling must be a Tiling, got tuple"):
+        predict_plane(x, plus_one, tiling=(8, 4))

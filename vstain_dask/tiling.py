@@ -30,10 +30,12 @@ import functools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from numbers import Integral
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from vstain_dask._validate import check_int
 from vstain_dask.errors import InputError, as_enum
 from vstain_dask.intensity import output_to_uint8
 from vstain_dask.runtime import compiled, on_for_cuda
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BlendMode",
+    "Tiling",
     "TileGrid",
     "tile_starts",
     "blend_weights",
@@ -84,41 +87,64 @@ class BlendMode(StrEnum):
 # validation helpers
 
 
-def _int(name: str, value: Any, *, minimum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise InputError(f"{name} must be an integer, got {value!r}")
-    value = int(value)
-    if minimum is not None and value < minimum:
-        raise InputError(f"{name} must be >= {minimum}, got {value}")
-    return value
-
-
 def _pair(name: str, value: Any, *, minimum: int | None = None) -> tuple[int, int]:
     """An int or a pair of ints -> a pair of ints (an int applies to both axes)."""
     if isinstance(value, Sequence | np.ndarray) and not isinstance(value, str):
         if len(value) != 2:
             raise InputError(f"{name} must be an integer or a (y, x) pair, got {value!r}")
         return (
-            _int(f"{name}[0]", value[0], minimum=minimum),
-            _int(f"{name}[1]", value[1], minimum=minimum),
+            check_int(value[0], f"{name}[0]", minimum),
+            check_int(value[1], f"{name}[1]", minimum),
         )
-    v = _int(name, value, minimum=minimum)
+    v = check_int(value, name, minimum)
     return (v, v)
 
 
-def _check_tile_step(tile: int, step: int) -> None:
-    tile = _int("tile", tile)
-    if tile < 1:
-        raise InputError(f"tile must be >= 1, got {tile}")
-    step = _int("step", step)
-    if not 1 <= step <= tile:
-        raise InputError(
-            f"step must be in 1..{tile}, got {step} (a step larger than the tile leaves gaps)"
-        )
+def _check_tile_step(tile: Any, step: Any) -> tuple[int, int]:
+    tile = check_int(tile, "tile", 1)
+    gaps = isinstance(step, Integral) and step > tile
+    step = check_int(
+        step, "step", 1, tile, hint="a step larger than the tile leaves gaps" if gaps else None
+    )
+    return tile, step
 
 
 def _blend_mode(value: Any) -> BlendMode:
     return as_enum(BlendMode, value, "blend")
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """How a plane is cut into square tiles and their predictions blended; the one statement
+    of these parameters and their defaults for stain, evaluate and :func:`predict_plane`.
+
+    Parameters
+    ----------
+    tile : int
+        Tile side in pixels (paper: 256).
+    step : int
+        Distance between tiles in pixels, ``1 <= step <= tile`` (paper: 64).
+    blend : BlendMode or str
+        How overlapping tile predictions are combined (paper: ``mean``).
+    """
+
+    tile: int = 256
+    step: int = 64
+    blend: BlendMode = BlendMode.MEAN
+
+    def __post_init__(self) -> None:
+        tile, step = _check_tile_step(self.tile, self.step)
+        object.__setattr__(self, "tile", tile)
+        object.__setattr__(self, "step", step)
+        object.__setattr__(self, "blend", _blend_mode(self.blend))
+
+    def grid(self, extent: int | tuple[int, int]) -> TileGrid:
+        """The global tile grid of a plane of ``extent`` (H, W) pixels."""
+        return TileGrid(extent=extent, tile=(self.tile, self.tile), step=(self.step, self.step))
+
+
+#: the paper's tiling, whose values are the defaults wherever tiles are asked for
+_PAPER = Tiling()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -146,7 +172,7 @@ def tile_starts(length: int, *, tile: int, step: int) -> np.ndarray:
         reflect-padded to the tile size by the inference functions).
     """
     _check_tile_step(tile, step)
-    length = _int("length", length, minimum=1)
+    length = check_int(length, "length", 1)
     if length <= tile:
         return np.zeros(1, dtype=np.int64)
     last = length - tile
@@ -184,12 +210,12 @@ class TileGrid:
     """
 
     extent: tuple[int, int]
-    tile: tuple[int, int] = (256, 256)
-    step: tuple[int, int] = (64, 64)
+    tile: tuple[int, int] = (_PAPER.tile, _PAPER.tile)
+    step: tuple[int, int] = (_PAPER.step, _PAPER.step)
 
     def __post_init__(self) -> None:
         extent = _pair("extent", self.extent, minimum=1)
-        tile = _pair("tile", self.tile)
+        tile = _pair("tile", self.tile, minimum=1)
         step = _pair("step", self.step)
         for t, s in zip(tile, step, strict=True):
             _check_tile_step(t, s)
@@ -231,7 +257,7 @@ class TileGrid:
         if region is None:
             return (0, H, 0, W)
         try:
-            y0, y1, x0, x1 = (_int("region", v) for v in region)
+            y0, y1, x0, x1 = (check_int(v, "region") for v in region)
         except (TypeError, ValueError) as e:
             raise InputError(
                 f"region must be four integers (y0, y1, x0, x1), got {region!r}"
@@ -308,8 +334,8 @@ def _starts_product(ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
 def count_tiles(
     shape: Sequence[int],
     *,
-    tile: int | tuple[int, int] = 256,
-    step: int | tuple[int, int] = 64,
+    tile: int | tuple[int, int] = _PAPER.tile,
+    step: int | tuple[int, int] = _PAPER.step,
     axes: Sequence[int | str] | int | str = (0,),
 ) -> int:
     """Number of tile predictions needed to stain a 3D volume along the given axes.
@@ -331,7 +357,7 @@ def count_tiles(
     """
     if len(shape) != 3:
         raise InputError(f"shape must be a 3D (Z, Y, X) volume shape, got {tuple(shape)!r}")
-    shape = tuple(_int("shape", s, minimum=1) for s in shape)
+    shape = tuple(check_int(s, "shape", 1) for s in shape)
     names = {"z": 0, "y": 1, "x": 2}
     if isinstance(axes, str):
         axes = tuple(axes)  # "zx" -> ("z", "x")
@@ -543,9 +569,9 @@ def predict_region(
     if not isinstance(grid, TileGrid):
         raise InputError(f"grid must be a TileGrid, got {type(grid).__name__}")
     mode = _blend_mode(blend)
-    batch_size = _int("batch_size", batch_size, minimum=1)
+    batch_size = check_int(batch_size, "batch_size", 1)
     if out_channels is not None:
-        out_channels = _int("out_channels", out_channels, minimum=1)
+        out_channels = check_int(out_channels, "out_channels", 1)
     region = grid._region(region)
     read = grid.read_region(region)
 
@@ -687,9 +713,10 @@ def predict_plane(
     plane: np.ndarray | torch.Tensor,
     predict: Callable[[torch.Tensor], torch.Tensor],
     *,
-    tile: int | tuple[int, int] = 256,
-    step: int | tuple[int, int] = 64,
-    blend: BlendMode | str = BlendMode.MEAN,
+    tile: int | tuple[int, int] | None = None,
+    step: int | tuple[int, int] | None = None,
+    blend: BlendMode | str | None = None,
+    tiling: Tiling | None = None,
     batch_size: int = 16,
     device: str | torch.device | None = None,
     autocast: bool | None = None,
@@ -706,9 +733,13 @@ def predict_plane(
     predict : callable
         Maps ``(B, C, th, tw)`` to ``(B, out_channels, th, tw)``, as for
         :func:`predict_region`.
-    tile, step : int or (th, tw)
-        Tile size and step (pixels); the paper uses 256 and 64.
-    blend, batch_size, device, autocast, channels_last, compile, pad_batch
+    tile, step : int or (th, tw), optional
+        Tile size and step (pixels); default :class:`Tiling`'s (the paper's 256 and 64).
+    blend : BlendMode or str, optional
+        As for :func:`predict_region`; default :class:`Tiling`'s (``mean``).
+    tiling : Tiling, optional
+        Tile, step and blend as one object, instead of ``tile``, ``step`` and ``blend``.
+    batch_size, device, autocast, channels_last, compile, pad_batch
         As for :func:`predict_region`.
 
     Returns
@@ -719,6 +750,15 @@ def predict_plane(
     ndim = len(plane.shape)
     if ndim not in (3, 4):
         raise InputError(f"plane must be (C, H, W) or (N, C, H, W), got shape {tuple(plane.shape)}")
+    if tiling is None:
+        tiling = _PAPER
+    elif not isinstance(tiling, Tiling):
+        raise InputError(f"tiling must be a Tiling, got {type(tiling).__name__}")
+    elif (tile, step, blend) != (None, None, None):
+        raise InputError("give tiling, or tile, step and blend, not both")
+    tile = tiling.tile if tile is None else tile
+    step = tiling.step if step is None else step
+    blend = tiling.blend if blend is None else blend
     planes = plane[None] if ndim == 3 else plane
     grid = TileGrid(extent=tuple(planes.shape[-2:]), tile=tile, step=step)
     out = predict_region(

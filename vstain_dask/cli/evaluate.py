@@ -8,6 +8,10 @@ from pathlib import Path
 import click
 
 from vstain_dask.cli._options import IntTuple
+from vstain_dask.tiling import Tiling  # numpy only: --help imports no torch
+
+#: the defaults of --tile, --step and --blend, as stain's
+_TILING = Tiling()
 
 
 def _model_arg(value: str) -> tuple[str | None, str]:
@@ -39,9 +43,11 @@ def _check_exists(path: str, what: str) -> None:
 @click.option("--min-coverage", default=0.5, show_default=True,
               help="Skip patches the mask covers less than this fraction.")  # fmt: skip
 @click.option("--seed", default=0, show_default=True, help="Seed of the patch positions.")
-@click.option("--tile", default=256, show_default=True, help="Inference tile, pixels.")
-@click.option("--step", default=64, show_default=True, help="Inference tile step, pixels.")
-@click.option("--blend", default="mean", show_default=True, help="mean, gaussian or cosine.")
+@click.option("--tile", default=_TILING.tile, show_default=True, help="Inference tile, pixels.")
+@click.option("--step", default=_TILING.step, show_default=True,
+              help="Inference tile step, pixels.")  # fmt: skip
+@click.option("--blend", default=_TILING.blend.value, show_default=True,
+              help="mean, gaussian or cosine.")  # fmt: skip
 @click.option("--batch-size", default=8, show_default=True, help="Tiles per model call.")
 @click.option("--ct-levels", default="auto", show_default=True,
               help="auto (normalize CT for models that expect it) or none.")  # fmt: skip
@@ -123,8 +129,9 @@ def preview(stained, out, ct, no_ct, max_size, overwrite):
 @click.argument("stained", nargs=-1, required=True, type=click.Path())
 @click.option("--axis", type=click.Choice(["z", "y", "x"]), default="z", show_default=True,
               help="Stacking axis to measure stripes across.")  # fmt: skip
-@click.option("--tile", type=int, help="Tile grid of the seams [the stain's own, else 256].")
-@click.option("--step", type=int, help="Tile step [the stain's own, else 64].")
+@click.option("--tile", type=int,
+              help=f"Tile grid of the seams [the stain's own, else {_TILING.tile}].")  # fmt: skip
+@click.option("--step", type=int, help=f"Tile step [the stain's own, else {_TILING.step}].")
 @click.option("--block", type=IntTuple(3), default="16,256,256", show_default=True,
               help="Block read at a time, Z,Y,X.")  # fmt: skip
 @click.option("--blocks", "max_blocks", default=32, show_default=True, help="Blocks read at most.")

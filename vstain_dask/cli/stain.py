@@ -13,6 +13,10 @@ from vstain_dask.cli._options import (
     parse_ct_levels,
     stop_on_sigterm,
 )
+from vstain_dask.tiling import Tiling  # numpy only: --help imports no torch
+
+#: the defaults of --tile, --step and --blend
+_TILING = Tiling()
 
 
 @click.command()
@@ -22,9 +26,10 @@ from vstain_dask.cli._options import (
 @click.option(
     "--axes", default="z", show_default=True, help="Staining axes: z, or zyx to fuse three."
 )
-@click.option("--tile", default=256, show_default=True, help="Tile size in pixels.")
-@click.option("--step", default=64, show_default=True, help="Tile step in pixels (paper: 64).")
-@click.option("--blend", default="mean", show_default=True, help="mean, gaussian or cosine.")
+@click.option("--tile", default=_TILING.tile, show_default=True, help="Tile size in pixels.")
+@click.option("--step", default=_TILING.step, show_default=True, help="Tile step in pixels.")
+@click.option("--blend", default=_TILING.blend.value, show_default=True,
+              help="mean, gaussian or cosine.")  # fmt: skip
 @click.option("--fuse", default="mean", show_default=True, help="Axis fusion: mean or median.")
 @click.option(
     "--fusion",

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from vstain_dask._validate import check_float, check_int, check_int_fields, int_field
 from vstain_dask.errors import InputError, as_enum
 from vstain_dask.evaluate._metrics import (
     Metric,
@@ -33,7 +34,7 @@ from vstain_dask.evaluate._metrics import (
 )
 from vstain_dask.pairs import Role, list_pairs, read_pair
 from vstain_dask.runtime import resolve_device
-from vstain_dask.tiling import BlendMode
+from vstain_dask.tiling import BlendMode, Tiling
 
 __all__ = [
     "BASELINE",
@@ -54,6 +55,8 @@ UNASSIGNED = "unassigned"
 #: smallest patch side: SSIM's 7 x 7 window
 _MIN_SIDE = 7
 _SPLIT_ORDER = (Role.TRAIN.value, Role.VAL.value, Role.TEST.value, UNASSIGNED)
+#: tile, step and blend of the whole-slice inference when not given: the paper's, as stain's
+_TILING = Tiling()
 
 
 class CTLevelsMode(enum.StrEnum):
@@ -91,7 +94,8 @@ class EvalConfig:
     tile, step : int
         Tiles of the whole-slice inference, pixels (paper: 256 and 64).
     blend : BlendMode
-        Blend of overlapping tiles (paper: mean).
+        Blend of overlapping tiles (paper: mean). The three are checked, and have their
+        defaults, as :class:`~vstain_dask.tiling.Tiling` (:attr:`tiling`).
     batch_size : int
         Tiles per model call.
     split : Role or None
@@ -111,14 +115,14 @@ class EvalConfig:
         bf16 autocast of the generators; None: on for CUDA, off on CPU (as stain).
     """
 
-    patch_size: int = 256
-    patches_per_pair: int = 50
+    patch_size: int = int_field(256, _MIN_SIDE)
+    patches_per_pair: int = int_field(50, 1)
     min_coverage: float = 0.5
     seed: int = 0
-    tile: int = 256
-    step: int = 64
-    blend: BlendMode = BlendMode.MEAN
-    batch_size: int = 8
+    tile: int = _TILING.tile
+    step: int = _TILING.step
+    blend: BlendMode = _TILING.blend
+    batch_size: int = int_field(8, 1)
     split: Role | None = None
     lpips: bool = True
     baseline: bool = True
@@ -128,28 +132,21 @@ class EvalConfig:
     autocast: bool | None = None
 
     def __post_init__(self) -> None:
-        for name, minimum in (("patch_size", _MIN_SIDE), ("patches_per_pair", 1), ("tile", 1),
-                              ("step", 1), ("batch_size", 1)):  # fmt: skip
-            value = getattr(self, name)
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int | np.integer)
-                or value < minimum
-            ):
-                raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}")
-            object.__setattr__(self, name, int(value))
-        if self.step > self.tile:
-            raise InputError(f"step must be in 1..{self.tile} (the tile), got {self.step}")
-        if not (isinstance(self.min_coverage, int | float) and 0.0 <= self.min_coverage <= 1.0):
-            raise InputError(
-                f"min_coverage must be a fraction in [0, 1], got {self.min_coverage!r}"
-            )
-        object.__setattr__(self, "min_coverage", float(self.min_coverage))
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int | np.integer):
-            raise InputError(f"seed must be an integer, got {self.seed!r}")
-        for name, cls in (("blend", BlendMode), ("ct_levels", CTLevelsMode)):
-            object.__setattr__(self, name, as_enum(cls, getattr(self, name), name))
+        check_int_fields(self)
+        tiling = Tiling(tile=self.tile, step=self.step, blend=self.blend)
+        for name in ("tile", "step", "blend"):
+            object.__setattr__(self, name, getattr(tiling, name))
+        coverage = check_float(self.min_coverage, "min_coverage", minimum=0, maximum=1)
+        object.__setattr__(self, "min_coverage", coverage)
+        object.__setattr__(self, "seed", check_int(self.seed, "seed"))
+        object.__setattr__(self, "ct_levels", as_enum(CTLevelsMode, self.ct_levels, "ct_levels"))
         object.__setattr__(self, "split", as_enum(Role, self.split, "split", allow_none=True))
+
+    @property
+    def tiling(self) -> Tiling:
+        """Tile, step and blend of the whole-slice inference as one
+        :class:`~vstain_dask.tiling.Tiling`."""
+        return Tiling(tile=self.tile, step=self.step, blend=self.blend)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-Python form for the JSON report."""
@@ -179,9 +176,9 @@ def stain_slice(
     model: Any,
     *,
     levels: Any = None,
-    tile: int = 256,
-    step: int = 64,
-    blend: BlendMode | str = BlendMode.MEAN,
+    tile: int = _TILING.tile,
+    step: int = _TILING.step,
+    blend: BlendMode | str = _TILING.blend,
     batch_size: int = 8,
     autocast: bool | None = None,
 ) -> np.ndarray:

@@ -32,7 +32,9 @@ from typing import Any
 
 import numpy as np
 
+from vstain_dask._validate import check_int
 from vstain_dask.errors import InputError, as_enum
+from vstain_dask.tiling import Tiling
 
 __all__ = ["SeamReport", "seam_metrics", "compare_seams", "format_seams"]
 
@@ -208,7 +210,7 @@ def seam_metrics(
         perpendicular to it.
     tile, step : int, optional
         Tile grid of the seams; default the stain's own (from the store's provenance), else
-        256 and 64.
+        :class:`~vstain_dask.tiling.Tiling`'s (the paper's 256 and 64).
     block : (z, y, x)
         Block shape in voxels.
     max_blocks : int
@@ -234,8 +236,7 @@ def seam_metrics(
     block = tuple(int(b) for b in block)
     if len(block) != 3 or min(block) < 1:
         raise InputError(f"block must be three positive sizes (z, y, x), got {block!r}")
-    if isinstance(max_blocks, bool) or not isinstance(max_blocks, int) or max_blocks < 1:
-        raise InputError(f"max_blocks must be a positive integer, got {max_blocks!r}")
+    max_blocks = check_int(max_blocks, "max_blocks", 1)
     vol = ngff.open_volume(path)
     if vol.dims != ("c", "z", "y", "x"):
         raise InputError(
@@ -246,10 +247,12 @@ def seam_metrics(
         raise InputError(f"{path} must have R, G, B channels, got {vol.sizes['c']} channel(s)")
     prov = _provenance(vol)
     params = prov.get("parameters") or {}
-    tile = int(tile if tile is not None else params.get("tile", 256))
-    step = int(step if step is not None else params.get("step", 64))
-    if tile < 1 or not 1 <= step <= tile:
-        raise InputError(f"tile must be >= 1 and step in 1..tile, got tile {tile}, step {step}")
+    paper = Tiling()
+    tiling = Tiling(
+        tile=tile if tile is not None else params.get("tile", paper.tile),
+        step=step if step is not None else params.get("step", paper.step),
+    )
+    tile, step = tiling.tile, tiling.step
     shape = tuple(int(vol.sizes[d]) for d in _DIMS)
     a = _DIMS.index(axis)
     borders = {d: _borders(shape[d], tile, step) for d in range(3) if d != a}

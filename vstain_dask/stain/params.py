@@ -18,8 +18,12 @@ from enum import StrEnum
 from typing import Any
 
 from vstain_dask import intensity
+from vstain_dask._validate import check_float, check_int
 from vstain_dask.errors import InputError, as_enum
-from vstain_dask.tiling import BlendMode
+from vstain_dask.tiling import BlendMode, Tiling
+
+#: tile, step and blend when not given: the paper's (:class:`~vstain_dask.tiling.Tiling`)
+_TILING = Tiling()
 
 #: volume axes, and for each staining axis the two volume axes that span its planes
 _DIMS = ("z", "y", "x")
@@ -72,7 +76,9 @@ class StainConfig:
     tile, step : int
         Tile size and step in pixels (paper: 256 and 64).
     blend : BlendMode
-        How overlapping tile predictions are averaged (paper: ``mean``).
+        How overlapping tile predictions are averaged (paper: ``mean``). The three are
+        checked, and have their defaults, as :class:`~vstain_dask.tiling.Tiling`
+        (:attr:`tiling`).
     fuse : FuseMode
         How predictions along several axes are combined.
     fusion : Fusion
@@ -114,9 +120,9 @@ class StainConfig:
     """
 
     axes: str = "z"
-    tile: int = 256
-    step: int = 64
-    blend: BlendMode = BlendMode.MEAN
+    tile: int = _TILING.tile
+    step: int = _TILING.step
+    blend: BlendMode = _TILING.blend
     fuse: FuseMode = FuseMode.MEAN
     fusion: Fusion = Fusion.PASSES
     batch_size: int | None = _runtime(None)
@@ -142,16 +148,15 @@ class StainConfig:
         if len(set(axes)) != len(axes):
             raise InputError(f"axes must not repeat, got {self.axes!r}")
         object.__setattr__(self, "axes", "".join(a for a in _DIMS if a in axes))
-        if self.tile < 1:
-            raise InputError(f"tile must be >= 1, got {self.tile}")
-        if not 1 <= self.step <= self.tile:
-            raise InputError(f"step must be in 1..{self.tile}, got {self.step}")
-        for name, enum in (("blend", BlendMode), ("fuse", FuseMode), ("fusion", Fusion)):
+        tiling = Tiling(tile=self.tile, step=self.step, blend=self.blend)
+        for name in ("tile", "step", "blend"):
+            object.__setattr__(self, name, getattr(tiling, name))
+        for name, enum in (("fuse", FuseMode), ("fusion", Fusion)):
             object.__setattr__(self, name, as_enum(enum, getattr(self, name), name))
-        if self.batch_size is not None and self.batch_size < 1:
-            raise InputError(f"batch_size must be >= 1, got {self.batch_size}")
-        if not (self.prefilter_sigma >= 0 and math.isfinite(self.prefilter_sigma)):
-            raise InputError(f"prefilter_sigma must be >= 0 voxels, got {self.prefilter_sigma}")
+        if self.batch_size is not None:
+            object.__setattr__(self, "batch_size", check_int(self.batch_size, "batch_size", 1))
+        # checked, not converted: an int sigma stays an int in to_dict (the job's fingerprint)
+        check_float(self.prefilter_sigma, "prefilter_sigma", minimum=0, unit="voxels")
         if self.ct_levels is not None:
             bone, background = (float(v) for v in self.ct_levels)
             if not (math.isfinite(bone) and math.isfinite(background)) or bone <= background:
@@ -180,6 +185,11 @@ class StainConfig:
         d["fuse"] = self.fuse.value
         d["fusion"] = self.fusion.value
         return d
+
+    @property
+    def tiling(self) -> Tiling:
+        """Tile, step and blend as one :class:`~vstain_dask.tiling.Tiling`."""
+        return Tiling(tile=self.tile, step=self.step, blend=self.blend)
 
     @property
     def prefilter_halo(self) -> int:

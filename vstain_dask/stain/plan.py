@@ -39,11 +39,7 @@ class Block:
 
 def _grid(shape: Sequence[int], axis: str, config: StainConfig) -> TileGrid:
     d1, d2 = _PLANE_DIMS[axis]
-    return TileGrid(
-        extent=(shape[d1], shape[d2]),
-        tile=(config.tile, config.tile),
-        step=(config.step, config.step),
-    )
+    return config.tiling.grid((shape[d1], shape[d2]))
 
 
 def default_block(
