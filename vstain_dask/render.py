@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -242,21 +241,20 @@ def _alpha_lut(opacity: float, step: float) -> np.ndarray:
         return (1.0 - np.power(1.0 - a, opacity * step)).astype(np.float32)
 
 
-def _shift_plane(p: np.ndarray, fa: float, fb: float) -> np.ndarray:
-    """``p`` (ch, na, nb) resampled at (A − fa, B − fb) for A in 0..na, B in 0..nb: a bilinear
-    shift by the fractions ``fa``, ``fb`` in [0, 1), zero (transparent) outside."""
-    ch, na, nb = p.shape
-    q = np.zeros((ch, na + 2, nb + 2), dtype=np.float32)
-    q[:, 1:-1, 1:-1] = p
-    if fa:
-        q = (1 - fa) * q[:, 1:, :] + fa * q[:, :-1, :]
-    else:
-        q = q[:, 1:, :]
-    if fb:
-        q = (1 - fb) * q[:, :, 1:] + fb * q[:, :, :-1]
-    else:
-        q = q[:, :, 1:]
-    return q
+def _lerp(q: np.ndarray, f: float, axis: int) -> np.ndarray:
+    """``(1 − f) · q[i + 1] + f · q[i]`` along ``axis``: one element shorter."""
+    ends = [(slice(None),) * axis + (s,) for s in (slice(1, None), slice(None, -1))]
+    out = np.multiply(q[ends[0]], np.float32(1 - f))
+    out += q[ends[1]] * np.float32(f)
+    return out
+
+
+def _shift_plane(pad: np.ndarray, fa: float, fb: float) -> np.ndarray:
+    """A plane (ch, na, nb) given inside a border of zeros (ch, na + 2, nb + 2), resampled at
+    (A − fa, B − fb) for A in 0..na, B in 0..nb: a bilinear shift by fractions in [0, 1), zero
+    (transparent) outside."""
+    q = _lerp(pad, fa, 1) if fa else pad[:, 1:]
+    return _lerp(q, fb, 2) if fb else q[:, :, 1:]
 
 
 def _slab_partial(
@@ -270,18 +268,20 @@ def _slab_partial(
     ha, hb = geom.canvas
     colour = np.zeros((3, ha, hb), dtype=np.float32)
     trans = np.ones((ha, hb), dtype=np.float32)
+    # the premultiplied plane, inside a border of zeros that bilinear shifts read
+    pad = np.zeros((4, block.shape[2] + 2, block.shape[3] + 2), dtype=np.float32)
+    p = pad[:, 1:-1, 1:-1]
     for j in range(block.shape[1]):
         plane = block[:, j]
         a8 = plane[3] if plane.shape[0] == 4 else _alpha_from_rgb(plane[:3])
-        alpha = lut[a8]
-        p = np.empty((4, *alpha.shape), dtype=np.float32)
-        np.multiply(plane[:3], alpha, out=p[:3], dtype=np.float32)
-        p[3] = alpha
+        np.take(lut, a8, out=p[3])
+        np.multiply(plane[:3], p[3], out=p[:3], dtype=np.float32)
         off = geom.slice_offset(i0 + j)
         fa_i, fb_i = (math.floor(o) for o in off)
         # python floats: a numpy float64 scalar would make the float32 planes float64
         fa, fb = float(off[0] - fa_i), float(off[1] - fb_i)
-        q = _shift_plane(p, fa, fb)
+        # a whole-voxel shift (every axis-aligned view) needs no resampling
+        q = _shift_plane(pad, fa, fb) if fa or fb else p
         win = (slice(fa_i, fa_i + q.shape[1]), slice(fb_i, fb_i + q.shape[2]))
         t = trans[win]
         colour[(slice(None), *win)] += t * q[:3]
@@ -393,7 +393,7 @@ def render_volume(
         keepdims=False,
         dtype=np.float32,
         concatenate=True,
-        split_every=8,
+        split_every=4,
         meta=np.empty((0, 0, 0), dtype=np.float32),
         name="composite",
     )
@@ -554,8 +554,8 @@ def save_render(
         images.append(np.asarray(img.compute()))
     size = (max(i.shape[0] for i in images), max(i.shape[1] for i in images))
     pictures = [Image.fromarray(_pad_white(i, size) if frames > 1 else i) for i in images]
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=p.suffix, dir=p.parent)
-    os.close(fd)
+    # written beside, then renamed: the image appears only when complete
+    tmp = p.with_name(f".{p.stem}.{os.getpid()}.partial{p.suffix}")
     try:
         if frames > 1:
             pictures[0].save(
@@ -566,8 +566,7 @@ def save_render(
             pictures[0].save(tmp, optimize=True)
         os.replace(tmp, p)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
     return RenderResult(
         path=p,
         level=info["level"],
