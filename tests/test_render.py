@@ -233,6 +233,8 @@ def test_render_command_turntable_gif(stores, tmp_path):
         ("clip-outside", ["--clip", "0:99,:,:"], "within 0:24"),
         ("exists", [], "already exists"),
         ("gif-suffix", ["--frames", "3"], "must end in .gif"),
+        ("opacity", ["--opacity", "0"], "opacity must be a positive number"),
+        ("azimuth", ["--azimuth", "nan"], "azimuth must be a finite number"),
     ],
 )
 def test_render_bad_input_one_line_exit_2_nothing_written(stores, tmp_path, case, extra, message):

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from vstain_dask._validate import check_float, check_int_fields, int_field
 from vstain_dask.errors import InputError, OutputExistsError, VolumeFormatError
 
 __all__ = ["RenderConfig", "RenderResult", "render_volume", "render", "save_render"]
@@ -60,27 +61,17 @@ class RenderConfig:
     azimuth: float = 0.0
     elevation: float = 0.0
     opacity: float | None = None
-    level: int | None = None
-    max_size: int = 512
+    level: int | None = int_field(None, 0)
+    max_size: int = int_field(512, 1)
     clip: tuple[tuple[int, int | None], ...] | None = None
 
     def __post_init__(self) -> None:
         for name in ("azimuth", "elevation"):
-            v = getattr(self, name)
-            if not isinstance(v, int | float) or not math.isfinite(v):
-                raise InputError(f"{name} must be a finite number of degrees, got {v!r}")
-        if self.opacity is not None and not (
-            isinstance(self.opacity, int | float) and math.isfinite(self.opacity)
-        ):
-            raise InputError(f"opacity must be a positive number, got {self.opacity!r}")
-        if self.opacity is not None and self.opacity <= 0:
-            raise InputError(f"opacity must be a positive number, got {self.opacity!r}")
-        if self.level is not None and (isinstance(self.level, bool) or self.level < 0):
-            raise InputError(f"level must be a pyramid level 0, 1, ..., got {self.level!r}")
-        if isinstance(self.max_size, bool) or not isinstance(self.max_size, int):
-            raise InputError(f"max_size must be a positive integer, got {self.max_size!r}")
-        if self.max_size < 1:
-            raise InputError(f"max_size must be a positive integer, got {self.max_size!r}")
+            object.__setattr__(self, name, check_float(getattr(self, name), name, unit="degrees"))
+        if self.opacity is not None:
+            opacity = check_float(self.opacity, "opacity", positive=True, unit="per unit of depth")
+            object.__setattr__(self, "opacity", opacity)
+        check_int_fields(self)
         if self.clip is not None:
             if len(self.clip) != 3 or any(len(r) != 2 for r in self.clip):
                 raise InputError(
