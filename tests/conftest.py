@@ -87,6 +87,7 @@ def model_path(tmp_path_factory):
         generator=gen,
         normalization=InputNormalization(low=0.0, high=4000.0, channels=1, ct_normalized=False),
         variant="mod-cyclegan",
+        pixel_size=5.0,  # the `ct` volume's voxel size
     )
     return path
 

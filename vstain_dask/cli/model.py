@@ -79,6 +79,14 @@ def info(model_path: pathlib.Path, as_json: bool, verify: bool) -> None:
     help="Reflection pad of the outer 7x7 convolutions [default: the channel count for "
     "pytorch-gan, 3 for cyclegan-pix2pix].",
 )
+@click.option(
+    "--pixel-size",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="UM",
+    help="Pixel size (µm) of the images the model was trained on (the paper's: 5); `stain` "
+    "compares it with the volume's voxel size [not recorded: stain warns].",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 def import_(
     weights: pathlib.Path,
@@ -91,6 +99,7 @@ def import_(
     channels: int | None,
     raw_ct: bool,
     outer_pad: int | None,
+    pixel_size: float | None,
     overwrite: bool,
 ) -> None:
     """Convert a generator checkpoint WEIGHTS written by other code into a model file.
@@ -116,6 +125,7 @@ def import_(
     args += ["--channels", str(channels)] if channels is not None else []
     args += ["--outer-pad", str(outer_pad)] if outer_pad is not None else []
     args += ["--variant", variant] if variant else []
+    args += ["--pixel-size", f"{pixel_size:g}"] if pixel_size is not None else []
     path = import_checkpoint(
         weights,
         out,
@@ -123,6 +133,7 @@ def import_(
         normalization=normalization,
         variant=variant,
         outer_pad=outer_pad,
+        pixel_size=pixel_size,
         command=shlex.join(args),
         overwrite=overwrite,
     )
@@ -164,4 +175,10 @@ def _report(path: pathlib.Path) -> None:
         f"variant {meta['variant']}, {arch['kind']} generator "
         f"{arch['in_channels']} -> {arch['out_channels']} channels, "
         f"{meta['parameters']['generator']:,} parameters, sha256 {meta['sha256'][:16]}"
+    )
+    size = meta.get("pixel_size")
+    click.echo(
+        f"pixel size {size:g} µm"
+        if size is not None
+        else "pixel size not recorded (give --pixel-size UM): stain will warn"
     )

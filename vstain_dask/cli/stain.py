@@ -56,6 +56,15 @@ _TILING = Tiling()
     show_default=True,
     help="CT normalization: auto, none, or BONE,BACKGROUND raw means.",
 )
+@click.option(
+    "--resample",
+    type=click.Choice(["check", "off"]),
+    default="check",
+    show_default=True,
+    help="When the volume's voxel size and the model's pixel size differ by more than 10 %: "
+    "check refuses (resample with `vstain-dask import --voxel-size-out`), off stains at the "
+    "volume's size with a warning.",
+)
 @click.option("--alpha", is_flag=True, help="Add an alpha channel (255 - mean RGB).")
 @click.option("--uncertainty", is_flag=True, help="Also write the spread between axes.")
 @click.option("--mask", is_flag=True, help="Paint outside the sample (convex hull) background.")
@@ -90,9 +99,9 @@ _TILING = Tiling()
 @click.option("--retries", default=2, show_default=True, help="Retries per failed block.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 def stain(input_path, output, model, axes, tile, step, blend, fuse, fusion, batch_size,
-          prefilter_sigma, ct_levels, alpha, uncertainty, mask, mask_colour, chunks, block,
-          ngff_version, resume, overwrite, break_lock, cluster_config, workers, device, autocast,
-          compile_, retries, progress):  # fmt: skip
+          prefilter_sigma, ct_levels, resample, alpha, uncertainty, mask, mask_colour, chunks,
+          block, ngff_version, resume, overwrite, break_lock, cluster_config, workers, device,
+          autocast, compile_, retries, progress):  # fmt: skip
     """Stain a CT volume (OME-Zarr) into an RGB OME-Zarr volume."""
     import dataclasses
 
@@ -107,6 +116,7 @@ def stain(input_path, output, model, axes, tile, step, blend, fuse, fusion, batc
         fusion=fusion,
         batch_size=batch_size,
         prefilter_sigma=prefilter_sigma,
+        resample=resample,
         alpha=alpha,
         uncertainty=uncertainty,
         mask=mask,

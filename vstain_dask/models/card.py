@@ -148,6 +148,7 @@ def render_card(meta: Mapping[str, Any], *, sha256: str, file_name: str) -> str:
     out = meta.get("output", {})
     channels = ", ".join(str(c) for c in out.get("channels", []))
     lines.append(f"- Output: channels {channels}; tanh in [-1, 1] -> uint8 `{out.get('to_uint8')}`")
+    lines.append(f"- Pixel size: {_pixel_size_text(meta.get('pixel_size'))}")
     lines += ["", "## Training hyperparameters", ""]
     lines += _table(meta.get("training"))
     lines += ["## Data and split", ""]
@@ -168,6 +169,12 @@ def render_card(meta: Mapping[str, Any], *, sha256: str, file_name: str) -> str:
         lines += ["## Imported from", ""]
         lines += _table(source)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _pixel_size_text(size: Any) -> str:
+    if isinstance(size, int | float) and not isinstance(size, bool) and size > 0:
+        return f"{size:g} µm, that of the training images"
+    return "not recorded"
 
 
 def _normalization_text(norm: Mapping[str, Any]) -> str:

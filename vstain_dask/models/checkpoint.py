@@ -17,6 +17,7 @@ with ``torch.load(weights_only=True)``)::
         "training": {...}, "seed": int | None, "split": {...}, "metrics": {...},
         "software": {...}, "hardware": {...}, "command": str | None,
         "created": ISO 8601 time, "source": {...} | None, "notes": str | None,
+        "pixel_size": float | None,   # µm: the pixel size of the training pairs
         "format_version": 1,
       },
       "state_dicts": {role: state dict},   # "generator" always; all networks for training
@@ -36,6 +37,7 @@ import dataclasses
 import datetime as _dt
 import hashlib
 import json
+import math
 import os
 import pathlib
 import pickle
@@ -75,12 +77,19 @@ __all__ = [
     "load_training_checkpoint",
     "model_info",
     "read_card",
+    "model_pixel_size",
+    "PIXEL_SIZE_TOLERANCE",
+    "pixel_sizes_match",
     "normalize_ct",
     "output_to_uint8",
 ]
 
 FORMAT_NAME = "vstain-dask-model"
 FORMAT_VERSION = 1
+
+#: pixel sizes within this fraction of each other count as the same (the larger at most 10 %
+#: above the smaller): what training asks of its pairs and staining of a volume and its model
+PIXEL_SIZE_TOLERANCE = 0.10
 
 _TO_UINT8 = "round((y + 1) * 127.5)"
 _REQUIRED_META = ("kind", "variant", "architectures", "normalization", "output")
@@ -174,6 +183,11 @@ class StainModel:
     def device(self) -> torch.device:
         """Where the generator's weights are."""
         return next(self.generator.parameters()).device
+
+    @property
+    def pixel_size(self) -> float | None:
+        """The pixel size (µm) of the images the model was trained on; None if not recorded."""
+        return model_pixel_size(self.card)
 
     def to_input(self, ct: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Normalize CT (H, W) or (N, H, W) to the (N, C, H, W) float32 input, on ``device``."""
@@ -448,6 +462,41 @@ def _output_channels(config: GeneratorConfig, names: Sequence[str] | None) -> li
     return names
 
 
+def _check_pixel_size(value: Any) -> float | None:
+    """A pixel size in µm as a finite positive float, or None."""
+    if value is None:
+        return None
+    try:
+        size = float(value)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"pixel_size must be a positive number of µm, got {value!r}") from e
+    if isinstance(value, bool) or not (math.isfinite(size) and size > 0):
+        raise InputError(f"pixel_size must be a positive number of µm, got {value!r}")
+    return size
+
+
+def model_pixel_size(meta: Mapping[str, Any]) -> float | None:
+    """The pixel size (µm) a model's metadata records, or None where it records none (files
+    written before it was recorded, imported models without ``--pixel-size``).
+
+    Raises
+    ------
+    CheckpointError
+        The recorded value is not a positive number.
+    """
+    value = meta.get("pixel_size")
+    try:
+        return _check_pixel_size(value)
+    except InputError as e:
+        raise CheckpointError(f"the model records an invalid pixel size: {e}") from e
+
+
+def pixel_sizes_match(a: float, b: float) -> bool:
+    """Whether two pixel sizes (µm, positive) are the same within :data:`PIXEL_SIZE_TOLERANCE`."""
+    lo, hi = sorted((float(a), float(b)))
+    return hi <= lo * (1 + PIXEL_SIZE_TOLERANCE)
+
+
 def _write(
     path: str | os.PathLike,
     *,
@@ -465,6 +514,7 @@ def _write(
     notes: str | None,
     output_channels: Sequence[str] | None,
     extra: Mapping[str, Any] | None,
+    pixel_size: float | None,
     card: bool,
     overwrite: bool,
 ) -> pathlib.Path:
@@ -485,6 +535,7 @@ def _write(
         )
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise InputError(f"seed must be an integer or None, got {seed!r}")
+    pixel_size = _check_pixel_size(pixel_size)
     if "generator" not in networks:
         raise InputError(f"networks must include 'generator', got roles {sorted(networks)}")
 
@@ -537,6 +588,7 @@ def _write(
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "source": _plain(dict(source), "source") if source else None,
         "notes": None if notes is None else str(notes),
+        "pixel_size": pixel_size,
     }
     extra_plain = _check_extra(dict(extra), "extra") if extra else {}
     digest = _content_hash(meta, state_dicts, extra_plain)
@@ -581,6 +633,7 @@ def save_model(
     source: Mapping[str, Any] | None = None,
     notes: str | None = None,
     output_channels: Sequence[str] | None = None,
+    pixel_size: float | None = None,
     card: bool = True,
     overwrite: bool = False,
 ) -> pathlib.Path:
@@ -612,6 +665,9 @@ def save_model(
         Free text shown at the top of the card.
     output_channels : sequence of str or None
         Meaning of the output channels (default R, G, B).
+    pixel_size : float or None
+        µm: the pixel size of the images the generator was trained on (``stain`` compares it
+        with a volume's voxel size); None: not known.
     card : bool
         Also write the Markdown card.
     overwrite : bool
@@ -638,6 +694,7 @@ def save_model(
         notes=notes,
         output_channels=output_channels,
         extra=None,
+        pixel_size=pixel_size,
         card=card,
         overwrite=overwrite,
     )
@@ -657,6 +714,7 @@ def save_training_checkpoint(
     hardware: Mapping[str, Any] | None = None,
     command: str | None = None,
     notes: str | None = None,
+    pixel_size: float | None = None,
     card: bool = True,
     overwrite: bool = False,
 ) -> pathlib.Path:
@@ -698,6 +756,7 @@ def save_training_checkpoint(
         notes=notes,
         output_channels=None,
         extra=extra,
+        pixel_size=pixel_size,
         card=card,
         overwrite=overwrite,
     )

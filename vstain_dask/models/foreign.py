@@ -350,6 +350,7 @@ def import_checkpoint(
     variant: Variant | str | None = None,
     outer_pad: int | None = None,
     dropout: bool | None = None,
+    pixel_size: float | None = None,
     command: str | None = None,
     overwrite: bool = False,
 ) -> pathlib.Path:
@@ -372,6 +373,9 @@ def import_checkpoint(
         ``cyclegan`` for a pytorch-CycleGAN-and-pix2pix ResNet and ``pix2pix`` for its U-Net.
     outer_pad, dropout
         Overrides, see :func:`convert_state_dict`.
+    pixel_size : float or None
+        µm: the pixel size of the images the model was trained on (neither format records
+        it; the paper's models: 5). None: not recorded, and ``stain`` warns.
     command : str or None
         Command line to record in the card.
     overwrite : bool
@@ -432,5 +436,6 @@ def import_checkpoint(
             "notes": "; ".join(notes),
         },
         notes=f"Imported from {weights.name} ({source.value}); training metadata not recorded.",
+        pixel_size=pixel_size,
         overwrite=overwrite,
     )

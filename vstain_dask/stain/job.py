@@ -22,7 +22,7 @@ import numpy as np
 
 from vstain_dask.errors import InputError, OutputExistsError
 from vstain_dask.stain.ledger import _alive, _Ledger
-from vstain_dask.stain.params import StainConfig
+from vstain_dask.stain.params import _DIMS, _PLANE_DIMS, Resample, StainConfig
 from vstain_dask.stain.plan import Stage, _stages
 
 
@@ -34,7 +34,9 @@ class Job:
     ``vol`` is the input as opened (its scale, units and translation go to the output);
     ``vol_shape`` is (z, y, x), (1, y, x) for a slice (``two_d``); ``chunks`` are the output's
     (z, y, x) chunks; ``identity`` is the input's content identity and ``fingerprint`` that of
-    everything that defines the output (see :func:`_job_fingerprint`); ``provenance`` is what
+    everything that defines the output (see :func:`_job_fingerprint`); ``pixel_size`` is the
+    comparison of the model's pixel size with the volume's (:func:`check_pixel_size`);
+    ``provenance`` is what
     the output's ``vstain`` attributes record (filled in by :meth:`started`).
     """
 
@@ -52,6 +54,7 @@ class Job:
     identity: str
     fingerprint: str
     ledger: _Ledger
+    pixel_size: dict[str, Any] = dataclasses.field(default_factory=dict)
     provenance: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
@@ -78,6 +81,7 @@ class Job:
                       "dtype": str(self.vol.dtype),
                       "identity": self.identity, "missing_chunks": missing_chunks},
             "parameters": self.config.to_dict(),
+            "pixel_size": dict(self.pixel_size),
             "chunks": list(self.chunks),
             "fingerprint": self.fingerprint,
             "job": ident,
@@ -94,6 +98,7 @@ def plan_job(source: Path, output: Path, vol, *, model, config: StainConfig, chu
     fingerprint. Nothing is written."""
     two_d, vol_shape = _vol_shape(vol)
     model_path, model_sha = _model_ref(model)
+    pixel_size = check_pixel_size(vol, _model_pixel_size(model), config)
     chunks = _output_chunks(vol_shape, chunks, two_d=two_d)
     stages = tuple(_stages(vol_shape, chunks, config))
     identity, fingerprint = _job_fingerprint(
@@ -103,6 +108,7 @@ def plan_job(source: Path, output: Path, vol, *, model, config: StainConfig, chu
         source=source, output=output, vol=vol, vol_shape=vol_shape, two_d=two_d, chunks=chunks,
         model_path=model_path, model_sha=model_sha, config=config, ngff_version=ngff_version,
         stages=stages, identity=identity, fingerprint=fingerprint, ledger=_Ledger(output),
+        pixel_size=pixel_size,
     )  # fmt: skip
 
 
@@ -117,6 +123,109 @@ def _model_ref(model) -> tuple[str, str]:
     if path is None:
         raise InputError("model must be a checkpoint path (models are loaded on the workers)")
     return str(Path(path).resolve()), model.sha256
+
+
+def _model_pixel_size(model) -> float | None:
+    """The pixel size (µm) recorded in a model given as a path or as a loaded StainModel."""
+    from vstain_dask.models.checkpoint import model_info, model_pixel_size
+
+    if isinstance(model, str | os.PathLike):
+        return model_pixel_size(model_info(model))
+    return model.pixel_size
+
+
+def _volume_pixel_size(vol, config: StainConfig) -> dict[str, float] | None:
+    """The voxel size (µm) of ``vol`` along the axes of its staining planes, from its NGFF
+    scale and units; None where it records none (a plain zarr array, an axis without a unit)."""
+    from vstain_dask.ngff._pixel_size import um_per
+
+    if vol.attrs.get("ngff_version") is None:
+        return None
+    if vol.ndim == 2:
+        dims = ("y", "x")
+    else:
+        dims = tuple(
+            d for i, d in enumerate(_DIMS) if any(i in _PLANE_DIMS[a] for a in config.axes)
+        )
+    scale, units = vol.attrs.get("scale") or {}, vol.attrs.get("units") or {}
+    sizes = {}
+    for d in dims:
+        factor = um_per(units[d]) if units.get(d) else None
+        if factor is None or d not in scale:
+            return None
+        sizes[d] = float(scale[d]) * factor
+    return sizes
+
+
+def _sizes_text(sizes: dict[str, float]) -> str:
+    values = set(sizes.values())
+    if len(values) == 1:
+        return f"{values.pop():g} µm"
+    return ", ".join(f"{d} {v:g}" for d, v in sizes.items()) + " µm"
+
+
+def check_pixel_size(vol, model_size: float | None, config: StainConfig) -> dict[str, Any]:
+    """Compare the model's pixel size with the volume's voxel size in the staining planes.
+
+    Within :data:`~vstain_dask.models.checkpoint.PIXEL_SIZE_TOLERANCE` the stain proceeds; a
+    larger difference is refused unless ``config.resample`` is ``off``. A model that records no
+    pixel size is stained with a warning, a volume without a physical unit as it is.
+
+    Parameters
+    ----------
+    vol : xarray.DataArray
+        The input as :func:`vstain_dask.ngff.open_volume` opens it (``scale`` and ``units``).
+    model_size : float or None
+        µm, as the model records it.
+    config : StainConfig
+        Its ``axes`` name the staining planes, its ``resample`` what a mismatch does.
+
+    Returns
+    -------
+    dict
+        For the provenance: ``model`` (µm or None), ``volume`` (µm by axis, or None),
+        ``decision`` (``match``, ``mismatch, stained at the volume's size (--resample off)``,
+        ``model records no pixel size``, ``volume records no voxel size``) and ``warning``
+        (the line to warn with, or None).
+
+    Raises
+    ------
+    InputError
+        The sizes differ by more than 10 % and ``config.resample`` is ``check``.
+    """
+    from vstain_dask.models.checkpoint import PIXEL_SIZE_TOLERANCE, pixel_sizes_match
+
+    volume = _volume_pixel_size(vol, config)
+    record: dict[str, Any] = {"model": model_size, "volume": volume, "warning": None}
+    if model_size is None:
+        record["decision"] = "model records no pixel size"
+        record["warning"] = (
+            "the model records no pixel size, so the volume's voxel size cannot be checked "
+            "against it; stain at the size the model was trained at (import a model with "
+            "`vstain-dask model import --pixel-size UM`)"
+        )
+        return record
+    if volume is None:
+        # nothing to compare with: recorded, not warned (opening a plain array warns already)
+        record["decision"] = "volume records no voxel size"
+        return record
+    if all(pixel_sizes_match(v, model_size) for v in volume.values()):
+        record["decision"] = "match"
+        return record
+    if config.resample is Resample.CHECK:
+        raise InputError(
+            f"the volume's voxel size ({_sizes_text(volume)}) differs from the model's pixel "
+            f"size ({model_size:g} µm) by more than {PIXEL_SIZE_TOLERANCE:.0%}; resample the "
+            f"volume to the model's size (`vstain-dask import ... --voxel-size-out "
+            f"{model_size:g}`), or pass --resample off to stain it at its own size"
+        )
+    record["decision"] = "mismatch, stained at the volume's size (--resample off)"
+    record["warning"] = (
+        f"staining at the volume's voxel size ({_sizes_text(volume)}), which differs from the "
+        f"model's pixel size ({model_size:g} µm) by more than {PIXEL_SIZE_TOLERANCE:.0%} "
+        "(--resample off): the model sees textures at another scale than it learned"
+    )
+    return record
 
 
 def _check_ct(volume) -> None:

@@ -54,6 +54,16 @@ class Fusion(StrEnum):
     BLOCKS = "blocks"
 
 
+class Resample(StrEnum):
+    """What a stain does when the volume's voxel size and the model's pixel size differ by
+    more than 10 %."""
+
+    #: refuse, naming both sizes (``vstain-dask import --voxel-size-out`` resamples a volume)
+    CHECK = "check"
+    #: stain at the volume's own voxel size anyway, with a warning
+    OFF = "off"
+
+
 class FuseMode(StrEnum):
     """How predictions made along several axes are combined."""
 
@@ -103,6 +113,9 @@ class StainConfig:
         labels ``sample`` in the output.
     mask_colour : (int, int, int)
         RGB for voxels outside the sample (default white, the slide background).
+    resample : Resample
+        ``check`` (default): refuse a volume whose voxel size (in the staining planes) differs
+        from the model's pixel size by more than 10 %; ``off``: stain it at its own size.
     block : (int, int, int) or None
         Block shape (z, y, x) in voxels; None chooses one (whole planes for one axis).
     autocast : bool or None
@@ -132,6 +145,7 @@ class StainConfig:
     uncertainty: bool = False
     mask: bool = False
     mask_colour: tuple[int, int, int] = (255, 255, 255)
+    resample: Resample = Resample.CHECK
     block: tuple[int, int, int] | None = _runtime(None)
     autocast: bool | None = _runtime(None)
     channels_last: bool = _runtime(True)
@@ -151,7 +165,7 @@ class StainConfig:
         tiling = Tiling(tile=self.tile, step=self.step, blend=self.blend)
         for name in ("tile", "step", "blend"):
             object.__setattr__(self, name, getattr(tiling, name))
-        for name, enum in (("fuse", FuseMode), ("fusion", Fusion)):
+        for name, enum in (("fuse", FuseMode), ("fusion", Fusion), ("resample", Resample)):
             object.__setattr__(self, name, as_enum(enum, getattr(self, name), name))
         if self.batch_size is not None:
             object.__setattr__(self, "batch_size", check_int(self.batch_size, "batch_size", 1))
@@ -184,6 +198,7 @@ class StainConfig:
         d["blend"] = self.blend.value
         d["fuse"] = self.fuse.value
         d["fusion"] = self.fusion.value
+        d["resample"] = self.resample.value
         return d
 
     @property

@@ -1,8 +1,9 @@
 """The whole stain of a volume on a cluster: :func:`run_stain`, what ``vstain-dask stain``
 runs. It resolves the model and the CT levels, checks the plan before a cluster starts (bad
-input, an existing or locked output, blocks that cannot fit or would recompute every tile many
-times), sizes a local cluster for a GPU, sends the cluster's logs to the job's log file, and
-runs :func:`vstain_dask.stain.execute.stain_to_zarr` on it.
+input, an existing or locked output, a volume whose voxel size is not the model's pixel size,
+blocks that cannot fit or would recompute every tile many times), sizes a local cluster for a
+GPU, sends the cluster's logs to the job's log file, and runs
+:func:`vstain_dask.stain.execute.stain_to_zarr` on it.
 """
 
 from __future__ import annotations
@@ -11,12 +12,21 @@ import contextlib
 import dataclasses
 import logging
 import os
+import warnings
 from pathlib import Path
 
 from vstain_dask.errors import ClusterError, InputError, JobError
 from vstain_dask.runtime import default_device, resolve_device
 from vstain_dask.stain.execute import StainReport, stain_to_zarr
-from vstain_dask.stain.job import _model_ref, _output_chunks, _vol_shape, check_inputs, check_resume
+from vstain_dask.stain.job import (
+    _model_pixel_size,
+    _model_ref,
+    _output_chunks,
+    _vol_shape,
+    check_inputs,
+    check_pixel_size,
+    check_resume,
+)
 from vstain_dask.stain.params import StainConfig
 from vstain_dask.stain.plan import _stages, check_memory
 
@@ -187,6 +197,9 @@ def run_stain(
         break_lock=options.pop("break_lock", False),
     )
     _model_ref(model)
+    said = check_pixel_size(vol, _model_pixel_size(model), config)["warning"]
+    if said:
+        warnings.warn(said, UserWarning, stacklevel=2)
     levels = resolve_ct_levels(source, model, ct_levels)
     if levels != config.ct_levels:
         config = dataclasses.replace(config, ct_levels=levels)

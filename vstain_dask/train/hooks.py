@@ -65,6 +65,9 @@ class Run:
         Steps per epoch.
     command : str or None
         Command line, stored in the models.
+    pixel_size : float or None
+        µm: the pixel size of the pairs, stored in the models (None where the pairs record
+        none).
     history : list of dict
         Per-epoch rows of the loss log, resumed runs included.
     best : dict
@@ -79,6 +82,7 @@ class Run:
     split: dict[str, Any]
     n_batches: int
     command: str | None = None
+    pixel_size: float | None = None
     history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     best: dict[str, Any] = dataclasses.field(default_factory=dict)
     start_epoch: int = 0
@@ -112,6 +116,7 @@ class Run:
             metrics=metrics,
             command=self.command,
             notes=notes,
+            pixel_size=self.pixel_size,
             overwrite=True,
         )
 
@@ -265,6 +270,7 @@ class LastCheckpoint(Hook):
             split=run.split,
             metrics=final_metrics(run.history),
             command=run.command,
+            pixel_size=run.pixel_size,
             card=False,
             overwrite=True,
         )

@@ -192,6 +192,37 @@ def _split_for(pairs: Any, config: TrainConfig) -> Any:
     )
 
 
+def _pairs_pixel_size(pairs: Path) -> float | None:
+    """The pixel size (µm) all pairs of the store share, which the model records; None if a
+    pair records none (a store written before pairs recorded it).
+
+    Raises
+    ------
+    InputError
+        The pairs differ by more than :data:`~vstain_dask.models.checkpoint.PIXEL_SIZE_TOLERANCE`:
+        a model learns textures at one scale.
+    """
+    from vstain_dask.models.checkpoint import PIXEL_SIZE_TOLERANCE, pixel_sizes_match
+    from vstain_dask.pairs import list_pairs
+
+    sizes = {p["id"]: p.get("voxel_size") for p in list_pairs(pairs)}
+    if not sizes or any(
+        not isinstance(v, int | float) or isinstance(v, bool) or not (math.isfinite(v) and v > 0)
+        for v in sizes.values()
+    ):
+        return None
+    finest = min(sizes, key=lambda k: sizes[k])
+    coarsest = max(sizes, key=lambda k: sizes[k])
+    if not pixel_sizes_match(sizes[finest], sizes[coarsest]):
+        raise InputError(
+            f"the pairs in {pairs} differ in pixel size by more than {PIXEL_SIZE_TOLERANCE:.0%} "
+            f"(pair {finest!r}: {sizes[finest]:g} µm, pair {coarsest!r}: {sizes[coarsest]:g} µm); "
+            "a model learns textures at one scale: add all pairs at one pixel size "
+            "(`vstain-dask import ... --voxel-size-out UM` resamples a volume)"
+        )
+    return float(np.median(list(sizes.values())))
+
+
 def _prepare_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
     if resume:
         if not (run_dir / "checkpoints" / LAST).exists():
@@ -526,6 +557,7 @@ def train(
     config = config or TrainConfig()
     pairs_path = Path(pairs).expanduser()
     split = _split_for(pairs_path, config)  # validates the store before anything is written
+    pixel_size = _pairs_pixel_size(pairs_path)
     device = resolve_device(config.device)
     run_dir = Path(out_dir).expanduser()
     _prepare_dir(run_dir, resume=resume, overwrite=overwrite)
@@ -540,6 +572,7 @@ def train(
         split=split.to_dict(),
         n_batches=math.ceil(len(dataset) / config.batch_size),
         command=command,
+        pixel_size=pixel_size,
     )
     _start(run, pairs_path, resume=resume, device=device)
     hooks: list[Hook] = [
