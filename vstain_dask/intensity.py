@@ -187,6 +187,13 @@ def network_input(v: Any, *, low: float, high: float, invert: bool = False) -> A
     return -x if invert else x
 
 
+def alpha_from_rgb(rgb: Any) -> Any:
+    """The paper's alpha of a stained volume, ``255 - mean(R, G, B)``: computed in float32,
+    rounded half to even, as uint8. ``rgb`` is a numpy or dask uint8 array, channels first."""
+    mean = rgb.astype(np.float32).mean(axis=0, dtype=np.float32)
+    return (255.0 - mean).round().astype(np.uint8)
+
+
 def output_to_uint8(y: Any) -> Any:
     """Generator output in [-1, 1] to 8 bits, as model cards state: ``round((y + 1) * 127.5)``.
 

@@ -26,6 +26,12 @@ def command_line() -> str:
     return shlex.join(["vstain-dask", *map(str, argv)])
 
 
+def debugging() -> bool:
+    """Whether the command runs under ``vstain-dask --debug``."""
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx is not None and (ctx.find_root().obj or {}).get("debug", False))
+
+
 def silence_interrupted_io() -> None:
     """After Ctrl-C: zarr's reads and writes are coroutines run from synchronous code, and one
     the interrupt cut off before it started is reported as "never awaited" when it is freed,

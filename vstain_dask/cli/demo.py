@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from vstain_dask.cli._options import IntTuple
+from vstain_dask.cli._options import IntTuple, debugging
 
 
 @click.command()
@@ -17,7 +17,7 @@ def demo(out_dir, shape, seed, overwrite):
     """Make a phantom volume, stain it with the bundled model, and save views."""
     from vstain_dask.demo import run_demo
 
-    debug = (click.get_current_context().find_root().obj or {}).get("debug", False)
+    debug = debugging()
     result = run_demo(out_dir, shape=shape, seed=seed, overwrite=overwrite, cluster_log=not debug)
     click.echo(result.info)
     if result.stained is None:

@@ -9,6 +9,7 @@ from vstain_dask.cli._options import (
     Terminated,
     cluster_options,
     command_line,
+    debugging,
     exit_interrupted,
     parse_ct_levels,
     stop_on_sigterm,
@@ -144,7 +145,7 @@ def stain(input_path, output, model, axes, tile, step, blend, fuse, fusion, batc
     from vstain_dask.stain import default_output, job_log_path
 
     target = output or default_output(input_path)
-    debug = (click.get_current_context().find_root().obj or {}).get("debug", False)
+    debug = debugging()
     try:
         with stop_on_sigterm():
             report = run_stain(

@@ -176,8 +176,7 @@ def _fused(
     if mask is not None:
         rgb[:, ~mask.astype(bool)] = np.asarray(config.mask_colour, np.uint8)[:, None]
     if config.alpha:
-        alpha = np.rint(255.0 - rgb.mean(axis=0, dtype=np.float32)).astype(np.uint8)
-        rgb = np.concatenate([rgb, alpha[None]], axis=0)
+        rgb = np.concatenate([rgb, intensity.alpha_from_rgb(rgb)[None]], axis=0)
     spread = None
     if config.uncertainty:
         std = np.std(np.stack(preds), axis=0, dtype=np.float64) * 127.5  # 8-bit units

@@ -22,6 +22,7 @@ import numpy as np
 
 # a worker resource that admits one staining task at a time (one model per GPU or CPU worker)
 # while the worker's second thread reads the next block, so reads overlap compute
+from vstain_dask import intensity
 from vstain_dask.cluster import COMPUTE_RESOURCE
 from vstain_dask.errors import InputError, JobError
 from vstain_dask.stain.block import _InputFault, _read_block, _stain_task, _write_block
@@ -402,8 +403,8 @@ def _fuse_passes(
         colour = np.asarray(config.mask_colour, np.uint8).reshape(3, 1, 1, 1)
         rgb = da.where(inside.astype(bool)[None], rgb, colour)
     if config.alpha:
-        alpha = da.rint(255.0 - rgb.astype(np.float32).mean(axis=0, dtype=np.float32))
-        rgb = da.concatenate([rgb, alpha.astype(np.uint8)[None]], axis=0).rechunk({0: -1})
+        alpha = intensity.alpha_from_rgb(rgb)
+        rgb = da.concatenate([rgb, alpha[None]], axis=0).rechunk({0: -1})
     level0 = zarr.open_array(store=str(output), path="0", mode="r+")
     writes = [da.store(rgb[:, 0] if two_d else rgb, level0, lock=False, compute=False)]
     if config.uncertainty:
