@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from enum import StrEnum
 from numbers import Integral
 from typing import TYPE_CHECKING, Any
@@ -47,6 +47,7 @@ __all__ = [
     "BlendMode",
     "Tiling",
     "TileGrid",
+    "InferenceSettings",
     "tile_starts",
     "blend_weights",
     "predict_region",
@@ -477,42 +478,13 @@ def _as_planes(planes: Any, crop: tuple[slice, slice], device: Any) -> torch.Ten
     return torch.from_numpy(a).to(device=device)
 
 
-def predict_region(
-    planes: np.ndarray | torch.Tensor,
-    predict: Callable[[torch.Tensor], torch.Tensor],
-    *,
-    grid: TileGrid,
-    region: Sequence[int] | None = None,
-    origin: tuple[int, int] | None = None,
-    blend: BlendMode | str = BlendMode.MEAN,
-    batch_size: int = 16,
-    device: str | torch.device | None = None,
-    autocast: bool | None = None,
-    channels_last: bool | None = None,
-    compile: bool | str = False,
-    pad_batch: bool = True,
-    out_channels: int | None = None,
-    to_uint8: bool = False,
-) -> np.ndarray:
-    """Blended tiled prediction for one region of a stack of planes.
+@dataclass(frozen=True)
+class InferenceSettings:
+    """How tiled inference runs: on which device, in which batches, at which precision. The
+    keyword settings of :func:`predict_region` and :func:`predict_plane`.
 
     Parameters
     ----------
-    planes : (N, C, h, w) float32, numpy or torch
-        Network input (already normalized) of ``N`` planes that share ``grid``; the ``h × w``
-        pixels start at plane pixel ``origin`` and must contain ``grid.read_region(region)``.
-    predict : callable
-        Maps a ``(B, C, th, tw)`` float32 tensor on ``device`` to ``(B, out_channels, th, tw)``
-        (for example a generator in eval mode). Called inside ``torch.inference_mode()``.
-    grid : TileGrid
-        The grid of the whole plane.
-    region : (y0, y1, x0, x1), optional
-        Half-open output region in plane pixels; default the whole plane.
-    origin : (y, x), optional
-        Plane pixel of ``planes[..., 0, 0]``; default the top-left of
-        ``grid.read_region(region)`` (``planes`` is exactly the read region).
-    blend : BlendMode or str
-        How overlapping tiles are combined (see :class:`BlendMode`).
     batch_size : int
         Tiles per forward pass; tiles of all ``N`` planes are batched together and extracted
         batch by batch, so memory holds one batch of tiles, the input and the accumulators.
@@ -539,6 +511,64 @@ def predict_region(
         ``batch_size=8``: 4 passes of 7, not 8, 8, 8 and a padded 1), so a call computes fewer
         extra tiles than it has passes. Planes with fewer tiles than ``batch_size`` keep
         ``min(batch_size, N * grid.n_tiles)``.
+    """
+
+    batch_size: int = 16
+    device: str | torch.device | None = None
+    autocast: bool | None = None
+    channels_last: bool | None = None
+    compile: bool | str = False
+    pad_batch: bool = True
+
+    def __post_init__(self) -> None:
+        # ``compile`` is checked where the model is wrapped (:func:`_compiled_predict`)
+        object.__setattr__(self, "batch_size", check_int(self.batch_size, "batch_size", 1))
+
+
+_SETTING_NAMES = frozenset(f.name for f in fields(InferenceSettings))
+
+
+def _refuse_unknown(function: str, settings: dict[str, Any]) -> None:
+    """Refuse a keyword that is no inference setting, in the words Python uses for a keyword
+    that a function does not take."""
+    for name in settings:
+        if name not in _SETTING_NAMES:
+            raise TypeError(f"{function}() got an unexpected keyword argument {name!r}")
+
+
+# long for its docstring, the reference of tiled inference; the body is short, its steps are
+# the helpers below
+def predict_region(
+    planes: np.ndarray | torch.Tensor,
+    predict: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    grid: TileGrid,
+    region: Sequence[int] | None = None,
+    origin: tuple[int, int] | None = None,
+    blend: BlendMode | str = BlendMode.MEAN,
+    out_channels: int | None = None,
+    to_uint8: bool = False,
+    **settings: Any,
+) -> np.ndarray:
+    """Blended tiled prediction for one region of a stack of planes.
+
+    Parameters
+    ----------
+    planes : (N, C, h, w) float32, numpy or torch
+        Network input (already normalized) of ``N`` planes that share ``grid``; the ``h × w``
+        pixels start at plane pixel ``origin`` and must contain ``grid.read_region(region)``.
+    predict : callable
+        Maps a ``(B, C, th, tw)`` float32 tensor on ``device`` to ``(B, out_channels, th, tw)``
+        (for example a generator in eval mode). Called inside ``torch.inference_mode()``.
+    grid : TileGrid
+        The grid of the whole plane.
+    region : (y0, y1, x0, x1), optional
+        Half-open output region in plane pixels; default the whole plane.
+    origin : (y, x), optional
+        Plane pixel of ``planes[..., 0, 0]``; default the top-left of
+        ``grid.read_region(region)`` (``planes`` is exactly the read region).
+    blend : BlendMode or str
+        How overlapping tiles are combined (see :class:`BlendMode`).
     out_channels : int, optional
         Expected number of output channels; checked against the first forward pass.
     to_uint8 : bool
@@ -546,6 +576,10 @@ def predict_region(
         converted where the accumulators live (on the GPU for CUDA), so that a quarter of the
         bytes travel to the host and no host thread converts them. Bit for bit what
         converting the float32 result on the host gives.
+    **settings
+        ``batch_size`` (default 16), ``device``, ``autocast``, ``channels_last``, ``compile``
+        and ``pad_batch`` (default on): how the inference runs, see
+        :class:`InferenceSettings`.
 
     Returns
     -------
@@ -564,61 +598,147 @@ def predict_region(
     """
     import torch
 
+    _refuse_unknown("predict_region", settings)
     if not isinstance(planes, torch.Tensor):
         planes = np.asarray(planes)
     if not isinstance(grid, TileGrid):
         raise InputError(f"grid must be a TileGrid, got {type(grid).__name__}")
     mode = _blend_mode(blend)
-    batch_size = check_int(batch_size, "batch_size", 1)
+    run = InferenceSettings(**settings)
     if out_channels is not None:
         out_channels = check_int(out_channels, "out_channels", 1)
     region = grid._region(region)
     read = grid.read_region(region)
+    origin = _plane_origin(tuple(planes.shape), read, origin)
+    forward = _Forward.of(predict, run, planes, grid)
+    with torch.inference_mode():
+        x = _input_tiles(planes, grid, read, origin, forward.device)
+        sums = _BlendSums(grid, region, read, mode, x.shape[0], forward.device, out_channels)
+        for segments in _batches(len(sums.boxes), x.shape[0], forward.batch_size):
+            y, n = forward(_gather(x, segments, sums.boxes, grid.tile))
+            sums.add(y, n, segments)
+        return sums.result(to_uint8)
 
-    shape = tuple(planes.shape)
+
+def _plane_origin(shape: tuple[int, ...], read: Region, origin: Any) -> tuple[int, int]:
+    """The plane pixel of ``planes[..., 0, 0]``, checked to leave the read region inside
+    ``planes`` of ``shape`` (N, C, h, w)."""
     if len(shape) != 4:
         raise InputError(f"planes must be (N, C, h, w), got shape {shape}")
-    n_planes, _, h, w = shape
+    _, _, h, w = shape
     oy, ox = (read[0], read[2]) if origin is None else _pair("origin", origin)
     if not (oy <= read[0] and ox <= read[2] and oy + h >= read[1] and ox + w >= read[3]):
         raise InputError(
             f"planes must cover the read region {read} (y0, y1, x0, x1) of the plane; they "
             f"cover ({oy}, {oy + h}, {ox}, {ox + w}): read grid.read_region(region)"
         )
-    if device is None:
-        device = planes.device if isinstance(planes, torch.Tensor) else "cpu"
-    device = torch.device(device)
-    autocast = on_for_cuda(autocast, device)
-    channels_last = on_for_cuda(channels_last, device)
+    return oy, ox
+
+
+def _compiled_predict(predict: Callable, compile: Any) -> Callable:
+    """``predict``, wrapped with ``torch.compile`` when ``compile`` asks for it."""
     if compile is True:
-        fn = compiled(predict)
-    elif isinstance(compile, str) and compile:
-        fn = compiled(predict, compile)
-    elif compile is False:
-        fn = predict
-    else:
-        raise InputError(
-            f"compile must be True, False or a torch.compile backend name, got {compile!r}"
-        )
-    # float64 is not available everywhere (Apple MPS): accumulate on the CPU there
-    acc_device = device if device.type in ("cpu", "cuda") else torch.device("cpu")
+        return compiled(predict)
+    if isinstance(compile, str) and compile:
+        return compiled(predict, compile)
+    if compile is False:
+        return predict
+    raise InputError(
+        f"compile must be True, False or a torch.compile backend name, got {compile!r}"
+    )
 
+
+@dataclass(frozen=True)
+class _Forward:
+    """The forward passes of one call: the model (compiled or not) on ``device``, with one
+    batch shape when ``pad``, in the memory format and precision the settings ask for."""
+
+    fn: Callable
+    device: torch.device
+    batch_size: int
+    pad: bool
+    autocast: bool
+    channels_last: bool
+
+    @classmethod
+    def of(cls, predict: Callable, run: InferenceSettings, planes: Any, grid: TileGrid) -> _Forward:
+        """The settings resolved: the device (default that of ``planes``), autocast and
+        channels-last (default on for CUDA), the compiled model, the padded batch size."""
+        import torch
+
+        device = run.device
+        if device is None:
+            device = planes.device if isinstance(planes, torch.Tensor) else "cpu"
+        device = torch.device(device)
+        autocast = on_for_cuda(run.autocast, device)
+        channels_last = on_for_cuda(run.channels_last, device)
+        fn = _compiled_predict(predict, run.compile)
+        batch_size = run.batch_size
+        if run.pad_batch:
+            # a function of the grid (and N for small planes) only, so every region runs the
+            # same batch shape
+            batch_size = _padded_batch(batch_size, grid.n_tiles, planes.shape[0])
+        return cls(fn, device, batch_size, run.pad_batch, autocast, channels_last)
+
+    def __call__(self, batch: torch.Tensor) -> tuple[Any, int]:
+        """(the model's output, the number of tiles it was given, padding included)."""
+        import torch
+
+        n_batch = batch.shape[0]
+        if self.pad and n_batch < self.batch_size:
+            # the copies' outputs are dropped
+            filler = batch[-1:].expand(self.batch_size - n_batch, -1, -1, -1)
+            batch = torch.cat([batch, filler])
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        batch = batch.contiguous(memory_format=memory_format)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            return self.fn(batch), batch.shape[0]
+
+
+def _input_tiles(
+    planes: Any, grid: TileGrid, read: Region, origin: tuple[int, int], device: torch.device
+) -> torch.Tensor:
+    """The read region of ``planes`` as float32 on ``device``, reflect-padded at its end to
+    the tile size along an axis where the whole plane is smaller than a tile."""
+    import torch
+
+    oy, ox = origin
+    x = _as_planes(
+        planes, (slice(read[0] - oy, read[1] - oy), slice(read[2] - ox, read[3] - ox)), device
+    )
+    (H, W), (th, tw) = grid.extent, grid.tile
+    if H < th:
+        x = x.index_select(2, torch.from_numpy(_reflect_index(H, th)).to(device))
+    if W < tw:
+        x = x.index_select(3, torch.from_numpy(_reflect_index(W, tw)).to(device))
+    return x
+
+
+def _gather(x: torch.Tensor, segments: list[tuple], boxes: list[tuple], tile) -> torch.Tensor:
+    """One batch of tiles: for each segment, the tiles at one position of a range of planes."""
+    import torch
+
+    th, tw = tile
+    parts = []
+    for p, n0, n1, _ in segments:
+        py, px = boxes[p][:2]
+        parts.append(x[n0:n1, :, py : py + th, px : px + tw])
+    return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+
+def _region_boxes(
+    grid: TileGrid, region: Region, read: Region, weights: np.ndarray
+) -> tuple[list[tuple], np.ndarray]:
+    """For each tile touching ``region``, in the grid's order: its top-left in the read input
+    and the slices of the output and of the tile where they meet; and the (rh, rw) float64
+    weight sums over the region, added in the same tile order as the predictions (so they are
+    identical for every region)."""
     th, tw = grid.tile
-    H, W = grid.extent
     ry0, ry1, rx0, rx1 = region
-    rh, rw = ry1 - ry0, rx1 - rx0
-    positions = grid.tiles_touching(region)
-    if pad_batch:
-        # a function of the grid (and N for small planes) only, so every region runs the same
-        # batch shape
-        batch_size = _padded_batch(batch_size, grid.n_tiles, n_planes)
-
-    weights = blend_weights(grid.tile, mode=mode)
     weights64 = weights.astype(np.float64)
-    # Weight sums, added in the same tile order as the predictions: identical for every region.
-    wsum = np.zeros((rh, rw), dtype=np.float64)
+    wsum = np.zeros((ry1 - ry0, rx1 - rx0), dtype=np.float64)
     boxes = []
-    for ty, tx in positions:
+    for ty, tx in grid.tiles_touching(region):
         ty, tx = int(ty), int(tx)
         a0, a1 = max(ty, ry0), min(ty + th, ry1)
         b0, b1 = max(tx, rx0), min(tx + tw, rx1)
@@ -626,61 +746,62 @@ def predict_region(
         tile_sl = (slice(a0 - ty, a1 - ty), slice(b0 - tx, b1 - tx))
         wsum[out_sl] += weights64[tile_sl]
         boxes.append((ty - read[0], tx - read[2], out_sl, tile_sl))
+    return boxes, wsum
 
-    with torch.inference_mode():
-        x = _as_planes(
-            planes, (slice(read[0] - oy, read[1] - oy), slice(read[2] - ox, read[3] - ox)), device
-        )
-        if H < th:
-            x = x.index_select(2, torch.from_numpy(_reflect_index(H, th)).to(device))
-        if W < tw:
-            x = x.index_select(3, torch.from_numpy(_reflect_index(W, tw)).to(device))
-        w_dev = None
-        if mode is not BlendMode.MEAN:
-            w_dev = torch.tensor(weights, device=acc_device)
-        acc = None
 
-        for segments in _batches(len(positions), n_planes, batch_size):
-            parts = []
-            for p, n0, n1, _ in segments:
-                py, px = boxes[p][:2]
-                parts.append(x[n0:n1, :, py : py + th, px : px + tw])
-            batch = torch.cat(parts) if len(parts) > 1 else parts[0]
-            n_batch = batch.shape[0]
-            if pad_batch and n_batch < batch_size:
-                # the copies' outputs are dropped
-                filler = batch[-1:].expand(batch_size - n_batch, -1, -1, -1)
-                batch = torch.cat([batch, filler])
-            memory_format = torch.channels_last if channels_last else torch.contiguous_format
-            batch = batch.contiguous(memory_format=memory_format)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                y = fn(batch)
-            if acc is None:
-                _check_output(y, batch.shape[0], (th, tw), out_channels)
-                out_channels = y.shape[1]
-                acc = torch.zeros(
-                    (n_planes, out_channels, rh, rw), dtype=torch.float64, device=acc_device
-                )
-            elif not isinstance(y, torch.Tensor) or y.shape != (
-                batch.shape[0],
-                out_channels,
-                th,
-                tw,
-            ):
-                _check_output(y, batch.shape[0], (th, tw), out_channels)
-            y = y.to(acc_device)
-            for p, n0, n1, j0 in segments:
-                out_sl, tile_sl = boxes[p][2:]
-                dst = acc[n0:n1, :, out_sl[0], out_sl[1]]
-                src = y[j0 : j0 + n1 - n0, :, tile_sl[0], tile_sl[1]]
-                # computed in float64, where float32 × float32 products are exact, so each
-                # pixel gets one rounding per tile whichever kernel (fused or not) runs
-                if w_dev is None:
-                    dst.add_(src)
-                else:
-                    dst.addcmul_(src, w_dev[tile_sl])
+class _BlendSums:
+    """The float64 sums of one region's weighted tile predictions and of their weights, added
+    tile by tile in the grid's row-major order.
 
-        acc /= torch.from_numpy(wsum).to(acc_device)
+    float64 is not available everywhere (Apple MPS): the sums live on the CPU there, else on
+    ``device``.
+    """
+
+    def __init__(self, grid: TileGrid, region: Region, read: Region, mode: BlendMode,
+                 n_planes: int, device: torch.device, out_channels: int | None) -> None:  # fmt: skip
+        import torch
+
+        weights = blend_weights(grid.tile, mode=mode)
+        self.boxes, self.wsum = _region_boxes(grid, region, read, weights)
+        self.device = device if device.type in ("cpu", "cuda") else torch.device("cpu")
+        self.weights = None if mode is BlendMode.MEAN else torch.tensor(weights, device=self.device)
+        self.shape = (n_planes, region[1] - region[0], region[3] - region[2])
+        self.tile = grid.tile
+        self.out_channels = out_channels
+        self.acc: torch.Tensor | None = None
+
+    def add(self, y: Any, n: int, segments: list[tuple]) -> None:
+        """Add the output ``y`` of a forward pass of ``n`` tiles (checked) for ``segments``."""
+        import torch
+
+        if self.acc is None:
+            _check_output(y, n, self.tile, self.out_channels)
+            self.out_channels = y.shape[1]
+            n_planes, rh, rw = self.shape
+            self.acc = torch.zeros(
+                (n_planes, self.out_channels, rh, rw), dtype=torch.float64, device=self.device
+            )
+        elif not isinstance(y, torch.Tensor) or y.shape != (n, self.out_channels, *self.tile):
+            _check_output(y, n, self.tile, self.out_channels)
+        y = y.to(self.device)
+        for p, n0, n1, j0 in segments:
+            out_sl, tile_sl = self.boxes[p][2:]
+            dst = self.acc[n0:n1, :, out_sl[0], out_sl[1]]
+            src = y[j0 : j0 + n1 - n0, :, tile_sl[0], tile_sl[1]]
+            # computed in float64, where float32 × float32 products are exact, so each
+            # pixel gets one rounding per tile whichever kernel (fused or not) runs
+            if self.weights is None:
+                dst.add_(src)
+            else:
+                dst.addcmul_(src, self.weights[tile_sl])
+
+    def result(self, to_uint8: bool) -> np.ndarray:
+        """The blend (sums divided by weights) as float32, or as 8-bit values with
+        ``to_uint8``, on the host; the sums are released first."""
+        import torch
+
+        acc, self.acc = self.acc, None
+        acc /= torch.from_numpy(self.wsum).to(self.device)
         y = acc.to(torch.float32)
         del acc
         if to_uint8:
@@ -717,12 +838,7 @@ def predict_plane(
     step: int | tuple[int, int] | None = None,
     blend: BlendMode | str | None = None,
     tiling: Tiling | None = None,
-    batch_size: int = 16,
-    device: str | torch.device | None = None,
-    autocast: bool | None = None,
-    channels_last: bool | None = None,
-    compile: bool | str = False,
-    pad_batch: bool = True,
+    **settings: Any,
 ) -> np.ndarray:
     """Blended tiled prediction for whole planes.
 
@@ -739,14 +855,16 @@ def predict_plane(
         As for :func:`predict_region`; default :class:`Tiling`'s (``mean``).
     tiling : Tiling, optional
         Tile, step and blend as one object, instead of ``tile``, ``step`` and ``blend``.
-    batch_size, device, autocast, channels_last, compile, pad_batch
-        As for :func:`predict_region`.
+    **settings
+        ``batch_size``, ``device``, ``autocast``, ``channels_last``, ``compile``,
+        ``pad_batch``: as for :func:`predict_region` (see :class:`InferenceSettings`).
 
     Returns
     -------
     (out_channels, H, W) or (N, out_channels, H, W) float32
         Same leading shape as ``plane``.
     """
+    _refuse_unknown("predict_plane", settings)
     ndim = len(plane.shape)
     if ndim not in (3, 4):
         raise InputError(f"plane must be (C, H, W) or (N, C, H, W), got shape {tuple(plane.shape)}")
@@ -761,16 +879,5 @@ def predict_plane(
     blend = tiling.blend if blend is None else blend
     planes = plane[None] if ndim == 3 else plane
     grid = TileGrid(extent=tuple(planes.shape[-2:]), tile=tile, step=step)
-    out = predict_region(
-        planes,
-        predict,
-        grid=grid,
-        blend=blend,
-        batch_size=batch_size,
-        device=device,
-        autocast=autocast,
-        channels_last=channels_last,
-        compile=compile,
-        pad_batch=pad_batch,
-    )
+    out = predict_region(planes, predict, grid=grid, blend=blend, **settings)
     return out[0] if ndim == 3 else out
