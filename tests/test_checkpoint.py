@@ -23,7 +23,7 @@ from vstain_dask.models import (
     load_model,
     load_training_checkpoint,
     model_info,
-    normalize_ct,
+    network_input,
     output_to_uint8,
     read_card,
     save_model,
@@ -201,7 +201,7 @@ def test_to_input_follows_the_normalization_formula(model_file):
     assert torch.equal(x[0, 0], x[0, 2])
     stack = model.to_input(np.stack([ct, ct]))
     assert stack.shape == (2, 3, 2, 3)
-    inverted = normalize_ct(
+    inverted = network_input(
         torch.tensor(ct.astype(np.int32)), InputNormalization(invert=True, channels=1)
     )
     assert inverted.shape == (1, 1, 2, 3)

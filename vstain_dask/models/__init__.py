@@ -26,7 +26,7 @@ _EXPORTS: dict[str, str] = {
     "load_model": "vstain_dask.models.checkpoint",
     "load_training_checkpoint": "vstain_dask.models.checkpoint",
     "model_info": "vstain_dask.models.checkpoint",
-    "normalize_ct": "vstain_dask.models.checkpoint",
+    "network_input": "vstain_dask.models.checkpoint",
     "output_to_uint8": "vstain_dask.models.checkpoint",
     "read_card": "vstain_dask.models.checkpoint",
     "save_model": "vstain_dask.models.checkpoint",

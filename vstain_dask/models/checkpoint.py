@@ -80,7 +80,7 @@ __all__ = [
     "model_pixel_size",
     "PIXEL_SIZE_TOLERANCE",
     "pixel_sizes_match",
-    "normalize_ct",
+    "network_input",
     "output_to_uint8",
 ]
 
@@ -99,7 +99,7 @@ _REQUIRED_META = ("kind", "variant", "architectures", "normalization", "output")
 # input and output mapping
 
 
-def normalize_ct(
+def network_input(
     ct: np.ndarray | torch.Tensor,
     normalization: InputNormalization,
     *,
@@ -191,7 +191,7 @@ class StainModel:
 
     def to_input(self, ct: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Normalize CT (H, W) or (N, H, W) to the (N, C, H, W) float32 input, on ``device``."""
-        return normalize_ct(ct, self.normalization, device=self.device)
+        return network_input(ct, self.normalization, device=self.device)
 
     def predict(self, ct: np.ndarray | torch.Tensor, *, batch_size: int = 8) -> np.ndarray:
         """Stain whole planes: CT (H, W) or (N, H, W) -> uint8 (N, C_out, H, W), C_out = R, G, B.
@@ -497,52 +497,61 @@ def pixel_sizes_match(a: float, b: float) -> bool:
     return hi <= lo * (1 + PIXEL_SIZE_TOLERANCE)
 
 
-def _write(
-    path: str | os.PathLike,
-    *,
-    kind: str,
-    networks: Mapping[str, tuple[nn.Module, Any]],
-    normalization: InputNormalization,
-    variant: Variant | str,
-    training: Mapping[str, Any] | None,
-    seed: int | None,
-    split: Mapping[str, Any] | None,
-    metrics: Mapping[str, Any] | None,
-    hardware: Mapping[str, Any] | None,
-    command: str | None,
-    source: Mapping[str, Any] | None,
-    notes: str | None,
-    output_channels: Sequence[str] | None,
-    extra: Mapping[str, Any] | None,
-    pixel_size: float | None,
-    card: bool,
-    overwrite: bool,
-) -> pathlib.Path:
-    path = pathlib.Path(path)
-    card_file = card_path(path)
+@dataclass(frozen=True)
+class _Record:
+    """What a model file records besides its weights (see :func:`save_model`)."""
+
+    normalization: InputNormalization
+    variant: Variant | str
+    training: Mapping[str, Any] | None = None
+    seed: int | None = None
+    split: Mapping[str, Any] | None = None
+    metrics: Mapping[str, Any] | None = None
+    hardware: Mapping[str, Any] | None = None
+    command: str | None = None
+    source: Mapping[str, Any] | None = None
+    notes: str | None = None
+    output_channels: Sequence[str] | None = None
+    pixel_size: float | None = None
+
+    def checked(self) -> _Record:
+        """The record with its variant as a :class:`Variant` and its pixel size as a float;
+        raises :class:`~vstain_dask.errors.InputError` for a wrong value."""
+        variant = as_enum(Variant, self.variant, "variant")
+        if not isinstance(self.normalization, InputNormalization):
+            raise InputError(
+                "normalization must be an InputNormalization, got "
+                f"{type(self.normalization).__name__}"
+            )
+        seed = self.seed
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise InputError(f"seed must be an integer or None, got {seed!r}")
+        pixel_size = _check_pixel_size(self.pixel_size)
+        return dataclasses.replace(self, variant=variant, pixel_size=pixel_size)
+
+
+def _check_destination(path: pathlib.Path, *, card: bool, overwrite: bool) -> None:
+    """Refuse to replace a model file (or its card) unless ``overwrite``, and a ``.md`` path."""
     if not overwrite:
-        for p in (path, card_file) if card else (path,):
+        for p in (path, card_path(path)) if card else (path,):
             if p.exists():
                 raise OutputExistsError(
                     f"{p} exists; pass overwrite=True (--overwrite) to replace it"
                 )
     if path.suffix.lower() == ".md":
         raise InputError(f"path must not end in .md (the card goes there), got {path}")
-    variant = as_enum(Variant, variant, "variant")
-    if not isinstance(normalization, InputNormalization):
-        raise InputError(
-            f"normalization must be an InputNormalization, got {type(normalization).__name__}"
-        )
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise InputError(f"seed must be an integer or None, got {seed!r}")
-    pixel_size = _check_pixel_size(pixel_size)
-    if "generator" not in networks:
-        raise InputError(f"networks must include 'generator', got roles {sorted(networks)}")
 
-    architectures: dict[str, Any] = {}
-    parameters: dict[str, int] = {}
-    state_dicts: dict[str, dict[str, torch.Tensor]] = {}
-    for role, (net, config) in networks.items():
+
+@dataclass
+class _Weights:
+    """The networks of a model file as stored: architectures, parameter counts, state dicts."""
+
+    architectures: dict[str, Any] = field(default_factory=dict)
+    parameters: dict[str, int] = field(default_factory=dict)
+    state_dicts: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+
+    def add(self, role: str, net: Any, config: Any) -> None:
+        """Record one network; ``config`` None: the network's own."""
         net = _unwrap(net)
         if not isinstance(net, nn.Module):
             raise InputError(f"network {role!r} must be a torch nn.Module, got {type(net)}")
@@ -552,56 +561,66 @@ def _write(
             raise InputError(
                 f"config of {role!r} differs from the network's own config: {config} vs {own}"
             )
-        architectures[role] = _architecture(net, config, role)
+        self.architectures[role] = _architecture(net, config, role)
         sd = {k: v.detach().cpu() for k, v in net.state_dict().items()}
         _match_state_dict(config, sd, role, error=InputError)
-        state_dicts[role] = sd
-        parameters[role] = int(sum(p.numel() for p in net.parameters()))
-    gen_config = _config_from_dict(architectures["generator"], "generator")
-    if not isinstance(gen_config, GeneratorConfig):
-        raise InputError("network 'generator' must be a generator, got a discriminator")
-    if normalization.channels != gen_config.in_channels:
-        raise InputError(
-            f"normalization.channels ({normalization.channels}) must equal the generator's "
-            f"in_channels ({gen_config.in_channels})"
-        )
+        self.state_dicts[role] = sd
+        self.parameters[role] = int(sum(p.numel() for p in net.parameters()))
 
-    meta: dict[str, Any] = {
+    def generator_config(self, normalization: InputNormalization) -> GeneratorConfig:
+        """The generator's architecture, checked against the input ``normalization``."""
+        gen_config = _config_from_dict(self.architectures["generator"], "generator")
+        if not isinstance(gen_config, GeneratorConfig):
+            raise InputError("network 'generator' must be a generator, got a discriminator")
+        if normalization.channels != gen_config.in_channels:
+            raise InputError(
+                f"normalization.channels ({normalization.channels}) must equal the generator's "
+                f"in_channels ({gen_config.in_channels})"
+            )
+        return gen_config
+
+
+def _weights(networks: Mapping[str, tuple[nn.Module, Any]]) -> _Weights:
+    if "generator" not in networks:
+        raise InputError(f"networks must include 'generator', got roles {sorted(networks)}")
+    weights = _Weights()
+    for role, (net, config) in networks.items():
+        weights.add(role, net, config)
+    return weights
+
+
+def _meta(kind: str, record: _Record, weights: _Weights) -> dict[str, Any]:
+    """The ``meta`` dict of a model file (see the module notes), from a checked record."""
+    gen_config = weights.generator_config(record.normalization)
+    hardware = record.hardware
+    return {
         "format_version": FORMAT_VERSION,
         "kind": kind,
-        "variant": variant.value,
-        "architectures": architectures,
-        "parameters": parameters,
-        "normalization": normalization.to_dict(),
+        "variant": record.variant.value,
+        "architectures": weights.architectures,
+        "parameters": weights.parameters,
+        "normalization": record.normalization.to_dict(),
         "output": {
-            "channels": _output_channels(gen_config, output_channels),
+            "channels": _output_channels(gen_config, record.output_channels),
             "range": [-1.0, 1.0],
             "to_uint8": _TO_UINT8,
         },
-        "training": _plain(dict(training or {}), "training"),
-        "seed": seed,
-        "split": _plain(dict(split or {}), "split"),
-        "metrics": _plain(dict(metrics or {}), "metrics"),
+        "training": _plain(dict(record.training or {}), "training"),
+        "seed": record.seed,
+        "split": _plain(dict(record.split or {}), "split"),
+        "metrics": _plain(dict(record.metrics or {}), "metrics"),
         "software": _software(),
         "hardware": _plain(dict(hardware) if hardware is not None else _hardware(), "hardware"),
-        "command": None if command is None else str(command),
+        "command": None if record.command is None else str(record.command),
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "source": _plain(dict(source), "source") if source else None,
-        "notes": None if notes is None else str(notes),
-        "pixel_size": pixel_size,
+        "source": _plain(dict(record.source), "source") if record.source else None,
+        "notes": None if record.notes is None else str(record.notes),
+        "pixel_size": record.pixel_size,
     }
-    extra_plain = _check_extra(dict(extra), "extra") if extra else {}
-    digest = _content_hash(meta, state_dicts, extra_plain)
-    doc: dict[str, Any] = {
-        "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
-        "sha256": digest,
-        "meta": meta,
-        "state_dicts": state_dicts,
-    }
-    if kind == "training":
-        doc["extra"] = extra_plain
 
+
+def _save_doc(doc: dict[str, Any], path: pathlib.Path) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then move it onto ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -609,14 +628,47 @@ def _write(
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _write(
+    path: str | os.PathLike,
+    *,
+    kind: str,
+    networks: Mapping[str, tuple[nn.Module, Any]],
+    record: _Record,
+    extra: Mapping[str, Any] | None = None,
+    card: bool,
+    overwrite: bool,
+) -> pathlib.Path:
+    """Write a model file of ``kind`` ("model" or "training") and, if ``card``, its card."""
+    path = pathlib.Path(path)
+    _check_destination(path, card=card, overwrite=overwrite)
+    record = record.checked()
+    weights = _weights(networks)
+    meta = _meta(kind, record, weights)
+    extra_plain = _check_extra(dict(extra), "extra") if extra else {}
+    digest = _content_hash(meta, weights.state_dicts, extra_plain)
+    doc: dict[str, Any] = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "sha256": digest,
+        "meta": meta,
+        "state_dicts": weights.state_dicts,
+    }
+    if kind == "training":
+        doc["extra"] = extra_plain
+    _save_doc(doc, path)
     if card:
         text = render_card(meta, sha256=digest, file_name=path.name)
+        card_file = card_path(path)
         tmp_card = card_file.with_name(f".{card_file.name}.{os.getpid()}.tmp")
         tmp_card.write_text(text, encoding="utf-8")
         os.replace(tmp_card, card_file)
     return path
 
 
+# A long keyword list on purpose: the public call of the trainer, the importer, the benchmarks and
+# users, with its documentation; the body only bundles the keywords into a _Record.
 def save_model(
     path: str | os.PathLike,
     *,
@@ -678,28 +730,17 @@ def save_model(
     pathlib.Path
         ``path``.
     """
-    return _write(
-        path,
-        kind="model",
-        networks={"generator": (generator, config)},
-        normalization=normalization,
-        variant=variant,
-        training=training,
-        seed=seed,
-        split=split,
-        metrics=metrics,
-        hardware=hardware,
-        command=command,
-        source=source,
-        notes=notes,
-        output_channels=output_channels,
-        extra=None,
-        pixel_size=pixel_size,
-        card=card,
-        overwrite=overwrite,
-    )
+    record = _Record(
+        normalization=normalization, variant=variant, training=training, seed=seed, split=split,
+        metrics=metrics, hardware=hardware, command=command, source=source, notes=notes,
+        output_channels=output_channels, pixel_size=pixel_size,
+    )  # fmt: skip
+    networks = {"generator": (generator, config)}
+    return _write(path, kind="model", networks=networks, record=record, card=card,
+                  overwrite=overwrite)  # fmt: skip
 
 
+# A long keyword list on purpose, as save_model's: the trainer's call.
 def save_training_checkpoint(
     path: str | os.PathLike,
     *,
@@ -740,26 +781,13 @@ def save_training_checkpoint(
     """
     if not isinstance(networks, Mapping):
         raise InputError(f"networks must be a mapping of role -> module, got {type(networks)}")
-    return _write(
-        path,
-        kind="training",
-        networks={role: (net, None) for role, net in networks.items()},
-        normalization=normalization,
-        variant=variant,
-        training=training,
-        seed=seed,
-        split=split,
-        metrics=metrics,
-        hardware=hardware,
-        command=command,
-        source=None,
-        notes=notes,
-        output_channels=None,
-        extra=extra,
-        pixel_size=pixel_size,
-        card=card,
-        overwrite=overwrite,
-    )
+    record = _Record(
+        normalization=normalization, variant=variant, training=training, seed=seed, split=split,
+        metrics=metrics, hardware=hardware, command=command, notes=notes, pixel_size=pixel_size,
+    )  # fmt: skip
+    roles = {role: (net, None) for role, net in networks.items()}
+    return _write(path, kind="training", networks=roles, record=record, extra=extra,
+                  card=card, overwrite=overwrite)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------

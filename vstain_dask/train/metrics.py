@@ -91,13 +91,13 @@ def predict_plane(
     device: torch.device | str = "cpu",
 ) -> np.ndarray:
     """Stain one whole plane of normalized CT: (Y, X) -> (Y, X, 3) uint8 RGB."""
-    from vstain_dask.models.checkpoint import normalize_ct, output_to_uint8
+    from vstain_dask.models.checkpoint import network_input, output_to_uint8
 
     was_training = generator.training
     generator.eval()
     try:
         with torch.inference_mode():
-            x = normalize_ct(ct, normalization, device=device)
+            x = network_input(ct, normalization, device=device)
             y = output_to_uint8(generator(x))[0].cpu().numpy()
     finally:
         generator.train(was_training)
@@ -111,9 +111,9 @@ def ct_as_rgb(ct: np.ndarray, normalization: InputNormalization) -> np.ndarray:
     R, G, B.
     """
     plain = InputNormalization(low=normalization.low, high=normalization.high, channels=1)
-    from vstain_dask.models.checkpoint import normalize_ct, output_to_uint8
+    from vstain_dask.models.checkpoint import network_input, output_to_uint8
 
-    g = output_to_uint8(normalize_ct(ct, plain))[0, 0].numpy()
+    g = output_to_uint8(network_input(ct, plain))[0, 0].numpy()
     return np.repeat(g[..., None], 3, axis=-1)
 
 
