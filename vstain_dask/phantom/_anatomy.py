@@ -318,6 +318,22 @@ def specimen(seed: int, material: str, vox: float) -> Specimen:
     g = np.random.default_rng([int(seed), 1])
     m = np.random.default_rng([int(seed), 3, MATERIALS.index(material)])
     keys = tuple(derive_key(seed, 11, k) for k in range(16))
+    # the gas pockets draw from ``m`` before the implant's response does
+    gas = _gas_pockets(keys, vox, m) if material == "mg" else None
+    return Specimen(
+        material=material,
+        keys=keys,
+        vox=float(vox),
+        **_bone_layout(g, vox),
+        **_implant_response(m, material),
+        lacunae=_lacunae(keys, vox),
+        canals=_canals(keys, vox),
+        gas=gas,
+    )
+
+
+def _bone_layout(g: np.random.Generator, vox: float) -> dict[str, float]:
+    """Holder, femur and screw placement, drawn from ``g`` in a fixed order (the seed's own)."""
     ro = 1750.0 + float(g.uniform(-120, 120))
     ri = ro - (420.0 + float(g.uniform(-80, 80)))
     femur_z = 350.0 + float(g.uniform(-150, 150))
@@ -328,35 +344,7 @@ def specimen(seed: int, material: str, vox: float) -> Specimen:
     screw_x = femur_x + float(g.uniform(-100, 100))
     tip_z = femur_z + ri - 120.0 + float(g.uniform(-150, 200))
     head_bottom = femur_z - ro - 450.0 + float(g.uniform(-150, 150))
-    # fine features: physical size, but never under a voxel or two
-    # lacunae are about a voxel across at 5 µm: at least 0.75 voxel semi-axes so that they
-    # show up as the few-voxel dark specks of real scans
-    lac_semi_min = (max(3.0, 0.75 * vox), max(6.0, 1.0 * vox), max(3.0, 0.75 * vox))
-    lac_semi_max = (max(4.5, 0.95 * vox), max(9.0, 1.5 * vox), max(4.5, 0.95 * vox))
-    lac_cell = tuple(
-        max(c, 2.0 * s + 2.0 * vox) for c, s in zip((32.0, 45.0, 32.0), lac_semi_max, strict=True)
-    )
-    canal_semi_min = (max(10.0, 0.8 * vox), 250.0, max(10.0, 0.8 * vox))
-    canal_semi_max = (max(24.0, 1.1 * vox), 450.0, max(24.0, 1.1 * vox))
-    canal_cell = (
-        max(170.0, 2.0 * canal_semi_max[0] + 3.0 * vox),
-        1000.0,
-        max(170.0, 2.0 * canal_semi_max[2] + 3.0 * vox),
-    )
-    gas = None
-    if material == "mg":
-        gas_max = max(130.0, 2.0 * vox)
-        gas = _Ellipsoids(
-            key=keys[12],
-            cell=(max(650.0, 2.0 * gas_max + 2.0 * vox),) * 3,
-            semi_min=(max(40.0, 1.5 * vox),) * 3,
-            semi_max=(gas_max,) * 3,
-            presence=float(m.uniform(0.08, 0.25)),
-        )
-    return Specimen(
-        material=material,
-        keys=keys,
-        vox=float(vox),
+    return dict(
         tube_y=float(g.uniform(-30, 30)),
         tube_x=float(g.uniform(-30, 30)),
         tube_in=tube_in,
@@ -384,6 +372,12 @@ def specimen(seed: int, material: str, vox: float) -> Specimen:
         head_top=head_bottom - 900.0,
         r_head=1750.0,
         slot=180.0,
+    )
+
+
+def _implant_response(m: np.random.Generator, material: str) -> dict[str, float]:
+    """Degradation, new bone and fibrous capsule of ``material``, drawn from ``m`` in order."""
+    return dict(
         degradation_depth=float(m.uniform(90, 220)) if material == "mg" else 0.0,
         degradation_swell=float(m.uniform(0.3, 0.55)),
         new_bone_width={"mg": 230.0, "ti": 260.0, "peek": 150.0}[material]
@@ -391,9 +385,43 @@ def specimen(seed: int, material: str, vox: float) -> Specimen:
         new_bone_density=float(m.uniform(0.55, 0.8)),
         fibrous_gap=float(m.uniform(25, 50)) if material == "peek" else 0.0,
         screw_attenuation=SCREW_ATTENUATION[material],
-        lacunae=_Ellipsoids(keys[10], lac_cell, lac_semi_min, lac_semi_max, 0.75),
-        canals=_Ellipsoids(keys[11], canal_cell, canal_semi_min, canal_semi_max, 0.7),
-        gas=gas,
+    )
+
+
+# fine features: physical size, but never under a voxel or two
+
+
+def _lacunae(keys: tuple[int, ...], vox: float) -> _Ellipsoids:
+    # lacunae are about a voxel across at 5 µm: at least 0.75 voxel semi-axes so that they
+    # show up as the few-voxel dark specks of real scans
+    lac_semi_min = (max(3.0, 0.75 * vox), max(6.0, 1.0 * vox), max(3.0, 0.75 * vox))
+    lac_semi_max = (max(4.5, 0.95 * vox), max(9.0, 1.5 * vox), max(4.5, 0.95 * vox))
+    lac_cell = tuple(
+        max(c, 2.0 * s + 2.0 * vox) for c, s in zip((32.0, 45.0, 32.0), lac_semi_max, strict=True)
+    )
+    return _Ellipsoids(keys[10], lac_cell, lac_semi_min, lac_semi_max, 0.75)
+
+
+def _canals(keys: tuple[int, ...], vox: float) -> _Ellipsoids:
+    canal_semi_min = (max(10.0, 0.8 * vox), 250.0, max(10.0, 0.8 * vox))
+    canal_semi_max = (max(24.0, 1.1 * vox), 450.0, max(24.0, 1.1 * vox))
+    canal_cell = (
+        max(170.0, 2.0 * canal_semi_max[0] + 3.0 * vox),
+        1000.0,
+        max(170.0, 2.0 * canal_semi_max[2] + 3.0 * vox),
+    )
+    return _Ellipsoids(keys[11], canal_cell, canal_semi_min, canal_semi_max, 0.7)
+
+
+def _gas_pockets(keys: tuple[int, ...], vox: float, m: np.random.Generator) -> _Ellipsoids:
+    """Gas next to a degrading Mg screw."""
+    gas_max = max(130.0, 2.0 * vox)
+    return _Ellipsoids(
+        key=keys[12],
+        cell=(max(650.0, 2.0 * gas_max + 2.0 * vox),) * 3,
+        semi_min=(max(40.0, 1.5 * vox),) * 3,
+        semi_max=(gas_max,) * 3,
+        presence=float(m.uniform(0.08, 0.25)),
     )
 
 
@@ -456,16 +484,7 @@ def evaluate(
     shape = pts.shape
     z, y, x = pts.coords
     tex = _Textures()
-
-    # holder tube and embedding (depends on y, x only)
-    r_tube = np.hypot(y - np.float32(sp.tube_y), x - np.float32(sp.tube_x))
-    inside2 = r_tube < sp.tube_in
-    lab2 = np.where(
-        inside2,
-        np.uint8(T.EMBEDDING),
-        np.where(r_tube < sp.tube_out, np.uint8(T.HOLDER), np.uint8(T.AIR)),
-    )
-    lab = np.array(np.broadcast_to(lab2, shape), dtype=np.uint8)
+    lab, inside2 = _holder(sp, y, x, shape)
 
     # femur: cortical shell around an axis along y, slightly bent and elliptical
     reach = (sp.ro + 2.0 * sp.envelope + 150.0) * 1.1
@@ -483,34 +502,53 @@ def evaluate(
     _implant(sp, pts, lab, tex)
     _stamp(lab, sp.lacunae.hits(pts), BONE_LABELS, T.LACUNA)
 
-    att = None
-    if attenuation:
-        lut = np.array([_ATTENUATION[t] for t in T], dtype=np.float32)
-        lut[T.SCREW] = sp.screw_attenuation
-        att = lut[lab]
-        # slow mineral-density variation in mature bone, woven texture in new bone, porous
-        # degradation products
-        for name, amp, labels in (
-            ("n_shape", (0.035, 0.012), (T.CORTICAL_BONE, T.SOFT_TISSUE)),
-            ("n_woven", (0.07,), (T.NEW_BONE,)),
-            ("n_deg", (0.1,), (T.DEGRADATION,)),
-        ):
-            for n, f, idx in tex.items:
-                if n != name:
-                    continue
-                sub_att = att[idx]
-                sub_lab = lab[idx]
-                for a, label in zip(amp, labels, strict=True):
-                    m = sub_lab == label
-                    if label == T.CORTICAL_BONE:
-                        m |= sub_lab == T.TRABECULAR_BONE
-                    sub_att += np.where(m, f * np.float32(a), np.float32(0.0))
-                att[idx] = sub_att
+    att = _attenuation(sp, lab, tex) if attenuation else None
     aux: dict[str, np.ndarray] = {}
     if fields:
         for name in ("rf", "cavity", "n_shape", "n_trab", "n_woven", "n_deg", "sdf"):
             aux[name] = tex.full(name, shape)
     return TissueSample(labels=lab, attenuation=att, fields=aux)
+
+
+def _holder(sp: Specimen, y, x, shape) -> tuple[np.ndarray, np.ndarray]:
+    """Labels of the holder tube, the embedding inside it and the air outside (a function of
+    y, x only), broadcast to ``shape``; and where the tube's inside is (unbroadcast)."""
+    T = Tissue
+    r_tube = np.hypot(y - np.float32(sp.tube_y), x - np.float32(sp.tube_x))
+    inside2 = r_tube < sp.tube_in
+    lab2 = np.where(
+        inside2,
+        np.uint8(T.EMBEDDING),
+        np.where(r_tube < sp.tube_out, np.uint8(T.HOLDER), np.uint8(T.AIR)),
+    )
+    return np.array(np.broadcast_to(lab2, shape), dtype=np.uint8), inside2
+
+
+def _attenuation(sp: Specimen, lab: np.ndarray, tex: _Textures) -> np.ndarray:
+    """Relative attenuation of the labels, with the textures of bone and degradation."""
+    T = Tissue
+    lut = np.array([_ATTENUATION[t] for t in T], dtype=np.float32)
+    lut[T.SCREW] = sp.screw_attenuation
+    att = lut[lab]
+    # slow mineral-density variation in mature bone, woven texture in new bone, porous
+    # degradation products
+    for name, amp, labels in (
+        ("n_shape", (0.035, 0.012), (T.CORTICAL_BONE, T.SOFT_TISSUE)),
+        ("n_woven", (0.07,), (T.NEW_BONE,)),
+        ("n_deg", (0.1,), (T.DEGRADATION,)),
+    ):
+        for n, f, idx in tex.items:
+            if n != name:
+                continue
+            sub_att = att[idx]
+            sub_lab = lab[idx]
+            for a, label in zip(amp, labels, strict=True):
+                m = sub_lab == label
+                if label == T.CORTICAL_BONE:
+                    m |= sub_lab == T.TRABECULAR_BONE
+                sub_att += np.where(m, f * np.float32(a), np.float32(0.0))
+            att[idx] = sub_att
+    return att
 
 
 def _stamp(lab: np.ndarray, hits: tuple, where: tuple, label: int) -> None:
@@ -622,27 +660,9 @@ def _implant_box(
 ) -> None:
     T = Tissue
     z, y, x = p.coords
-    dy, dx = y - np.float32(sp.screw_y), x - np.float32(sp.screw_x)
-    rs = np.hypot(dy, dx)
-    theta = np.arctan2(dy, dx)
-    # signed (radial) distance to the implant surface: negative inside
-    sdf = rs - _thread_radius(sp, z, theta)
-    np.maximum(sdf, np.float32(sp.head_bottom - 100.0) - z, out=sdf)
-    np.maximum(sdf, z - np.float32(sp.tip_z), out=sdf)
-    if with_head:
-        head = np.maximum(
-            rs - np.float32(sp.r_head),
-            np.maximum(np.float32(sp.head_top) - z, z - np.float32(sp.head_bottom)),
-        )
-        slot = np.maximum(
-            z - np.float32(sp.head_top + 450.0),
-            np.minimum(np.abs(dy), np.abs(dx)) - np.float32(sp.slot / 2),
-        )
-        head = np.maximum(head, -slot)
-        np.minimum(sdf, head, out=sdf)
+    sdf = _implant_sdf(sp, z, y, x, with_head)
     ls = lab[idx]
     prev = ls.copy()
-    soft_like = (prev == T.SOFT_TISSUE) | (prev == T.TRABECULAR_BONE)
     # three fields serve everything here: broad (extent of new bone, degradation depth),
     # fine (woven texture, degradation front) and finer (detail)
     n_lo = value_noise(p.coords, cell=450.0, key=sp.keys[7])
@@ -652,16 +672,7 @@ def _implant_box(
     n_w *= np.float32(1.0 / np.sqrt(1.25))
 
     if sp.material == "mg":
-        n_deg = n_lo * np.float32(0.3) + n_hi * np.float32(0.12)
-        n_deg += np.float32(0.65)
-        depth = np.float32(sp.degradation_depth) * np.maximum(n_deg, np.float32(0.05))
-        n_deg = n_fine * np.float32(0.7) + n_hi * np.float32(0.7)
-        swell = depth * np.float32(sp.degradation_swell)
-        # products fill the lost metal and swell into soft tissue (barely into the cortex)
-        degr = (sdf < 0) | ((sdf < swell) & soft_like) | ((sdf < 20.0) & (prev == T.CORTICAL_BONE))
-        ls[degr] = T.DEGRADATION
-        ls[sdf < -depth] = T.SCREW
-        dist = sdf - swell
+        dist, n_deg = _degrade(sp, sdf, ls, prev, (n_lo, n_hi, n_fine))
         tex.add("n_deg", n_deg, idx)
     else:
         ls[sdf < 0] = T.SCREW
@@ -690,3 +701,49 @@ def _implant_box(
         sel = (ls[gz] == T.SOFT_TISSUE) & (dist[gz] > 0) & (dist[gz] < 900.0)
         ls[tuple(i[sel] for i in gz)] = T.AIR
     lab[idx] = ls
+
+
+def _implant_sdf(sp: Specimen, z, y, x, with_head: bool) -> np.ndarray:
+    """Signed (radial) distance to the implant surface, negative inside: the threaded shaft
+    and, with ``with_head``, the slotted head."""
+    dy, dx = y - np.float32(sp.screw_y), x - np.float32(sp.screw_x)
+    rs = np.hypot(dy, dx)
+    theta = np.arctan2(dy, dx)
+    sdf = rs - _thread_radius(sp, z, theta)
+    np.maximum(sdf, np.float32(sp.head_bottom - 100.0) - z, out=sdf)
+    np.maximum(sdf, z - np.float32(sp.tip_z), out=sdf)
+    if with_head:
+        head = np.maximum(
+            rs - np.float32(sp.r_head),
+            np.maximum(np.float32(sp.head_top) - z, z - np.float32(sp.head_bottom)),
+        )
+        slot = np.maximum(
+            z - np.float32(sp.head_top + 450.0),
+            np.minimum(np.abs(dy), np.abs(dx)) - np.float32(sp.slot / 2),
+        )
+        head = np.maximum(head, -slot)
+        np.minimum(sdf, head, out=sdf)
+    return sdf
+
+
+def _degrade(
+    sp: Specimen, sdf: np.ndarray, ls: np.ndarray, prev: np.ndarray, noise: tuple
+) -> tuple[np.ndarray, np.ndarray]:
+    """Label a Mg screw's residual metal and its degradation layer in ``ls``.
+
+    ``noise`` is the broad, fine and finer field (``n_lo``, ``n_hi``, ``n_fine``). Returns the
+    distance outside the swollen layer and the degradation texture.
+    """
+    T = Tissue
+    n_lo, n_hi, n_fine = noise
+    n_deg = n_lo * np.float32(0.3) + n_hi * np.float32(0.12)
+    n_deg += np.float32(0.65)
+    depth = np.float32(sp.degradation_depth) * np.maximum(n_deg, np.float32(0.05))
+    n_deg = n_fine * np.float32(0.7) + n_hi * np.float32(0.7)
+    swell = depth * np.float32(sp.degradation_swell)
+    soft_like = (prev == T.SOFT_TISSUE) | (prev == T.TRABECULAR_BONE)
+    # products fill the lost metal and swell into soft tissue (barely into the cortex)
+    degr = (sdf < 0) | ((sdf < swell) & soft_like) | ((sdf < 20.0) & (prev == T.CORTICAL_BONE))
+    ls[degr] = T.DEGRADATION
+    ls[sdf < -depth] = T.SCREW
+    return sdf - swell, n_deg

@@ -156,14 +156,25 @@ def render(
     -------
     (Y, X, 3) uint8, R, G, B.
     """
-    import scipy.ndimage as ndi
-
-    T = Tissue
     h, w = labels.shape
     i, j = _pixel_grid(h, w)
     k = [derive_key(key, n) for n in range(16)]
-    px_um = vox  # design µm per pixel
+    density, marrow, fibrous = _stain_density(labels, fields, (i, j), k, vox)
+    od = _tissue_od(labels, fields, density, (marrow, fibrous), (i, j), k, vox)
+    od = _cracks(od, labels, artefacts, i, j, h, w)
+    od = _saw_marks(od, artefacts, i, j, labels)
+    od = _droplets(od, artefacts, i, j)
+    return _photograph(od, session, (i, j), k)
 
+
+def _stain_density(
+    labels: np.ndarray, fields: dict[str, np.ndarray], grid: tuple, k: list[int], px_um: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """How densely each pixel takes up the stain (1 = the tissue's colour), and where the
+    marrow and the fibrous soft tissue are. ``px_um``: design µm per pixel."""
+    T = Tissue
+    i, j = grid
+    h, w = labels.shape
     density = np.ones((h, w), dtype=np.float32)
     # uneven staining at two scales
     density *= 1.0 + 0.10 * value_noise((i, j), cell=max(40.0, 0.12 * max(h, w)), key=k[0])
@@ -173,8 +184,6 @@ def render(
     trab = labels == T.TRABECULAR_BONE
     woven = labels == T.NEW_BONE
     soft = labels == T.SOFT_TISSUE
-    degr = labels == T.DEGRADATION
-    vessel = labels == T.VESSEL
 
     # lamellae: concentric in the cortex, parallel to the surfaces in trabeculae
     lam = max(28.0, 3.0 * px_um)
@@ -197,7 +206,28 @@ def render(
     density[marrow] *= np.clip(
         1.0 + 0.15 * value_noise((i, j), cell=5.0, key=k[10])[marrow], 0.3, None
     )
+    return density, marrow, fibrous
 
+
+def _tissue_od(
+    labels: np.ndarray,
+    fields: dict[str, np.ndarray],
+    density: np.ndarray,
+    soft: tuple[np.ndarray, np.ndarray],
+    grid: tuple,
+    k: list[int],
+    px_um: float,
+) -> np.ndarray:
+    """(Y, X, 3) optical density of the stained tissue: the tissues' colours at ``density``,
+    cell nuclei in the (marrow, fibrous) ``soft`` tissue, the degradation layer's patches and
+    the cells lining vessels."""
+    import scipy.ndimage as ndi
+
+    T = Tissue
+    i, j = grid
+    marrow, fibrous = soft
+    degr = labels == T.DEGRADATION
+    vessel = labels == T.VESSEL
     od = _OD_LUT[labels] * density[..., None]
     nuclei = value_noise((i, j), cell=max(1.6, 9.0 / px_um), key=k[7])
     nuc = (marrow & (nuclei > 1.2)) | (fibrous & (nuclei > 2.0))
@@ -213,11 +243,16 @@ def render(
     if vessel.any():
         rim = vessel & ~ndi.binary_erosion(vessel, iterations=1)
         od[rim] = _od(_NUCLEI) * 0.6
+    return od
 
-    od = _cracks(od, labels, artefacts, i, j, h, w)
-    od = _saw_marks(od, artefacts, i, j, labels)
-    od = _droplets(od, artefacts, i, j)
 
+def _photograph(od: np.ndarray, session: Session, grid: tuple, k: list[int]) -> np.ndarray:
+    """The slide under the microscope: stain session, optical blur, uneven illumination and
+    camera noise turn optical density into (Y, X, 3) uint8 RGB."""
+    import scipy.ndimage as ndi
+
+    i, j = grid
+    h, w = od.shape[:2]
     gain = np.array(session.channel_gain, dtype=np.float32) * np.float32(session.density)
     rgb = np.exp(-od * gain)
     rgb *= np.array(session.white, dtype=np.float32)

@@ -34,6 +34,7 @@ from vstain_dask.phantom._histology import Artefacts, Session, render
 from vstain_dask.phantom._noise import derive_key, gaussian_white, value_noise
 from vstain_dask.phantom._volume import (
     GENERATOR_VERSION,
+    Scanner,
     check_seed,
     check_shape,
     check_voxel_size,
@@ -205,45 +206,28 @@ def phantom_pair(
     sample_seed = seed if sample_seed is None else check_seed(sample_seed)
     voxel_size = check_voxel_size(voxel_size)
     plane = as_enum(PlaneKind, plane, "plane", allow_none=True)
+    return _make_pair(size, mat, seed, sample_seed, voxel_size, plane)
+
+
+def _make_pair(
+    size: tuple[int, int],
+    mat: Material,
+    seed: int,
+    sample_seed: int,
+    voxel_size: float,
+    plane: PlaneKind | None,
+) -> dict[str, Any]:
+    """:func:`phantom_pair` of checked arguments."""
     n = max(size)
     frame = Frame((n, n, n), voxel_size)
     sp = specimen(sample_seed, mat.value, frame.vox)
-    sc = scanner(sample_seed)
     rng = np.random.default_rng([seed, 7])
     if plane is None:
         plane = list(PlaneKind)[int(rng.choice(3, p=[0.6, 0.25, 0.15]))]
     pl = _draw_plane(sp, plane, rng, frame.vox, size)
     key = derive_key(seed, 31)
-    h, w = size
-    rows = np.arange(h, dtype=np.float64).reshape(-1, 1)
-    cols = np.arange(w, dtype=np.float64).reshape(1, -1)
-
-    # CT: evaluate, 2D PSF, scanner model
-    import scipy.ndimage as ndi
-
-    ts = evaluate(sp, pl.points(rows, cols, size))
-    att = ndi.gaussian_filter(ts.attenuation, sc.psf_sigma, mode="nearest")
-    p = pl.points(rows, cols, size)
-    metal = metal_artefacts(sp, *p.coords)
-    if metal is not None:
-        att += metal
-    radius = np.hypot(np.broadcast_to(p.y, size), np.broadcast_to(p.x, size)) / pl.vox
-    gain, rings = radial_terms(sc, radius, 0.5 * n)
-    noise = gaussian_white(
-        derive_key(key, 2), np.arange(h).reshape(-1, 1), np.arange(w).reshape(1, -1)
-    )
-    ct = to_grey(att, sc, gain, rings, noise)
-
-    # histology: the same specimen on the displaced plane
-    di, dj = _misalignment(rng, derive_key(key, 3), size)
-    hs = evaluate(sp, pl.points(rows + di, cols + dj, size), attenuation=False, fields=True)
-    session = Session.draw(rng, derive_key(key, 4))
-    art = Artefacts.draw(rng, derive_key(key, 5), size)
-    histology = render(
-        hs.labels, hs.fields, session=session, artefacts=art, vox=pl.vox, key=derive_key(key, 6)
-    )
-    mask = _label_hull_mask(ts.labels)
-    disp = np.stack([di, dj])
+    ct, labels = _ct_slice(sp, scanner(sample_seed), pl, size, key)
+    section = _section(sp, pl, rng, key, size)
     attrs = {
         "generator": "vstain_dask.phantom",
         "generator_version": GENERATOR_VERSION,
@@ -251,26 +235,92 @@ def phantom_pair(
         "sample_seed": sample_seed,
         "plane": plane.value,
         "zoom": round(frame.vox / pl.vox, 4),
-        "max_misalignment_px": round(float(np.hypot(di, dj).max()), 3),
-        "stain_session": {
-            "channel_gain": [round(g, 4) for g in session.channel_gain],
-            "density": round(session.density, 4),
-        },
-        "artefacts": {
-            "cracks": art.cracks,
-            "droplets": len(art.droplets),
-            "scratches": len(art.scratches),
-        },
     }
     return {
         "ct": ct,
-        "histology": histology,
-        "mask": mask,
-        "labels": ts.labels,
-        "histology_labels": hs.labels,
-        "displacement": disp,
-        "attrs": attrs,
+        "histology": section.rgb,
+        "mask": _label_hull_mask(labels),
+        "labels": labels,
+        "histology_labels": section.labels,
+        "displacement": np.stack([section.di, section.dj]),
+        "attrs": {**attrs, **section.attrs()},
     }
+
+
+def _pixel_axes(size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column indices (float64) of an image of ``size``, as an open grid."""
+    h, w = size
+    return (
+        np.arange(h, dtype=np.float64).reshape(-1, 1),
+        np.arange(w, dtype=np.float64).reshape(1, -1),
+    )
+
+
+def _ct_slice(
+    sp: Specimen, sc: Scanner, pl: _Plane, size: tuple[int, int], key: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The CT slice on ``pl`` (uint16: 2D PSF, metal artefacts, scanner model) and its labels."""
+    import scipy.ndimage as ndi
+
+    h, w = size
+    rows, cols = _pixel_axes(size)
+    ts = evaluate(sp, pl.points(rows, cols, size))
+    att = ndi.gaussian_filter(ts.attenuation, sc.psf_sigma, mode="nearest")
+    p = pl.points(rows, cols, size)
+    metal = metal_artefacts(sp, *p.coords)
+    if metal is not None:
+        att += metal
+    radius = np.hypot(np.broadcast_to(p.y, size), np.broadcast_to(p.x, size)) / pl.vox
+    gain, rings = radial_terms(sc, radius, 0.5 * max(size))
+    noise = gaussian_white(
+        derive_key(key, 2), np.arange(h).reshape(-1, 1), np.arange(w).reshape(1, -1)
+    )
+    return to_grey(att, sc, gain, rings, noise), ts.labels
+
+
+@dataclasses.dataclass(frozen=True)
+class _Section:
+    """The stained section of a pair, and what was drawn for it."""
+
+    rgb: np.ndarray  # (Y, X, 3) uint8
+    labels: np.ndarray  # (Y, X) uint8 Tissue
+    di: np.ndarray  # (Y, X) float32: rows, in CT pixels, each pixel was taken from
+    dj: np.ndarray  # (Y, X) float32: columns
+    session: Session
+    artefacts: Artefacts
+
+    def attrs(self) -> dict[str, Any]:
+        return {
+            "max_misalignment_px": round(float(np.hypot(self.di, self.dj).max()), 3),
+            "stain_session": {
+                "channel_gain": [round(g, 4) for g in self.session.channel_gain],
+                "density": round(self.session.density, 4),
+            },
+            "artefacts": {
+                "cracks": self.artefacts.cracks,
+                "droplets": len(self.artefacts.droplets),
+                "scratches": len(self.artefacts.scratches),
+            },
+        }
+
+
+def _section(
+    sp: Specimen, pl: _Plane, rng: np.random.Generator, key: int, size: tuple[int, int]
+) -> _Section:
+    """The histology: the same specimen on the displaced plane, stained and imaged.
+
+    Draws from ``rng`` (after the cut): the misalignment, the staining session
+    and the section's artefacts, in this order.
+    """
+    rows, cols = _pixel_axes(size)
+    di, dj = _misalignment(rng, derive_key(key, 3), size)
+    hs = evaluate(sp, pl.points(rows + di, cols + dj, size), attenuation=False, fields=True)
+    session = Session.draw(rng, derive_key(key, 4))
+    art = Artefacts.draw(rng, derive_key(key, 5), size)
+    rgb = render(
+        hs.labels, hs.fields, session=session, artefacts=art, vox=pl.vox, key=derive_key(key, 6)
+    )
+    return _Section(rgb, hs.labels, di, dj, session, art)
 
 
 def material_mix(n: int) -> list[Material]:

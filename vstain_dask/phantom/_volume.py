@@ -287,7 +287,6 @@ def phantom_volume(
     labels : (Z, Y, X) uint8 dask array
         :class:`Tissue` labels, without blur or noise.
     """
-    import dask.array as da
     from dask.base import tokenize
 
     shape = check_shape(shape)
@@ -299,7 +298,16 @@ def phantom_volume(
     sp = specimen(seed, mat.value, frame.vox)
     sc = scanner(seed)
     token = tokenize(GENERATOR_VERSION, shape, mat.value, seed, voxel_size, ch)
-    dchunks = da.core.normalize_chunks(ch, shape)
+    return _lazy_blocks(frame, sp, sc, ch, token)
+
+
+def _lazy_blocks(
+    frame: Frame, sp: Specimen, sc: Scanner, chunks: tuple[int, ...], token: str
+) -> tuple[da.Array, da.Array]:
+    """The CT and label arrays, one generated block per chunk, named by ``token``."""
+    import dask.array as da
+
+    dchunks = da.core.normalize_chunks(chunks, frame.shape)
     ct = da.map_blocks(
         _block_ct,
         frame=frame,
