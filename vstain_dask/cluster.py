@@ -308,11 +308,29 @@ def _slurm_cluster(config: ClusterConfig, *, adapt: bool = True):
         raise ClusterError(
             "cluster 'slurm' needs dask-jobqueue: pip install 'vstain-dask[slurm]'"
         ) from e
+    arguments = _slurm_arguments(config)
+    try:
+        cluster = SLURMCluster(**arguments)
+    except Exception as e:
+        raise ClusterError(f"could not set up a SLURM cluster: {e}") from e
+    if adapt:
+        # adapt, not scale: a fixed-size adaptive cluster resubmits a worker job that ended
+        # (scancel, walltime, preemption) instead of leaving the stain without workers
+        n = config.workers or 1
+        cluster.adapt(minimum_jobs=n, maximum_jobs=n)
+    return cluster
+
+
+def _jobqueue(key: str) -> Any:
+    """dask's ``jobqueue.slurm.<key>`` setting, or None."""
     import dask
 
-    def jobqueue(key: str) -> Any:
-        return dask.config.get(f"jobqueue.slurm.{key}", None)
+    return dask.config.get(f"jobqueue.slurm.{key}", None)
 
+
+def _slurm_arguments(config: ClusterConfig) -> dict[str, Any]:
+    """The keyword arguments of ``SLURMCluster`` for ``config``: its job settings over dask's
+    ``jobqueue.slurm.*`` configuration, which fills what it leaves out."""
     kwargs: dict[str, Any] = {}
     for ours, theirs in (
         ("cores", "cores"),
@@ -325,52 +343,47 @@ def _slurm_cluster(config: ClusterConfig, *, adapt: bool = True):
         value = getattr(config, ours)
         if value is not None:
             kwargs[theirs] = value
-    kwargs.setdefault("cores", jobqueue("cores") or 1)
-    kwargs.setdefault("memory", jobqueue("memory") or "4GiB")
+    kwargs.setdefault("cores", _jobqueue("cores") or 1)
+    kwargs.setdefault("memory", _jobqueue("memory") or "4GiB")
     threads = config.threads_per_worker or int(kwargs["cores"])
-    directives = list(jobqueue("job-extra-directives") or [])
+    directives = list(_jobqueue("job-extra-directives") or [])
     if config.gpus_per_job:
         directives.append(f"--gpus={config.gpus_per_job}")
-    # dask-jobqueue's own default serves the dashboard on every interface (":8787"); here it
-    # is served on loopback unless its configuration names an address
-    scheduler_options = dict(jobqueue("scheduler-options") or {})
-    scheduler_options.setdefault("dashboard_address", config.dashboard_address)
-    if not config.dashboard:
-        scheduler_options["dashboard"] = False
     security = _slurm_security(config)
     if security is not None:
         kwargs["security"] = security
         # the jobs start in the submitting directory, so it is one they can read; naming it
         # keeps dask-jobqueue from warning that it fell back to it
-        kwargs["shared_temp_directory"] = jobqueue("shared-temp-directory") or os.getcwd()
-    try:
-        cluster = SLURMCluster(
-            processes=1,
-            job_extra_directives=directives,
-            scheduler_options=scheduler_options,
-            job_script_prologue=[
-                *(jobqueue("job-script-prologue") or []),
-                f"export VSTAIN_TORCH_THREADS={threads}",
-            ],
-            # dask-jobqueue's own --nthreads (the job's cores) comes first; the worker takes
-            # the last one: as for local workers, at least 2 (one stains, others read/write)
-            worker_extra_args=[
-                *(jobqueue("worker-extra-args") or []),
-                "--resources",
-                f"{COMPUTE_RESOURCE}=1",
-                "--nthreads",
-                str(max(2, threads)),
-            ],
-            **kwargs,
-        )
-    except Exception as e:
-        raise ClusterError(f"could not set up a SLURM cluster: {e}") from e
-    if adapt:
-        # adapt, not scale: a fixed-size adaptive cluster resubmits a worker job that ended
-        # (scancel, walltime, preemption) instead of leaving the stain without workers
-        n = config.workers or 1
-        cluster.adapt(minimum_jobs=n, maximum_jobs=n)
-    return cluster
+        kwargs["shared_temp_directory"] = _jobqueue("shared-temp-directory") or os.getcwd()
+    return dict(
+        processes=1,
+        job_extra_directives=directives,
+        scheduler_options=_slurm_scheduler_options(config),
+        job_script_prologue=[
+            *(_jobqueue("job-script-prologue") or []),
+            f"export VSTAIN_TORCH_THREADS={threads}",
+        ],
+        # dask-jobqueue's own --nthreads (the job's cores) comes first; the worker takes
+        # the last one: as for local workers, at least 2 (one stains, others read/write)
+        worker_extra_args=[
+            *(_jobqueue("worker-extra-args") or []),
+            "--resources",
+            f"{COMPUTE_RESOURCE}=1",
+            "--nthreads",
+            str(max(2, threads)),
+        ],
+        **kwargs,
+    )
+
+
+def _slurm_scheduler_options(config: ClusterConfig) -> dict[str, Any]:
+    # dask-jobqueue's own default serves the dashboard on every interface (":8787"); here it
+    # is served on loopback unless its configuration names an address
+    scheduler_options = dict(_jobqueue("scheduler-options") or {})
+    scheduler_options.setdefault("dashboard_address", config.dashboard_address)
+    if not config.dashboard:
+        scheduler_options["dashboard"] = False
+    return scheduler_options
 
 
 def _unreachable(address: str, why: str) -> ClusterError:

@@ -123,13 +123,32 @@ def cluster_options(
     jobs_help : str
         What ``--jobs`` counts for this command, and its default.
     """
+    options = _cluster_option_list(default, cluster_help=cluster_help, jobs_help=jobs_help)
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(command)
+        def with_cluster_config(*args: Any, **kwargs: Any) -> Any:
+            kwargs["cluster_config"] = _pop_cluster_config(kwargs)
+            return command(*args, **kwargs)
+
+        for option in reversed(options):  # as if stacked in this order above the command
+            with_cluster_config = option(with_cluster_config)
+        return with_cluster_config
+
+    return decorate
+
+
+def _cluster_option_list(
+    default: str | None, *, cluster_help: str, jobs_help: str
+) -> list[Callable[[Callable[..., Any]], Callable[..., Any]]]:
+    """The click options of :func:`cluster_options`, in the order ``--help`` lists them."""
     import dataclasses
 
     from vstain_dask.cluster import ClusterConfig, ClusterKind
 
     defaults = {f.name: f.default for f in dataclasses.fields(ClusterConfig)}
     positive = click.IntRange(min=1)
-    options = [
+    return [
         click.option(
             "--cluster",
             default=default,
@@ -165,18 +184,6 @@ def cluster_options(
             help="Seconds to wait for a scheduler or the first worker.",
         ),
     ]
-
-    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
-        @functools.wraps(command)
-        def with_cluster_config(*args: Any, **kwargs: Any) -> Any:
-            kwargs["cluster_config"] = _pop_cluster_config(kwargs)
-            return command(*args, **kwargs)
-
-        for option in reversed(options):  # as if stacked in this order above the command
-            with_cluster_config = option(with_cluster_config)
-        return with_cluster_config
-
-    return decorate
 
 
 def _pop_cluster_config(params: dict[str, Any]) -> ClusterConfig | None:
