@@ -60,6 +60,8 @@ from vstain_dask.models.networks import build_generator
 __all__ = ["convert_state_dict", "import_checkpoint"]
 
 _STATS = ("running_mean", "running_var", "num_batches_tracked")
+#: keywords of :func:`import_checkpoint` passed on to :func:`convert_state_dict`
+_OVERRIDES = ("outer_pad", "dropout")
 
 
 def _require(sd: Mapping[str, torch.Tensor], key: str, ndim: int, what: str) -> torch.Tensor:
@@ -225,6 +227,110 @@ def _strip_data_parallel(sd: Mapping[str, Any]) -> dict[str, Any]:
     return dict(sd)
 
 
+def _tensors_only(state_dict: Any) -> dict[str, torch.Tensor]:
+    """The state dict without a DataParallel ``module.`` prefix; refuses anything else."""
+    if not isinstance(state_dict, Mapping) or not state_dict:
+        raise CheckpointError("expected a non-empty state dict of tensors")
+    sd = _strip_data_parallel(state_dict)
+    bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(
+            f"expected a bare state dict of tensors, but {len(bad)} entries are not tensors "
+            f"(e.g. {bad[:3]}); save the generator with torch.save(net.state_dict(), path)"
+        )
+    return sd
+
+
+def _infer(
+    sd: Mapping[str, torch.Tensor],
+    source: ForeignFormat,
+    outer_pad: int | None,
+    dropout: bool | None,
+) -> tuple[GeneratorConfig, dict[str, str], list[str]]:
+    """The architecture, the table of module names (ours -> theirs) and notes for the card."""
+    if source is ForeignFormat.PYTORCH_GAN:
+        config, table = _infer_pytorch_gan(sd, outer_pad)
+        return config, table, [
+            f"PyTorch-GAN GeneratorResNet: {config.n_blocks} residual blocks, "
+            f"{config.in_channels} -> {config.out_channels} channels, outer pad "
+            f"{config.outer_pad}"
+        ]  # fmt: skip
+    if any(k.startswith("model.model.") for k in sd):
+        config, table = _infer_junyanz_unet(sd, dropout)
+        notes = [
+            f"pytorch-CycleGAN-and-pix2pix UnetGenerator: {config.depth} downsamplings, "
+            f"{config.norm.value} norm"
+        ]
+        if dropout is None:
+            notes.append("dropout (training only) assumed on, as Pix2Pix trains")
+        return config, table, notes
+    if any(".conv_block." in k for k in sd):
+        config, table = _infer_junyanz_resnet(sd, outer_pad, dropout)
+        return config, table, [
+            f"pytorch-CycleGAN-and-pix2pix ResnetGenerator: {config.n_blocks} residual blocks, "
+            f"{config.norm.value} norm, dropout {'on' if config.dropout else 'off'}"
+        ]  # fmt: skip
+    sample = list(sd)[:4]
+    hint = (
+        " (they look like PyTorch-GAN; use --from pytorch-gan)"
+        if any(".block." in k for k in sd)
+        else ""
+    )
+    raise CheckpointError(
+        "the keys match neither ResnetGenerator (model.<i>.conv_block...) nor UnetGenerator "
+        f"(model.model...) of pytorch-CycleGAN-and-pix2pix, e.g. {sample}{hint}"
+    )
+
+
+def _drop_instance_stats(
+    sd: dict[str, torch.Tensor], config: GeneratorConfig, table: Mapping[str, str]
+) -> list[str]:
+    """Remove running statistics of instance-norm layers from ``sd``; a note if there were."""
+    if config.norm is not Norm.INSTANCE:
+        return []
+    norm_paths = {v for k, v in table.items() if ".norm" in k}
+    dropped = [
+        k for k in sd if k.rsplit(".", 1)[-1] in _STATS and k.rsplit(".", 1)[0] in norm_paths
+    ]
+    for k in dropped:
+        del sd[k]
+    if not dropped:
+        return []
+    return [
+        f"dropped {len(dropped)} instance-norm running statistics saved by an old "
+        "version of the reference code (instance norm uses per-image statistics)"
+    ]
+
+
+def _renamed(
+    sd: Mapping[str, torch.Tensor],
+    config: GeneratorConfig,
+    table: Mapping[str, str],
+    source: ForeignFormat,
+) -> dict[str, torch.Tensor]:
+    """``sd`` under our names; refuses missing and unexpected keys and wrong shapes."""
+    with torch.device("meta"):
+        reference = _build(config).state_dict()
+    expected: dict[str, str] = {}
+    for key in reference:
+        module, suffix = key.rsplit(".", 1)
+        expected[f"{table[module]}.{suffix}"] = key
+    missing = [k for k in expected if k not in sd]
+    unexpected = [k for k in sd if k not in expected]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} key(s) {missing[:5]}")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} key(s) {unexpected[:5]}")
+        raise CheckpointError(
+            f"the weights do not have the {source.value} generator layout: {'; '.join(parts)}"
+        )
+    converted = {ours: sd[theirs] for theirs, ours in expected.items()}
+    _match_state_dict(config, converted, "generator")
+    return converted
+
+
 def convert_state_dict(
     state_dict: Mapping[str, torch.Tensor],
     *,
@@ -261,86 +367,53 @@ def convert_state_dict(
         missing, unexpected or mis-shaped keys.
     """
     source = as_enum(ForeignFormat, source, "source")
-    if not isinstance(state_dict, Mapping) or not state_dict:
-        raise CheckpointError("expected a non-empty state dict of tensors")
-    sd = _strip_data_parallel(state_dict)
-    bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
-    if bad:
+    sd = _tensors_only(state_dict)
+    config, table, notes = _infer(sd, source, outer_pad, dropout)
+    notes += _drop_instance_stats(sd, config, table)
+    return config, _renamed(sd, config, table, source), notes
+
+
+def _read_weights(weights: pathlib.Path) -> Mapping[str, Any]:
+    """The mapping a foreign ``.pth`` file holds; refuses one of ours and anything else."""
+    raw = _load_file(weights, mmap=False)
+    if isinstance(raw, Mapping) and raw.get("format") == FORMAT_NAME:
+        raise CheckpointError(f"{weights} is already a vstain-dask model; no import is needed")
+    if not isinstance(raw, Mapping):
         raise CheckpointError(
-            f"expected a bare state dict of tensors, but {len(bad)} entries are not tensors "
-            f"(e.g. {bad[:3]}); save the generator with torch.save(net.state_dict(), path)"
+            f"{weights} holds a {type(raw).__name__}, not a state dict; save the generator "
+            "with torch.save(net.state_dict(), path)"
         )
-    notes: list[str] = []
+    return raw
+
+
+def _input_normalization(
+    normalization: InputNormalization | Mapping[str, Any] | None, config: GeneratorConfig
+) -> InputNormalization:
+    """The normalization given (a mapping: some of its fields), for the generator's input."""
+    if normalization is None or isinstance(normalization, Mapping):
+        normalization = InputNormalization(
+            **{"channels": config.in_channels, **dict(normalization or {})}
+        )
+    if normalization.channels != config.in_channels:
+        raise InputError(
+            f"the imported generator takes {config.in_channels} input channel(s), but the "
+            f"normalization repeats CT to {normalization.channels}; pass --channels "
+            f"{config.in_channels}"
+        )
+    return normalization
+
+
+def _default_variant(source: ForeignFormat, config: GeneratorConfig) -> Variant:
+    """The training method a format's generator comes from (see :func:`import_checkpoint`)."""
     if source is ForeignFormat.PYTORCH_GAN:
-        config, table = _infer_pytorch_gan(sd, outer_pad)
-        notes.append(
-            f"PyTorch-GAN GeneratorResNet: {config.n_blocks} residual blocks, "
-            f"{config.in_channels} -> {config.out_channels} channels, outer pad "
-            f"{config.outer_pad}"
-        )
-    elif any(k.startswith("model.model.") for k in sd):
-        config, table = _infer_junyanz_unet(sd, dropout)
-        notes.append(
-            f"pytorch-CycleGAN-and-pix2pix UnetGenerator: {config.depth} downsamplings, "
-            f"{config.norm.value} norm"
-        )
-        if dropout is None:
-            notes.append("dropout (training only) assumed on, as Pix2Pix trains")
-    elif any(".conv_block." in k for k in sd):
-        config, table = _infer_junyanz_resnet(sd, outer_pad, dropout)
-        notes.append(
-            f"pytorch-CycleGAN-and-pix2pix ResnetGenerator: {config.n_blocks} residual blocks, "
-            f"{config.norm.value} norm, dropout {'on' if config.dropout else 'off'}"
-        )
-    else:
-        sample = list(sd)[:4]
-        hint = (
-            " (they look like PyTorch-GAN; use --from pytorch-gan)"
-            if any(".block." in k for k in sd)
-            else ""
-        )
-        raise CheckpointError(
-            "the keys match neither ResnetGenerator (model.<i>.conv_block...) nor UnetGenerator "
-            f"(model.model...) of pytorch-CycleGAN-and-pix2pix, e.g. {sample}{hint}"
-        )
-
-    norm_paths = {v for k, v in table.items() if ".norm" in k}
-    if config.norm is Norm.INSTANCE:
-        dropped = [
-            k for k in sd if k.rsplit(".", 1)[-1] in _STATS and k.rsplit(".", 1)[0] in norm_paths
-        ]
-        for k in dropped:
-            del sd[k]
-        if dropped:
-            notes.append(
-                f"dropped {len(dropped)} instance-norm running statistics saved by an old "
-                "version of the reference code (instance norm uses per-image statistics)"
-            )
-
-    with torch.device("meta"):
-        reference = _build(config).state_dict()
-    converted: dict[str, torch.Tensor] = {}
-    expected: dict[str, str] = {}
-    for key in reference:
-        module, suffix = key.rsplit(".", 1)
-        expected[f"{table[module]}.{suffix}"] = key
-    missing = [k for k in expected if k not in sd]
-    unexpected = [k for k in sd if k not in expected]
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} key(s) {missing[:5]}")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} key(s) {unexpected[:5]}")
-        raise CheckpointError(
-            f"the weights do not have the {source.value} generator layout: {'; '.join(parts)}"
-        )
-    for theirs, ours in expected.items():
-        converted[ours] = sd[theirs]
-    _match_state_dict(config, converted, "generator")
-    return config, converted, notes
+        return Variant.MOD_CYCLEGAN
+    if config.kind is GeneratorKind.UNET:
+        return Variant.PIX2PIX
+    return Variant.CYCLEGAN
 
 
+# Long for its documentation (every option of `vstain-dask model import`); the body is a short
+# sequence of the helpers above.
 def import_checkpoint(
     weights: str | os.PathLike,
     out: str | os.PathLike,
@@ -348,11 +421,10 @@ def import_checkpoint(
     source: ForeignFormat | str,
     normalization: InputNormalization | Mapping[str, Any] | None = None,
     variant: Variant | str | None = None,
-    outer_pad: int | None = None,
-    dropout: bool | None = None,
     pixel_size: float | None = None,
     command: str | None = None,
     overwrite: bool = False,
+    **overrides: Any,
 ) -> pathlib.Path:
     """Convert a foreign generator checkpoint into a vstain-dask model file (and card).
 
@@ -371,8 +443,6 @@ def import_checkpoint(
     variant : Variant or None
         Training method; default ``mod-cyclegan`` for PyTorch-GAN weights (the paper's code),
         ``cyclegan`` for a pytorch-CycleGAN-and-pix2pix ResNet and ``pix2pix`` for its U-Net.
-    outer_pad, dropout
-        Overrides, see :func:`convert_state_dict`.
     pixel_size : float or None
         µm: the pixel size of the images the model was trained on (neither format records
         it; the paper's models: 5). None: not recorded, and ``stain`` warns.
@@ -380,53 +450,34 @@ def import_checkpoint(
         Command line to record in the card.
     overwrite : bool
         Replace an existing output.
+    **overrides
+        ``outer_pad``, ``dropout``: what to take instead of what the weights say, see
+        :func:`convert_state_dict`.
 
     Returns
     -------
     pathlib.Path
         ``out``.
     """
+    for name in overrides:
+        if name not in _OVERRIDES:
+            raise TypeError(f"import_checkpoint() got an unexpected keyword argument {name!r}")
     source = as_enum(ForeignFormat, source, "source")
     weights = pathlib.Path(weights)
-    raw = _load_file(weights, mmap=False)
-    if isinstance(raw, Mapping) and raw.get("format") == FORMAT_NAME:
-        raise CheckpointError(f"{weights} is already a vstain-dask model; no import is needed")
-    if not isinstance(raw, Mapping):
-        raise CheckpointError(
-            f"{weights} holds a {type(raw).__name__}, not a state dict; save the generator "
-            "with torch.save(net.state_dict(), path)"
-        )
+    raw = _read_weights(weights)
     try:
-        config, converted, notes = convert_state_dict(
-            raw, source=source, outer_pad=outer_pad, dropout=dropout
-        )
+        config, converted, notes = convert_state_dict(raw, source=source, **overrides)
     except CheckpointError as e:
         raise CheckpointError(f"{weights}: {e}") from e
     net = build_generator(config)
     net.load_state_dict(converted, strict=True)
-    if normalization is None or isinstance(normalization, Mapping):
-        normalization = InputNormalization(
-            **{"channels": config.in_channels, **dict(normalization or {})}
-        )
-    if normalization.channels != config.in_channels:
-        raise InputError(
-            f"the imported generator takes {config.in_channels} input channel(s), but the "
-            f"normalization repeats CT to {normalization.channels}; pass --channels "
-            f"{config.in_channels}"
-        )
-    if variant is None:
-        if source is ForeignFormat.PYTORCH_GAN:
-            variant = Variant.MOD_CYCLEGAN
-        elif config.kind is GeneratorKind.UNET:
-            variant = Variant.PIX2PIX
-        else:
-            variant = Variant.CYCLEGAN
+    normalization = _input_normalization(normalization, config)
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()
     return save_model(
         out,
         generator=net,
         normalization=normalization,
-        variant=variant,
+        variant=_default_variant(source, config) if variant is None else variant,
         hardware={},
         command=command,
         source={
