@@ -111,10 +111,27 @@ def render_card(meta: Mapping[str, Any], *, sha256: str, file_name: str) -> str:
     file_name : str
         Name of the checkpoint file, shown in the title.
     """
+    lines = _summary(meta, sha256=sha256, file_name=file_name)
+    lines += _architecture(meta)
+    lines += _input_output(meta)
+    lines += ["", "## Training hyperparameters", ""]
+    lines += _table(meta.get("training"))
+    lines += ["## Data and split", ""]
+    lines += _table(meta.get("split"))
+    lines += ["## Evaluation metrics", ""]
+    lines += _table(meta.get("metrics"))
+    lines += _reproducibility(meta)
+    source = meta.get("source")
+    if source:
+        lines += ["## Imported from", ""]
+        lines += _table(source)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _summary(meta: Mapping[str, Any], *, sha256: str, file_name: str) -> list[str]:
+    """Title, the table of variant, kind, hash, time and format, and the notes."""
     variant = str(meta.get("variant"))
     kind = meta.get("kind", "model")
-    archs: Mapping[str, Any] = meta.get("architectures", {})
-    params: Mapping[str, Any] = meta.get("parameters", {})
     lines = [f"# Model card: {file_name}", ""]
     lines += [
         "| | |",
@@ -134,7 +151,14 @@ def render_card(meta: Mapping[str, Any], *, sha256: str, file_name: str) -> str:
     ]
     if meta.get("notes"):
         lines += [str(meta["notes"]), ""]
-    lines += ["## Architecture", ""]
+    return lines
+
+
+def _architecture(meta: Mapping[str, Any]) -> list[str]:
+    """One line per network, and the input sizes the generator takes."""
+    archs: Mapping[str, Any] = meta.get("architectures", {})
+    params: Mapping[str, Any] = meta.get("parameters", {})
+    lines = ["## Architecture", ""]
     for role, arch in archs.items():
         count = params.get(role)
         count_text = f"; {count:,} parameters" if isinstance(count, int) else ""
@@ -142,20 +166,24 @@ def render_card(meta: Mapping[str, Any], *, sha256: str, file_name: str) -> str:
         lines.append(f"- **{role}** ({role_text}): {_describe_architecture(arch)}{count_text}")
     if "generator" in archs:
         lines += ["", f"Sizes: {_size_note(archs['generator'])}"]
-    lines += ["", "## Input and output", ""]
+    return lines
+
+
+def _input_output(meta: Mapping[str, Any]) -> list[str]:
+    """The input mapping, the output channels and mapping, and the pixel size."""
+    lines = ["", "## Input and output", ""]
     norm = meta.get("normalization", {})
     lines.append(f"- Input: {_normalization_text(norm)}")
     out = meta.get("output", {})
     channels = ", ".join(str(c) for c in out.get("channels", []))
     lines.append(f"- Output: channels {channels}; tanh in [-1, 1] -> uint8 `{out.get('to_uint8')}`")
     lines.append(f"- Pixel size: {_pixel_size_text(meta.get('pixel_size'))}")
-    lines += ["", "## Training hyperparameters", ""]
-    lines += _table(meta.get("training"))
-    lines += ["## Data and split", ""]
-    lines += _table(meta.get("split"))
-    lines += ["## Evaluation metrics", ""]
-    lines += _table(meta.get("metrics"))
-    lines += ["## Reproducibility", ""]
+    return lines
+
+
+def _reproducibility(meta: Mapping[str, Any]) -> list[str]:
+    """Seed, command line, hardware and software."""
+    lines = ["## Reproducibility", ""]
     seed = meta.get("seed")
     lines.append(f"- Seed: {'not recorded' if seed is None else seed}")
     command = meta.get("command")
@@ -164,11 +192,7 @@ def render_card(meta: Mapping[str, Any], *, sha256: str, file_name: str) -> str:
     lines += _table(meta.get("hardware"))
     lines += ["Software:", ""]
     lines += _table(meta.get("software"))
-    source = meta.get("source")
-    if source:
-        lines += ["## Imported from", ""]
-        lines += _table(source)
-    return "\n".join(lines).rstrip() + "\n"
+    return lines
 
 
 def _pixel_size_text(size: Any) -> str:
