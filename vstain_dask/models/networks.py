@@ -104,6 +104,34 @@ class _ResidualBlock(nn.Module):
         return x + self.body(x)
 
 
+def _downsampling(channels: int, norm: Norm, bias: bool) -> nn.Sequential:
+    """Stride-2 3 x 3 convolution to twice the channels, norm, ReLU."""
+    return nn.Sequential(
+        OrderedDict(
+            conv=nn.Conv2d(channels, channels * 2, 3, stride=2, padding=1, bias=bias),
+            norm=_norm(norm, channels * 2),
+            act=nn.ReLU(),
+        )
+    )
+
+
+def _upsampling(channels: int, upsample: Upsample, norm: Norm, bias: bool) -> nn.Sequential:
+    """Twice the size, half the channels (nearest + 3 x 3 convolution, or a 3 x 3 transposed
+    convolution), norm, ReLU."""
+    if upsample is Upsample.NEAREST:
+        layers: list[tuple[str, nn.Module]] = [
+            ("upsample", nn.Upsample(scale_factor=2.0, mode="nearest")),
+            ("conv", nn.Conv2d(channels, channels // 2, 3, padding=1, bias=bias)),
+        ]
+    else:
+        conv = nn.ConvTranspose2d(
+            channels, channels // 2, 3, stride=2, padding=1, output_padding=1, bias=bias
+        )
+        layers = [("conv", conv)]
+    layers += [("norm", _norm(norm, channels // 2)), ("act", nn.ReLU())]
+    return nn.Sequential(OrderedDict(layers))
+
+
 class ResnetGenerator(nn.Module):
     """ResNet generator (Johnson et al. 2016) as used by CycleGAN and the paper.
 
@@ -144,39 +172,16 @@ class ResnetGenerator(nn.Module):
                 act=nn.ReLU(),
             )
         )
-        self.down = nn.Sequential(
-            *[
-                nn.Sequential(
-                    OrderedDict(
-                        conv=nn.Conv2d(ngf * m, ngf * m * 2, 3, stride=2, padding=1, bias=bias),
-                        norm=_norm(norm, ngf * m * 2),
-                        act=nn.ReLU(),
-                    )
-                )
-                for m in (1, 2)
-            ]
-        )
+        self.down = nn.Sequential(*[_downsampling(ngf * m, norm, bias) for m in (1, 2)])
         self.blocks = nn.Sequential(
             *[
                 _ResidualBlock(ngf * 4, norm=norm, bias=bias, dropout=config.dropout)
                 for _ in range(config.n_blocks)
             ]
         )
-        ups: list[nn.Module] = []
-        for m in (4, 2):
-            if config.upsample is Upsample.NEAREST:
-                layers: list[tuple[str, nn.Module]] = [
-                    ("upsample", nn.Upsample(scale_factor=2.0, mode="nearest")),
-                    ("conv", nn.Conv2d(ngf * m, ngf * m // 2, 3, padding=1, bias=bias)),
-                ]
-            else:
-                conv = nn.ConvTranspose2d(
-                    ngf * m, ngf * m // 2, 3, stride=2, padding=1, output_padding=1, bias=bias
-                )
-                layers = [("conv", conv)]
-            layers += [("norm", _norm(norm, ngf * m // 2)), ("act", nn.ReLU())]
-            ups.append(nn.Sequential(OrderedDict(layers)))
-        self.up = nn.Sequential(*ups)
+        self.up = nn.Sequential(
+            *[_upsampling(ngf * m, config.upsample, norm, bias) for m in (4, 2)]
+        )
         self.head = nn.Sequential(
             OrderedDict(
                 pad=nn.ReflectionPad2d(config.outer_pad),
