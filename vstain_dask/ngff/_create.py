@@ -30,6 +30,7 @@ from vstain_dask.ngff._common import (
     NgffVersion,
     VolumeKind,
     _is_zarr_dir,
+    _keyword_bundles,
     _level_offset,
     _pyramid_method,
 )
@@ -220,27 +221,24 @@ def _json_attrs(attrs: Any) -> dict:
         ) from e
 
 
-def _build_spec(
-    path: str | os.PathLike,
-    *,
-    shape: Any,
-    dtype: Any,
-    chunks: Any,
-    axes: Any,
-    scale: Any,
-    units: Any,
-    translation: Any,
-    ngff_version: Any,
-    n_levels: Any,
-    kind: Any,
-    channel_names: Any,
-    attrs: Any,
-    label_table: LabelTable | None = None,
-    display: Display | None = None,
-) -> _VolumeSpec:
-    kind = as_enum(VolumeKind, kind, "kind")
-    version = as_enum(NgffVersion, ngff_version, "ngff_version")
-    axes = _parse_axes(axes)
+@dataclass(frozen=True)
+class _VolumeOptions:
+    """The keyword options of :func:`create_volume` and :func:`write_volume` as given, before
+    :func:`_build_spec` checks them (see :func:`create_volume` for each)."""
+
+    axes: Any = "zyx"
+    scale: Any = None
+    units: Any = None
+    translation: Any = None
+    ngff_version: Any = "0.5"
+    n_levels: Any = None
+    kind: Any = "intensity"
+    channel_names: Any = None
+    attrs: Any = None
+    display: Display | None = None
+
+
+def _parse_shape(shape: Any, axes: tuple[str, ...]) -> tuple[int, ...]:
     try:
         shape = tuple(int(s) for s in shape)
     except (TypeError, ValueError) as e:
@@ -249,13 +247,40 @@ def _build_spec(
         raise InputError(
             f"shape must be {len(axes)} positive integers for axes {''.join(axes)}, got {shape}"
         )
+    return shape
+
+
+def _parse_dtype(dtype: Any) -> np.dtype:
+    """A numeric dtype in native byte order."""
     try:
         dt = np.dtype(dtype)
     except TypeError as e:
         raise InputError(f"dtype must be a numeric type such as uint16, got {dtype!r}") from e
     if dt.kind not in "biuf":
         raise InputError(f"dtype must be bool, integer or float, got {dt}")
-    dt = dt.newbyteorder("=") if dt.byteorder not in ("|", "=") else dt
+    return dt.newbyteorder("=") if dt.byteorder not in ("|", "=") else dt
+
+
+def _check_option_kind(
+    name: str, value: Any, cls: type, kind: VolumeKind, wanted: VolumeKind
+) -> None:
+    """``value`` (an option only a volume of kind ``wanted`` takes) is None or a ``cls``."""
+    if value is not None:
+        if kind is not wanted:
+            raise InputError(f"{name} is for kind {wanted.value}, got kind {kind.value}")
+        if not isinstance(value, cls):
+            raise InputError(f"{name} must be a {cls.__name__}, got {type(value).__name__}")
+
+
+def _check_kind(
+    kind: VolumeKind,
+    axes: tuple[str, ...],
+    shape: tuple[int, ...],
+    dt: np.dtype,
+    label_table: LabelTable | None,
+    display: Display | None,
+) -> None:
+    """What each kind asks of the axes, the dtype and the kind-specific options."""
     ci = axes.index("c") if "c" in axes else None
     if kind is VolumeKind.RGB:
         if ci is None or shape[ci] not in (3, 4):
@@ -265,16 +290,8 @@ def _build_spec(
             )
         if dt != np.uint8:
             raise InputError(f"kind rgb needs dtype uint8, got {dt}")
-    if label_table is not None:
-        if kind is not VolumeKind.LABELS:
-            raise InputError(f"label_table is for kind labels, got kind {kind.value}")
-        if not isinstance(label_table, LabelTable):
-            raise InputError(f"label_table must be a LabelTable, got {type(label_table).__name__}")
-    if display is not None:
-        if kind is not VolumeKind.INTENSITY:
-            raise InputError(f"display is for kind intensity, got kind {kind.value}")
-        if not isinstance(display, Display):
-            raise InputError(f"display must be a Display, got {type(display).__name__}")
+    _check_option_kind("label_table", label_table, LabelTable, kind, VolumeKind.LABELS)
+    _check_option_kind("display", display, Display, kind, VolumeKind.INTENSITY)
     if kind is VolumeKind.LABELS:
         if dt.kind not in "iu":
             raise InputError(f"kind labels needs an integer dtype, got {dt}")
@@ -282,37 +299,67 @@ def _build_spec(
             raise InputError(f"kind labels takes no c axis, got axes {''.join(axes)}")
         if label_table is not None:
             label_table.check_dtype(dt)
-    names = None
+
+
+def _channel_names(
+    channel_names: Any, kind: VolumeKind, axes: tuple[str, ...], shape: tuple[int, ...]
+) -> tuple[str, ...] | None:
+    """The labels of the c channels: those given, else R, G, B(, A) for rgb, else None."""
+    ci = axes.index("c") if "c" in axes else None
     if channel_names is not None:
         if ci is None:
             raise InputError(f"channel_names need a c axis, got axes {''.join(axes)}")
         names = tuple(str(n) for n in channel_names)
         if len(names) != shape[ci]:
             raise InputError(f"channel_names must name all {shape[ci]} channels, got {list(names)}")
-    elif kind is VolumeKind.RGB:
-        names = _RGB_NAMES[: shape[ci]]
+        return names
+    if kind is VolumeKind.RGB:
+        return _RGB_NAMES[: shape[ci]]
+    return None
+
+
+def _parse_levels(n_levels: Any, shape: tuple[int, ...], axes: tuple[str, ...]) -> int:
     if n_levels is None:
-        n = _default_levels(shape, axes)
-    elif isinstance(n_levels, int | np.integer) and not isinstance(n_levels, bool) and n_levels > 0:
-        n = int(n_levels)
-    else:
-        raise InputError(f"n_levels must be a positive integer or None, got {n_levels!r}")
+        return _default_levels(shape, axes)
+    if isinstance(n_levels, int | np.integer) and not isinstance(n_levels, bool) and n_levels > 0:
+        return int(n_levels)
+    raise InputError(f"n_levels must be a positive integer or None, got {n_levels!r}")
+
+
+def _build_spec(
+    path: str | os.PathLike,
+    *,
+    shape: Any,
+    dtype: Any,
+    chunks: Any,
+    options: _VolumeOptions,
+    label_table: LabelTable | None = None,
+) -> _VolumeSpec:
+    """The checked specification of a volume of ``shape`` and ``dtype`` to write at ``path``."""
+    kind = as_enum(VolumeKind, options.kind, "kind")
+    version = as_enum(NgffVersion, options.ngff_version, "ngff_version")
+    axes = _parse_axes(options.axes)
+    shape = _parse_shape(shape, axes)
+    dt = _parse_dtype(dtype)
+    _check_kind(kind, axes, shape, dt, label_table, options.display)
+    names = _channel_names(options.channel_names, kind, axes, shape)
+    n = _parse_levels(options.n_levels, shape, axes)
     return _VolumeSpec(
         name=_volume_name(Path(path)),
         axes=axes,
         shape=shape,
         dtype=dt,
         chunks=_parse_chunks(chunks, shape, axes, kind),
-        scale=_per_axis(scale, axes, "scale", 1.0, positive=True),
-        units=_parse_units(units, axes),
-        translation=_per_axis(translation, axes, "translation", 0.0, positive=False),
+        scale=_per_axis(options.scale, axes, "scale", 1.0, positive=True),
+        units=_parse_units(options.units, axes),
+        translation=_per_axis(options.translation, axes, "translation", 0.0, positive=False),
         version=version,
         n_levels=n,
         kind=kind,
         channel_names=names,
-        attrs=_json_attrs(attrs),
+        attrs=_json_attrs(options.attrs),
         label_table=label_table,
-        display=display,
+        display=options.display,
     )
 
 
@@ -492,17 +539,8 @@ def create_volume(
     shape: Sequence[int],
     dtype: Any,
     chunks: Sequence[int] | int | None,
-    axes: str | Sequence[str] = "zyx",
-    scale: Mapping[str, float] | Sequence[float] | float | None = None,
-    units: Mapping[str, str] | Sequence[str] | str | None = None,
-    translation: Mapping[str, float] | Sequence[float] | float | None = None,
-    ngff_version: NgffVersion | str = "0.5",
-    n_levels: int | None = None,
-    kind: VolumeKind | str = "intensity",
-    channel_names: Sequence[str] | None = None,
-    attrs: Mapping[str, Any] | None = None,
-    display: Display | None = None,
     overwrite: bool = False,
+    **options: Any,
 ) -> zarr.Array:
     """Create an empty OME-Zarr image: all pyramid levels, metadata, no data.
 
@@ -516,16 +554,16 @@ def create_volume(
     dtype : numeric dtype; ``uint8`` for ``kind="rgb"``, integer for ``kind="labels"``
     chunks : chunk shape, either for all axes or for the spatial axes only (then the channel
         axis is one chunk); clipped to the shape; None for 128³ (3D) or 1024² (2D)
-    axes : ``"zyx"``, ``"czyx"``, ``"yx"`` or ``"cyx"``
+    axes : ``"zyx"`` (the default), ``"czyx"``, ``"yx"`` or ``"cyx"``
     scale : voxel size per spatial axis, in ``units`` (e.g. µm): a number for isotropic
         voxels, a sequence over the spatial axes, or a dict ``{"z": 5.0, ...}``; None is 1
     units : NGFF space unit (``"micrometer"``; ``"um"`` is accepted) for all spatial axes, or
         per axis; None writes no unit
     translation : physical position of voxel 0 per spatial axis; None is 0
-    ngff_version : ``"0.5"`` (zarr v3) or ``"0.4"`` (zarr v2)
+    ngff_version : ``"0.5"`` (zarr v3, the default) or ``"0.4"`` (zarr v2)
     n_levels : pyramid levels; None halves until the largest spatial size of the next level
         would fall below 64 voxels
-    kind : ``"intensity"`` (mean pyramid), ``"labels"`` (nearest) or ``"rgb"`` (mean, omero
+    kind : ``"intensity"`` (the default; mean pyramid), ``"labels"`` (nearest) or ``"rgb"`` (mean, omero
         channels R, G, B(, A) with colours FF0000, 00FF00, 0000FF, FFFFFF, window 0-255)
     channel_names : labels of the c channels (default R, G, B, A for rgb)
     attrs : JSON-serializable provenance, stored under the ``"vstain"`` attribute
@@ -545,20 +583,6 @@ def create_volume(
     OutputExistsError
         ``path`` exists and ``overwrite`` is False, or it exists and is not a zarr store.
     """
-    spec = _build_spec(
-        path,
-        shape=shape,
-        dtype=dtype,
-        chunks=chunks,
-        axes=axes,
-        scale=scale,
-        units=units,
-        translation=translation,
-        ngff_version=ngff_version,
-        n_levels=n_levels,
-        kind=kind,
-        channel_names=channel_names,
-        attrs=attrs,
-        display=display,
-    )
+    given = _keyword_bundles("create_volume", options, _VolumeOptions)[0]
+    spec = _build_spec(path, shape=shape, dtype=dtype, chunks=chunks, options=given)
     return _create(path, spec, overwrite)[0]

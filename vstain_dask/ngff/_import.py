@@ -6,6 +6,7 @@ import dataclasses
 import os
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,16 @@ from vstain_dask.ngff._common import (
     NgffVersion,
     VolumeKind,
     _is_zarr_dir,
+    _keyword_bundles,
 )
-from vstain_dask.ngff._create import _build_spec, _create, _parse_unit, check_output
+from vstain_dask.ngff._create import (
+    _build_spec,
+    _create,
+    _parse_unit,
+    _VolumeOptions,
+    _VolumeSpec,
+    check_output,
+)
 from vstain_dask.ngff._pixel_size import FoundSize, found, resolve_voxel_size, um_per
 from vstain_dask.ngff._pyramid import _align, _pyramid_graph
 from vstain_dask.ngff._read import open_volume, update_provenance
@@ -97,20 +106,54 @@ def _open_source(
     return _sources.open_raw(src, shape=shape, dtype=dtype, **opts), True
 
 
+@dataclass(frozen=True)
+class _ReadOptions:
+    """How :func:`import_volume` reads its source: an HDF5 ``dataset``, what a raw file holds
+    (``shape``, ``dtype``; checked against other sources), and the output ``chunks``."""
+
+    dataset: str | None = None
+    shape: Sequence[int] | None = None
+    dtype: Any = None
+    chunks: Sequence[int] | None = None
+
+
+@dataclass(frozen=True)
+class _SizeOptions:
+    """The voxel size :func:`import_volume` is given (``voxel_size`` in ``unit``, used over the
+    file's with ``voxel_size_override``) and the one it resamples to (``voxel_size_out``)."""
+
+    voxel_size: float | Sequence[float] | None = None
+    unit: str = "micrometer"
+    voxel_size_override: bool = False
+    voxel_size_out: float | Sequence[float] | None = None
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """The imported image on its output grid: the voxel size resolved, resampled if asked."""
+
+    data: da.Array
+    #: voxel size per spatial axis, in the import's unit
+    voxel: tuple[float, ...]
+    #: where the voxel size came from (the file, the options)
+    voxel_source: str
+    #: physical position of voxel 0 (resampled only; else None, 0)
+    translation: list[float] | None
+    #: the file's own 2x levels, copied into the pyramid (none when resampled)
+    reused: tuple[da.Array, ...]
+    #: the resampling record (None when not resampled)
+    resampled: dict | None
+
+
+# long: the docstring is the reference of every source format and option; the body is a short
+# sequence of calls
 def import_volume(
     source: str | os.PathLike,
     out: str | os.PathLike,
     *,
-    voxel_size: float | Sequence[float] | None = None,
-    unit: str = "micrometer",
-    voxel_size_override: bool = False,
-    voxel_size_out: float | Sequence[float] | None = None,
-    dataset: str | None = None,
-    shape: Sequence[int] | None = None,
-    dtype: Any = None,
-    chunks: Sequence[int] | None = None,
     ngff_version: NgffVersion | str = "0.5",
     overwrite: bool = False,
+    **options: Any,
 ) -> Path:
     """Convert a CT volume, a whole-slide image or a 2D image to OME-Zarr, lazily and in
     bounded memory.
@@ -176,12 +219,29 @@ def import_volume(
         file (``levels_from_file``), and for a resampled import ``resampled`` (input and output
         sizes, factors, translation, method).
     """
-    from vstain_dask import __version__
-
+    read, sizes = _keyword_bundles("import_volume", options, _ReadOptions, _SizeOptions)
     src = Path(source).expanduser()
     out_path = check_output(out, overwrite=overwrite)
     version = as_enum(NgffVersion, ngff_version, "ngff_version")
-    unit = _parse_unit(unit)
+    sizes = dataclasses.replace(sizes, unit=_parse_unit(sizes.unit))
+    _check_paths(src, out_path)
+    opened, is_raw = _open_source(
+        src, shape=read.shape, dtype=read.dtype, chunks=read.chunks, dataset=read.dataset
+    )
+    if not is_raw:
+        _check_given(src, opened, read)
+    grid = _output_grid(src, opened, sizes)
+    spec = _import_spec(out_path, opened, grid, sizes.unit, version)
+    reused = grid.reused[: spec.n_levels - 1]
+    record = _import_record(src, opened, grid, sizes.unit, len(reused))
+    # incomplete until the last level is written: a failed or interrupted import leaves a
+    # store that every reader refuses, instead of one that passes for an image of zeros
+    spec = dataclasses.replace(spec, attrs={"import": record, "complete": False})
+    _write_import(out_path, spec, [grid.data, *reused], overwrite)
+    return out_path
+
+
+def _check_paths(src: Path, out_path: Path) -> None:
     if not src.exists():
         raise VolumeFormatError(
             f"input {src} does not exist; give a folder of TIFF slices, a TIFF stack, a "
@@ -189,15 +249,17 @@ def import_volume(
         )
     if _same_or_inside(src, out_path):
         raise InputError(f"output {out_path} overlaps the input {src}; write to another path")
-    opened, is_raw = _open_source(src, shape=shape, dtype=dtype, chunks=chunks, dataset=dataset)
-    data = opened.data
-    spatial_axes = opened.axes.replace("c", "")
+
+
+def _check_given(src: Path, opened: _sources.OpenedSource, read: _ReadOptions) -> None:
+    """A ``shape`` or ``dtype`` given for a source that is not a raw file must be its own."""
+    shape, dtype, data = read.shape, read.dtype, opened.data
     spatial_shape = tuple(s for s, a in zip(data.shape, opened.axes, strict=True) if a != "c")
-    if shape is not None and not is_raw and tuple(int(s) for s in shape) != spatial_shape:
+    if shape is not None and tuple(int(s) for s in shape) != spatial_shape:
         raise InputError(
             f"shape {tuple(shape)} was given but {src} holds {spatial_shape}; drop --shape or fix it"
         )
-    if dtype is not None and not is_raw:
+    if dtype is not None:
         try:
             want = np.dtype(dtype)
         except TypeError as e:
@@ -207,66 +269,77 @@ def import_volume(
                 f"dtype {want} was given but {src} holds {data.dtype}; --dtype is only needed "
                 "for raw files: drop it"
             )
+
+
+def _output_grid(src: Path, opened: _sources.OpenedSource, sizes: _SizeOptions) -> _Grid:
+    """The voxel size given or stated by the file (checked against each other), and the data
+    resampled to ``voxel_size_out`` if one is given."""
     voxel, voxel_source = resolve_voxel_size(
-        voxel_size,
-        unit=unit,
+        sizes.voxel_size,
+        unit=sizes.unit,
         file_size=opened.pixel_size,
-        axes=spatial_axes,
+        axes=opened.axes.replace("c", ""),
         src=src,
-        override=voxel_size_override,
+        override=sizes.voxel_size_override,
     )
-    reused = opened.levels
-    resampled = None
-    translation = None
-    if voxel_size_out is not None:
-        data, resampled = resample_to_size(
-            data,
-            axes=opened.axes,
-            voxel_size=voxel,
-            target=voxel_size_out,
-            unit=unit,
-            chunks=opened.spatial_chunks,
-        )
-        voxel, translation, reused = tuple(resampled["to"]), resampled["translation"], ()
+    if sizes.voxel_size_out is None:
+        return _Grid(opened.data, voxel, voxel_source, None, opened.levels, None)
+    data, resampled = resample_to_size(
+        opened.data,
+        axes=opened.axes,
+        voxel_size=voxel,
+        target=sizes.voxel_size_out,
+        unit=sizes.unit,
+        chunks=opened.spatial_chunks,
+    )
+    to = tuple(resampled["to"])
+    return _Grid(data, to, voxel_source, resampled["translation"], (), resampled)
+
+
+def _import_spec(
+    out_path: Path, opened: _sources.OpenedSource, grid: _Grid, unit: str, version: NgffVersion
+) -> _VolumeSpec:
+    """The output's spec: uint8 sources of 3 or 4 channels are rgb, all else intensity."""
+    data = grid.data
+    n_spatial = len(opened.axes.replace("c", ""))
     spatial_chunks = tuple(
-        min(c, s)
-        for c, s in zip(opened.spatial_chunks, data.shape[-len(spatial_axes) :], strict=True)
+        min(c, s) for c, s in zip(opened.spatial_chunks, data.shape[-n_spatial:], strict=True)
     )
     n_channels = data.shape[0] if opened.axes.startswith("c") else 0
     rgb = n_channels in (3, 4) and data.dtype == np.uint8
-    spec = _build_spec(
-        out_path,
-        shape=data.shape,
-        dtype=data.dtype,
-        chunks=spatial_chunks,
+    options = _VolumeOptions(
         axes=opened.axes,
-        scale=voxel,
+        scale=grid.voxel,
         units=unit,
-        translation=translation,
+        translation=grid.translation,
         ngff_version=version,
-        n_levels=None,
         kind=VolumeKind.RGB if rgb else VolumeKind.INTENSITY,
         channel_names=_RGB_NAMES[:n_channels] if n_channels in (3, 4) else None,
-        attrs=None,
     )
-    reused = reused[: spec.n_levels - 1]
+    return _build_spec(
+        out_path, shape=data.shape, dtype=data.dtype, chunks=spatial_chunks, options=options
+    )
+
+
+def _import_record(
+    src: Path, opened: _sources.OpenedSource, grid: _Grid, unit: str, n_reused: int
+) -> dict[str, Any]:
+    """What the output's ``vstain.import`` attributes record (see :func:`import_volume`)."""
+    from vstain_dask import __version__
+
     record = {
         "source": str(src.resolve()),
         "format": opened.description,
-        "voxel_size": list(voxel),
+        "voxel_size": list(grid.voxel),
         "unit": unit,
-        "voxel_size_source": voxel_source,
-        "levels_from_file": list(range(1, len(reused) + 1)),
+        "voxel_size_source": grid.voxel_source,
+        "levels_from_file": list(range(1, n_reused + 1)),
         "software": f"vstain-dask {__version__}",
     }
     record.update(opened.record)
-    if resampled is not None:
-        record["resampled"] = resampled
-    # incomplete until the last level is written: a failed or interrupted import leaves a
-    # store that every reader refuses, instead of one that passes for an image of zeros
-    spec = dataclasses.replace(spec, attrs={"import": record, "complete": False})
-    _write_import(out_path, spec, [data, *reused], overwrite)
-    return out_path
+    if grid.resampled is not None:
+        record["resampled"] = grid.resampled
+    return record
 
 
 def _write_import(path: Path, spec, given: Sequence[da.Array], overwrite: bool) -> None:

@@ -15,11 +15,17 @@ import numpy as np
 import zarr
 
 from vstain_dask.errors import InputError, VolumeFormatError, as_enum
-from vstain_dask.ngff._common import Display, LabelTable, NgffVersion, VolumeKind
-from vstain_dask.ngff._create import _build_spec, _create, _omero, _VolumeSpec
+from vstain_dask.ngff._common import Display, LabelTable, VolumeKind, _keyword_bundles
+from vstain_dask.ngff._create import _build_spec, _create, _omero, _VolumeOptions, _VolumeSpec
 from vstain_dask.ngff._format import format_of_store, ome_metadata
 from vstain_dask.ngff._pyramid import _align, _store_level0, write_pyramid
-from vstain_dask.ngff._read import _default_axes, _read_multiscale, _write_chunks, update_provenance
+from vstain_dask.ngff._read import (
+    _default_axes,
+    _Multiscale,
+    _read_multiscale,
+    _write_chunks,
+    update_provenance,
+)
 
 
 def _as_input(data: Any) -> tuple[Any, dict]:
@@ -52,18 +58,9 @@ def write_volume(
     data: Any,
     path: str | os.PathLike,
     *,
-    axes: str | Sequence[str] | None = None,
-    scale: Mapping[str, float] | Sequence[float] | float | None = None,
-    units: Mapping[str, str] | Sequence[str] | str | None = None,
-    translation: Mapping[str, float] | Sequence[float] | float | None = None,
     chunks: Sequence[int] | int | None = None,
-    ngff_version: NgffVersion | str = "0.5",
-    n_levels: int | None = None,
-    kind: VolumeKind | str = "intensity",
-    channel_names: Sequence[str] | None = None,
-    attrs: Mapping[str, Any] | None = None,
-    display: Display | None = None,
     overwrite: bool = False,
+    **options: Any,
 ) -> Path:
     """Write an array as an OME-Zarr image with its pyramid, streaming chunk by chunk.
 
@@ -91,15 +88,9 @@ def write_volume(
     pathlib.Path
         ``path``.
     """
+    given = _keyword_bundles("write_volume", {"axes": None, **options}, _VolumeOptions)[0]
     arr, meta = _as_input(data)
-    kind = as_enum(VolumeKind, kind, "kind")
-    if axes is None:
-        axes = meta.get("axes") or _default_axes(arr.ndim, rgb=kind is VolumeKind.RGB)
-        if not axes:
-            raise InputError(
-                f"data has {arr.ndim} dimensions; give axes (zyx, czyx, yx or cyx) for "
-                f"shape {tuple(arr.shape)}"
-            )
+    given = _with_input_metadata(given, arr, meta)
     if (
         "source_path" in meta
         and overwrite
@@ -108,28 +99,34 @@ def write_volume(
         raise InputError(
             f"output {path} is the volume being read ({meta['source_path']}); write to another path"
         )
-    spec = _build_spec(
-        path,
-        shape=arr.shape,
-        dtype=arr.dtype,
-        chunks=chunks,
-        axes=axes,
-        scale=scale if scale is not None else meta.get("scale"),
-        units=units if units is not None else meta.get("units"),
-        translation=translation if translation is not None else meta.get("translation"),
-        ngff_version=ngff_version,
-        n_levels=n_levels,
-        kind=kind,
-        channel_names=channel_names if channel_names is not None else meta.get("channel_names"),
-        # incomplete until the last level is written: a failed or interrupted write leaves a
-        # store that every reader refuses, instead of one that passes for a volume of zeros
-        attrs={**dict(attrs or {}), "complete": False},
-        display=display,
-    )
+    # incomplete until the last level is written: a failed or interrupted write leaves a
+    # store that every reader refuses, instead of one that passes for a volume of zeros
+    given = dataclasses.replace(given, attrs={**dict(given.attrs or {}), "complete": False})
+    spec = _build_spec(path, shape=arr.shape, dtype=arr.dtype, chunks=chunks, options=given)
     if not isinstance(arr, da.Array):
         arr = da.from_array(arr, chunks=spec.chunks)
     _write_levels(path, spec, _align(arr.astype(spec.dtype, copy=False), spec.chunks), overwrite)
     return Path(path)
+
+
+def _with_input_metadata(given: _VolumeOptions, arr: Any, meta: dict) -> _VolumeOptions:
+    """The options of :func:`write_volume` with what was not given taken from the input's
+    metadata (an xarray's dims and attrs), and the axes by dimension where it has none."""
+    kind = as_enum(VolumeKind, given.kind, "kind")
+    axes = given.axes
+    if axes is None:
+        axes = meta.get("axes") or _default_axes(arr.ndim, rgb=kind is VolumeKind.RGB)
+        if not axes:
+            raise InputError(
+                f"data has {arr.ndim} dimensions; give axes (zyx, czyx, yx or cyx) for "
+                f"shape {tuple(arr.shape)}"
+            )
+    fallback = {
+        key: meta.get(key)
+        for key in ("scale", "units", "translation", "channel_names")
+        if getattr(given, key) is None
+    }
+    return dataclasses.replace(given, axes=axes, kind=kind, **fallback)
 
 
 def _write_levels(path, spec: _VolumeSpec, level0: da.Array, overwrite: bool) -> None:
@@ -241,10 +238,36 @@ def write_labels(
         )
     if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
         raise InputError(f"name must be a plain folder name such as 'mask', got {name!r}")
+    arr, dt, table = _label_array(ms, name, labels, table)
+    label_path = ms.path / "labels" / name
+    spec = _labels_spec(ms, label_path, dt, table)
+    group = zarr.open_group(store=str(ms.path / "labels"), mode="a", zarr_format=ms.zarr_format)
+    if not isinstance(arr, da.Array):
+        arr = da.from_array(arr, chunks=spec.chunks)
+    level = _align(arr.astype(dt, copy=False), spec.chunks)
+    targets = _create(label_path, spec, overwrite)
+    _store_level0(level, targets[0])
+    write_pyramid(label_path)
+    names = list(ome_metadata(group.attrs.asdict()).get("labels", []))
+    if name not in names:
+        names.append(name)
+    group.attrs.update(spec.format.group_attrs({"labels": names}))
+    return label_path
+
+
+def _spatial(ms: _Multiscale) -> list[int]:
+    """The dimensions of an image's spatial axes."""
+    return [i for i, a in enumerate(ms.axes) if a != "c"]
+
+
+def _label_array(
+    ms: _Multiscale, name: str, labels: Any, table: LabelTable | None
+) -> tuple[Any, np.dtype, LabelTable | None]:
+    """The label array for image ``ms``, the dtype it is stored in (uint8 for a bool mask) and
+    its table (a bool mask without one gets ``LabelTable.mask(name)``)."""
     arr, _ = _as_input(labels)
-    spatial = [i for i, a in enumerate(ms.axes) if a != "c"]
     level0 = ms.levels[0]
-    spatial_shape = tuple(level0.array.shape[i] for i in spatial)
+    spatial_shape = tuple(level0.array.shape[i] for i in _spatial(ms))
     if tuple(arr.shape) != spatial_shape:
         raise InputError(
             f"labels must have the image's spatial shape {spatial_shape}, got {tuple(arr.shape)}"
@@ -255,35 +278,29 @@ def write_labels(
         table = table if table is not None else LabelTable.mask(name)
     elif dt.kind not in "iu":
         raise InputError(f"labels must be integers or bool, got dtype {dt}")
-    axes = tuple(ms.axes[i] for i in spatial)
-    fmt = format_of_store(ms.zarr_format)
-    label_path = ms.path / "labels" / name
-    spec = _build_spec(
-        label_path,
-        shape=spatial_shape,
-        dtype=dt,
-        chunks=tuple(_write_chunks(level0.array)[i] for i in spatial),
-        axes=axes,
+    return arr, dt, table
+
+
+def _labels_spec(
+    ms: _Multiscale, label_path: Path, dt: np.dtype, table: LabelTable | None
+) -> _VolumeSpec:
+    """A label image's spec: image ``ms``'s spatial axes, grid, chunks, levels and version."""
+    spatial = _spatial(ms)
+    level0 = ms.levels[0]
+    options = _VolumeOptions(
+        axes=tuple(ms.axes[i] for i in spatial),
         scale=tuple(level0.scale[i] for i in spatial),
         units=tuple(ms.units[i] for i in spatial) if ms.units[spatial[0]] else None,
         translation=tuple(level0.translation[i] for i in spatial),
-        ngff_version=fmt.version,
+        ngff_version=format_of_store(ms.zarr_format).version,
         n_levels=len(ms.levels),
         kind=VolumeKind.LABELS,
-        channel_names=None,
-        attrs=None,
+    )
+    return _build_spec(
+        label_path,
+        shape=tuple(level0.array.shape[i] for i in spatial),
+        dtype=dt,
+        chunks=tuple(_write_chunks(level0.array)[i] for i in spatial),
+        options=options,
         label_table=table,
     )
-    group = zarr.open_group(store=str(ms.path / "labels"), mode="a", zarr_format=ms.zarr_format)
-    if not isinstance(arr, da.Array):
-        arr = da.from_array(arr, chunks=spec.chunks)
-    level = _align(arr.astype(dt, copy=False), spec.chunks)
-    targets = _create(label_path, spec, overwrite)
-    _store_level0(level, targets[0])
-    write_pyramid(label_path)
-    lattrs = group.attrs.asdict()
-    names = list(ome_metadata(lattrs).get("labels", []))
-    if name not in names:
-        names.append(name)
-    group.attrs.update(fmt.group_attrs({"labels": names}))
-    return label_path
