@@ -125,55 +125,10 @@ def open_dicom_folder(folder: Path, *, band_z: int) -> dict:
     """
     pydicom = _pydicom(f"folder {folder.name}")
     files = dicom_files(folder)
-    headers = []
-    for p in files:
-        try:
-            headers.append(pydicom.dcmread(p, stop_before_pixels=True))
-        except Exception as e:  # InvalidDicomError, truncated files
-            raise VolumeFormatError(f"{p} is not a readable DICOM file ({e})") from e
-    series = sorted({str(getattr(h, "SeriesInstanceUID", "")) for h in headers})
-    if len(series) > 1:
-        raise VolumeFormatError(
-            f"folder {folder} holds {len(series)} DICOM series ({', '.join(series[:4])}); "
-            "put one series per folder"
-        )
+    headers = _read_headers(pydicom, files)
+    series = _check_series(folder, files, headers)
     first = headers[0]
-    for p, h in zip(files, headers, strict=True):
-        for tag in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows"):
-            if tag not in h:
-                raise VolumeFormatError(
-                    f"{p.name} has no {tag}; a DICOM series needs it to place its slices"
-                )
-        if (h.Rows, h.Columns) != (first.Rows, first.Columns):
-            raise VolumeFormatError(
-                f"{p.name} is {h.Rows}x{h.Columns} but {files[0].name} is "
-                f"{first.Rows}x{first.Columns}; all slices of a series must match"
-            )
-        if not np.allclose([float(v) for v in h.ImageOrientationPatient],
-                           [float(v) for v in first.ImageOrientationPatient], atol=1e-4):  # fmt: skip
-            raise VolumeFormatError(
-                f"{p.name} is oriented {list(h.ImageOrientationPatient)} but {files[0].name} "
-                f"{list(first.ImageOrientationPatient)}; not one stack of parallel slices"
-            )
-    orientation = np.array([float(v) for v in first.ImageOrientationPatient])
-    normal = np.cross(orientation[:3], orientation[3:])
-    depth = np.array([np.dot([float(v) for v in h.ImagePositionPatient], normal) for h in headers])
-    order = np.argsort(depth, kind="stable")
-    depth = depth[order]
-    gaps = np.diff(depth)
-    if len(files) > 1:
-        median = float(np.median(gaps))
-        worst = float(np.max(np.abs(gaps - median))) if median > 0 else np.inf
-        if median <= 0 or worst > SPACING_TOLERANCE * median:
-            raise VolumeFormatError(
-                f"the slices of {folder.name} are unequally spaced along their normal (gaps "
-                f"{gaps.min():.4g} to {gaps.max():.4g} mm, median {median:.4g} mm, more than "
-                f"{SPACING_TOLERANCE:.0%} apart); missing or duplicate slices? vstain-dask "
-                "imports evenly spaced series only"
-            )
-        z_um = median * 1000.0
-    else:
-        z_um = float(getattr(first, "SliceThickness", 0) or 0) * 1000.0 or None
+    order, depth, z_um = _slice_order(folder, headers)
     row_mm, col_mm = (float(v) for v in first.PixelSpacing)
     files = [files[i] for i in order]
     rescale = [_rescale(headers[i]) for i in order]
@@ -206,3 +161,69 @@ def open_dicom_folder(folder: Path, *, band_z: int) -> dict:
         "pixel_size": FoundSize(sizes=sizes, source="the DICOM PixelSpacing and slice positions"),
         "record": record,
     }
+
+
+def _read_headers(pydicom, files: list[Path]) -> list:
+    """The headers of ``files``, without their pixel data."""
+    headers = []
+    for p in files:
+        try:
+            headers.append(pydicom.dcmread(p, stop_before_pixels=True))
+        except Exception as e:  # InvalidDicomError, truncated files
+            raise VolumeFormatError(f"{p} is not a readable DICOM file ({e})") from e
+    return headers
+
+
+def _check_series(folder: Path, files: list[Path], headers: list) -> list[str]:
+    """The series UIDs of the slices (one, else an error), once every slice is checked to carry
+    the tags that place it and to match the first slice's size and orientation."""
+    series = sorted({str(getattr(h, "SeriesInstanceUID", "")) for h in headers})
+    if len(series) > 1:
+        raise VolumeFormatError(
+            f"folder {folder} holds {len(series)} DICOM series ({', '.join(series[:4])}); "
+            "put one series per folder"
+        )
+    first = headers[0]
+    for p, h in zip(files, headers, strict=True):
+        for tag in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows"):
+            if tag not in h:
+                raise VolumeFormatError(
+                    f"{p.name} has no {tag}; a DICOM series needs it to place its slices"
+                )
+        if (h.Rows, h.Columns) != (first.Rows, first.Columns):
+            raise VolumeFormatError(
+                f"{p.name} is {h.Rows}x{h.Columns} but {files[0].name} is "
+                f"{first.Rows}x{first.Columns}; all slices of a series must match"
+            )
+        if not np.allclose([float(v) for v in h.ImageOrientationPatient],
+                           [float(v) for v in first.ImageOrientationPatient], atol=1e-4):  # fmt: skip
+            raise VolumeFormatError(
+                f"{p.name} is oriented {list(h.ImageOrientationPatient)} but {files[0].name} "
+                f"{list(first.ImageOrientationPatient)}; not one stack of parallel slices"
+            )
+    return series
+
+
+def _slice_order(folder: Path, headers: list) -> tuple[np.ndarray, np.ndarray, float | None]:
+    """(the slices' order along the slice normal, their sorted positions on it in mm, the slice
+    spacing in µm): the median gap, which every gap must match, or for a single slice its
+    ``SliceThickness`` (None without one)."""
+    first = headers[0]
+    orientation = np.array([float(v) for v in first.ImageOrientationPatient])
+    normal = np.cross(orientation[:3], orientation[3:])
+    depth = np.array([np.dot([float(v) for v in h.ImagePositionPatient], normal) for h in headers])
+    order = np.argsort(depth, kind="stable")
+    depth = depth[order]
+    gaps = np.diff(depth)
+    if len(headers) <= 1:
+        return order, depth, float(getattr(first, "SliceThickness", 0) or 0) * 1000.0 or None
+    median = float(np.median(gaps))
+    worst = float(np.max(np.abs(gaps - median))) if median > 0 else np.inf
+    if median <= 0 or worst > SPACING_TOLERANCE * median:
+        raise VolumeFormatError(
+            f"the slices of {folder.name} are unequally spaced along their normal (gaps "
+            f"{gaps.min():.4g} to {gaps.max():.4g} mm, median {median:.4g} mm, more than "
+            f"{SPACING_TOLERANCE:.0%} apart); missing or duplicate slices? vstain-dask "
+            "imports evenly spaced series only"
+        )
+    return order, depth, median * 1000.0

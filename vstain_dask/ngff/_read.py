@@ -162,39 +162,70 @@ def _read_multiscale(path: str | os.PathLike, mode: str = "r") -> _Multiscale:
     ome = attrs.get("ome")
     meta = ome_metadata(attrs)
     if "multiscales" not in meta:
-        if "bioformats2raw.layout" in meta and "0" in node:
-            return _read_multiscale(p / "0", mode)
-        if "labels" in meta:
-            names = list(meta["labels"])
-            hint = f", e.g. {p / names[0]}" if names else ""
-            raise VolumeFormatError(
-                f"{p} is an OME-Zarr labels group, not an image; open one of its label images{hint}"
-            )
-        if "plate" in meta or "well" in meta:
-            raise VolumeFormatError(
-                f"{p} is an OME-Zarr plate/well group, not an image; open one of its images"
-            )
-        arrays = sorted(node.array_keys())
-        if len(arrays) == 1:
-            return _plain(p / arrays[0], node[arrays[0]])
-        if arrays:
-            raise VolumeFormatError(
-                f"{p} is a zarr group without OME-Zarr metadata holding arrays {arrays}; "
-                f"open one of them, e.g. {p / arrays[0]}"
-            )
-        groups = sorted(node.group_keys())
-        hint = f" (it holds groups {groups[:5]})" if groups else ""
-        raise VolumeFormatError(
-            f"{p} is a zarr group without OME-Zarr metadata and without arrays{hint}; "
-            "give an OME-Zarr image or a zarr array"
-        )
+        return _without_multiscales(p, node, meta, mode)
     multiscales = meta["multiscales"]
     if not isinstance(multiscales, Sequence) or not multiscales:
         raise VolumeFormatError(f"{p} has an empty or malformed 'multiscales' list")
     ms = multiscales[0]
     version = meta.get("version") if meta is ome else None
     version = str(version or ms.get("version") or attrs.get("version") or "0.4")
-    datasets = ms.get("datasets") or []
+    arrays = _dataset_arrays(p, node, ms.get("datasets") or [])
+    names, units = _axes(p, ms, arrays[0][1].ndim)
+    levels = _levels(p, ms, arrays, names)
+    omero = meta.get("omero", attrs.get("omero"))
+    channels = _channels(names, omero)
+    label_names = _label_names(node)
+    vstain = attrs.get("vstain")
+    return _Multiscale(
+        path=p,
+        ngff_version=version,
+        zarr_format=arrays[0][1].metadata.zarr_format,
+        name=str(ms.get("name") or p.name),
+        axes=names,
+        units=tuple(None if a == "c" else u for a, u in zip(names, units, strict=True)),
+        levels=levels,
+        channels=channels,
+        kind=_infer_kind(meta, names, np.dtype(arrays[0][1].dtype), omero),
+        vstain=dict(vstain) if isinstance(vstain, Mapping) else {},
+        labels=label_names,
+    )
+
+
+def _without_multiscales(p: Path, node: zarr.Group, meta: Mapping, mode: str) -> _Multiscale:
+    """A group without ``multiscales``: the image of a bioformats2raw layout, or a group's only
+    array; else an error that says what the group is and what to open instead."""
+    if "bioformats2raw.layout" in meta and "0" in node:
+        return _read_multiscale(p / "0", mode)
+    if "labels" in meta:
+        names = list(meta["labels"])
+        hint = f", e.g. {p / names[0]}" if names else ""
+        raise VolumeFormatError(
+            f"{p} is an OME-Zarr labels group, not an image; open one of its label images{hint}"
+        )
+    if "plate" in meta or "well" in meta:
+        raise VolumeFormatError(
+            f"{p} is an OME-Zarr plate/well group, not an image; open one of its images"
+        )
+    arrays = sorted(node.array_keys())
+    if len(arrays) == 1:
+        return _plain(p / arrays[0], node[arrays[0]])
+    if arrays:
+        raise VolumeFormatError(
+            f"{p} is a zarr group without OME-Zarr metadata holding arrays {arrays}; "
+            f"open one of them, e.g. {p / arrays[0]}"
+        )
+    groups = sorted(node.group_keys())
+    hint = f" (it holds groups {groups[:5]})" if groups else ""
+    raise VolumeFormatError(
+        f"{p} is a zarr group without OME-Zarr metadata and without arrays{hint}; "
+        "give an OME-Zarr image or a zarr array"
+    )
+
+
+def _dataset_arrays(
+    p: Path, node: zarr.Group, datasets: Sequence[Mapping]
+) -> list[tuple[str, zarr.Array, Mapping]]:
+    """(path, array, dataset entry) of each level the multiscales metadata lists."""
     if not datasets:
         raise VolumeFormatError(f"{p} lists no datasets in its multiscales metadata")
     arrays = []
@@ -214,9 +245,13 @@ def _read_multiscale(path: str | os.PathLike, mode: str = "r") -> _Multiscale:
         if not isinstance(arr, zarr.Array):
             raise VolumeFormatError(f"{p}: level {name!r} is a group, not an array")
         arrays.append((name, arr, ds))
-    ndim = arrays[0][1].ndim
+    return arrays
+
+
+def _axes(p: Path, ms: Mapping, ndim: int) -> tuple[tuple[str, ...], tuple[str | None, ...]]:
+    """The axis names and units of a multiscale (NGFF <= 0.2 has implicit t,c,z,y,x)."""
     raw_axes = ms.get("axes")
-    if raw_axes is None:  # NGFF <= 0.2: implicit t,c,z,y,x
+    if raw_axes is None:
         names = ("t", "c", "z", "y", "x")[-ndim:]
         units: tuple[str | None, ...] = (None,) * ndim
     else:
@@ -228,6 +263,14 @@ def _read_multiscale(path: str | os.PathLike, mode: str = "r") -> _Multiscale:
             "(y, x) or (c, y, x) volumes; save the part you need (e.g. one time point) as its "
             "own OME-Zarr image"
         )
+    return names, units
+
+
+def _levels(
+    p: Path, ms: Mapping, arrays: Sequence[tuple[str, zarr.Array, Mapping]], names: tuple[str, ...]
+) -> tuple[_Level, ...]:
+    """The levels with their scale and translation: each dataset's transforms composed with the
+    multiscale's."""
     ms_scale, ms_trans = _transforms(
         ms.get("coordinateTransformations"), len(names), "the multiscale", p
     )
@@ -242,32 +285,25 @@ def _read_multiscale(path: str | os.PathLike, mode: str = "r") -> _Multiscale:
         scale = tuple(a * b for a, b in zip(s, ms_scale, strict=True))
         trans = tuple(a * b + c for a, b, c in zip(t, ms_scale, ms_trans, strict=True))
         levels.append(_Level(path=name, array=arr, scale=scale, translation=trans))
-    omero = meta.get("omero", attrs.get("omero"))
-    channels = None
+    return tuple(levels)
+
+
+def _channels(names: tuple[str, ...], omero: Any) -> tuple[str, ...] | None:
+    """The channel labels the omero metadata gives (their index where one has no label)."""
     if "c" in names and isinstance(omero, Mapping) and omero.get("channels"):
-        channels = tuple(
+        return tuple(
             str(ch.get("label") or i) if isinstance(ch, Mapping) else str(i)
             for i, ch in enumerate(omero["channels"])
         )
-    label_names: tuple[str, ...] = ()
-    if "labels" in node.group_keys():
-        lattrs = node["labels"].attrs.asdict()
-        lmeta = ome_metadata(lattrs)
-        label_names = tuple(str(n) for n in lmeta.get("labels", ()))
-    vstain = attrs.get("vstain")
-    return _Multiscale(
-        path=p,
-        ngff_version=version,
-        zarr_format=arrays[0][1].metadata.zarr_format,
-        name=str(ms.get("name") or p.name),
-        axes=names,
-        units=tuple(None if a == "c" else u for a, u in zip(names, units, strict=True)),
-        levels=tuple(levels),
-        channels=channels,
-        kind=_infer_kind(meta, names, np.dtype(arrays[0][1].dtype), omero),
-        vstain=dict(vstain) if isinstance(vstain, Mapping) else {},
-        labels=label_names,
-    )
+    return None
+
+
+def _label_names(node: zarr.Group) -> tuple[str, ...]:
+    """The label images listed beside an image (its ``labels`` group)."""
+    if "labels" not in node.group_keys():
+        return ()
+    lmeta = ome_metadata(node["labels"].attrs.asdict())
+    return tuple(str(n) for n in lmeta.get("labels", ()))
 
 
 def _write_chunks(arr: zarr.Array) -> tuple[int, ...]:
@@ -425,9 +461,21 @@ def open_volume(
         )
     lv = ms.levels[int(level)]
     data = da.from_zarr(lv.array, chunks=_write_chunks(lv.array))
+    return xr.DataArray(
+        data,
+        dims=ms.axes,
+        coords=_coords(ms, lv, data.shape),
+        attrs=_volume_attrs(ms, lv, int(level)),
+        name=ms.name,
+    )
+
+
+def _coords(ms: _Multiscale, lv: _Level, shape: tuple[int, ...]) -> dict[str, Any]:
+    """Coordinates of a level of ``shape``: physical positions ``index * scale + translation``
+    along the spatial axes, the channel labels (else indices) along ``c``."""
     coords: dict[str, Any] = {}
     for i, ax in enumerate(ms.axes):
-        size = data.shape[i]
+        size = shape[i]
         if ax == "c":
             if ms.channels is not None and len(ms.channels) == size:
                 coords["c"] = list(ms.channels)
@@ -435,16 +483,20 @@ def open_volume(
                 coords["c"] = np.arange(size)
         else:
             coords[ax] = np.arange(size) * lv.scale[i] + lv.translation[i]
-    attrs = {
+    return coords
+
+
+def _volume_attrs(ms: _Multiscale, lv: _Level, level: int) -> dict[str, Any]:
+    """The ``attrs`` of the DataArray :func:`open_volume` returns for ``level``."""
+    return {
         "ngff_version": ms.ngff_version,
         "scale": dict(zip(ms.axes, lv.scale, strict=True)),
         "units": dict(zip(ms.axes, ms.units, strict=True)),
         "translation": dict(zip(ms.axes, lv.translation, strict=True)),
         "path": str(ms.path),
-        "level": int(level),
-        "n_levels": n,
+        "level": level,
+        "n_levels": len(ms.levels),
         "channels": list(ms.channels) if ms.channels is not None else None,
         "kind": ms.kind.value,
         "vstain": dict(ms.vstain),
     }
-    return xr.DataArray(data, dims=ms.axes, coords=coords, attrs=attrs, name=ms.name)

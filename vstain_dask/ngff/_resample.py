@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import dask.array as da
 import numpy as np
@@ -107,6 +108,39 @@ def _resample_block(
     return _cast(values, out_dtype)
 
 
+class _AxisPlan(NamedTuple):
+    """How one spatial axis is resampled, block by block."""
+
+    #: output block boundaries
+    out_bounds: tuple[int, ...]
+    #: input block boundaries: where each output block's input starts (and the axis length)
+    in_bounds: tuple[int, ...]
+    #: input blocks
+    in_chunks: tuple[int, ...]
+    #: output blocks
+    out_chunks: tuple[int, ...]
+    #: input pixels a block needs from its neighbours (the interval's fractional end)
+    halo: int
+
+    @classmethod
+    def unchanged(cls, chunks: tuple[int, ...]) -> _AxisPlan:
+        """An axis of factor 1: the input's blocks, as they are."""
+        bounds = tuple(np.cumsum([0, *chunks]).tolist())
+        return cls(bounds, bounds, chunks, tuple(chunks), 0)
+
+    @classmethod
+    def coarse(cls, n: int, factor: float, chunk: int, step: int) -> _AxisPlan:
+        """An axis of ``n`` input pixels resampled by ``factor`` into output chunks of ``chunk``,
+        in blocks of at most about ``step`` input pixels."""
+        sizes = _split(output_length(n, factor), chunk, max(1, math.floor(step / factor)))
+        bounds = np.cumsum([0, *sizes]).tolist()
+        starts = [math.floor(j * factor + 1e-9) for j in bounds[:-1]] + [n]
+        halo = 1 if len(sizes) > 1 else 0
+        return cls(
+            tuple(bounds), tuple(starts), tuple(np.diff(starts).tolist()), tuple(sizes), halo
+        )
+
+
 def resample_area(
     data: da.Array,
     *,
@@ -135,26 +169,17 @@ def resample_area(
     if len(factors) != len(spatial) or any(not f >= 1.0 for f in factors):
         raise InputError(f"resampling factors must be >= 1, one per spatial axis, got {factors}")
     step = max(1, round(_PIECE_ELEMENTS ** (1 / len(spatial))))
-    out_bounds, in_bounds, in_chunks, out_chunks, depth = [], [], list(data.chunks), [], {}
+    plans = []
     for k, dim in enumerate(spatial):
-        n, f = data.shape[dim], factors[k]
-        if f == 1.0:
-            sizes = list(data.chunks[dim])
-            out_bounds.append(tuple(np.cumsum([0, *sizes]).tolist()))
-            in_bounds.append(out_bounds[-1])
-            out_chunks.append(tuple(sizes))
-            continue
-        m = output_length(n, f)
-        sizes = _split(m, int(chunks[k]), max(1, math.floor(step / f)))
-        bounds = np.cumsum([0, *sizes]).tolist()
-        starts = [math.floor(j * f + 1e-9) for j in bounds[:-1]] + [n]
-        out_bounds.append(tuple(bounds))
-        in_bounds.append(tuple(starts))
-        in_chunks[dim] = tuple(np.diff(starts).tolist())
-        out_chunks.append(tuple(sizes))
-        depth[dim] = 1 if len(sizes) > 1 else 0
+        if factors[k] == 1.0:
+            plans.append(_AxisPlan.unchanged(data.chunks[dim]))
+        else:
+            plans.append(_AxisPlan.coarse(data.shape[dim], factors[k], int(chunks[k]), step))
+    in_chunks, depth = list(data.chunks), {}
+    for dim, plan in zip(spatial, plans, strict=True):
+        in_chunks[dim], depth[dim] = plan.in_chunks, plan.halo
     data = data.rechunk(tuple(in_chunks))
-    full_chunks, it = [], iter(out_chunks)
+    full_chunks, it = [], iter(plan.out_chunks for plan in plans)
     for d, a in enumerate(axes):
         full_chunks.append(data.chunks[d] if a == "c" else next(it))
     return da.map_overlap(
@@ -168,10 +193,43 @@ def resample_area(
         meta=np.empty((0,) * data.ndim, data.dtype),
         axes=axes,
         factors=factors,
-        out_bounds=tuple(out_bounds),
-        in_bounds=tuple(in_bounds),
+        out_bounds=tuple(plan.out_bounds for plan in plans),
+        in_bounds=tuple(plan.in_bounds for plan in plans),
         out_dtype=data.dtype,
     )
+
+
+def _target_sizes(target: float | Sequence[float], spatial: str) -> tuple:
+    """``voxel_size_out`` as one positive size per spatial axis (one size for all)."""
+    n = len(spatial)
+    values = (target,) * n if isinstance(target, int | float) else tuple(target)
+    if len(values) == 1:
+        values = values * n
+    names = ",".join(a.upper() for a in spatial)
+    if len(values) != n or not all(isinstance(v, int | float) and v > 0 for v in values):
+        raise InputError(
+            f"voxel_size_out (--voxel-size-out/--pixel-size-out) must be one positive size or "
+            f"{n} ({names}), got {tuple(values)}"
+        )
+    return values
+
+
+def _size_factors(
+    spatial: str, values: Sequence[float], voxel_size: Sequence[float], unit: str
+) -> list[float]:
+    """Target / input size per spatial axis; none may be below 1, and those within ``_SAME`` of 1
+    are 1."""
+    factors = []
+    for axis, given, have in zip(spatial, values, voxel_size, strict=True):
+        f = float(given) / float(have)
+        if f < 1 - _SAME:
+            raise InputError(
+                f"--voxel-size-out {_fmt((given,), unit)} is finer than the input's "
+                f"{_fmt((have,), unit)} along {axis.upper()}; import only resamples to coarser "
+                f"sizes (area averaging): give a size of at least {have:g}"
+            )
+        factors.append(1.0 if abs(f - 1) <= _SAME else f)
+    return factors
 
 
 def resample_to_size(
@@ -201,26 +259,8 @@ def resample_to_size(
     ``method`` and ``input_pixels_used``)
     """
     spatial = axes.replace("c", "")
-    n = len(spatial)
-    values = (target,) * n if isinstance(target, int | float) else tuple(target)
-    if len(values) == 1:
-        values = values * n
-    names = ",".join(a.upper() for a in spatial)
-    if len(values) != n or not all(isinstance(v, int | float) and v > 0 for v in values):
-        raise InputError(
-            f"voxel_size_out (--voxel-size-out/--pixel-size-out) must be one positive size or "
-            f"{n} ({names}), got {tuple(values)}"
-        )
-    factors = []
-    for axis, given, have in zip(spatial, values, voxel_size, strict=True):
-        f = float(given) / float(have)
-        if f < 1 - _SAME:
-            raise InputError(
-                f"--voxel-size-out {_fmt((given,), unit)} is finer than the input's "
-                f"{_fmt((have,), unit)} along {axis.upper()}; import only resamples to coarser "
-                f"sizes (area averaging): give a size of at least {have:g}"
-            )
-        factors.append(1.0 if abs(f - 1) <= _SAME else f)
+    values = _target_sizes(target, spatial)
+    factors = _size_factors(spatial, values, voxel_size, unit)
     dims = [d for d, a in enumerate(axes) if a != "c"]
     lengths = [output_length(data.shape[d], f) for d, f in zip(dims, factors, strict=True)]
     out_chunks = [min(int(c), m) for c, m in zip(chunks, lengths, strict=True)]
