@@ -13,6 +13,7 @@ Pairs are small 2D images, so reads and writes here are eager (numpy in, zarr ar
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
 import math
@@ -160,6 +161,24 @@ def _open_root(path: str | os.PathLike, *, create: bool):
     return root
 
 
+@dataclasses.dataclass(frozen=True)
+class _PairOptions:
+    """The optional keywords of :func:`write_pair`: the pair's split ``role``, its free ``attrs``,
+    and whether it may replace a pair of its id (``overwrite``)."""
+
+    role: Role | str | None = None
+    attrs: Mapping[str, Any] | None = None
+    overwrite: bool = False
+
+
+def _refuse_unknown(function: str, keywords: Mapping[str, Any], known: type) -> None:
+    """Refuse a keyword that no field of dataclass ``known`` has, as Python refuses a keyword
+    argument ``function`` does not take."""
+    unknown = [k for k in keywords if k not in {f.name for f in dataclasses.fields(known)}]
+    if unknown:
+        raise TypeError(f"{function}() got an unexpected keyword argument '{unknown[0]}'")
+
+
 def write_pair(
     path: str | os.PathLike,
     pair_id: str,
@@ -170,9 +189,7 @@ def write_pair(
     material: Material | str,
     sample: str,
     voxel_size: float,
-    role: Role | str | None = None,
-    attrs: Mapping[str, Any] | None = None,
-    overwrite: bool = False,
+    **options: Any,
 ) -> Path:
     """Add one CT/histology pair to a pairs store (created if missing).
 
@@ -192,18 +209,48 @@ def write_pair(
     voxel_size : float
         Pixel size in µm.
     role : :class:`Role` value or None
-        Split role; None leaves the choice to training.
+        Split role; None (the default) leaves the choice to training.
     attrs : mapping, optional
         Free JSON-serializable extras stored with the pair.
     overwrite : bool
-        Replace an existing pair of that id.
+        Replace an existing pair of that id (default False).
 
     Returns
     -------
     pathlib.Path
         The pair's group.
     """
+    _refuse_unknown("write_pair", options, _PairOptions)
+    opts = _PairOptions(**options)
     pair_id = _check_id(pair_id)
+    reserved = _reserved_attrs(material, sample, voxel_size, opts.role)
+    ct, histology, mask = _check_images(ct, histology, mask)
+    extras = _json_extras(opts.attrs)
+    g = _new_pair_group(path, pair_id, overwrite=opts.overwrite)
+    ch = min(_CHUNK, ct.shape[0]), min(_CHUNK, ct.shape[1])
+    g.create_array("ct", data=ct, chunks=ch)
+    g.create_array("histology", data=histology, chunks=(*ch, 3))
+    g.create_array("mask", data=mask, chunks=ch)
+    g.attrs.update({**extras, **reserved})
+    return Path(path) / pair_id
+
+
+def _new_pair_group(path: str | os.PathLike, pair_id: str, *, overwrite: bool):
+    """An empty group for pair ``pair_id`` in the store at ``path`` (created if missing); an
+    existing pair of that id is replaced only with ``overwrite``."""
+    root = _open_root(path, create=True)
+    if pair_id in root:
+        if not overwrite:
+            raise OutputExistsError(
+                f"pair {pair_id!r} already exists in {path}; pass overwrite=True to replace it"
+            )
+        del root[pair_id]
+    return root.create_group(pair_id)
+
+
+def _reserved_attrs(material: Any, sample: Any, voxel_size: Any, role: Any) -> dict[str, Any]:
+    """The checked ``material``, ``sample``, ``voxel_size`` (µm) and ``role`` of a pair, as
+    stored in its attributes."""
     mat = parse_material(material)
     role_ = _parse_role(role)
     if not isinstance(sample, str) or not sample:
@@ -214,30 +261,12 @@ def write_pair(
         raise InputError(f"voxel_size must be a positive number of µm, got {voxel_size!r}") from e
     if not (math.isfinite(vs) and vs > 0):
         raise InputError(f"voxel_size must be a positive number of µm, got {voxel_size!r}")
-    ct, histology, mask = _check_images(ct, histology, mask)
-    extras = _json_extras(attrs)
-    root = _open_root(path, create=True)
-    if pair_id in root:
-        if not overwrite:
-            raise OutputExistsError(
-                f"pair {pair_id!r} already exists in {path}; pass overwrite=True to replace it"
-            )
-        del root[pair_id]
-    g = root.create_group(pair_id)
-    ch = min(_CHUNK, ct.shape[0]), min(_CHUNK, ct.shape[1])
-    g.create_array("ct", data=ct, chunks=ch)
-    g.create_array("histology", data=histology, chunks=(*ch, 3))
-    g.create_array("mask", data=mask, chunks=ch)
-    g.attrs.update(
-        {
-            **extras,
-            "material": mat.value,
-            "sample": sample,
-            "voxel_size": vs,
-            "role": None if role_ is None else role_.value,
-        }
-    )
-    return Path(path) / pair_id
+    return {
+        "material": mat.value,
+        "sample": sample,
+        "voxel_size": vs,
+        "role": None if role_ is None else role_.value,
+    }
 
 
 def list_pairs(path: str | os.PathLike) -> list[dict[str, Any]]:

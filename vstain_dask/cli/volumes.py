@@ -123,8 +123,7 @@ def import_(
     """
     from dask.diagnostics import ProgressBar
 
-    from vstain_dask.ngff import format_info, import_volume, volume_info
-    from vstain_dask.ngff._pixel_size import _fmt, describe
+    from vstain_dask.ngff import import_volume
 
     with ProgressBar(minimum=2.0, out=sys.stderr):
         path = import_volume(
@@ -141,6 +140,15 @@ def import_(
             ngff_version=ngff_version,
             overwrite=overwrite,
         )
+    _echo_import(path)
+
+
+def _echo_import(path: Path) -> None:
+    """Print what an import wrote: the voxel size and where it came from, any resampling, and
+    the volume's description."""
+    from vstain_dask.ngff import format_info, volume_info
+    from vstain_dask.ngff._pixel_size import _fmt, describe
+
     description = volume_info(path)
     record = description["vstain"]["import"]
     click.echo(f"wrote {path}")

@@ -315,6 +315,87 @@ def _next_id(path: Path, sample: str) -> str:
     return f"{base}-{i:03d}"
 
 
+@dataclasses.dataclass(frozen=True)
+class _MaskOptions:
+    """How :func:`add_pair` builds the correspondence mask: from a manual ``mask`` (path or
+    array), combined with the automatic mask (``auto_mask``) or alone."""
+
+    mask: str | os.PathLike | np.ndarray | None = None
+    auto_mask: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class _LevelOptions:
+    """How :func:`add_pair` finds the CT levels: given (``ct_levels``), measured in two regions
+    (``bone_roi``, ``background_roi``), or else estimated."""
+
+    ct_levels: tuple[float, float] | None = None
+    bone_roi: Any = None
+    background_roi: Any = None
+
+    def levels(self, ct_img: np.ndarray, material: str) -> Any:
+        """The CT levels (:class:`vstain_dask.preprocess.CTLevels`) of ``ct_img``."""
+        from vstain_dask.preprocess import CTLevels, LevelSource, estimate_ct_levels
+
+        if (self.bone_roi is None) != (self.background_roi is None):
+            raise InputError("bone_roi and background_roi must be given together")
+        if self.ct_levels is not None and self.bone_roi is not None:
+            raise InputError("give either ct_levels or bone_roi/background_roi, not both")
+        if self.ct_levels is not None:
+            try:
+                bone, background = (float(v) for v in self.ct_levels)
+            except (TypeError, ValueError) as e:
+                raise InputError(
+                    f"ct_levels must be (bone, background), got {self.ct_levels!r}"
+                ) from e
+            return CTLevels(bone=bone, background=background, source=LevelSource.MANUAL)
+        if self.bone_roi is not None:
+            return self._from_rois(ct_img)
+        try:
+            return estimate_ct_levels(ct_img, material=material)
+        except InputError as e:
+            raise InputError(
+                f"could not estimate the CT levels: {e}; give --ct-levels BONE,BACKGROUND or "
+                "--bone-roi and --background-roi"
+            ) from e
+
+    def _from_rois(self, ct_img: np.ndarray) -> Any:
+        from vstain_dask.preprocess import levels_from_rois
+
+        bone, background = self.bone_roi, self.background_roi
+        bone_sel = parse_roi(bone, name="bone_roi") if isinstance(bone, str) else bone
+        bg_sel = (
+            parse_roi(background, name="background_roi")
+            if isinstance(background, str)
+            else background
+        )
+        return levels_from_rois(ct_img, bone_roi=bone_sel, background_roi=bg_sel)
+
+
+@dataclasses.dataclass(frozen=True)
+class _StoreOptions:
+    """What :func:`add_pair` stores with the pair besides its images and normalization, and
+    under which id."""
+
+    voxel_size: float = 5.0
+    pair_id: str | None = None
+    role: str | None = None
+    overwrite: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class _Prepared:
+    """A pair ready to be stored: its images as stored, its material, its normalization and
+    what else its attributes record."""
+
+    ct: np.ndarray
+    histology: np.ndarray
+    mask: np.ndarray
+    material: Any  # pairs.Material
+    levels: PairLevels
+    attrs: dict[str, Any]
+
+
 def add_pair(
     path: str | os.PathLike,
     *,
@@ -322,15 +403,7 @@ def add_pair(
     histology: str | os.PathLike | np.ndarray,
     material: str,
     sample: str,
-    voxel_size: float = 5.0,
-    mask: str | os.PathLike | np.ndarray | None = None,
-    auto_mask: bool = True,
-    pair_id: str | None = None,
-    role: str | None = None,
-    ct_levels: tuple[float, float] | None = None,
-    bone_roi: Any = None,
-    background_roi: Any = None,
-    overwrite: bool = False,
+    **options: Any,
 ) -> dict[str, Any]:
     """Add a registered CT slice and histology image to a pairs store, with its normalization.
 
@@ -352,37 +425,40 @@ def add_pair(
     sample : str
         Sample id (pairs of one sample stay in one split).
     voxel_size : float
-        Pixel size, µm.
+        Pixel size, µm (default 5).
     mask : path or (Y, X) array, optional
         Manual mask (non-zero = keep).
     auto_mask : bool
         Combine with the automatic correspondence mask (True) or use ``mask`` alone (False).
     pair_id : str, optional
         Default ``<sample>-NNN``, the first free number.
-    role : ``"train"``, ``"val"``, ``"test"`` or None
+    role : ``"train"``, ``"val"``, ``"test"`` or None (the default)
     ct_levels : (bone, background), optional
         Raw CT means to use instead of estimating them.
     bone_roi, background_roi : region, optional
         Measure the CT levels in these regions (see :func:`vstain_dask.preprocess.levels_from_rois`).
     overwrite : bool
-        Replace a pair of the same id.
+        Replace a pair of the same id (default False).
 
     Returns
     -------
     dict
         ``id``, ``shape``, ``normalization`` and ``mask_fraction``.
     """
-    from vstain_dask.pairs import parse_material, write_pair
-    from vstain_dask.preprocess import (
-        CTLevels,
-        LevelSource,
-        correspondence_mask,
-        estimate_ct_levels,
-        estimate_histology_levels,
-        levels_from_rois,
-    )
+    from vstain_dask.ngff._common import _keyword_bundles
 
-    mat = parse_material(material)
+    masks, levels, store = _keyword_bundles(
+        "add_pair", options, _MaskOptions, _LevelOptions, _StoreOptions
+    )
+    pair = _prepare(ct, histology, material, masks, levels)
+    return _store(path, pair, sample, store)
+
+
+def _read_inputs(
+    ct: Any, histology: Any, mask: Any
+) -> tuple[np.ndarray, dict[str, Any], np.ndarray, np.ndarray | None]:
+    """(the CT slice as uint16, what its conversion records, the histology as uint8 RGB, the
+    manual mask or None), read from paths or taken as arrays, all of one (Y, X) size."""
     ct_img = read_image(ct, name="--ct") if not isinstance(ct, np.ndarray) else ct
     hist_img = (
         read_image(histology, name="--histology")
@@ -405,89 +481,101 @@ def add_pair(
             f"images must have the same size (Y x X), got {listed}; register and resample the "
             "histology (and mask) to the CT slice first"
         )
-    if (bone_roi is None) != (background_roi is None):
-        raise InputError("bone_roi and background_roi must be given together")
-    if ct_levels is not None and bone_roi is not None:
-        raise InputError("give either ct_levels or bone_roi/background_roi, not both")
-    if ct_levels is not None:
-        try:
-            bone, background = (float(v) for v in ct_levels)
-        except (TypeError, ValueError) as e:
-            raise InputError(f"ct_levels must be (bone, background), got {ct_levels!r}") from e
-        levels = CTLevels(bone=bone, background=background, source=LevelSource.MANUAL)
-    elif bone_roi is not None:
-        bone_sel = parse_roi(bone_roi, name="bone_roi") if isinstance(bone_roi, str) else bone_roi
-        bg_sel = (
-            parse_roi(background_roi, name="background_roi")
-            if isinstance(background_roi, str)
-            else background_roi
-        )
-        levels = levels_from_rois(ct_img, bone_roi=bone_sel, background_roi=bg_sel)
-    else:
-        try:
-            levels = estimate_ct_levels(ct_img, material=mat.value)
-        except InputError as e:
-            raise InputError(
-                f"could not estimate the CT levels: {e}; give --ct-levels BONE,BACKGROUND or "
-                "--bone-roi and --background-roi"
-            ) from e
+    return ct_img, extras, hist_img, manual
+
+
+def _prepare(
+    ct: Any, histology: Any, material: str, masks: _MaskOptions, levels: _LevelOptions
+) -> _Prepared:
+    """The images read and converted, the CT levels and histology normalization measured, and
+    the correspondence mask built."""
+    from vstain_dask.pairs import parse_material
+    from vstain_dask.preprocess import estimate_histology_levels
+
+    mat = parse_material(material)
+    ct_img, extras, hist_img, manual = _read_inputs(ct, histology, masks.mask)
+    ct_levels = levels.levels(ct_img, mat.value)
     hist_levels = estimate_histology_levels(hist_img)
-    if auto_mask:
+    corr = _correspondence(ct_img, hist_img, manual, ct_levels, masks)
+    sources = {
+        k: str(Path(v).expanduser())
+        for k, v in (("ct", ct), ("histology", histology), ("mask", masks.mask))
+        if v is not None and not isinstance(v, np.ndarray)
+    }
+    norm = PairLevels(ct=ct_levels, histology=hist_levels)
+    attrs = {
+        **extras,
+        "normalization": norm.to_dict(),
+        "mask_source": ("auto+manual" if manual is not None else "auto")
+        if masks.auto_mask
+        else "manual",
+        "sources": sources,
+    }
+    return _Prepared(ct_img, hist_img, corr, mat, norm, attrs)
+
+
+def _correspondence(
+    ct_img: np.ndarray,
+    hist_img: np.ndarray,
+    manual: np.ndarray | None,
+    levels: Any,
+    masks: _MaskOptions,
+) -> np.ndarray:
+    """The correspondence mask (the paper's automatic mask, with or without the manual one, or
+    the manual one alone); refused when it keeps no pixel, with what to do about it."""
+    from vstain_dask.preprocess import correspondence_mask
+
+    if masks.auto_mask:
         corr = correspondence_mask(ct_img, hist_img, manual=manual, levels=levels)
     elif manual is not None:
         corr = manual
     else:
         raise InputError("auto_mask=False (--mask-only) needs a mask (--mask M.png)")
-    if not corr.any():
-        what = "" if isinstance(mask, np.ndarray) or mask is None else f" {mask}"
-        if not auto_mask:
-            raise InputError(
-                f"the mask{what} keeps no pixel (all zero); mark the region to keep with "
-                "non-zero values"
-            )
-        if manual is not None and manual.any():
-            raise InputError(
-                f"the correspondence mask is empty: the mask{what} and the automatic mask (the "
-                "bone and screw found on both images) do not overlap; use --mask-only to keep "
-                "the mask as it is"
-            )
+    if corr.any():
+        return corr
+    mask = masks.mask
+    what = "" if isinstance(mask, np.ndarray) or mask is None else f" {mask}"
+    if not masks.auto_mask:
         raise InputError(
-            "the correspondence mask is empty (no bone or screw found on both images); draw "
-            "the region to keep in a mask and give it with --mask M.png --mask-only"
+            f"the mask{what} keeps no pixel (all zero); mark the region to keep with "
+            "non-zero values"
         )
-    norm = PairLevels(ct=levels, histology=hist_levels)
+    if manual is not None and manual.any():
+        raise InputError(
+            f"the correspondence mask is empty: the mask{what} and the automatic mask (the "
+            "bone and screw found on both images) do not overlap; use --mask-only to keep "
+            "the mask as it is"
+        )
+    raise InputError(
+        "the correspondence mask is empty (no bone or screw found on both images); draw "
+        "the region to keep in a mask and give it with --mask M.png --mask-only"
+    )
+
+
+def _store(path: Any, pair: _Prepared, sample: str, store: _StoreOptions) -> dict[str, Any]:
+    """Write ``pair`` into the pairs store at ``path``; what :func:`add_pair` returns."""
+    from vstain_dask.pairs import write_pair
+
     p = Path(path).expanduser()
-    pid = pair_id or _next_id(p, sample)
-    sources = {
-        k: str(Path(v).expanduser())
-        for k, v in (("ct", ct), ("histology", histology), ("mask", mask))
-        if v is not None and not isinstance(v, np.ndarray)
-    }
+    pid = store.pair_id or _next_id(p, sample)
     write_pair(
         p,
         pid,
-        ct=ct_img,
-        histology=hist_img,
-        mask=corr,
-        material=mat,
+        ct=pair.ct,
+        histology=pair.histology,
+        mask=pair.mask,
+        material=pair.material,
         sample=sample,
-        voxel_size=voxel_size,
-        role=role,
-        attrs={
-            **extras,
-            "normalization": norm.to_dict(),
-            "mask_source": ("auto+manual" if manual is not None else "auto")
-            if auto_mask
-            else "manual",
-            "sources": sources,
-        },
-        overwrite=overwrite,
+        voxel_size=store.voxel_size,
+        role=store.role,
+        attrs=pair.attrs,
+        overwrite=store.overwrite,
     )
     return {
         "id": pid,
-        "shape": tuple(int(n) for n in ct_img.shape),
-        "normalization": norm.to_dict(),
-        "mask_fraction": float(corr.mean()),
+        "shape": tuple(int(n) for n in pair.ct.shape),
+        "normalization": pair.levels.to_dict(),
+        "mask_fraction": float(pair.mask.mean()),
     }
 
 
