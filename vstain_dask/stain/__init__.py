@@ -22,7 +22,12 @@ import sys
 import types
 
 from vstain_dask.stain.block import stain_block
-from vstain_dask.stain.execute import BLOCKS_IN_FLIGHT_PER_WORKER, StainReport, stain_to_zarr
+from vstain_dask.stain.execute import (
+    BLOCKS_IN_FLIGHT_PER_WORKER,
+    StainOptions,
+    StainReport,
+    stain_to_zarr,
+)
 from vstain_dask.stain.job import check_inputs, check_resume, default_output
 from vstain_dask.stain.lazy import stain
 from vstain_dask.stain.ledger import _Ledger as _Ledger  # noqa: F401  (tests, benchmarks)
@@ -52,6 +57,7 @@ __all__ = [
     "FuseMode",
     "Fusion",
     "StainConfig",
+    "StainOptions",
     "StainReport",
     "Block",
     "plan_blocks",

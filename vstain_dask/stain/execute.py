@@ -70,6 +70,48 @@ class StainReport:
         return self.tiles / self.seconds if self.seconds > 0 else float("nan")
 
 
+@dataclasses.dataclass(frozen=True)
+class StainOptions:
+    """How :func:`stain_to_zarr` runs a job, apart from its input, output, model and
+    parameters: the output's layout, what to do with an existing output, and the running.
+
+    Parameters
+    ----------
+    chunks : (z, y, x), optional
+        Output chunks; default (64, 256, 256) clipped to the volume.
+    ngff_version : {"0.4", "0.5"}
+        The output's NGFF version.
+    resume, overwrite, break_lock : bool
+        Continue an interrupted job on the output, replace the output, remove a lock left by
+        a job that no longer runs (see :func:`stain_to_zarr`).
+    retries : int
+        Times a failed block is retried.
+    progress : bool
+        Show a progress bar.
+    command : str, optional
+        The command line, for the provenance.
+    """
+
+    chunks: Sequence[int] | None = None
+    ngff_version: str = "0.5"
+    resume: bool = False
+    overwrite: bool = False
+    break_lock: bool = False
+    retries: int = 2
+    progress: bool = True
+    command: str | None = None
+
+    @classmethod
+    def of(cls, function: str, options: dict[str, Any]) -> StainOptions:
+        """The options given as keywords to ``function``; a keyword that is none of them is
+        refused in the words Python uses for a keyword a function does not take."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        for name in options:
+            if name not in names:
+                raise TypeError(f"{function}() got an unexpected keyword argument {name!r}")
+        return cls(**options)
+
+
 def stain_to_zarr(
     source: str | os.PathLike,
     output: str | os.PathLike | None = None,
@@ -77,14 +119,7 @@ def stain_to_zarr(
     model: str | os.PathLike,
     config: StainConfig | None = None,
     client=None,
-    chunks: Sequence[int] | None = None,
-    ngff_version: str = "0.5",
-    resume: bool = False,
-    overwrite: bool = False,
-    break_lock: bool = False,
-    retries: int = 2,
-    progress: bool = True,
-    command: str | None = None,
+    **options: Any,
 ) -> StainReport:
     """Stain an OME-Zarr CT volume into an OME-Zarr RGB(A) volume, block by block.
 
@@ -99,6 +134,10 @@ def stain_to_zarr(
     config : StainConfig
     client : distributed.Client, optional
         Where blocks run; default: the current client, else a local cluster.
+    **options
+        Keywords, the fields of :class:`StainOptions` (``chunks``, ``ngff_version``,
+        ``resume``, ``overwrite``, ``break_lock``, ``retries``, ``progress``, ``command``);
+        among them:
     chunks : (z, y, x), optional
         Output chunks; default (64, 256, 256) clipped to the volume.
     resume : bool
@@ -123,33 +162,33 @@ def stain_to_zarr(
     JobError
         Some blocks failed after their retries; the output stays marked incomplete and resumable.
     """
-    from vstain_dask import ngff
+    options = StainOptions.of("stain_to_zarr", options)
+    return _stain(source, output, model=model, config=config or StainConfig(), client=client,
+                  options=options)  # fmt: skip
 
-    config = config or StainConfig()
+
+def _stain(source, output, *, model, config: StainConfig, client, options: StainOptions):
+    """:func:`stain_to_zarr` with its options as one object: check, plan, and under the job's
+    lock open the output and run the job (nothing to run when the output is complete)."""
     source, vol, output = check_inputs(
-        source, output, resume=resume, overwrite=overwrite, break_lock=break_lock
-    )
-    job = plan_job(source, output, vol, model=model, config=config, chunks=chunks,
-                   ngff_version=ngff_version)  # fmt: skip
+        source, output, resume=options.resume, overwrite=options.overwrite,
+        break_lock=options.break_lock,
+    )  # fmt: skip
+    job = plan_job(source, output, vol, model=model, config=config, chunks=options.chunks,
+                   ngff_version=options.ngff_version)  # fmt: skip
     job.ledger.acquire(fingerprint=job.fingerprint)  # refuses while another live job holds it
     try:
-        ident = _open_job(job, overwrite=overwrite)
+        ident = _open_job(job, overwrite=options.overwrite)
         if ident is None:
             return StainReport(
                 output=output, blocks=job.n_blocks, blocks_skipped=job.n_blocks, tiles=0,
                 voxels=job.voxels, seconds=0.0, dashboard=None,
             )  # fmt: skip
-        missing = ngff.missing_chunks(source)
-        if missing[0]:
-            warnings.warn(
-                f"{missing[0]} of {missing[1]} chunks of {source} are not stored; they are read "
-                f"as the fill value {ngff.level_array(source).fill_value}, as zarr does (a store "
-                "copied in part, or written by a job that stopped?)",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-        job = job.started(ident, missing_chunks=missing[0], command=command)
-        report = _create_and_run(job, client=client, retries=retries, progress=progress)
+        missing = _missing_chunks(source)
+        job = job.started(ident, missing_chunks=missing[0], command=options.command)
+        report = _create_and_run(
+            job, client=client, retries=options.retries, progress=options.progress
+        )
         return dataclasses.replace(report, missing_chunks=missing)
     except OSError as e:
         if _disk_full(e):
@@ -157,6 +196,23 @@ def stain_to_zarr(
         raise
     finally:
         job.ledger.release()
+
+
+def _missing_chunks(source: Path) -> tuple[int, int]:
+    """(chunks of the input not stored, chunks it has in all), with a warning when some are
+    missing (to the caller of :func:`stain_to_zarr`)."""
+    from vstain_dask import ngff
+
+    missing = ngff.missing_chunks(source)
+    if missing[0]:
+        warnings.warn(
+            f"{missing[0]} of {missing[1]} chunks of {source} are not stored; they are read "
+            f"as the fill value {ngff.level_array(source).fill_value}, as zarr does (a store "
+            "copied in part, or written by a job that stopped?)",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+    return missing
 
 
 def _disk_full(exc: BaseException | None) -> bool:

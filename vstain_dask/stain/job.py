@@ -193,17 +193,13 @@ def check_pixel_size(vol, model_size: float | None, config: StainConfig) -> dict
     InputError
         The sizes differ by more than 10 % and ``config.resample`` is ``check``.
     """
-    from vstain_dask.models.checkpoint import PIXEL_SIZE_TOLERANCE, pixel_sizes_match
+    from vstain_dask.models.checkpoint import pixel_sizes_match
 
     volume = _volume_pixel_size(vol, config)
     record: dict[str, Any] = {"model": model_size, "volume": volume, "warning": None}
     if model_size is None:
         record["decision"] = "model records no pixel size"
-        record["warning"] = (
-            "the model records no pixel size, so the volume's voxel size cannot be checked "
-            "against it; stain at the size the model was trained at (import a model with "
-            "`vstain-dask model import --pixel-size UM`)"
-        )
+        record["warning"] = _NO_MODEL_SIZE
         return record
     if volume is None:
         # nothing to compare with: recorded, not warned (opening a plain array warns already)
@@ -212,20 +208,36 @@ def check_pixel_size(vol, model_size: float | None, config: StainConfig) -> dict
     if all(pixel_sizes_match(v, model_size) for v in volume.values()):
         record["decision"] = "match"
         return record
-    if config.resample is Resample.CHECK:
+    record["decision"] = "mismatch, stained at the volume's size (--resample off)"
+    record["warning"] = _size_mismatch(volume, model_size, config.resample)
+    return record
+
+
+#: the warning of a stain with a model that records no pixel size
+_NO_MODEL_SIZE = (
+    "the model records no pixel size, so the volume's voxel size cannot be checked "
+    "against it; stain at the size the model was trained at (import a model with "
+    "`vstain-dask model import --pixel-size UM`)"
+)
+
+
+def _size_mismatch(volume: dict[str, float], model_size: float, resample: Resample) -> str:
+    """The warning of a stain at a voxel size that differs from the model's pixel size by more
+    than the tolerance, where ``resample`` allows it; refused otherwise."""
+    from vstain_dask.models.checkpoint import PIXEL_SIZE_TOLERANCE
+
+    if resample is Resample.CHECK:
         raise InputError(
             f"the volume's voxel size ({_sizes_text(volume)}) differs from the model's pixel "
             f"size ({model_size:g} µm) by more than {PIXEL_SIZE_TOLERANCE:.0%}; resample the "
             f"volume to the model's size (`vstain-dask import ... --voxel-size-out "
             f"{model_size:g}`), or pass --resample off to stain it at its own size"
         )
-    record["decision"] = "mismatch, stained at the volume's size (--resample off)"
-    record["warning"] = (
+    return (
         f"staining at the volume's voxel size ({_sizes_text(volume)}), which differs from the "
         f"model's pixel size ({model_size:g} µm) by more than {PIXEL_SIZE_TOLERANCE:.0%} "
         "(--resample off): the model sees textures at another scale than it learned"
     )
-    return record
 
 
 def _check_ct(volume) -> None:
@@ -279,9 +291,31 @@ def check_inputs(
     VolumeFormatError, InputError, OutputExistsError
         With one line that names the path and says what to do.
     """
+    source = Path(source)
+    vol = _open_ct(source)
+    output = Path(output) if output is not None else default_output(source)
+    _check_output_path(source, output, resume=resume, overwrite=overwrite)
+    ledger = _Ledger(output)
+    if break_lock:
+        broken = ledger.break_lock()
+        if broken:
+            warnings.warn(
+                f"broke the lock {ledger.lock_path} of pid {broken.get('pid')} on "
+                f"{broken.get('host')}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+    lock = ledger._read_lock()
+    if lock and _alive(lock):
+        raise OutputExistsError(ledger.held_by(lock))
+    return source, vol, output
+
+
+def _open_ct(source: Path):
+    """The CT volume at ``source``, refused unless it is a greyscale volume or slice that can
+    be stained."""
     from vstain_dask import ngff
 
-    source = Path(source)
     vol = ngff.open_volume(source)
     if "c" in vol.dims:
         raise InputError(
@@ -289,7 +323,12 @@ def check_inputs(
             "volume (z, y, x) or slice (y, x)"
         )
     _check_ct(vol.data)
-    output = Path(output) if output is not None else default_output(source)
+    return vol
+
+
+def _check_output_path(source: Path, output: Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse an output inside the input, in a folder that cannot be written, or existing
+    without ``resume`` or ``overwrite`` (or, to be overwritten, a link)."""
     src_res, out_res = source.resolve(), output.resolve()
     if out_res == src_res or src_res in out_res.parents:
         raise InputError(f"output {output} is inside the input {source}; choose another path")
@@ -309,20 +348,6 @@ def check_inputs(
         raise OutputExistsError(
             f"{output} exists; use --overwrite to replace it or --resume to continue it"
         )
-    ledger = _Ledger(output)
-    if break_lock:
-        broken = ledger.break_lock()
-        if broken:
-            warnings.warn(
-                f"broke the lock {ledger.lock_path} of pid {broken.get('pid')} on "
-                f"{broken.get('host')}",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-    lock = ledger._read_lock()
-    if lock and _alive(lock):
-        raise OutputExistsError(ledger.held_by(lock))
-    return source, vol, output
 
 
 def _open_job(job: Job, *, overwrite: bool) -> str | None:

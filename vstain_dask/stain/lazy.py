@@ -60,10 +60,43 @@ def stain(volume, model, *, config: StainConfig | None = None, chunks=None, **op
     :func:`run_stain` fuses one pass per axis through 8-bit intermediates on disk, 3× the
     tiles of one axis, so stain whole volumes with it (or ``vstain-dask stain``).
     """
-    import dask
     import dask.array as da
     import xarray as xr
 
+    config = _lazy_config(config, options)
+    data, coords, attrs = _unwrap(volume)
+    _check_ct(data)
+    if not isinstance(data, da.Array):
+        data = da.from_array(np.asarray(data), chunks=chunks or "auto")
+    two_d = data.ndim == 2
+    if two_d:
+        data = data[None]
+    chunks = tuple(chunks) if chunks is not None else tuple(int(c[0]) for c in data.chunks)
+    if two_d and len(chunks) == 2:
+        chunks = (1, *chunks)
+    out = _stained(data, chunks, model, config)
+    if two_d:
+        out = out[:, 0]
+    channels = list("RGBA"[: config.out_channels])
+    dims = ("c", "y", "x") if two_d else ("c", "z", "y", "x")
+    coords = {"c": channels, **coords}
+    return xr.DataArray(out, dims=dims, coords=coords, attrs=attrs, name="stained")
+
+
+def _unwrap(volume) -> tuple:
+    """(data, coordinates, scale and units) of an xarray DataArray; a plain array has none."""
+    import xarray as xr
+
+    if isinstance(volume, xr.DataArray):
+        coords = {d: volume.coords[d] for d in volume.dims if d in volume.coords}
+        attrs = {k: volume.attrs[k] for k in ("scale", "units") if k in volume.attrs}
+        return volume.data, coords, attrs
+    return volume, {}, {}
+
+
+def _lazy_config(config: StainConfig | None, options: dict) -> StainConfig:
+    """The stain's parameters (``config``, or built from ``options`` with block fusion),
+    refused where they ask for what the lazy stain does not do."""
     config = config or StainConfig(**{"fusion": Fusion.BLOCKS, **options})
     if len(config.axes) > 1 and config.fusion is not Fusion.BLOCKS:
         raise InputError(
@@ -77,24 +110,16 @@ def stain(volume, model, *, config: StainConfig | None = None, chunks=None, **op
             f"the lazy stain returns the RGB(A) stain only, got {' and '.join(asked)}=True: "
             "use run_stain or `vstain-dask stain`, which write the mask and the uncertainty"
         )
-    coords = {}
-    attrs = {}
-    if isinstance(volume, xr.DataArray):
-        coords = {d: volume.coords[d] for d in volume.dims if d in volume.coords}
-        attrs = {k: volume.attrs[k] for k in ("scale", "units") if k in volume.attrs}
-        data = volume.data
-    else:
-        data = volume
-    _check_ct(data)
-    if not isinstance(data, da.Array):
-        data = da.from_array(np.asarray(data), chunks=chunks or "auto")
-    two_d = data.ndim == 2
-    if two_d:
-        data = data[None]
+    return config
+
+
+def _stained(data, chunks: tuple[int, int, int], model, config: StainConfig):
+    """The (c, z, y, x) uint8 stain of the (z, y, x) dask array ``data``: one delayed task per
+    block, each reading the block with its halo."""
+    import dask
+    import dask.array as da
+
     shape = tuple(int(s) for s in data.shape)
-    chunks = tuple(chunks) if chunks is not None else tuple(int(c[0]) for c in data.chunks)
-    if two_d and len(chunks) == 2:
-        chunks = (1, *chunks)
     model_path, model_sha = _model_ref(model)
     blocks = plan_blocks(shape, chunks, config)
     nb = [len(range(0, s, b)) for s, b in zip(shape, _block_shape(blocks), strict=True)]
@@ -106,13 +131,7 @@ def stain(volume, model, *, config: StainConfig | None = None, chunks=None, **op
         )
         idx = tuple(a // s for (a, _), s in zip(b.box, _block_shape(blocks), strict=True))
         arrays[idx] = da.from_delayed(task, shape=(config.out_channels, *b.shape), dtype=np.uint8)
-    out = da.block(_nest(arrays))
-    if two_d:
-        out = out[:, 0]
-    channels = list("RGBA"[: config.out_channels])
-    dims = ("c", "y", "x") if two_d else ("c", "z", "y", "x")
-    coords = {"c": channels, **coords}
-    return xr.DataArray(out, dims=dims, coords=coords, attrs=attrs, name="stained")
+    return da.block(_nest(arrays))
 
 
 def _block_shape(blocks: list[Block]) -> tuple[int, int, int]:

@@ -182,8 +182,6 @@ def run_stain(
     options
         Passed to :func:`stain_to_zarr` (resume, overwrite, chunks, ngff_version, ...).
     """
-    from vstain_dask.cluster import connect
-
     model = Path(model) if model is not None else default_model_path()
     config = config or StainConfig()
     source = Path(source)
@@ -196,27 +194,45 @@ def run_stain(
         overwrite=options.get("overwrite", False),
         break_lock=options.pop("break_lock", False),
     )
-    _model_ref(model)
-    said = check_pixel_size(vol, _model_pixel_size(model), config)["warning"]
-    if said:
-        warnings.warn(said, UserWarning, stacklevel=2)
-    levels = resolve_ct_levels(source, model, ct_levels)
-    if levels != config.ct_levels:
-        config = dataclasses.replace(config, ct_levels=levels)
+    config = _checked_config(vol, source, model, config, ct_levels)
     cluster = _local_gpu_workers(cluster, config.device)
     _check_fits(vol, model, config, cluster, chunks=options.get("chunks"))
     if options.get("resume") and not options.get("overwrite"):
         check_resume(source, output, model=model, config=config, chunks=options.get("chunks"),
                      ngff_version=options.get("ngff_version", "0.5"))  # fmt: skip
+
+    def run(client) -> StainReport:
+        return stain_to_zarr(source, output, model=model, config=config, client=client, **options)
+
+    return _on_cluster(cluster, run, on_start=on_start, log_file=log_file)
+
+
+def _checked_config(vol, source: Path, model: Path, config: StainConfig, ct_levels) -> StainConfig:
+    """``config`` with the CT levels to stain with, once the model is known to load and its
+    pixel size has been compared with the volume's voxel size (a difference allowed by
+    ``config.resample`` is a warning to the caller of :func:`run_stain`)."""
+    _model_ref(model)
+    said = check_pixel_size(vol, _model_pixel_size(model), config)["warning"]
+    if said:
+        warnings.warn(said, UserWarning, stacklevel=3)
+    levels = resolve_ct_levels(source, model, ct_levels)
+    if levels != config.ct_levels:
+        config = dataclasses.replace(config, ct_levels=levels)
+    return config
+
+
+def _on_cluster(cluster, run, *, on_start, log_file) -> StainReport:
+    """``run(client)`` on a client of ``cluster``, the cluster's logs sent to ``log_file``
+    when given (and then named by the error of a failed job)."""
+    from vstain_dask.cluster import connect
+
     logged = job_log(Path(log_file)) if log_file is not None else contextlib.nullcontext()
     try:
         with logged, connect(cluster) as client:
             if on_start is not None:
                 on_start(client)
             try:
-                return stain_to_zarr(
-                    source, output, model=model, config=config, client=client, **options
-                )
+                return run(client)
             except KeyboardInterrupt:
                 # the cluster is torn down mid-flight: its comms log tracebacks that mean nothing
                 for name in ("distributed", "tornado", "asyncio"):
