@@ -15,6 +15,7 @@ Layout of a report folder::
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -198,43 +199,10 @@ def plot_boxplots(result: EvaluationResult, out: str | os.PathLike) -> Path:
     metrics = result.metrics
     models = result.model_names
     splits = result.splits
-    width = 0.8 / max(1, len(splits))
     fig, axes = plt.subplots(1, len(metrics), figsize=(max(4.0, 1.1 * len(models) + 1.5) * len(metrics), 4.6),
                              squeeze=False)  # fmt: skip
     for ax, metric in zip(axes[0], metrics, strict=True):
-        for j, split in enumerate(splits):
-            data, pos = [], []
-            for i, model in enumerate(models):
-                v = result.values(model, split, metric)
-                v = v[np.isfinite(v)]
-                if v.size:
-                    data.append(v)
-                    pos.append(i + (j - (len(splits) - 1) / 2) * width)
-            if not data:
-                continue
-            colour = _SPLIT_COLOURS.get(split, "#444444")
-            ax.boxplot(
-                data, positions=pos, widths=width * 0.85, patch_artist=True,
-                boxprops={"facecolor": colour, "alpha": 0.35, "edgecolor": colour},
-                medianprops={"color": colour, "linewidth": 2},
-                whiskerprops={"color": colour}, capprops={"color": colour},
-                flierprops={"marker": ".", "markersize": 3, "markeredgecolor": colour},
-            )  # fmt: skip
-            ax.plot([], [], color=colour, linewidth=6, alpha=0.5, label=split)
-        ax.set_xticks(range(len(models)))
-        ax.set_xticklabels(
-            models,
-            rotation=20 if len(models) > 3 else 0,
-            ha="right" if len(models) > 3 else "center",
-        )
-        ax.set_xlim(-0.6, len(models) - 0.4)
-        if models and models[0] == BASELINE and len(models) > 1:
-            ax.axvline(0.5, color="0.6", linestyle=":", linewidth=1)  # baseline | models
-        better = "higher is better" if metric.higher_is_better else "lower is better"
-        ax.set_title(f"{metric.label} ({better} {_ARROW[metric.higher_is_better]})")
-        ax.grid(axis="y", alpha=0.3)
-        if metric is Metric.SSIM:
-            ax.set_ylabel("per-patch score")
+        _metric_boxes(ax, result, metric)
     n = len({r["pair"] for r in result.records})
     fig.suptitle(
         f"{result.config.patch_size}×{result.config.patch_size} px patches from {n} pair"
@@ -249,6 +217,46 @@ def plot_boxplots(result: EvaluationResult, out: str | os.PathLike) -> Path:
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def _metric_boxes(ax: Any, result: EvaluationResult, metric: Metric) -> None:
+    """One metric's panel of the box plots: per model, a box for each split side by side."""
+    models = result.model_names
+    splits = result.splits
+    width = 0.8 / max(1, len(splits))
+    for j, split in enumerate(splits):
+        data, pos = [], []
+        for i, model in enumerate(models):
+            v = result.values(model, split, metric)
+            v = v[np.isfinite(v)]
+            if v.size:
+                data.append(v)
+                pos.append(i + (j - (len(splits) - 1) / 2) * width)
+        if not data:
+            continue
+        colour = _SPLIT_COLOURS.get(split, "#444444")
+        ax.boxplot(
+            data, positions=pos, widths=width * 0.85, patch_artist=True,
+            boxprops={"facecolor": colour, "alpha": 0.35, "edgecolor": colour},
+            medianprops={"color": colour, "linewidth": 2},
+            whiskerprops={"color": colour}, capprops={"color": colour},
+            flierprops={"marker": ".", "markersize": 3, "markeredgecolor": colour},
+        )  # fmt: skip
+        ax.plot([], [], color=colour, linewidth=6, alpha=0.5, label=split)
+    ax.set_xticks(range(len(models)))
+    ax.set_xticklabels(
+        models,
+        rotation=20 if len(models) > 3 else 0,
+        ha="right" if len(models) > 3 else "center",
+    )
+    ax.set_xlim(-0.6, len(models) - 0.4)
+    if models and models[0] == BASELINE and len(models) > 1:
+        ax.axvline(0.5, color="0.6", linestyle=":", linewidth=1)  # baseline | models
+    better = "higher is better" if metric.higher_is_better else "lower is better"
+    ax.set_title(f"{metric.label} ({better} {_ARROW[metric.higher_is_better]})")
+    ax.grid(axis="y", alpha=0.3)
+    if metric is Metric.SSIM:
+        ax.set_ylabel("per-patch score")
 
 
 def _roi(images: PairImages, side: int) -> tuple[int, int, int]:
@@ -306,116 +314,23 @@ def plot_pair_panel(images: PairImages, out: str | os.PathLike, *, roi: int | No
         ROI side in pixels (default a third of the shorter side, at most 256).
     """
     plt = _plt()
-    from matplotlib.patches import Rectangle
-
+    panel = _panel(images, roi)
     h, w = images.mask.shape
-    side = roi or max(16, min(256, min(h, w) // 3))
-    ry, rx, side = _roi(images, side)
-    line_y = ry + side // 2
     cols = [("CT", None), ("histology (real)", images.histology)] + [
         (name, img) for name, img in images.outputs.items()
     ]
-    ct = images.ct.astype(np.float64)
-    lo, hi = np.percentile(ct[images.mask] if images.mask.any() else ct, [0.5, 99.5])
-    hi = hi if hi > lo else lo + 1
     ncol = len(cols)
-    aspect = h / w
-    img_h = 2.9 * min(1.6, max(0.4, aspect))
+    img_h = 2.9 * min(1.6, max(0.4, h / w))
     fig = plt.figure(figsize=(2.9 * ncol, img_h + 2.9 + 1.6 + 2.4 + 1.2))
     gs = fig.add_gridspec(4, ncol, height_ratios=[img_h, 2.9, 1.6, 2.4], hspace=0.42, wspace=0.08)
-    xs = np.arange(w)
     ax_prof = fig.add_subplot(gs[3, :])
-    ph, pw = images.patch_shape
     for c, (name, img) in enumerate(cols):
-        title = name
-        if img is not None and name in images.metrics and len(images.positions):
-            med = {k: _median(v) for k, v in images.metrics[name].items()}
-            second = f"medians of {len(images.positions)} patches"
-            if not math.isnan(med["lpips"]):
-                second = f"LPIPS {med['lpips']:.3f} ({second})"
-            title = f"{name}\nSSIM {med['ssim']:.3f} · PSNR {med['psnr']:.1f} dB\n{second}"
-        elif img is None:
-            title = f"{name}\n(display window {lo:.0f}–{hi:.0f})"
-        # whole slice
-        ax = fig.add_subplot(gs[0, c])
-        if img is None:
-            ax.imshow(ct, cmap="gray", vmin=lo, vmax=hi, interpolation="antialiased")
-        else:
-            ax.imshow(img, interpolation="antialiased")
-        if images.mask.any() and not images.mask.all():
-            ax.contour(images.mask, levels=[0.5], colors=_MASK_COLOUR, linewidths=1.0)
-        if c == 1 and len(images.positions):
-            centres = images.positions + np.array([ph, pw]) / 2.0 - 0.5
-            ax.scatter(centres[:, 1], centres[:, 0], s=9, c=_PATCH_COLOUR, edgecolors="black",
-                       linewidths=0.5, zorder=3)  # fmt: skip
-        ax.add_patch(Rectangle((rx - 0.5, ry - 0.5), side, side, fill=False,
-                               edgecolor=_ROI_COLOUR, linewidth=1.6))  # fmt: skip
-        ax.axhline(line_y, color=_LINE_COLOUR, linestyle="--", linewidth=1)
-        ax.set_title(title, fontsize=8)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        # zoom
-        az = fig.add_subplot(gs[1, c])
-        sl = (slice(ry, ry + side), slice(rx, rx + side))
-        if img is None:
-            az.imshow(ct[sl], cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
-        else:
-            az.imshow(img[sl], interpolation="nearest")
-        az.axhline(line_y - ry, color=_LINE_COLOUR, linestyle="--", linewidth=1)
-        for spine in az.spines.values():
-            spine.set_edgecolor(_ROI_COLOUR)
-            spine.set_linewidth(1.6)
-        az.set_xticks([])
-        az.set_yticks([])
-        if c == 0:
-            az.set_ylabel(f"ROI zoom, {side}×{side} px", fontsize=8)
-        # histograms inside the mask
-        ah = fig.add_subplot(gs[2, c])
-        bins = np.arange(0, 257, 4)
-        if img is None:
-            vals = np.clip((ct[images.mask] - lo) / (hi - lo) * 255, 0, 255)
-            ah.hist(vals, bins=bins, color="0.3", histtype="stepfilled", alpha=0.6)
-            ah.set_title("CT grey in mask (window)", fontsize=8)
-        else:
-            for ch, colour in enumerate(("#d62728", "#2ca02c", "#1f77b4")):
-                sel = img[..., ch][images.mask]
-                ah.hist(sel, bins=bins, color=colour, histtype="step", linewidth=1.2)
-                if c > 1:
-                    ah.hist(images.histology[..., ch][images.mask], bins=bins, color=colour,
-                            histtype="step", linewidth=0.8, linestyle=":")  # fmt: skip
-            ah.set_title("R, G, B in mask" + (" (dotted: real)" if c > 1 else ""), fontsize=8)
-        # spikes at 0 and 255 (an opaque implant, white slide) would flatten the rest: scale to
-        # the interior bins and let the end bins run off the top
-        shown = [vals] if img is None else [img[..., ch][images.mask] for ch in range(3)]
-        top = max(float(np.histogram(v, bins=bins)[0][1:-1].max()) for v in shown)
-        if top > 0:
-            ah.set_ylim(0, top * 1.15)
-        ah.set_xlim(0, 255)
-        ah.set_xticks([0, 128, 255])
-        ah.tick_params(labelsize=7)
-        ah.set_yticks([])
-        # profile
-        colour = _IMAGE_COLOURS[c % len(_IMAGE_COLOURS)]
-        if img is None:
-            prof = np.clip((ct[line_y] - lo) / (hi - lo) * 255, 0, 255)
-            ax_prof.plot(xs, prof, color=colour, linewidth=0.8, alpha=0.5,
-                         label="CT (display window)")  # fmt: skip
-        else:
-            prof = _luminance(img)[line_y]
-            ax_prof.plot(xs, prof, color=colour, linewidth=2.2 if c == 1 else 1.2, label=name)
-    outside = ~images.mask[line_y]
-    if outside.any():
-        ax_prof.fill_between(xs, 0, 255, where=outside, color="0.92", step="mid",
-                             label="outside mask")  # fmt: skip
-    ax_prof.axvspan(rx - 0.5, rx + side - 0.5, color=_ROI_COLOUR, alpha=0.08, label="ROI")
-    ax_prof.set_xlim(0, w - 1)
-    ax_prof.set_ylim(0, 255)
-    ax_prof.set_xlabel(f"x (pixels) along the dashed line, row y = {line_y}")
-    ax_prof.set_ylabel("mean of R, G, B")
-    ax_prof.set_title("Intensity profile", fontsize=9)
-    ax_prof.legend(fontsize=7, ncol=min(len(cols) + 2, 7), loc="upper center",
-                   bbox_to_anchor=(0.5, -0.3), frameon=False)  # fmt: skip
-    ax_prof.grid(alpha=0.3)
+        _draw_slice(fig.add_subplot(gs[0, c]), panel, c, img, _column_title(panel, name, img))
+        _draw_zoom(fig.add_subplot(gs[1, c]), panel, c, img)
+        _draw_histograms(fig.add_subplot(gs[2, c]), panel, c, img)
+        _draw_profile(ax_prof, panel, c, name, img)
+    _finish_profile(ax_prof, panel, ncol)
+    ph, pw = images.patch_shape
     p = images.pair
     fig.suptitle(
         f"pair {p['id']} · {p.get('material', '?')} · sample {p.get('sample', '?')} · "
@@ -429,6 +344,157 @@ def plot_pair_panel(images: PairImages, out: str | os.PathLike, *, roi: int | No
     fig.savefig(out, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return out
+
+
+@dataclasses.dataclass(frozen=True)
+class _Panel:
+    """What the columns of a pair panel share: the CT and its display window (``lo``..``hi``),
+    the ROI (top-left ``ry``, ``rx``, ``side``) and the profile line's row."""
+
+    images: PairImages
+    ct: np.ndarray
+    lo: float
+    hi: float
+    ry: int
+    rx: int
+    side: int
+
+    @property
+    def line_y(self) -> int:
+        return self.ry + self.side // 2
+
+    def to_grey(self, v: np.ndarray) -> np.ndarray:
+        """CT values through the display window to 0..255."""
+        return np.clip((v - self.lo) / (self.hi - self.lo) * 255, 0, 255)
+
+
+def _panel(images: PairImages, roi: int | None) -> _Panel:
+    h, w = images.mask.shape
+    side = roi or max(16, min(256, min(h, w) // 3))
+    ry, rx, side = _roi(images, side)
+    ct = images.ct.astype(np.float64)
+    lo, hi = np.percentile(ct[images.mask] if images.mask.any() else ct, [0.5, 99.5])
+    hi = hi if hi > lo else lo + 1
+    return _Panel(images=images, ct=ct, lo=lo, hi=hi, ry=ry, rx=rx, side=side)
+
+
+def _column_title(panel: _Panel, name: str, img: np.ndarray | None) -> str:
+    """The name, with the median scores on this pair (the CT: its display window)."""
+    images = panel.images
+    if img is not None and name in images.metrics and len(images.positions):
+        med = {k: _median(v) for k, v in images.metrics[name].items()}
+        second = f"medians of {len(images.positions)} patches"
+        if not math.isnan(med["lpips"]):
+            second = f"LPIPS {med['lpips']:.3f} ({second})"
+        return f"{name}\nSSIM {med['ssim']:.3f} · PSNR {med['psnr']:.1f} dB\n{second}"
+    if img is None:
+        return f"{name}\n(display window {panel.lo:.0f}–{panel.hi:.0f})"
+    return name
+
+
+def _draw_slice(ax: Any, panel: _Panel, c: int, img: np.ndarray | None, title: str) -> None:
+    """The whole slice: mask outlined, ROI boxed, profile line dashed; on the histology
+    (column 1) the centres of the metric patches."""
+    from matplotlib.patches import Rectangle
+
+    images = panel.images
+    if img is None:
+        ax.imshow(panel.ct, cmap="gray", vmin=panel.lo, vmax=panel.hi, interpolation="antialiased")
+    else:
+        ax.imshow(img, interpolation="antialiased")
+    if images.mask.any() and not images.mask.all():
+        ax.contour(images.mask, levels=[0.5], colors=_MASK_COLOUR, linewidths=1.0)
+    if c == 1 and len(images.positions):
+        centres = images.positions + np.array(images.patch_shape) / 2.0 - 0.5
+        ax.scatter(centres[:, 1], centres[:, 0], s=9, c=_PATCH_COLOUR, edgecolors="black",
+                   linewidths=0.5, zorder=3)  # fmt: skip
+    ax.add_patch(Rectangle((panel.rx - 0.5, panel.ry - 0.5), panel.side, panel.side, fill=False,
+                           edgecolor=_ROI_COLOUR, linewidth=1.6))  # fmt: skip
+    ax.axhline(panel.line_y, color=_LINE_COLOUR, linestyle="--", linewidth=1)
+    ax.set_title(title, fontsize=8)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _draw_zoom(az: Any, panel: _Panel, c: int, img: np.ndarray | None) -> None:
+    """The ROI, enlarged, framed in the ROI's colour."""
+    sl = (slice(panel.ry, panel.ry + panel.side), slice(panel.rx, panel.rx + panel.side))
+    if img is None:
+        az.imshow(panel.ct[sl], cmap="gray", vmin=panel.lo, vmax=panel.hi, interpolation="nearest")
+    else:
+        az.imshow(img[sl], interpolation="nearest")
+    az.axhline(panel.line_y - panel.ry, color=_LINE_COLOUR, linestyle="--", linewidth=1)
+    for spine in az.spines.values():
+        spine.set_edgecolor(_ROI_COLOUR)
+        spine.set_linewidth(1.6)
+    az.set_xticks([])
+    az.set_yticks([])
+    if c == 0:
+        az.set_ylabel(f"ROI zoom, {panel.side}×{panel.side} px", fontsize=8)
+
+
+def _draw_histograms(ah: Any, panel: _Panel, c: int, img: np.ndarray | None) -> None:
+    """Histograms inside the mask: the CT's grey, or R, G, B (from column 2 on, with the real
+    histology's dotted)."""
+    mask = panel.images.mask
+    bins = np.arange(0, 257, 4)
+    if img is None:
+        vals = panel.to_grey(panel.ct[mask])
+        ah.hist(vals, bins=bins, color="0.3", histtype="stepfilled", alpha=0.6)
+        ah.set_title("CT grey in mask (window)", fontsize=8)
+        shown = [vals]
+    else:
+        for ch, colour in enumerate(("#d62728", "#2ca02c", "#1f77b4")):
+            sel = img[..., ch][mask]
+            ah.hist(sel, bins=bins, color=colour, histtype="step", linewidth=1.2)
+            if c > 1:
+                ah.hist(panel.images.histology[..., ch][mask], bins=bins, color=colour,
+                        histtype="step", linewidth=0.8, linestyle=":")  # fmt: skip
+        ah.set_title("R, G, B in mask" + (" (dotted: real)" if c > 1 else ""), fontsize=8)
+        shown = [img[..., ch][mask] for ch in range(3)]
+    # spikes at 0 and 255 (an opaque implant, white slide) would flatten the rest: scale to
+    # the interior bins and let the end bins run off the top
+    top = max(float(np.histogram(v, bins=bins)[0][1:-1].max()) for v in shown)
+    if top > 0:
+        ah.set_ylim(0, top * 1.15)
+    ah.set_xlim(0, 255)
+    ah.set_xticks([0, 128, 255])
+    ah.tick_params(labelsize=7)
+    ah.set_yticks([])
+
+
+def _draw_profile(ax_prof: Any, panel: _Panel, c: int, name: str, img: np.ndarray | None) -> None:
+    """One image's intensity (mean of R, G, B; the CT through its window) along the line."""
+    xs = np.arange(panel.images.mask.shape[1])
+    colour = _IMAGE_COLOURS[c % len(_IMAGE_COLOURS)]
+    if img is None:
+        prof = panel.to_grey(panel.ct[panel.line_y])
+        ax_prof.plot(xs, prof, color=colour, linewidth=0.8, alpha=0.5,
+                     label="CT (display window)")  # fmt: skip
+    else:
+        prof = _luminance(img)[panel.line_y]
+        ax_prof.plot(xs, prof, color=colour, linewidth=2.2 if c == 1 else 1.2, label=name)
+
+
+def _finish_profile(ax_prof: Any, panel: _Panel, ncol: int) -> None:
+    """The profile's background (outside the mask, the ROI), axes and legend."""
+    w = panel.images.mask.shape[1]
+    xs = np.arange(w)
+    line_y = panel.line_y
+    outside = ~panel.images.mask[line_y]
+    if outside.any():
+        ax_prof.fill_between(xs, 0, 255, where=outside, color="0.92", step="mid",
+                             label="outside mask")  # fmt: skip
+    ax_prof.axvspan(panel.rx - 0.5, panel.rx + panel.side - 0.5, color=_ROI_COLOUR, alpha=0.08,
+                    label="ROI")  # fmt: skip
+    ax_prof.set_xlim(0, w - 1)
+    ax_prof.set_ylim(0, 255)
+    ax_prof.set_xlabel(f"x (pixels) along the dashed line, row y = {line_y}")
+    ax_prof.set_ylabel("mean of R, G, B")
+    ax_prof.set_title("Intensity profile", fontsize=9)
+    ax_prof.legend(fontsize=7, ncol=min(ncol + 2, 7), loc="upper center",
+                   bbox_to_anchor=(0.5, -0.3), frameon=False)  # fmt: skip
+    ax_prof.grid(alpha=0.3)
 
 
 def write_report(result: EvaluationResult, out_dir: str | os.PathLike) -> dict[str, Path]:

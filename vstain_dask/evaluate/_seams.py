@@ -193,7 +193,6 @@ def seam_metrics(
     max_blocks: int = 32,
     seed: int = 0,
     reference: str | os.PathLike | None = None,
-    label: str | None = None,
 ) -> SeamReport:
     """Measure stripes across slices and seams on the tile grid of a stained volume.
 
@@ -220,23 +219,44 @@ def seam_metrics(
     reference : path, "auto" or None
         The input CT, whose stripe index on the same blocks is reported as
         ``ct_stripe_index``; ``"auto"`` takes it from the provenance when it exists.
-    label : str, optional
-        Name in tables (default the file name).
 
     Returns
     -------
     SeamReport
+        Labelled with the file name (:func:`compare_seams` takes other labels).
     """
     import dask
 
-    from vstain_dask import ngff
     from vstain_dask.stain import Axis
 
     axis = as_enum(Axis, axis, "axis").value
+    block, max_blocks = _check_sampling(block, max_blocks)
+    vol = _open_stained(path)
+    prov = _provenance(vol)
+    tiling = _tiling(tile, step, prov.get("parameters") or {})
+    shape = tuple(int(vol.sizes[d]) for d in _DIMS)
+    a = _DIMS.index(axis)
+    borders = {d: _borders(shape[d], tiling.tile, tiling.step) for d in range(3) if d != a}
+    boxes = _boxes(shape, block, max_blocks, seed)
+    tasks = _tasks(vol.data, boxes, axis=a, borders=borders, rgb=True)
+    ct = _reference(_resolve_ct(reference, prov), shape)
+    ct_tasks = [] if ct is None else _tasks(ct.data, boxes, axis=a, borders={}, rgb=False)
+    results = dask.compute(*tasks, *ct_tasks)
+    return _report(path, axis, tiling, boxes, results[: len(tasks)], results[len(tasks) :])
+
+
+def _check_sampling(block: Sequence[int], max_blocks: int) -> tuple[tuple[int, ...], int]:
+    """``block`` as three positive sizes and ``max_blocks`` as a positive int, or refused."""
     block = tuple(int(b) for b in block)
     if len(block) != 3 or min(block) < 1:
         raise InputError(f"block must be three positive sizes (z, y, x), got {block!r}")
-    max_blocks = check_int(max_blocks, "max_blocks", 1)
+    return block, check_int(max_blocks, "max_blocks", 1)
+
+
+def _open_stained(path: str | os.PathLike) -> Any:
+    """The stained volume at ``path``; refuses anything but (c, z, y, x) with R, G, B."""
+    from vstain_dask import ngff
+
     vol = ngff.open_volume(path)
     if vol.dims != ("c", "z", "y", "x"):
         raise InputError(
@@ -245,47 +265,57 @@ def seam_metrics(
         )
     if vol.sizes["c"] < 3:
         raise InputError(f"{path} must have R, G, B channels, got {vol.sizes['c']} channel(s)")
-    prov = _provenance(vol)
-    params = prov.get("parameters") or {}
+    return vol
+
+
+def _tiling(tile: int | None, step: int | None, params: dict) -> Tiling:
+    """The tile grid given, else the stain's own (its recorded parameters), else the paper's."""
     paper = Tiling()
-    tiling = Tiling(
+    return Tiling(
         tile=tile if tile is not None else params.get("tile", paper.tile),
         step=step if step is not None else params.get("step", paper.step),
     )
-    tile, step = tiling.tile, tiling.step
-    shape = tuple(int(vol.sizes[d]) for d in _DIMS)
-    a = _DIMS.index(axis)
-    borders = {d: _borders(shape[d], tile, step) for d in range(3) if d != a}
-    boxes = _boxes(shape, block, max_blocks, seed)
-    data = vol.data
-    tasks = [
+
+
+def _reference(ct_path: Path | None, shape: tuple[int, ...]) -> Any:
+    """The input CT volume at ``ct_path`` (None: none), of the stain's ``shape``."""
+    from vstain_dask import ngff
+
+    if ct_path is None:
+        return None
+    ct = ngff.open_volume(ct_path)
+    if tuple(int(ct.sizes.get(d, -1)) for d in _DIMS) != shape or "c" in ct.dims:
+        raise InputError(
+            f"reference CT {ct_path} must be a (z, y, x) volume of shape {shape}, got "
+            f"{dict(ct.sizes)}"
+        )
+    return ct
+
+
+def _tasks(data: Any, boxes, *, axis: int, borders: dict[int, np.ndarray], rgb: bool) -> list:
+    """Delayed :func:`_block_stats` of each block of ``data``: (c, z, y, x) RGB (its first three
+    channels) or (z, y, x) CT."""
+    import dask
+
+    lead = (slice(0, 3),) if rgb else ()
+    return [
         dask.delayed(_block_stats)(
-            data[(slice(0, 3), *(slice(*b) for b in box))],
+            data[(*lead, *(slice(*b) for b in box))],
             box,
             halo,
-            axis=a,
+            axis=axis,
             borders=borders,
-            rgb=True,
-        )  # fmt: skip
+            rgb=rgb,
+        )
         for box, halo in boxes
     ]
-    ct_path = _resolve_ct(reference, prov)
-    ct_tasks = []
-    if ct_path is not None:
-        ct = ngff.open_volume(ct_path)
-        if tuple(int(ct.sizes.get(d, -1)) for d in _DIMS) != shape or "c" in ct.dims:
-            raise InputError(
-                f"reference CT {ct_path} must be a (z, y, x) volume of shape {shape}, got "
-                f"{dict(ct.sizes)}"
-            )
-        ct_tasks = [
-            dask.delayed(_block_stats)(
-                ct.data[tuple(slice(*b) for b in box)], box, halo, axis=a, borders={}, rgb=False
-            )  # fmt: skip
-            for box, halo in boxes
-        ]
-    results = dask.compute(*tasks, *ct_tasks)
-    stats, ct_stats = results[: len(tasks)], results[len(tasks) :]
+
+
+def _report(
+    path: str | os.PathLike, axis: str, tiling: Tiling, boxes, stats, ct_stats
+) -> SeamReport:
+    """The measures from the blocks' sums and counts (``ct_stats``: the CT's, or empty)."""
+    a = _DIMS.index(axis)
     total = {k: sum(s[k] for s in stats) for k in stats[0]}
     diff, stripe = _stripe(total["sum"], total["count"], a)
     ct_index = None
@@ -294,27 +324,15 @@ def seam_metrics(
         ct_index = _stripe(ct_total["sum"], ct_total["count"], a)[1]
     seam = total["seam"]
     border, interior = _ratio(seam[0], seam[1]), _ratio(seam[2], seam[3])
-    return SeamReport(
-        path=str(path),
-        label=label or Path(path).name,
-        axis=axis,
-        tile=tile,
-        step=step,
-        blocks=len(boxes),
-        voxels=int(
-            sum(
-                np.prod([b[1] - b[0] - h for b, h in zip(box, halo, strict=True)])
-                for box, halo in boxes
-            )
-        ),  # fmt: skip
-        diff=diff,
-        stripe_index=stripe,
-        flicker=_ratio(total["flicker"][0], total["flicker"][1]),
-        seam_border=border,
-        seam_interior=interior,
-        seam_index=_ratio(border, interior),
-        ct_stripe_index=ct_index,
+    voxels = sum(
+        np.prod([b[1] - b[0] - h for b, h in zip(box, halo, strict=True)]) for box, halo in boxes
     )
+    return SeamReport(
+        path=str(path), label=Path(path).name, axis=axis, tile=tiling.tile, step=tiling.step,
+        blocks=len(boxes), voxels=int(voxels), diff=diff, stripe_index=stripe,
+        flicker=_ratio(total["flicker"][0], total["flicker"][1]), seam_border=border,
+        seam_interior=interior, seam_index=_ratio(border, interior), ct_stripe_index=ct_index,
+    )  # fmt: skip
 
 
 def compare_seams(
@@ -334,9 +352,12 @@ def compare_seams(
     """
     if labels is not None and len(labels) != len(paths):
         raise InputError(f"labels must name each of the {len(paths)} volumes, got {len(labels)}")
+    reports = [seam_metrics(p, **options) for p in paths]
+    if labels is None:
+        return reports
     return [
-        seam_metrics(p, label=None if labels is None else labels[i], **options)
-        for i, p in enumerate(paths)
+        dataclasses.replace(r, label=label or r.label)
+        for r, label in zip(reports, labels, strict=True)
     ]
 
 
