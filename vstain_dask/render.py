@@ -342,6 +342,28 @@ def render_volume(
         (H, W, 3) uint8 RGB image, lazy. Pixels are ``min(scale)`` apart; at 0, 0 rows are y
         and columns x. Each task holds one slab of whole planes and one partial image.
     """
+    volume, opacity = _checked_volume(volume, scale, opacity)
+    geom = _geometry(volume.shape[1:], scale, azimuth, elevation)
+    x = volume.transpose(0, *(1 + j for j in geom.order))
+    if geom.flip:
+        x = x[:, ::-1]
+    nk, na, nb = geom.shape
+    thick = int(max(1, min(nk, _SLAB_BYTES // max(1, x.shape[0] * na * nb))))
+    x = x.rechunk({0: -1, 1: thick, 2: -1, 3: -1})
+    canvas = _composite(x, geom, _alpha_lut(float(opacity), geom.step))
+    h, w = geom.image
+    return canvas.map_blocks(
+        _to_screen,
+        geom=geom,
+        chunks=((h,), (w,), (3,)),
+        dtype=np.uint8,
+        meta=np.empty((0, 0, 0), dtype=np.uint8),
+    )
+
+
+def _checked_volume(volume, scale: Sequence[float], opacity: float | None):
+    """(the stain as a dask array, the opacity per unit depth), checked as
+    :func:`render_volume` takes them (the opacity's default: one stain alpha per voxel)."""
     import dask.array as da
 
     if not isinstance(volume, da.Array):
@@ -357,15 +379,15 @@ def render_volume(
         opacity = 1.0 / min(scale)
     if not (math.isfinite(opacity) and opacity > 0):
         raise InputError(f"opacity must be a positive number, got {opacity!r}")
-    geom = _geometry(volume.shape[1:], scale, azimuth, elevation)
-    x = volume.transpose(0, *(1 + j for j in geom.order))
-    if geom.flip:
-        x = x[:, ::-1]
-    nk, na, nb = geom.shape
-    thick = int(max(1, min(nk, _SLAB_BYTES // max(1, x.shape[0] * na * nb))))
-    x = x.rechunk({0: -1, 1: thick, 2: -1, 3: -1})
+    return volume, opacity
+
+
+def _composite(x, geom: _Geometry, lut: np.ndarray):
+    """The (4, ha, hb) float32 canvas of the slabs of ``x`` (c, k, a, b) in view order: each
+    slab's partial image, combined front to back four at a time."""
+    import dask.array as da
+
     nslabs = len(x.chunks[1])
-    lut = _alpha_lut(float(opacity), geom.step)
     ha, hb = geom.canvas
     parts = x.map_blocks(
         _slab_partial,
@@ -375,7 +397,7 @@ def render_volume(
         dtype=np.float32,
         meta=np.empty((0, 0, 0, 0), dtype=np.float32),
     )
-    canvas = da.reduction(
+    return da.reduction(
         parts,
         chunk=_as_is,
         combine=_over,
@@ -387,14 +409,6 @@ def render_volume(
         split_every=4,
         meta=np.empty((0, 0, 0), dtype=np.float32),
         name="composite",
-    )
-    h, w = geom.image
-    return canvas.map_blocks(
-        _to_screen,
-        geom=geom,
-        chunks=((h,), (w,), (3,)),
-        dtype=np.uint8,
-        meta=np.empty((0, 0, 0), dtype=np.uint8),
     )
 
 

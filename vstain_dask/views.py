@@ -152,45 +152,67 @@ def save_views(
     fig = plt.figure(figsize=(col_w * len(views), height))
     outer = fig.add_gridspec(1, len(views), wspace=0.25)
     for i, (v, e, title) in enumerate(zip(views, ext, titles, strict=True)):
-        gs = outer[0, i].subgridspec(2, 2, width_ratios=[e["x"], e["z"]],
-                                     height_ratios=[e["y"], e["z"]], wspace=0.05, hspace=0.12)  # fmt: skip
-        unit = _unit(v["units"])
-        window = _window(v) if v["xy"].ndim == 2 else None
-        s, c = v["scale"], v["centre"]
-        at = {d: (c[d] + 0.5) * s[d] for d in ("z", "y", "x")}
-        ax_xy = fig.add_subplot(gs[0, 0])
-        _show(ax_xy, v["xy"], (0, e["x"], e["y"], 0), window)
-        ax_yz = fig.add_subplot(gs[0, 1], sharey=ax_xy)
-        _show(ax_yz, np.swapaxes(v["yz"], 0, 1), (0, e["z"], e["y"], 0), window)
-        ax_xz = fig.add_subplot(gs[1, 0], sharex=ax_xy)
-        _show(ax_xz, v["xz"], (0, e["x"], e["z"], 0), window)
-        for ax, (hline, vline) in ((ax_xy, (at["y"], at["x"])), (ax_yz, (at["y"], at["z"])),
-                                   (ax_xz, (at["z"], at["x"]))):  # fmt: skip
-            ax.axhline(hline, color=_CROSS, linewidth=0.6, alpha=0.6)
-            ax.axvline(vline, color=_CROSS, linewidth=0.6, alpha=0.6)
-            ax.tick_params(labelsize=7)
-        ax_xy.set_title(f"XY, z = {c['z']}", fontsize=8, loc="left")
-        ax_yz.set_title(f"YZ, x = {c['x']}", fontsize=8, loc="left")
-        ax_xz.set_xlabel(f"x ({unit})", fontsize=8)
-        ax_xz.set_ylabel(f"z ({unit})", fontsize=8)
-        ax_xy.set_ylabel(f"y ({unit})", fontsize=8)
-        ax_yz.set_xlabel(f"z ({unit})", fontsize=8)
-        ax_xz.set_title(f"XZ, y = {c['y']}", fontsize=8, loc="left")
-        plt.setp(ax_xy.get_xticklabels(), visible=False)
-        plt.setp(ax_yz.get_yticklabels(), visible=False)
-        ax_info = fig.add_subplot(gs[1, 1])
-        ax_info.axis("off")
-        shape = "×".join(str(v["shape"][d]) for d in ("z", "y", "x"))
-        voxel = "×".join(f"{s[d]:g}" for d in ("z", "y", "x"))
-        ax_info.text(0.05, 0.95, f"level {v['level']}\n{shape} (z×y×x)\nvoxel {voxel} {unit}",
-                     fontsize=7, va="top", transform=ax_info.transAxes)  # fmt: skip
-        ax_xy.text(0.0, 1.0 + 0.12 * e["x"] / max(e["y"], 1e-9), title, fontsize=10,
-                   fontweight="bold", transform=ax_xy.transAxes, va="bottom")  # fmt: skip
+        _draw_volume(fig, outer[0, i], v, e, title)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return out
+
+
+def _draw_volume(fig, cell, v: dict, e: dict, title: str) -> None:
+    """One volume's views (of :func:`orthogonal_views`, ``e`` its physical extents) in ``cell``
+    of ``fig``: XY, YZ to its right, XZ below it, labelled, with its level, shape and voxel
+    size in the fourth corner and ``title`` above."""
+    gs = cell.subgridspec(2, 2, width_ratios=[e["x"], e["z"]],
+                          height_ratios=[e["y"], e["z"]], wspace=0.05, hspace=0.12)  # fmt: skip
+    unit = _unit(v["units"])
+    ax_xy, ax_yz, ax_xz = _draw_planes(fig, gs, v, e)
+    _label_planes(ax_xy, ax_yz, ax_xz, v["centre"], unit)
+    s = v["scale"]
+    ax_info = fig.add_subplot(gs[1, 1])
+    ax_info.axis("off")
+    shape = "×".join(str(v["shape"][d]) for d in ("z", "y", "x"))
+    voxel = "×".join(f"{s[d]:g}" for d in ("z", "y", "x"))
+    ax_info.text(0.05, 0.95, f"level {v['level']}\n{shape} (z×y×x)\nvoxel {voxel} {unit}",
+                 fontsize=7, va="top", transform=ax_info.transAxes)  # fmt: skip
+    ax_xy.text(0.0, 1.0 + 0.12 * e["x"] / max(e["y"], 1e-9), title, fontsize=10,
+               fontweight="bold", transform=ax_xy.transAxes, va="bottom")  # fmt: skip
+
+
+def _draw_planes(fig, gs, v: dict, e: dict) -> tuple:
+    """The XY, YZ and XZ axes of one volume in physical units, greyscale in one window over
+    the three planes, with lines where the other planes cut."""
+    window = _window(v) if v["xy"].ndim == 2 else None
+    s, c = v["scale"], v["centre"]
+    at = {d: (c[d] + 0.5) * s[d] for d in ("z", "y", "x")}
+    ax_xy = fig.add_subplot(gs[0, 0])
+    _show(ax_xy, v["xy"], (0, e["x"], e["y"], 0), window)
+    ax_yz = fig.add_subplot(gs[0, 1], sharey=ax_xy)
+    _show(ax_yz, np.swapaxes(v["yz"], 0, 1), (0, e["z"], e["y"], 0), window)
+    ax_xz = fig.add_subplot(gs[1, 0], sharex=ax_xy)
+    _show(ax_xz, v["xz"], (0, e["x"], e["z"], 0), window)
+    for ax, (hline, vline) in ((ax_xy, (at["y"], at["x"])), (ax_yz, (at["y"], at["z"])),
+                               (ax_xz, (at["z"], at["x"]))):  # fmt: skip
+        ax.axhline(hline, color=_CROSS, linewidth=0.6, alpha=0.6)
+        ax.axvline(vline, color=_CROSS, linewidth=0.6, alpha=0.6)
+        ax.tick_params(labelsize=7)
+    return ax_xy, ax_yz, ax_xz
+
+
+def _label_planes(ax_xy, ax_yz, ax_xz, c: dict, unit: str) -> None:
+    """Each plane's title (where it cuts) and axis labels; the shared axes' inner ticks hidden."""
+    import matplotlib.pyplot as plt
+
+    ax_xy.set_title(f"XY, z = {c['z']}", fontsize=8, loc="left")
+    ax_yz.set_title(f"YZ, x = {c['x']}", fontsize=8, loc="left")
+    ax_xz.set_xlabel(f"x ({unit})", fontsize=8)
+    ax_xz.set_ylabel(f"z ({unit})", fontsize=8)
+    ax_xy.set_ylabel(f"y ({unit})", fontsize=8)
+    ax_yz.set_xlabel(f"z ({unit})", fontsize=8)
+    ax_xz.set_title(f"XZ, y = {c['y']}", fontsize=8, loc="left")
+    plt.setp(ax_xy.get_xticklabels(), visible=False)
+    plt.setp(ax_yz.get_yticklabels(), visible=False)
 
 
 def input_ct_path(stained: str | os.PathLike) -> Path | None:

@@ -106,27 +106,14 @@ def stain(input_path, output, model, axes, tile, step, blend, fuse, fusion, batc
     """Stain a CT volume (OME-Zarr) into an RGB OME-Zarr volume."""
     import dataclasses
 
-    from vstain_dask.stain import StainConfig, run_stain
+    from vstain_dask.stain import StainConfig, default_output, job_log_path, run_stain
 
     config = StainConfig(
-        axes=axes,
-        tile=tile,
-        step=step,
-        blend=blend,
-        fuse=fuse,
-        fusion=fusion,
-        batch_size=batch_size,
-        prefilter_sigma=prefilter_sigma,
-        resample=resample,
-        alpha=alpha,
-        uncertainty=uncertainty,
-        mask=mask,
-        mask_colour=mask_colour,
-        block=block,
-        autocast=autocast,
-        compile=compile_,
-        device=device,
-    )
+        axes=axes, tile=tile, step=step, blend=blend, fuse=fuse, fusion=fusion,
+        batch_size=batch_size, prefilter_sigma=prefilter_sigma, resample=resample, alpha=alpha,
+        uncertainty=uncertainty, mask=mask, mask_colour=mask_colour, block=block,
+        autocast=autocast, compile=compile_, device=device,
+    )  # fmt: skip
     if cluster_config.workers is None and workers is not None:
         cluster_config = dataclasses.replace(cluster_config, workers=workers)
     if model is None:
@@ -134,16 +121,6 @@ def stain(input_path, output, model, axes, tile, step, blend, fuse, fusion, batc
             "using the bundled model, trained on synthetic phantoms (not on real samples)",
             err=True,
         )
-
-    def on_start(client):
-        from vstain_dask.cluster import dashboard_url
-
-        url = dashboard_url(client)
-        n = len(client.scheduler_info().get("workers", {}))
-        click.echo(f"dashboard: {url or 'not available'} ({n} worker(s))", err=True)
-
-    from vstain_dask.stain import default_output, job_log_path
-
     target = output or default_output(input_path)
     debug = debugging()
     try:
@@ -155,7 +132,7 @@ def stain(input_path, output, model, axes, tile, step, blend, fuse, fusion, batc
                 config=config,
                 cluster=cluster_config,
                 ct_levels=parse_ct_levels(ct_levels, keywords=("auto", "none")),
-                on_start=on_start,
+                on_start=_say_dashboard,
                 # the cluster's own logs go to a file beside the job (to the terminal with --debug)
                 log_file=None if debug else job_log_path(target),
                 chunks=chunks,
@@ -173,6 +150,20 @@ def stain(input_path, output, model, axes, tile, step, blend, fuse, fusion, batc
             "incomplete; rerun the same command with --resume to finish it",
             e,
         )
+    _say_report(report)
+
+
+def _say_dashboard(client) -> None:
+    """Where the cluster's dashboard is and how many workers it has, once they are up."""
+    from vstain_dask.cluster import dashboard_url
+
+    url = dashboard_url(client)
+    n = len(client.scheduler_info().get("workers", {}))
+    click.echo(f"dashboard: {url or 'not available'} ({n} worker(s))", err=True)
+
+
+def _say_report(report) -> None:
+    """What the stain wrote, how fast, and the input chunks it found missing."""
     if report.already_complete:
         click.echo(f"{report.output} is already complete ({report.blocks} blocks); nothing to do")
         return
