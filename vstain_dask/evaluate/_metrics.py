@@ -8,6 +8,7 @@ torchvision's download cache (the torch hub ``checkpoints`` folder).
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import os
 import warnings
@@ -171,32 +172,64 @@ def sample_patches(
     tries = 100 * int(n) if max_tries is None else int(max_tries)
     rng = np.random.default_rng(_seed_sequence(seed))
     ph, pw = _patch_shape(m.shape, int(size))
-    ny, nx = m.shape[0] - ph + 1, m.shape[1] - pw + 1
-    s = _integral(m)
-    need = float(min_coverage) * ph * pw
-    if ny * nx <= max(4 * tries, 4096):
-        # few places: test them all and draw without replacement
-        yy, xx = np.divmod(np.arange(ny * nx), nx)
-        ok = _box_sums(s, yy, xx, ph, pw) >= need - 1e-9
-        idx = rng.permutation(ny * nx)[:tries]
-        idx = idx[ok[idx]][: int(n)]
+    places = _Places(_integral(m), ph, pw, float(min_coverage) * ph * pw)
+    if places.count <= max(4 * tries, 4096):
+        return places.draw_without_replacement(rng, tries, n)
+    return places.draw(rng, tries, n)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Places:
+    """The places of a ``ph`` x ``pw`` patch in a slice, and which the mask covers enough
+    (``need`` pixels, counted on the mask's integral image ``s``)."""
+
+    s: np.ndarray
+    ph: int
+    pw: int
+    need: float
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Places along y and x."""
+        return self.s.shape[0] - self.ph, self.s.shape[1] - self.pw
+
+    @property
+    def count(self) -> int:
+        ny, nx = self.shape
+        return ny * nx
+
+    def covered(self, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+        return _box_sums(self.s, ys, xs, self.ph, self.pw) >= self.need - 1e-9
+
+    def draw_without_replacement(self, rng: np.random.Generator, tries: int, n: int) -> np.ndarray:
+        """Few places: test them all and draw without replacement."""
+        nx = self.shape[1]
+        yy, xx = np.divmod(np.arange(self.count), nx)
+        ok = self.covered(yy, xx)
+        idx = rng.permutation(self.count)[:tries]
+        idx = idx[ok[idx]][:n]
         return np.stack([yy[idx], xx[idx]], axis=1).astype(np.int64)
-    seen: set[tuple[int, int]] = set()
-    out: list[tuple[int, int]] = []
-    drawn = 0
-    while len(out) < n and drawn < tries:
-        k = min(1024, tries - drawn)
-        ys = rng.integers(0, ny, size=k)
-        xs = rng.integers(0, nx, size=k)
-        drawn += k
-        ok = _box_sums(s, ys, xs, ph, pw) >= need - 1e-9
-        for y, x, good in zip(ys.tolist(), xs.tolist(), ok.tolist(), strict=True):
-            if good and (y, x) not in seen:
-                seen.add((y, x))
-                out.append((y, x))
-                if len(out) == n:
-                    break
-    return np.asarray(out, dtype=np.int64).reshape(-1, 2)
+
+    def draw(self, rng: np.random.Generator, tries: int, n: int) -> np.ndarray:
+        """Many places: draw in batches of up to 1024, keep new covered ones, ``tries`` draws
+        at most."""
+        ny, nx = self.shape
+        seen: set[tuple[int, int]] = set()
+        out: list[tuple[int, int]] = []
+        drawn = 0
+        while len(out) < n and drawn < tries:
+            k = min(1024, tries - drawn)
+            ys = rng.integers(0, ny, size=k)
+            xs = rng.integers(0, nx, size=k)
+            drawn += k
+            ok = self.covered(ys, xs)
+            for y, x, good in zip(ys.tolist(), xs.tolist(), ok.tolist(), strict=True):
+                if good and (y, x) not in seen:
+                    seen.add((y, x))
+                    out.append((y, x))
+                    if len(out) == n:
+                        break
+        return np.asarray(out, dtype=np.int64).reshape(-1, 2)
 
 
 # -- masking -----------------------------------------------------------------------------------

@@ -539,6 +539,25 @@ def evaluate_models(
     models). With ``config.split``, only (pair, model) combinations in that split are scored.
     """
     config = config or EvalConfig()
+    entries = _entries(pairs, models, config)
+    device = str(resolve_device(config.device))
+    loaded = _load_models(models, device)
+    plan = _plan(pairs, entries, loaded, config)
+    if config.lpips and lpips_model is None:
+        lpips_model = load_lpips(device=device)
+    lp = lpips_model if config.lpips else None
+    records, pair_info = _score(pairs, plan, loaded, config, lp, on_pair, progress)
+    return EvaluationResult(
+        records=records,
+        models=[m.info() for m in loaded],
+        pairs=pair_info,
+        config=config,
+        source=str(pairs),
+    )
+
+
+def _entries(pairs: str | os.PathLike, models: Any, config: EvalConfig) -> list[dict[str, Any]]:
+    """The pairs of the store; refuses an evaluation without anything to score."""
     if not config.baseline and not models:
         raise InputError("nothing to evaluate: give at least one model, or keep the baseline on")
     entries = list_pairs(pairs)
@@ -546,8 +565,17 @@ def evaluate_models(
         raise InputError(
             f"the pairs store {pairs} holds no pairs; add some with `vstain-dask pairs add`"
         )
-    device = str(resolve_device(config.device))
-    loaded = _load_models(models, device)
+    return entries
+
+
+def _plan(
+    pairs: str | os.PathLike,
+    entries: list[dict[str, Any]],
+    loaded: list[_Model],
+    config: EvalConfig,
+) -> list[tuple[dict[str, Any], dict[str | None, str], list[str]]]:
+    """(pair, model name -> split, the pair's splits) of each pair to score; refuses a
+    ``config.split`` that leaves none."""
     plan = []
     for entry in entries:
         roles = _roles(entry, loaded)
@@ -567,10 +595,13 @@ def evaluate_models(
             f"no pairs in split {config.split.value!r} in {pairs} (splits present: "
             f"{', '.join(present)}); choose another --split or assign roles to the pairs"
         )
-    if config.lpips and lpips_model is None:
-        lpips_model = load_lpips(device=device)
-    lp = lpips_model if config.lpips else None
+    return plan
 
+
+def _score(
+    store, plan, loaded: list[_Model], config: EvalConfig, lp: Any, on_pair, progress: bool
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The patch records and the pair summaries of each pair of the ``plan``, in order."""
     records: list[dict[str, Any]] = []
     pair_info: list[dict[str, Any]] = []
     bar = None
@@ -580,7 +611,7 @@ def evaluate_models(
         bar = tqdm(total=len(plan), unit="pair", desc="evaluate")
     try:
         for entry, roles, splits in plan:
-            images = _evaluate_pair(pairs, entry, roles, loaded, config, lp)
+            images = _evaluate_pair(store, entry, roles, loaded, config, lp)
             pair_info.append({
                 "id": entry["id"], "material": entry.get("material"), "sample": entry.get("sample"),
                 "splits": splits, "patches": int(len(images.positions)),
@@ -594,13 +625,7 @@ def evaluate_models(
     finally:
         if bar is not None:
             bar.close()
-    return EvaluationResult(
-        records=records,
-        models=[m.info() for m in loaded],
-        pairs=pair_info,
-        config=config,
-        source=str(pairs),
-    )
+    return records, pair_info
 
 
 def _evaluate_pair(store, entry, roles, loaded, config, lp) -> PairImages:
