@@ -27,6 +27,8 @@ _COMMANDS: dict[str, str] = {
     "info": "vstain_dask.cli.volumes:info",
     "phantom": "vstain_dask.cli.phantom:phantom",
     "phantom-pairs": "vstain_dask.cli.phantom:phantom_pairs",
+    "phantom-section": "vstain_dask.cli.register:phantom_section",
+    "register": "vstain_dask.cli.register:register",
     "model": "vstain_dask.cli.model:model",
     "stain": "vstain_dask.cli.stain:stain",
     "pairs": "vstain_dask.cli.pairs:pairs",

@@ -1,0 +1,111 @@
+"""The section's 2D affine refinement and the images of the pair, on the found plane.
+
+Sectioning compresses and shears the tissue, so the section matches its CT plane only up to a
+2D affine map. With the plane found, the CT is resampled on it, and SimpleITK's
+``AffineTransform(2)`` is fitted (Mattes mutual information, regular-step gradient descent)
+mapping plane coordinates to section coordinates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from vstain_dask.register._geometry import affine4
+from vstain_dask.register._images import CTPyramid, SectionLevel
+from vstain_dask.register._search import Candidate, SearchSettings, fixed_image, footprint_box
+
+#: an affine refinement that scales or shears the section by more than this is not trusted
+MAX_DISTORTION = 0.08
+
+
+def _image2d(array: np.ndarray, section: SectionLevel):
+    """A 2D SimpleITK image on the section's grid (x = columns, y = rows)."""
+    import SimpleITK as sitk
+
+    img = sitk.GetImageFromArray(np.ascontiguousarray(array, dtype=np.float32))
+    img.SetSpacing((float(section.spacing[1]), float(section.spacing[0])))
+    img.SetOrigin((float(section.origin[1]), float(section.origin[0])))
+    return img
+
+
+def ct_on_plane(pyramid: CTPyramid, cand: Candidate, section: SectionLevel, level: int = 0):
+    """The CT sampled on the section's (flipped) grid under ``cand``, and where it exists."""
+    import SimpleITK as sitk
+
+    voxel = float(min(pyramid.grid(level).scale))
+    low, high = footprint_box(cand, section, margin=4 * voxel, tissue_only=False)
+    ct = pyramid.read(level, low, high)
+    ref, _ = fixed_image(section, cand.placement, cand.flip)
+    t = cand.transform()
+    values = sitk.Resample(ct, ref, t, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    ones = sitk.Image(ct.GetSize(), sitk.sitkUInt8) + 1
+    ones.CopyInformation(ct)
+    inside = sitk.Resample(ones, ref, t, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    # the crop covers the whole section with a margin, so its border is the CT's border
+    return sitk.GetArrayFromImage(values)[0], sitk.GetArrayFromImage(inside)[0].astype(bool)
+
+
+@dataclasses.dataclass(frozen=True)
+class AffineResult:
+    """``plane_to_section`` (4×4 on (row, col, w)), its metric, and whether it was used."""
+
+    plane_to_section: np.ndarray
+    metric: float
+    rigid_metric: float
+    used: bool
+    reason: str
+    history: tuple[float, ...]
+
+
+def fit_affine(
+    pyramid: CTPyramid, cand: Candidate, section: SectionLevel, settings: SearchSettings
+) -> AffineResult:
+    """Fit the 2D affine map from the CT plane (fixed) to the section (moving)."""
+    import SimpleITK as sitk
+
+    from vstain_dask.register._search import tissue_mask
+
+    ct, inside = ct_on_plane(pyramid, cand, section)
+    grey = section.contrast()
+    if cand.flip:
+        grey = grey[:, ::-1]
+    fixed = _image2d(ct, section)
+    moving = _image2d(grey, section)
+    mask = sitk.GetImageFromArray((inside & tissue_mask(grey)).astype(np.uint8))
+    mask.CopyInformation(fixed)
+    reg = sitk.ImageRegistrationMethod()
+    reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=settings.bins)
+    reg.SetMetricFixedMask(mask)
+    reg.SetInterpolator(sitk.sitkLinear)
+    reg.SetOptimizerAsRegularStepGradientDescent(
+        learningRate=1.0, minStep=1e-4, numberOfIterations=2 * settings.iterations,
+        gradientMagnitudeTolerance=1e-8, relaxationFactor=0.6,
+    )  # fmt: skip
+    reg.SetOptimizerScalesFromPhysicalShift()
+    rows, cols = np.nonzero(inside)
+    centre = (
+        float(section.origin[1] + section.spacing[1] * cols.mean()),
+        float(section.origin[0] + section.spacing[0] * rows.mean()),
+    )
+    t = sitk.AffineTransform(2)
+    t.SetCenter(centre)
+    reg.SetInitialTransform(t, inPlace=True)
+    rigid_metric = float(reg.MetricEvaluate(fixed, moving))
+    history: list[float] = []
+    reg.AddCommand(sitk.sitkIterationEvent, lambda: history.append(reg.GetMetricValue()))
+    reg.Execute(fixed, moving)
+    metric = float(reg.MetricEvaluate(fixed, moving))
+    lin = np.array(t.GetMatrix()).reshape(2, 2)[::-1, ::-1]  # (x, y) → (row, col)
+    c = np.array(centre)[::-1]
+    off = c + np.array(t.GetTranslation())[::-1] - lin @ c
+    m = affine4(np.pad(lin, ((0, 1), (0, 1))) + np.diag([0, 0, 1.0]), np.append(off, 0.0))
+    sv = np.linalg.svd(lin, compute_uv=False)
+    distortion = float(max(abs(sv - 1.0)))
+    if not metric < rigid_metric:
+        return AffineResult(np.eye(4), metric, rigid_metric, False, "no better than rigid", ())
+    if distortion > MAX_DISTORTION:
+        reason = f"scale/shear {distortion:.1%} beyond {MAX_DISTORTION:.0%}"
+        return AffineResult(np.eye(4), metric, rigid_metric, False, reason, tuple(history))
+    return AffineResult(m, metric, rigid_metric, True, "", tuple(history))

@@ -1,0 +1,167 @@
+"""The two images a registration reads: the CT from its pyramid, the section at a pixel size.
+
+Both are read level by level from OME-Zarr, never whole at full resolution: the CT as a
+coarse level or as a crop of a finer one around the plane, the section from the pyramid level
+just finer than the pixel size asked, then area-averaged to it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import numpy as np
+
+from vstain_dask.errors import InputError
+from vstain_dask.register._geometry import to_sitk
+
+#: CT levels at most this many voxels along their longest axis are read whole
+COARSE_VOXELS = 100
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+    """A regular grid: ``translation + scale * index`` per axis, in the CT's axis order."""
+
+    shape: tuple[int, ...]
+    scale: np.ndarray
+    translation: np.ndarray
+
+    @property
+    def low(self) -> np.ndarray:
+        return self.translation
+
+    @property
+    def high(self) -> np.ndarray:
+        return self.translation + self.scale * (np.array(self.shape) - 1)
+
+    @property
+    def centre(self) -> np.ndarray:
+        return (self.low + self.high) / 2.0
+
+
+class CTPyramid:
+    """A CT OME-Zarr volume, level by level (``z, y, x``)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        from vstain_dask import ngff
+
+        self.path = Path(path)
+        first = ngff.open_volume(path)
+        if first.dims != ("z", "y", "x"):
+            raise InputError(f"{path} is not a CT volume (axes {','.join(first.dims)}, not z,y,x)")
+        self.unit = first.attrs.get("units", {}).get("z", "micrometer")
+        self.levels = [first] + [
+            ngff.open_volume(path, level=k) for k in range(1, int(first.attrs["n_levels"]))
+        ]
+
+    def grid(self, level: int) -> Grid:
+        v = self.levels[level]
+        dims = ("z", "y", "x")
+        return Grid(
+            tuple(int(s) for s in v.shape),
+            np.array([v.attrs["scale"][d] for d in dims], dtype=np.float64),
+            np.array([v.attrs["translation"][d] for d in dims], dtype=np.float64),
+        )
+
+    @property
+    def voxel_size(self) -> float:
+        return float(min(self.grid(0).scale))
+
+    def coarse_level(self) -> int:
+        for k in range(len(self.levels)):
+            if max(self.levels[k].shape) <= COARSE_VOXELS:
+                return k
+        return len(self.levels) - 1
+
+    def read(self, level: int, low: np.ndarray | None = None, high: np.ndarray | None = None):
+        """A SimpleITK image of ``level``, cropped to the physical box [low, high] if given."""
+        import SimpleITK as sitk
+
+        g = self.grid(level)
+        start = np.zeros(3, dtype=int)
+        stop = np.array(g.shape)
+        if low is not None:
+            start = np.clip(np.floor((low - g.translation) / g.scale).astype(int), 0, stop - 1)
+            stop = np.clip(
+                np.ceil((high - g.translation) / g.scale).astype(int) + 1, start + 1, stop
+            )
+        sl = tuple(slice(int(a), int(b)) for a, b in zip(start, stop, strict=True))
+        data = np.asarray(self.levels[level].data[sl], dtype=np.float32)
+        img = sitk.GetImageFromArray(data)
+        img.SetSpacing(to_sitk(g.scale))
+        img.SetOrigin(to_sitk(g.translation + g.scale * start))
+        return img
+
+
+@dataclasses.dataclass(frozen=True)
+class SectionLevel:
+    """The section at one pixel size: ``rgb`` (H, W, 3) uint8 and the µm of pixel (0, 0)."""
+
+    rgb: np.ndarray
+    spacing: np.ndarray  # (2,) µm per pixel, rows and cols
+    origin: np.ndarray  # (2,) µm, row and col of pixel (0, 0)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.rgb.shape[:2]
+
+    def contrast(self) -> np.ndarray:
+        """A grey image mutual information can use: 255 minus the mean of R, G and B (glass
+        dark, stained tissue bright), float32."""
+        return 255.0 - self.rgb.astype(np.float32).mean(axis=-1)
+
+    def col_mid(self) -> float:
+        return float(self.origin[1] + self.spacing[1] * (self.shape[1] - 1) / 2.0)
+
+
+class Section:
+    """A histology section stored as a 2D RGB OME-Zarr ``(c, y, x)``."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        from vstain_dask import ngff
+
+        self.path = Path(path)
+        first = ngff.open_volume(path)
+        if first.dims != ("c", "y", "x") or first.shape[0] != 3:
+            raise InputError(
+                f"{path} is not an RGB section (axes {','.join(first.dims)}, shape "
+                f"{tuple(first.shape)}); give a whole-slide image or its 2D RGB OME-Zarr"
+            )
+        self.levels = [first] + [
+            ngff.open_volume(path, level=k) for k in range(1, int(first.attrs["n_levels"]))
+        ]
+
+    def level_grid(self, level: int) -> Grid:
+        v = self.levels[level]
+        return Grid(
+            tuple(int(s) for s in v.shape[1:]),
+            np.array([v.attrs["scale"][d] for d in ("y", "x")], dtype=np.float64),
+            np.array([v.attrs["translation"][d] for d in ("y", "x")], dtype=np.float64),
+        )
+
+    @property
+    def full(self) -> Grid:
+        return self.level_grid(0)
+
+    def at(self, pixel_size: float) -> SectionLevel:
+        """The section area-averaged to ``pixel_size`` µm (never finer than level 0)."""
+        from skimage.transform import resize
+
+        k = 0
+        for j in range(len(self.levels)):
+            if max(self.level_grid(j).scale) <= pixel_size * 1.0001:
+                k = j
+        g = self.level_grid(k)
+        rgb = np.moveaxis(np.asarray(self.levels[k].data), 0, -1)
+        factor = pixel_size / g.scale
+        if np.all(factor <= 1.0001):
+            return SectionLevel(rgb, g.scale, g.translation)
+        out = np.maximum(np.rint(np.array(g.shape) / factor).astype(int), 1)
+        actual = np.array(g.shape) / out
+        small = resize(rgb, (*out, 3), order=1, anti_aliasing=True, preserve_range=True)
+        origin = g.translation + g.scale * (0.5 * actual - 0.5)
+        return SectionLevel(
+            np.clip(np.rint(small), 0, 255).astype(np.uint8), g.scale * actual, origin
+        )

@@ -1,0 +1,272 @@
+"""``register_section``: find a histology section's plane in a CT and add the pair."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vstain_dask.errors import InputError, VStainError
+from vstain_dask.register._affine import AffineResult, fit_affine
+from vstain_dask.register._geometry import AXES, Placement, flip_matrix, mean_error, pixel_matrix
+from vstain_dask.register._images import CTPyramid, Section, SectionLevel
+from vstain_dask.register._search import (
+    Candidate,
+    SearchRecord,
+    SearchSettings,
+    coarse_search,
+    refine,
+    tissue_mask,
+)
+
+__all__ = ["RegisterConfig", "RegistrationError", "register_section"]
+
+
+class RegistrationError(VStainError):
+    """The search found no plane it trusts."""
+
+    exit_code = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class RegisterConfig:
+    """What the registration searches and how sure it must be.
+
+    Attributes
+    ----------
+    axis : ``"auto"``, ``"z"``, ``"y"`` or ``"x"``
+        The CT axis the sections were cut (roughly) normal to; ``auto`` tries all three.
+    flip : ``"auto"``, ``"yes"`` or ``"no"``
+        Whether the section is mirrored (mounted face down); ``auto`` tries both.
+    init_depth : float or None
+        Where along ``axis`` to search, µm (physical, as the CT's coordinates); None: all of it.
+    depth_window : float
+        With ``init_depth``: how far each side of it to search, µm.
+    affine : bool
+        Refine the section with a 2D affine map (sectioning scale and shear) after the plane.
+    section_pixel_size : float or None
+        The section's pixel size, µm, when its file does not say.
+    min_mi : float
+        The least mutual information (nats, Mattes) the final plane must reach.
+    min_margin : float
+        How much better (relative) the best start must be than the best start at another pose.
+    """
+
+    axis: str = "auto"
+    flip: str = "auto"
+    init_depth: float | None = None
+    depth_window: float = 200.0
+    affine: bool = True
+    section_pixel_size: float | None = None
+    min_mi: float = 0.25
+    min_margin: float = 0.06
+    search: SearchSettings = SearchSettings()
+
+    def __post_init__(self) -> None:
+        if self.axis not in ("auto", *AXES):
+            raise InputError(f"--axis must be auto, z, y or x, got {self.axis!r}")
+        if self.flip not in ("auto", "yes", "no"):
+            raise InputError(f"--flip must be auto, yes or no, got {self.flip!r}")
+        for name in ("depth_window", "section_pixel_size"):
+            v = getattr(self, name)
+            if v is not None and not (math.isfinite(v) and v > 0):
+                raise InputError(f"{name.replace('_', '-')} must be a positive number, got {v}")
+
+    def axes(self) -> tuple[str, ...]:
+        return AXES if self.axis == "auto" else (self.axis,)
+
+    def flips(self) -> tuple[bool, ...]:
+        return {"auto": (False, True), "yes": (True,), "no": (False,)}[self.flip]
+
+
+def _open_section(path: Path, config: RegisterConfig, workdir: Path) -> Section:
+    """The section as an OME-Zarr: as given, or a whole-slide image imported into ``workdir``."""
+    from vstain_dask import ngff
+
+    is_zarr = path.is_dir() and any((path / f).exists() for f in ("zarr.json", ".zattrs"))
+    if is_zarr:
+        return Section(path)
+    if not path.exists():
+        raise InputError(f"section {path} does not exist")
+    out = workdir / "section.ome.zarr"
+    ngff.import_volume(path, out, voxel_size=config.section_pixel_size)
+    return Section(out)
+
+
+def _starts(pyramid: CTPyramid, section: SectionLevel, config: RegisterConfig) -> list[Candidate]:
+    """One start per cutting axis and mirroring: the section's tissue centred on the CT."""
+    grey = section.contrast()
+    starts = []
+    centre = pyramid.grid(0).centre
+    for axis in config.axes():
+        c = centre.copy()
+        if config.init_depth is not None:
+            c[AXES.index(axis)] = config.init_depth
+        for flip in config.flips():
+            rows, cols = np.nonzero(tissue_mask(grey[:, ::-1] if flip else grey))
+            if rows.size == 0:
+                raise InputError("the section shows no tissue: it is blank or all glass")
+            q_mid = section.origin + section.spacing * np.array([rows.mean(), cols.mean()])
+            starts.append(Candidate(axis, flip, Placement.untilted(axis, c, q_mid), (0.0,) * 6))
+    return starts
+
+
+def _pose_distance(a: Candidate, b: Candidate, section: SectionLevel) -> float:
+    """Mean distance (µm) between where two poses put the section's corners and centre."""
+    h, w = section.shape
+    px = np.array([[0, 0], [0, w - 1], [h - 1, 0], [h - 1, w - 1], [h / 2, w / 2]], float)
+    q = section.origin + section.spacing * px
+    from vstain_dask.register._geometry import apply
+
+    return float(
+        np.linalg.norm(
+            apply(a.section_to_plane(), q) - apply(b.section_to_plane(), q), axis=1
+        ).mean()
+    )
+
+
+def _confidence(found: list[Candidate], section: SectionLevel, voxel: float) -> dict[str, Any]:
+    """The best start's metric against the best start at a different pose (≥ 4 coarse voxels)."""
+    best = found[0]
+    other = next((c for c in found[1:] if _pose_distance(best, c, section) > 4 * voxel), None)
+    runner = other.metric if other is not None else 0.0
+    margin = (runner - best.metric) / abs(best.metric) if best.metric else 0.0
+    return {"best": best.metric, "runner_up": runner, "margin": margin}
+
+
+def _check_trusted(conf: dict, final_metric: float, config: RegisterConfig) -> None:
+    mi = -final_metric
+    if mi < config.min_mi:
+        raise RegistrationError(
+            f"no plane of the CT matches the section: the best reaches mutual information "
+            f"{mi:.3f}, below {config.min_mi} (wrong CT or section, or give --axis/--init-z)"
+        )
+    if conf["margin"] < config.min_margin:
+        raise RegistrationError(
+            f"the section matches several planes of the CT almost equally (best "
+            f"{-conf['best']:.3f}, another pose {-conf['runner_up']:.3f}): give --axis, "
+            "--flip or --init-z to narrow the search"
+        )
+
+
+def register_section(
+    ct: str | os.PathLike, section: str | os.PathLike, config: RegisterConfig | None = None
+) -> dict[str, Any]:
+    """Find the plane of ``ct`` that shows ``section``.
+
+    Returns
+    -------
+    dict
+        The registration record: ``section_to_ct`` (4×4, row-major: section pixel
+        ``(row, col, 0, 1)`` of the section's full-resolution level → CT ``(z, y, x, 1)`` in the
+        CT's unit), ``axis``, ``flip``, ``metric`` (final Mattes MI, negated as SimpleITK
+        reports it), ``confidence``, ``affine``, ``settings``, ``seconds``; and, not for
+        storage, ``_result`` with what the pair is cut from.
+
+    Raises
+    ------
+    RegistrationError
+        No plane is trusted (too little mutual information, or no clear best pose).
+    """
+    config = config or RegisterConfig()
+    t0 = time.perf_counter()
+    pyramid = CTPyramid(ct)
+    with tempfile.TemporaryDirectory(prefix="vstain-register-") as tmp:
+        sec = _open_section(Path(section), config, Path(tmp))
+        record = _register(pyramid, sec, config)
+        record["seconds"]["total"] = round(time.perf_counter() - t0, 2)
+        record["ct"] = str(Path(ct))
+        record["section"] = str(Path(section))
+        pair = _pair_images(pyramid, sec, record)
+    record["_result"] = pair
+    return record
+
+
+def _register(pyramid: CTPyramid, sec: Section, config: RegisterConfig) -> dict[str, Any]:
+    cache: dict[float, SectionLevel] = {}
+
+    def section_at(pixel_size: float) -> SectionLevel:
+        key = round(pixel_size, 6)
+        if key not in cache:
+            cache[key] = sec.at(pixel_size)
+        return cache[key]
+
+    search = SearchRecord()
+    coarse = pyramid.coarse_level()
+    coarse_voxel = float(min(pyramid.grid(coarse).scale))
+    section_c = section_at(coarse_voxel)
+    starts = _starts(pyramid, section_c, config)
+    extent = pyramid.grid(0).high - pyramid.grid(0).low
+    depth_range = config.depth_window if config.init_depth is not None else float(max(extent)) / 2.0
+    found = coarse_search(pyramid, section_at, starts, config.search, depth_range, search)
+    conf = _confidence(found, section_c, coarse_voxel)
+    best = refine(pyramid, section_at, found[0], config.search, search)
+    _check_trusted(conf, best.metric, config)
+    fine = section_at(pyramid.voxel_size)
+    affine = AffineResult(np.eye(4), best.metric, best.metric, False, "not asked", ())
+    if config.affine:
+        t = time.perf_counter()
+        affine = fit_affine(pyramid, best, fine, config.search)
+        search.seconds["affine"] = round(time.perf_counter() - t, 2)
+    full = sec.full
+    m = (
+        best.section_to_plane()
+        @ np.linalg.inv(affine.plane_to_section)
+        @ flip_matrix(best.flip, fine.col_mid())
+        @ pixel_matrix(tuple(full.scale), tuple(full.translation))
+    )
+    return {
+        "section_to_ct": [[float(v) for v in row] for row in m],
+        "axis": best.axis,
+        "flip": best.flip,
+        "metric": best.metric,
+        "confidence": conf,
+        "affine": {
+            "used": affine.used,
+            "metric": affine.metric,
+            "rigid_metric": affine.rigid_metric,
+            "reason": affine.reason,
+        },
+        "section_shape": [int(s) for s in full.shape],
+        "section_pixel_size": [float(s) for s in full.scale],
+        "ct_voxel_size": pyramid.voxel_size,
+        "settings": _settings(config),
+        "grid_points": search.grid_points,
+        "levels": search.levels,
+        "seconds": dict(search.seconds),
+        "_curve": list(best.history) + list(affine.history),
+        "_plane": (best, affine, fine),
+    }
+
+
+def _settings(config: RegisterConfig) -> dict[str, Any]:
+    """The search settings, as recorded with the registration."""
+    return {
+        **dataclasses.asdict(config.search),
+        "axis": config.axis,
+        "flip": config.flip,
+        "init_depth": config.init_depth,
+        "min_mi": config.min_mi,
+        "min_margin": config.min_margin,
+    }
+
+
+def _pair_images(pyramid: CTPyramid, sec: Section, record: dict) -> dict[str, np.ndarray]:
+    """CT on the found plane and the section mapped onto it, at the CT's pixel size, cropped to
+    where both exist."""
+    from vstain_dask.register._output import plane_images
+
+    best, affine, fine = record.pop("_plane")
+    return plane_images(pyramid, best, affine, fine)
+
+
+def score_against_truth(record: dict, truth: np.ndarray) -> tuple[float, float]:
+    """Mean and max error (µm) of ``record``'s map against a true ``section_to_ct``."""
+    shape = tuple(record["section_shape"])
+    return mean_error(np.array(record["section_to_ct"]), np.asarray(truth), shape)

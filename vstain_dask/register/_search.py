@@ -1,0 +1,309 @@
+"""The 2D–3D search with SimpleITK: which plane of the CT shows the section.
+
+The fixed image is the section (one slice, placed in the CT by a :class:`Placement`), the
+moving image the CT; an ``Euler3DTransform`` about the placement's centre maps the section's
+points into the CT. Its six parameters are the plane's depth (translation along the cutting
+axis), two tilts, the in-plane rotation and two in-plane shifts. The search:
+
+1. at the coarsest CT level, SimpleITK's exhaustive optimizer samples the in-plane rotation
+   over the full turn, the depth over the CT's extent and the in-plane shifts around the
+   centred start, for each cutting axis and mirroring tried, recording Mattes mutual
+   information at every grid point;
+2. the best distinct grid points start a gradient descent over all six parameters;
+3. the best of those is refined at finer CT levels (a crop of the CT around the plane).
+
+No optimizer here is our own: exhaustive sampling and gradient descent are SimpleITK's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+
+import numpy as np
+
+from vstain_dask.register._geometry import Placement, from_sitk, matrix_from_sitk, to_sitk
+from vstain_dask.register._images import CTPyramid, SectionLevel
+
+_AXIS_INDEX = {"z": 0, "y": 1, "x": 2}
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSettings:
+    """How widely and finely the coarse search samples (recorded with the result)."""
+
+    angle_step: float = 15.0  # degrees, in-plane rotation grid over the full turn
+    depth_step: float = 2.0  # coarse voxels between depths sampled
+    shift_fraction: float = 0.12  # in-plane shift step, as a fraction of the section's extent
+    shift_steps: int = 1  # shifts sampled each side of the centred start
+    max_tilt: float = 12.0  # degrees, the tilts the tilt grid covers each side
+    tilt_step: float = 3.0  # degrees between tilts sampled
+    starts: int = 6  # grid points that start a local descent
+    bins: int = 32  # Mattes histogram bins
+    iterations: int = 120  # gradient-descent iterations per level
+
+
+@dataclasses.dataclass
+class Candidate:
+    """One pose: axis, mirroring, placement and the Euler parameters found from it."""
+
+    axis: str
+    flip: bool
+    placement: Placement
+    params: tuple[float, ...]
+    metric: float = math.inf
+    history: list[float] = dataclasses.field(default_factory=list)
+
+    def transform(self):
+        import SimpleITK as sitk
+
+        t = sitk.Euler3DTransform()
+        t.SetCenter(to_sitk(self.placement.centre))
+        t.SetParameters(self.params)
+        return t
+
+    def rigid_matrix(self) -> np.ndarray:
+        """4×4 (z, y, x): a point of the placed section → the CT."""
+        t = self.transform()
+        lin = matrix_from_sitk(np.array(t.GetMatrix()).reshape(3, 3))
+        centre = from_sitk(t.GetCenter())
+        trans = from_sitk(t.GetTranslation())
+        m = np.eye(4)
+        m[:3, :3] = lin
+        m[:3, 3] = centre + trans - lin @ centre
+        return m
+
+    def section_to_plane(self) -> np.ndarray:
+        """4×4: section µm (row, col, w) (after the flip) → CT (z, y, x)."""
+        return self.rigid_matrix() @ self.placement.matrix()
+
+
+def fixed_image(section: SectionLevel, placement: Placement, flip: bool):
+    """The section as a one-slice 3D SimpleITK image placed in the CT, and its tissue mask."""
+    import SimpleITK as sitk
+
+    grey = section.contrast()
+    if flip:
+        grey = grey[:, ::-1]
+    img = sitk.GetImageFromArray(np.ascontiguousarray(grey)[None])
+    sp = section.spacing
+    img.SetSpacing((float(sp[1]), float(sp[0]), float(min(sp))))
+    u, v = placement.basis[:, 0], placement.basis[:, 1]
+    n = placement.normal
+    # image index (col, row, 0) → physical; direction columns: col, row, normal (x, y, z)
+    d = np.column_stack([to_sitk(v), to_sitk(u), to_sitk(n)])
+    img.SetDirection(tuple(float(a) for a in d.ravel()))
+    origin = placement.centre + u * (section.origin[0] - placement.q_mid[0])
+    origin = origin + v * (section.origin[1] - placement.q_mid[1])
+    img.SetOrigin(to_sitk(origin))
+    mask = sitk.GetImageFromArray(tissue_mask(grey)[None].astype(np.uint8))
+    mask.CopyInformation(img)
+    return img, mask
+
+
+def tissue_mask(grey: np.ndarray) -> np.ndarray:
+    """Stained tissue (not glass): contrast above a threshold between glass and tissue."""
+    from skimage.filters import threshold_otsu
+
+    if float(grey.max()) - float(grey.min()) < 1e-3:
+        return np.zeros(grey.shape, dtype=bool)
+    return grey > min(float(threshold_otsu(grey)), 20.0)
+
+
+def _method(settings: SearchSettings, fixed_mask, sampling: float | None = None):
+    import SimpleITK as sitk
+
+    reg = sitk.ImageRegistrationMethod()
+    reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=settings.bins)
+    if sampling is not None:
+        reg.SetMetricSamplingStrategy(reg.RANDOM)
+        reg.SetMetricSamplingPercentage(sampling, seed=1)
+    reg.SetMetricFixedMask(fixed_mask)
+    reg.SetInterpolator(sitk.sitkLinear)
+    return reg
+
+
+def _param_index(axis: str) -> tuple[int, int, tuple[int, int]]:
+    """Euler parameter indices of the in-plane angle, the depth and the in-plane shifts."""
+    a = 2 - _AXIS_INDEX[axis]  # SimpleITK's x, y, z order
+    shifts = tuple(3 + k for k in range(3) if k != a)
+    return a, 3 + a, shifts
+
+
+def _exhaustive(ct, section: SectionLevel, cand: Candidate, settings, steps, scales):
+    """Mattes MI at every point of SimpleITK's exhaustive grid around ``cand``:
+    [(metric, params)], ``steps`` points each side along each parameter, ``scales`` apart."""
+    import SimpleITK as sitk
+
+    fixed, mask = fixed_image(section, cand.placement, cand.flip)
+    reg = _method(settings, mask)
+    reg.SetOptimizerAsExhaustive([int(n) for n in steps], stepLength=1.0)
+    reg.SetOptimizerScales([float(s) for s in scales])
+    reg.SetInitialTransform(cand.transform(), inPlace=True)
+    samples: list[tuple[float, tuple[float, ...]]] = []
+    reg.AddCommand(
+        sitk.sitkIterationEvent,
+        lambda: samples.append((reg.GetMetricValue(), tuple(reg.GetOptimizerPosition()))),
+    )
+    reg.Execute(fixed, ct)
+    return [(m, p) for m, p in samples if math.isfinite(m)]
+
+
+def grid_search(
+    ct, section: SectionLevel, cand: Candidate, settings: SearchSettings, depth_range: float
+) -> list[tuple[float, tuple[float, ...]]]:
+    """The coarse grid: the in-plane angle over the full turn, the depth ``depth_range`` µm each
+    side of the start, the in-plane shifts around it; tilts zero."""
+    angle, depth, shifts = _param_index(cand.axis)
+    steps = [0] * 6
+    scales = [1.0] * 6
+    steps[angle] = int(round(180.0 / settings.angle_step))
+    scales[angle] = math.radians(settings.angle_step)
+    dstep = settings.depth_step * float(np.mean(ct.GetSpacing()))
+    steps[depth] = max(0, int(depth_range // dstep))
+    scales[depth] = dstep
+    extent = float(min(section.shape) * min(section.spacing))
+    for s in shifts:
+        steps[s] = settings.shift_steps
+        scales[s] = settings.shift_fraction * extent
+    return _exhaustive(ct, section, cand, settings, steps, scales)
+
+
+def tilt_search(
+    ct, section: SectionLevel, cand: Candidate, settings: SearchSettings, span: float, starts: int
+) -> list[Candidate]:
+    """The ``starts`` best points of a grid over the two tilts (±``span`` degrees) and nearby
+    depths."""
+    angle, depth, _ = _param_index(cand.axis)
+    steps = [0] * 6
+    scales = [1.0] * 6
+    n = int(round(span / settings.tilt_step))
+    for k in range(3):
+        if k != angle:
+            steps[k] = n
+            scales[k] = math.radians(settings.tilt_step)
+    steps[depth] = 2
+    scales[depth] = float(np.mean(ct.GetSpacing()))
+    samples = sorted(_exhaustive(ct, section, cand, settings, steps, scales), key=lambda s: s[0])
+    return [dataclasses.replace(cand, params=p, metric=m) for m, p in samples[:starts]]
+
+
+def descend(ct, section: SectionLevel, cand: Candidate, settings: SearchSettings) -> Candidate:
+    """Gradient descent over the six rigid parameters from ``cand`` (SimpleITK's regular-step
+    gradient descent, scales from physical shifts)."""
+    import SimpleITK as sitk
+
+    fixed, mask = fixed_image(section, cand.placement, cand.flip)
+    reg = _method(settings, mask)
+    reg.SetOptimizerAsRegularStepGradientDescent(
+        learningRate=2.0, minStep=1e-3, numberOfIterations=settings.iterations,
+        gradientMagnitudeTolerance=1e-8, relaxationFactor=0.6,
+    )  # fmt: skip
+    reg.SetOptimizerScalesFromPhysicalShift()
+    t = cand.transform()
+    reg.SetInitialTransform(t, inPlace=True)
+    history: list[float] = []
+    reg.AddCommand(sitk.sitkIterationEvent, lambda: history.append(reg.GetMetricValue()))
+    reg.Execute(fixed, ct)
+    final = reg.MetricEvaluate(fixed, ct)
+    return dataclasses.replace(
+        cand, params=tuple(t.GetParameters()), metric=float(final), history=cand.history + history
+    )
+
+
+def distinct(samples, settings: SearchSettings, axis: str, depth_sep: float, n: int):
+    """The ``n`` best grid points that differ in angle (≥ 2 steps) or depth (≥ ``depth_sep``)."""
+    angle, depth, _ = _param_index(axis)
+    keep: list[tuple[float, tuple[float, ...]]] = []
+    sep = math.radians(settings.angle_step) * 1.5
+    for m, p in sorted(samples, key=lambda s: s[0]):
+        close = False
+        for _, q in keep:
+            da = abs((p[angle] - q[angle] + math.pi) % (2 * math.pi) - math.pi)
+            if da < sep and abs(p[depth] - q[depth]) < depth_sep:
+                close = True
+                break
+        if not close:
+            keep.append((m, p))
+        if len(keep) == n:
+            break
+    return keep
+
+
+@dataclasses.dataclass
+class SearchRecord:
+    """What the search did, for the registration record and the QC picture."""
+
+    grid_points: int = 0
+    coarse: list[dict] = dataclasses.field(default_factory=list)
+    levels: list[dict] = dataclasses.field(default_factory=list)
+    seconds: dict = dataclasses.field(default_factory=dict)
+
+
+def coarse_search(
+    pyramid: CTPyramid,
+    section_at,
+    starts: list[Candidate],
+    settings: SearchSettings,
+    depth_range: float,
+    record: SearchRecord,
+) -> list[Candidate]:
+    """Grid search then descent from the best distinct points of each start; best first."""
+    t0 = time.perf_counter()
+    level = pyramid.coarse_level()
+    ct = pyramid.read(level)
+    voxel = float(min(pyramid.grid(level).scale))
+    section = section_at(voxel)
+    found: list[Candidate] = []
+    for cand in starts:
+        samples = grid_search(ct, section, cand, settings, depth_range)
+        record.grid_points += len(samples)
+        for m, p in distinct(samples, settings, cand.axis, 4 * voxel, settings.starts):
+            c = dataclasses.replace(cand, params=p, metric=m, history=[])
+            found.append(descend(ct, section, c, settings))
+    found.sort(key=lambda c: c.metric)
+    record.seconds["coarse"] = round(time.perf_counter() - t0, 2)
+    return found
+
+
+def refine(
+    pyramid: CTPyramid, section_at, cand: Candidate, settings: SearchSettings, record: SearchRecord
+) -> Candidate:
+    """Descend again at each finer CT level, on a crop of the CT around the current plane."""
+    t0 = time.perf_counter()
+    first = True
+    for level in range(pyramid.coarse_level() - 1, -1, -1):
+        voxel = float(min(pyramid.grid(level).scale))
+        section = section_at(voxel)
+        low, high = footprint_box(cand, section, margin=8 * voxel)
+        ct = pyramid.read(level, low, high)
+        span = settings.max_tilt if first else 2 * settings.tilt_step
+        first = False
+        starts = tilt_search(ct, section, cand, settings, span, settings.starts)
+        tried = [descend(ct, section, c, settings) for c in [cand, *starts]]
+        cand = min(tried, key=lambda c: c.metric)
+        record.levels.append({"level": level, "voxel_size": voxel, "metric": cand.metric})
+    record.seconds["refine"] = round(time.perf_counter() - t0, 2)
+    return cand
+
+
+def footprint_box(cand: Candidate, section: SectionLevel, margin: float, tissue_only: bool = True):
+    """Physical box (z, y, x) of the CT holding the section's tissue (or its whole image)
+    under ``cand``."""
+    from vstain_dask.register._geometry import apply
+
+    rows = np.array([], dtype=int)
+    if tissue_only:
+        grey = section.contrast()
+        rows, cols = np.nonzero(tissue_mask(grey[:, ::-1] if cand.flip else grey))
+    if rows.size == 0:
+        rows, cols = np.array([0, section.shape[0] - 1]), np.array([0, section.shape[1] - 1])
+    q = np.column_stack(
+        [
+            section.origin[0] + section.spacing[0] * rows,
+            section.origin[1] + section.spacing[1] * cols,
+        ]
+    )
+    pts = apply(cand.section_to_plane(), q)
+    return pts.min(axis=0) - margin, pts.max(axis=0) + margin
