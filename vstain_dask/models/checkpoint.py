@@ -63,7 +63,12 @@ from vstain_dask.models.config import (
     InputNormalization,
     Variant,
 )
-from vstain_dask.models.networks import PatchDiscriminator, ResnetGenerator, UnetGenerator
+from vstain_dask.models.networks import (
+    PatchDiscriminator,
+    ResnetGenerator,
+    UnetGenerator,
+    count_parameters,
+)
 from vstain_dask.runtime import resolve_device
 
 __all__ = [
@@ -565,7 +570,7 @@ class _Weights:
         sd = {k: v.detach().cpu() for k, v in net.state_dict().items()}
         _match_state_dict(config, sd, role, error=InputError)
         self.state_dicts[role] = sd
-        self.parameters[role] = int(sum(p.numel() for p in net.parameters()))
+        self.parameters[role] = count_parameters(net)
 
     def generator_config(self, normalization: InputNormalization) -> GeneratorConfig:
         """The generator's architecture, checked against the input ``normalization``."""

@@ -28,12 +28,9 @@ __all__ = [
     "LossWeights",
     "lsgan_loss",
     "discriminator_loss",
-    "cycle_loss",
-    "identity_loss",
     "masked_l1",
     "supervision_loss",
     "greyscale_loss",
-    "pix2pix_l1",
     "total_loss",
 ]
 
@@ -119,18 +116,6 @@ def discriminator_loss(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> 
     return 0.5 * (lsgan_loss(real_scores, real=True) + lsgan_loss(fake_scores, real=False))
 
 
-def cycle_loss(reconstructed: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
-    """Cycle-consistency L1: mean ``|G_BA(G_AB(a)) - a|``, both (N, C, H, W)."""
-    _same_shape(reconstructed, original, ("reconstructed", "original"))
-    return torch.mean(torch.abs(reconstructed - original))
-
-
-def identity_loss(mapped: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
-    """Identity L1: mean ``|G_AB(b) - b|`` for an image already in the target domain."""
-    _same_shape(mapped, original, ("mapped", "original"))
-    return torch.mean(torch.abs(mapped - original))
-
-
 def masked_l1(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """L1 over the masked area only.
 
@@ -200,12 +185,6 @@ def greyscale_loss(generated_ct: torch.Tensor) -> torch.Tensor:
         return generated_ct.sum() * 0.0
     i, j = torch.triu_indices(c, c, offset=1, device=generated_ct.device)
     return torch.mean(torch.abs(generated_ct[:, i] - generated_ct[:, j]))
-
-
-def pix2pix_l1(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-    """Pix2Pix L1: mean ``|G(x) - y|`` over the whole image."""
-    _same_shape(fake, real, ("fake", "real"))
-    return torch.mean(torch.abs(fake - real))
 
 
 def total_loss(terms: Mapping[str, torch.Tensor], weights: LossWeights) -> torch.Tensor:
