@@ -47,6 +47,7 @@ __all__ = [
     "CT_BACKGROUND_LEVEL",
     "LevelSource",
     "CTLevels",
+    "CTLevelRules",
     "estimate_ct_levels",
     "levels_from_rois",
     "normalize_ct",
@@ -117,6 +118,79 @@ class CTLevels:
                 "measure them in regions of bone and of background"
             )
         object.__setattr__(self, "source", as_enum(LevelSource, self.source, "CTLevels.source"))
+
+
+@dataclass(frozen=True)
+class CTLevelRules:
+    """How :func:`estimate_ct_levels` finds bone and background among a sample's intensities.
+
+    Each sampled voxel is classified by its 3x3(x3) median (``denoise``: noise narrows the
+    histogram's peaks without blurring edges into new intermediate classes). The histogram is
+    cut into populations (``classes`` multi-Otsu classes, merged where the histogram has no
+    valley between them). A population's level is the mean raw value of the voxels within one
+    robust width of its histogram peak, as an ROI of the purest material would give it: a
+    neighbouring tissue that the histogram cannot part from it (soft tissue beside the medium,
+    trabecular and new bone beside mature bone) widens the class but does not shift it much.
+    Then:
+
+    1. *Metal* (top). The top population is a metal screw when it lies farther above the
+       next substantial population (see 3.) than that one above the one below it, and
+       either gathers on the rotation axis (its mean in-plane distance from the axis at most
+       0.6 times the next population's: a screw along the axis, bone around it), or is
+       ``metal_factor`` times farther (Ti/bone against bone/medium contrast is roughly 8-15
+       from 60 down to 20 keV) without lying outside the next population, which must itself
+       stand clear of the one below (gap at least 3 times their summed widths). A PEEK
+       screw or soft tissue just above the medium thus does not turn bone into "metal".
+       With ``material="ti"`` a larger top gap is enough the first time; with ``"mg"`` or
+       ``"peek"`` nothing is taken for metal (Mg is about as bright as bone, PEEK darker).
+       The rule is applied a second time, for streak artefacts.
+    2. *Air* (bottom). Exact padding (a spike of the dtype's minimum, or of 0 for floats, at
+       the bottom) is dropped first. Then, with three or more populations, the lowest is
+       empty air or holder when the top population lies at least ``air_factor`` times
+       farther above the second than the second above the lowest, the lowest lies farther
+       out (mean distance from the axis at least 1.25 times that of everything above it),
+       and the second is spread through the sample, not gathered on the axis like a PEEK
+       screw (at least 0.6 times the top population's mean distance).
+    3. Bone is the top remaining population, background the lowest (both among populations
+       holding at least ``3 * min_fraction`` of the sample when there are two such: thinner
+       ones are partial volume at edges).
+
+    The spatial cues assume a sample centred in the field of view and a screw along the
+    volume's Z axis, as tomography of these samples usually has it. A Ti screw cut lengthwise
+    in a 2D slice is found only with ``material="ti"``. Where the cues do not hold, or a
+    histogram is ambiguous, pass ``material``, a ``mask`` of the sample (for example its
+    cylinder) or measure regions with :func:`levels_from_rois`, and check the result's
+    ``metal_threshold`` and ``air_threshold``.
+
+    Attributes
+    ----------
+    classes : int
+        Multi-Otsu classes (2-5) before merging.
+    metal_factor, air_factor : float
+        Gap ratios of the metal and air rules above.
+    min_fraction : float
+        Populations holding a smaller fraction of the sample are ignored.
+    denoise : bool
+        Classify by the 3x3(x3) median (True) or by the raw values.
+    """
+
+    classes: int = 4
+    metal_factor: float = 8.0
+    air_factor: float = 4.0
+    min_fraction: float = 0.01
+    denoise: bool = True
+
+    def __post_init__(self) -> None:
+        classes = self.classes
+        if not isinstance(classes, int | np.integer) or not 2 <= classes <= 5:
+            raise InputError(f"classes must be an integer in 2..5, got {classes!r}")
+        if not self.metal_factor > 0 or not self.air_factor > 0:
+            raise InputError(
+                f"metal_factor and air_factor must be positive, got {self.metal_factor}, "
+                f"{self.air_factor}"
+            )
+        if not 0 <= self.min_fraction < 0.5:
+            raise InputError(f"min_fraction must be in [0, 0.5), got {self.min_fraction}")
 
 
 @dataclass(frozen=True)
@@ -273,6 +347,10 @@ class _Sample(NamedTuple):
     denoised: np.ndarray  # their 3x3(x3) medians (or the values again)
     radius: np.ndarray  # in-plane distance from the volume's axis, 1 = half the plane's size
 
+    def where(self, keep: np.ndarray) -> _Sample:
+        """The sampled voxels where ``keep``."""
+        return _Sample(*(a[keep] for a in self))
+
 
 def _block_sample(
     block: np.ndarray,
@@ -369,31 +447,40 @@ class _Population:
 
 
 def _populations(
-    values: np.ndarray,
-    raw: np.ndarray,
-    radius: np.ndarray,
-    *,
-    classes: int,
-    nbins: int,
-    valley_ratio: float,
-    min_fraction: float,
+    sample: _Sample, *, classes: int, nbins: int, valley_ratio: float, min_fraction: float
 ) -> list[_Population]:
     """Intensity populations: multi-Otsu classes, merged where no histogram valley parts them.
 
-    ``values`` (denoised) decide the classes, ``raw`` (the same voxels, not denoised) give the
-    means, ``radius`` says where the voxels lie.
+    ``sample.denoised`` decides the classes, ``sample.raw`` (the same voxels, not denoised)
+    gives the means, ``sample.radius`` says where the voxels lie.
 
     Multi-Otsu always returns ``classes`` classes, so one broad peak is often cut in two; two
     neighbouring classes count as different materials only when the smoothed histogram dips
     between their peaks below ``valley_ratio`` times the lower peak. Populations holding less
     than ``min_fraction`` of the values are dropped.
     """
-    from skimage.filters import threshold_multiotsu
-
+    values = sample.denoised
     vmin, vmax = float(values.min()), float(values.max())
     if not vmax > vmin:
-        return [_Population(vmin, vmax, float(raw.mean()), 0.0, 1.0, float(radius.mean()))]
+        mean, where = float(sample.raw.mean()), float(sample.radius.mean())
+        return [_Population(vmin, vmax, mean, 0.0, 1.0, where)]
     counts, edges = np.histogram(values, bins=nbins, range=(vmin, vmax))
+    groups = _merge_without_valley(_otsu_groups(counts, edges, classes), counts, valley_ratio)
+    pops = []
+    for i, (b0, b1) in enumerate(groups):
+        top = i == len(groups) - 1
+        pop = _population(sample, float(edges[b0]), float(edges[b1]), top, min_fraction)
+        if pop is not None:
+            pops.append(pop)
+    return pops
+
+
+def _otsu_groups(counts: np.ndarray, edges: np.ndarray, classes: int) -> list[list[int]]:
+    """Multi-Otsu classes of a histogram as [first, end) ranges of bin indices: ``classes``
+    of them, or fewer where the histogram does not allow as many."""
+    from skimage.filters import threshold_multiotsu
+
+    nbins = counts.size
     centers = 0.5 * (edges[:-1] + edges[1:])
     k = min(classes, int(np.count_nonzero(counts)))
     bounds: list[int] = []  # first bin index of each class after the first
@@ -406,8 +493,14 @@ def _populations(
         bounds = sorted({int(b) for b in np.searchsorted(centers, thresholds, side="right")})
         bounds = [b for b in bounds if 0 < b < nbins]
         break
-    groups = [list(r) for r in zip([0, *bounds], [*bounds, nbins], strict=True)]
+    return [list(r) for r in zip([0, *bounds], [*bounds, nbins], strict=True)]
 
+
+def _merge_without_valley(
+    groups: list[list[int]], counts: np.ndarray, valley_ratio: float
+) -> list[list[int]]:
+    """Merge neighbouring bin ranges, the least parted pair first, while the smoothed
+    histogram between their peaks stays above ``valley_ratio`` times the lower peak."""
     smooth = ndi.gaussian_filter1d(counts.astype(np.float64), 1.0, mode="constant")
     while len(groups) > 1:
         best, best_ratio = -1, valley_ratio
@@ -423,33 +516,187 @@ def _populations(
         if best < 0:
             break
         groups[best : best + 2] = [[groups[best][0], groups[best + 1][1]]]
+    return groups
 
-    pops = []
-    for i, (b0, b1) in enumerate(groups):
-        lo = float(edges[b0])
-        hi = float(edges[b1])
-        inside = (values >= lo) & ((values < hi) if i < len(groups) - 1 else (values <= hi))
-        part = values[inside]
-        if part.size == 0 or part.size < min_fraction * values.size:
-            continue
-        median = float(np.median(part))
-        width = 1.4826 * float(np.median(np.abs(part - median)))
-        # voxels whose own value agrees with their neighbourhood's class: an edge voxel that
-        # the median assigns to its neighbours' class would pull the mean towards its own
-        agree = inside & (raw >= lo) & ((raw < hi) if i < len(groups) - 1 else (raw <= hi))
-        # the mean around the class's histogram peak, as an ROI of the purest material would
-        # give it: a neighbouring tissue that the histogram cannot part from it (soft tissue
-        # beside the medium, trabecular and new bone beside mature bone) only widens the class
-        counts_in, edges_in = np.histogram(part, bins=64)
-        top = int(np.argmax(ndi.gaussian_filter1d(counts_in.astype(np.float64), 1.0)))
-        peak = 0.5 * (edges_in[top] + edges_in[top + 1])
-        core = agree & (np.abs(values - peak) <= max(width, 1e-12))
-        if core.sum() < 16:
-            core = agree if agree.sum() >= 16 else inside
-        mean = float(raw[core].mean())
-        where = float(radius[inside].mean())
-        pops.append(_Population(lo, hi, mean, width, part.size / values.size, where))
-    return pops
+
+def _population(
+    sample: _Sample, lo: float, hi: float, top: bool, min_fraction: float
+) -> _Population | None:
+    """The population of the voxels whose denoised value is in [lo, hi) ([lo, hi] for the
+    ``top`` one), or None when it holds less than ``min_fraction`` of the sample."""
+    values, raw = sample.denoised, sample.raw
+
+    def within(x: np.ndarray) -> np.ndarray:
+        return (x >= lo) & ((x <= hi) if top else (x < hi))
+
+    inside = within(values)
+    part = values[inside]
+    if part.size == 0 or part.size < min_fraction * values.size:
+        return None
+    median = float(np.median(part))
+    width = 1.4826 * float(np.median(np.abs(part - median)))
+    # voxels whose own value agrees with their neighbourhood's class: an edge voxel that
+    # the median assigns to its neighbours' class would pull the mean towards its own
+    agree = inside & within(raw)
+    # the mean around the class's histogram peak, as an ROI of the purest material would
+    # give it: a neighbouring tissue that the histogram cannot part from it (soft tissue
+    # beside the medium, trabecular and new bone beside mature bone) only widens the class
+    counts_in, edges_in = np.histogram(part, bins=64)
+    peak_bin = int(np.argmax(ndi.gaussian_filter1d(counts_in.astype(np.float64), 1.0)))
+    peak = 0.5 * (edges_in[peak_bin] + edges_in[peak_bin + 1])
+    core = agree & (np.abs(values - peak) <= max(width, 1e-12))
+    if core.sum() < 16:
+        core = agree if agree.sum() >= 16 else inside
+    mean = float(raw[core].mean())
+    where = float(sample.radius[inside].mean())
+    return _Population(lo, hi, mean, width, part.size / values.size, where)
+
+
+def _classes(sample: _Sample, rules: CTLevelRules) -> list[_Population]:
+    return _populations(
+        sample, classes=rules.classes, nbins=256, valley_ratio=0.6, min_fraction=rules.min_fraction
+    )
+
+
+def _major(pops: list[_Population], min_fraction: float) -> list[_Population]:
+    # roles (medium, bone, the population a metal is measured against) go to substantial
+    # populations only: a thin class is partial volume at an edge (metal/bone under the PSF)
+    substantial = 3.0 * min_fraction
+    return [p for p in pops if p.fraction >= substantial]
+
+
+def _drop_padding(
+    sampled: _Sample, dtype: np.dtype, min_fraction: float
+) -> tuple[_Sample, float | None]:
+    """The sample without exact padding (the dtype's minimum, or 0 for floats, at the
+    bottom), and the air threshold that sets it aside (None: no padding)."""
+    pad = np.iinfo(dtype).min if dtype.kind in "iu" else 0.0
+    if float(sampled.raw.min()) == pad:
+        keep = sampled.raw != pad
+        rest = sampled.denoised[keep]
+        if 1.0 - keep.mean() >= min_fraction and rest.size >= 16 and rest.max() > rest.min():
+            return sampled.where(keep), float(np.nextafter(pad, np.inf))
+    return sampled, None
+
+
+def _is_metal(
+    a: _Population, b: _Population, c: _Population, *, lenient: bool, metal_factor: float
+) -> bool:
+    """Whether the top population ``c`` is metal, judged against the two substantial
+    populations below it (``a`` under ``b``); ``lenient``: a larger top gap is enough."""
+    gap_low, gap_top = b.mean - a.mean, c.mean - b.mean
+    if lenient:
+        return gap_top > gap_low
+    # a screw does not lie outside the bone; a PEEK screw under the bone would
+    far = (
+        gap_top >= metal_factor * gap_low
+        and gap_low >= 3.0 * (a.width + b.width)
+        and c.radius <= b.radius
+    )
+    # a screw along the rotation axis, with the bone around it
+    central = gap_top > gap_low and c.radius <= 0.6 * b.radius
+    return far or central
+
+
+def _set_aside_metal(
+    sampled: _Sample, pops: list[_Population], hint: Material | None, rules: CTLevelRules
+) -> tuple[_Sample, list[_Population], float | None]:
+    """Rule 1 of :class:`CTLevelRules`: the sample without metal, its populations and the
+    metal threshold (None: no metal)."""
+    metal_threshold = None
+    for attempt in range(2):  # a second time for metal streak artefacts
+        c = pops[-1]
+        below = _major(pops[:-1], rules.min_fraction)
+        if len(below) < 2:
+            break
+        a, b = below[-2], below[-1]
+        lenient = hint is Material.TI and attempt == 0
+        if not _is_metal(a, b, c, lenient=lenient, metal_factor=rules.metal_factor):
+            break
+        # cut clear of the bone's upper tail (not at Otsu's first empty bin), and below
+        # any partial-volume class between bone and metal
+        metal_threshold = max(b.hi, min(b.mean + 4.0 * b.width, 0.5 * (b.mean + c.mean)))
+        sampled = sampled.where(sampled.denoised < metal_threshold)
+        pops = _classes(sampled, rules)
+    return sampled, pops, metal_threshold
+
+
+def _set_aside_air(
+    sampled: _Sample, pops: list[_Population], rules: CTLevelRules
+) -> tuple[list[_Population], float | None]:
+    """Rule 2 of :class:`CTLevelRules` after the padding: the populations without empty air
+    or holder, and the air threshold (None: the lowest population is not air)."""
+    above_lowest = _major(pops[1:], rules.min_fraction)
+    if len(pops) < 3 or len(above_lowest) < 2:
+        return pops, None
+    a, b, top = pops[0], above_lowest[0], above_lowest[-1]
+    above = sampled.radius[sampled.denoised >= b.lo]
+    separated = top.mean - b.mean >= rules.air_factor * (b.mean - a.mean)
+    # air and holder surround the sample, and the medium fills it; a population just
+    # above the lowest that gathers on the axis is a PEEK screw, not the medium
+    outside = above.size > 0 and a.radius >= 1.25 * float(above.mean())
+    spread = b.radius >= 0.6 * top.radius
+    if not (separated and outside and spread):
+        return pops, None
+    return [p for p in pops if p.lo >= b.lo], b.lo
+
+
+def _roles(pops: list[_Population], min_fraction: float) -> tuple[_Population, _Population]:
+    """Rule 3 of :class:`CTLevelRules`: the (bone, background) populations."""
+    if len(pops) < 2:
+        raise InputError(
+            "ct: could not find both a bone and a background intensity class in the sample "
+            f"(found {len(pops)})"
+        )
+    roles = _major(pops, min_fraction)
+    background = roles[0] if roles else pops[0]
+    bone = roles[-1] if len(roles) >= 2 else pops[-1]
+    return bone, background
+
+
+def _levels_from_sample(
+    sampled: _Sample, dtype: np.dtype, hint: Material | None, rules: CTLevelRules
+) -> CTLevels:
+    """The CT levels of a sample of a volume of ``dtype``, by ``rules``."""
+    if sampled.raw.size < 16:
+        raise InputError(
+            f"ct has only {sampled.raw.size} finite values to sample (inside the mask); "
+            "need at least 16"
+        )
+    n_samples = int(sampled.raw.size)
+    sampled, air_threshold = _drop_padding(sampled, dtype, rules.min_fraction)
+    pops = _classes(sampled, rules)
+    metal_threshold = None
+    # titanium is the only implant material far brighter than bone
+    if hint in (None, Material.TI):
+        sampled, pops, metal_threshold = _set_aside_metal(sampled, pops, hint, rules)
+    pops, air = _set_aside_air(sampled, pops, rules)
+    bone, background = _roles(pops, rules.min_fraction)
+    return CTLevels(
+        bone=bone.mean,
+        background=background.mean,
+        source=LevelSource.AUTO,
+        n_samples=n_samples,
+        metal_threshold=metal_threshold,
+        air_threshold=air_threshold if air is None else air,
+    )
+
+
+def _check_sampling(data: np.ndarray | da.Array, sample: Any, max_chunks: Any) -> None:
+    if data.ndim not in (2, 3):
+        raise InputError(f"ct must be a 2D (Y, X) or 3D (Z, Y, X) array, got shape {data.shape}")
+    if not isinstance(sample, int | np.integer) or sample < 16:
+        raise InputError(f"sample must be an integer >= 16, got {sample!r}")
+    if not isinstance(max_chunks, int | np.integer) or max_chunks < 1:
+        raise InputError(f"max_chunks must be a positive integer, got {max_chunks!r}")
+
+
+def _as_rules(rules: Any) -> CTLevelRules:
+    if rules is None:
+        return CTLevelRules()
+    if not isinstance(rules, CTLevelRules):
+        raise InputError(f"rules must be a CTLevelRules, got {type(rules).__name__}")
+    return rules
 
 
 def estimate_ct_levels(
@@ -460,55 +707,16 @@ def estimate_ct_levels(
     max_chunks: int = 64,
     seed: int = 0,
     material: str | None = None,
-    classes: int = 4,
-    metal_factor: float = 8.0,
-    air_factor: float = 4.0,
-    min_fraction: float = 0.01,
-    denoise: bool = True,
+    rules: CTLevelRules | None = None,
 ) -> CTLevels:
     """Estimate the mean grey value of bone and of background from intensity classes.
 
     The volume is not loaded whole: at most ``max_chunks`` chunks of a dask array (all of them
     when there are fewer, otherwise a seeded random choice, so the result is reproducible) are
     read, each strided so that about ``sample`` values are kept in all; a large numpy array is
-    treated the same way. This function computes that sample and returns numbers.
-
-    Each sampled voxel is classified by its 3x3(x3) median (noise narrows the histogram's
-    peaks without blurring edges into new intermediate classes). The histogram is cut into
-    populations (multi-Otsu classes, merged where the histogram has no valley between them).
-    A population's level is the mean raw value of the voxels within one robust width of its
-    histogram peak, as an ROI of the purest material would give it: a neighbouring tissue
-    that the histogram cannot part from it (soft tissue beside the medium, trabecular and new
-    bone beside mature bone) widens the class but does not shift it much. Then:
-
-    1. *Metal* (top). The top population is a metal screw when it lies farther above the
-       next substantial population (see 3.) than that one above the one below it, and
-       either gathers on the rotation axis (its mean in-plane distance from the axis at most
-       0.6 times the next population's: a screw along the axis, bone around it), or is
-       ``metal_factor`` times farther (Ti/bone against bone/medium contrast is roughly 8-15
-       from 60 down to 20 keV) without lying outside the next population, which must itself
-       stand clear of the one below (gap at least 3 times their summed widths). A PEEK
-       screw or soft tissue just above the medium thus does not turn bone into "metal".
-       With ``material="ti"`` a larger top gap is enough the first time; with ``"mg"`` or
-       ``"peek"`` nothing is taken for metal (Mg is about as bright as bone, PEEK darker).
-       The rule is applied a second time, for streak artefacts.
-    2. *Air* (bottom). Exact padding (a spike of the dtype's minimum, or of 0 for floats, at
-       the bottom) is dropped first. Then, with three or more populations, the lowest is
-       empty air or holder when the top population lies at least ``air_factor`` times
-       farther above the second than the second above the lowest, the lowest lies farther
-       out (mean distance from the axis at least 1.25 times that of everything above it),
-       and the second is spread through the sample, not gathered on the axis like a PEEK
-       screw (at least 0.6 times the top population's mean distance).
-    3. Bone is the top remaining population, background the lowest (both among populations
-       holding at least ``3 * min_fraction`` of the sample when there are two such: thinner
-       ones are partial volume at edges).
-
-    The spatial cues assume a sample centred in the field of view and a screw along the
-    volume's Z axis, as tomography of these samples usually has it. A Ti screw cut lengthwise
-    in a 2D slice is found only with ``material="ti"``. Where the cues do not hold, or a
-    histogram is ambiguous, pass ``material``, a ``mask`` of the sample (for example its
-    cylinder) or measure regions with :func:`levels_from_rois`, and check the result's
-    ``metal_threshold`` and ``air_threshold``.
+    treated the same way. This function computes that sample and returns numbers: the levels
+    of its intensity classes, a Ti screw's metal (top) and empty air or holder (bottom) set
+    aside, by the ``rules`` (:class:`CTLevelRules`, which says when they can mislead).
 
     Parameters
     ----------
@@ -516,22 +724,13 @@ def estimate_ct_levels(
         Raw CT grey values, any real dtype.
     mask : bool array of the same shape, optional
         Only voxels where it is True are sampled (numpy or dask).
-    sample : int
-        About how many values are read into memory.
-    max_chunks : int
-        At most this many chunks of a dask array are read.
-    seed : int
-        Seed of the chunk choice.
+    sample, max_chunks, seed : int
+        About how many values are read into memory, at most how many chunks of a dask array
+        they are read from, and the seed of the chunk choice.
     material : {"mg", "ti", "peek"}, optional
         Implant material, when known (a ``Material`` enum member works too).
-    classes : int
-        Multi-Otsu classes (2-5) before merging.
-    metal_factor, air_factor : float
-        Gap ratios of the metal and air rules above.
-    min_fraction : float
-        Populations holding a smaller fraction of the sample are ignored.
-    denoise : bool
-        Classify by the 3x3(x3) median (True) or by the raw values.
+    rules : CTLevelRules, optional
+        Classes, gap ratios and denoising of the estimate; default ``CTLevelRules()``.
 
     Returns
     -------
@@ -544,124 +743,20 @@ def estimate_ct_levels(
         Bad parameters, or fewer than two populations were found.
     """
     data = _as_array(ct, "ct")
-    if data.ndim not in (2, 3):
-        raise InputError(f"ct must be a 2D (Y, X) or 3D (Z, Y, X) array, got shape {data.shape}")
-    if not isinstance(sample, int | np.integer) or sample < 16:
-        raise InputError(f"sample must be an integer >= 16, got {sample!r}")
-    if not isinstance(max_chunks, int | np.integer) or max_chunks < 1:
-        raise InputError(f"max_chunks must be a positive integer, got {max_chunks!r}")
-    if not isinstance(classes, int | np.integer) or not 2 <= classes <= 5:
-        raise InputError(f"classes must be an integer in 2..5, got {classes!r}")
-    if not metal_factor > 0 or not air_factor > 0:
-        raise InputError(
-            f"metal_factor and air_factor must be positive, got {metal_factor}, {air_factor}"
-        )
-    if not 0 <= min_fraction < 0.5:
-        raise InputError(f"min_fraction must be in [0, 0.5), got {min_fraction}")
+    _check_sampling(data, sample, max_chunks)
+    rules = _as_rules(rules)
     hint = as_enum(Material, material, "material", case_insensitive=True, allow_none=True)
     if mask is not None:
         mask = _as_mask(mask, data.shape, "mask")
-
     sampled = _sample(
-        data, mask, sample=int(sample), max_chunks=int(max_chunks), seed=seed, denoise=bool(denoise)
+        data,
+        mask,
+        sample=int(sample),
+        max_chunks=int(max_chunks),
+        seed=seed,
+        denoise=bool(rules.denoise),
     )
-    if sampled.raw.size < 16:
-        raise InputError(
-            f"ct has only {sampled.raw.size} finite values to sample (inside the mask); "
-            "need at least 16"
-        )
-    n_samples = int(sampled.raw.size)
-
-    def subset(keep: np.ndarray) -> _Sample:
-        return _Sample(*(a[keep] for a in sampled))
-
-    air_threshold = None
-    pad = np.iinfo(data.dtype).min if data.dtype.kind in "iu" else 0.0
-    if float(sampled.raw.min()) == pad:
-        keep = sampled.raw != pad
-        rest = sampled.denoised[keep]
-        if 1.0 - keep.mean() >= min_fraction and rest.size >= 16 and rest.max() > rest.min():
-            sampled = subset(keep)
-            air_threshold = float(np.nextafter(pad, np.inf))
-
-    def populations() -> list[_Population]:
-        return _populations(
-            sampled.denoised,
-            sampled.raw,
-            sampled.radius,
-            classes=classes,
-            nbins=256,
-            valley_ratio=0.6,
-            min_fraction=min_fraction,
-        )
-
-    # roles (medium, bone, the population a metal is measured against) go to substantial
-    # populations only: a thin class is partial volume at an edge (metal/bone under the PSF)
-    substantial = 3.0 * min_fraction
-
-    def major(pops: list[_Population]) -> list[_Population]:
-        return [p for p in pops if p.fraction >= substantial]
-
-    pops = populations()
-    metal_threshold = None
-    # titanium is the only implant material far brighter than bone
-    if hint in (None, Material.TI):
-        for attempt in range(2):  # a second time for metal streak artefacts
-            c = pops[-1]
-            below = major(pops[:-1])
-            if len(below) < 2:
-                break
-            a, b = below[-2], below[-1]
-            gap_low, gap_top = b.mean - a.mean, c.mean - b.mean
-            if hint is Material.TI and attempt == 0:
-                is_metal = gap_top > gap_low
-            else:
-                # a screw does not lie outside the bone; a PEEK screw under the bone would
-                far = (
-                    gap_top >= metal_factor * gap_low
-                    and gap_low >= 3.0 * (a.width + b.width)
-                    and c.radius <= b.radius
-                )
-                # a screw along the rotation axis, with the bone around it
-                central = gap_top > gap_low and c.radius <= 0.6 * b.radius
-                is_metal = far or central
-            if not is_metal:
-                break
-            # cut clear of the bone's upper tail (not at Otsu's first empty bin), and below
-            # any partial-volume class between bone and metal
-            metal_threshold = max(b.hi, min(b.mean + 4.0 * b.width, 0.5 * (b.mean + c.mean)))
-            sampled = subset(sampled.denoised < metal_threshold)
-            pops = populations()
-
-    above_lowest = major(pops[1:])
-    if len(pops) >= 3 and len(above_lowest) >= 2:
-        a, b, top = pops[0], above_lowest[0], above_lowest[-1]
-        above = sampled.radius[sampled.denoised >= b.lo]
-        separated = top.mean - b.mean >= air_factor * (b.mean - a.mean)
-        # air and holder surround the sample, and the medium fills it; a population just
-        # above the lowest that gathers on the axis is a PEEK screw, not the medium
-        outside = above.size > 0 and a.radius >= 1.25 * float(above.mean())
-        spread = b.radius >= 0.6 * top.radius
-        if separated and outside and spread:
-            air_threshold = b.lo
-            pops = [p for p in pops if p.lo >= b.lo]
-
-    if len(pops) < 2:
-        raise InputError(
-            "ct: could not find both a bone and a background intensity class in the sample "
-            f"(found {len(pops)})"
-        )
-    roles = major(pops)
-    background = roles[0] if roles else pops[0]
-    bone = roles[-1] if len(roles) >= 2 else pops[-1]
-    return CTLevels(
-        bone=bone.mean,
-        background=background.mean,
-        source=LevelSource.AUTO,
-        n_samples=n_samples,
-        metal_threshold=metal_threshold,
-        air_threshold=air_threshold,
-    )
+    return _levels_from_sample(sampled, data.dtype, hint, rules)
 
 
 def _roi_selection(roi: Any, data: np.ndarray | da.Array, name: str) -> Any:
@@ -775,6 +870,21 @@ def normalize_ct(
         )
     data, like = _unwrap(ct)
     data = _as_array(data, "ct")
+    rescale, out_dtype = _ct_rescaler(levels, bone_target, background_target, dtype)
+    if isinstance(data, da.Array):
+        out = data.map_blocks(
+            rescale, dtype=out_dtype, meta=np.empty((0,) * data.ndim, dtype=out_dtype)
+        )
+    else:
+        out = rescale(data)
+    return _rewrap(out, like)
+
+
+def _ct_rescaler(
+    levels: CTLevels, bone_target: float, background_target: float, dtype: DTypeLike
+) -> tuple[functools.partial, np.dtype]:
+    """:func:`intensity.rescale_ct` from ``levels`` to the targets in ``dtype``, and that
+    dtype; the targets and the dtype checked."""
     try:
         out_dtype = np.dtype(dtype)
     except TypeError as e:
@@ -805,13 +915,7 @@ def normalize_ct(
         background_target=background_target,
         dtype=out_dtype,
     )
-    if isinstance(data, da.Array):
-        out = data.map_blocks(
-            rescale, dtype=out_dtype, meta=np.empty((0,) * data.ndim, dtype=out_dtype)
-        )
-    else:
-        out = rescale(data)
-    return _rewrap(out, like)
+    return rescale, out_dtype
 
 
 # -- histology -------------------------------------------------------------------------------------
@@ -912,11 +1016,35 @@ def estimate_histology_levels(
     HistologyLevels
     """
     rgb = _rgb(rgb)
+    _check_percentiles(lower_percentile, upper_percentile)
+    background, bone = _histology_masks(rgb, background_mask, bone_mask)
+    mean, gains = _white_balance(rgb, background)
+    lower, upper, before_clamps = _stretch_bounds(
+        rgb[bone].astype(np.float64) * gains,
+        rgb[background].astype(np.float64) * gains,
+        percentiles=(lower_percentile, upper_percentile),
+        clamps=(lower_floor, upper_ceiling),
+    )
+    return HistologyLevels(
+        gains=tuple(gains),
+        lower=lower,
+        upper=upper,
+        extra={"background_colour": tuple(float(c) for c in mean), **before_clamps},
+    )
+
+
+def _check_percentiles(lower_percentile: float, upper_percentile: float) -> None:
     if not 0 <= lower_percentile <= 100 or not 0 <= upper_percentile <= 100:
         raise InputError(
             f"lower_percentile and upper_percentile must be in 0..100, got {lower_percentile}, "
             f"{upper_percentile}"
         )
+
+
+def _histology_masks(
+    rgb: np.ndarray, background_mask: ArrayLike | None, bone_mask: ArrayLike | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The (background, bone) masks: as given, else found by :func:`_histology_regions`."""
     auto_bg = auto_bone = None
     if background_mask is None or bone_mask is None:
         auto_bg, auto_bone = _histology_regions(rgb)
@@ -940,34 +1068,43 @@ def estimate_histology_levels(
             "bone_mask selects no pixels (no stained tissue was found automatically); pass a "
             "mask of the bone"
         )
+    return background, bone
+
+
+def _white_balance(rgb: np.ndarray, background: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The mean background colour and the per-channel gains that make it grey at the level
+    of its brightest channel."""
     mean = rgb[background].astype(np.float64).mean(axis=0)
     if not (mean > 0).all():
         raise InputError(
             f"the mean background colour has a zero channel {tuple(mean)}; the background "
             "mask does not mark the bright slide background"
         )
-    gains = mean.max() / mean
-    lower = float(np.percentile(rgb[bone].astype(np.float64) * gains, lower_percentile))
-    upper = float(np.percentile(rgb[background].astype(np.float64) * gains, upper_percentile))
-    lower_raw, upper_raw = lower, upper
-    lower = max(lower, float(lower_floor))
-    upper = min(upper, float(upper_ceiling))
+    return mean, mean.max() / mean
+
+
+def _stretch_bounds(
+    bone: np.ndarray,
+    background: np.ndarray,
+    *,
+    percentiles: tuple[float, float],
+    clamps: tuple[float, float],
+) -> tuple[float, float, dict[str, float]]:
+    """(lower, upper, before clamping): the percentiles of the white-balanced ``bone`` and
+    ``background`` values, clamped (lower raised to at least, upper lowered to at most
+    ``clamps``), and ``{"lower_raw": ..., "upper_raw": ...}`` before that."""
+    lower_percentile, upper_percentile = percentiles
+    lower_raw = float(np.percentile(bone, lower_percentile))
+    upper_raw = float(np.percentile(background, upper_percentile))
+    lower = max(lower_raw, float(clamps[0]))
+    upper = min(upper_raw, float(clamps[1]))
     if not upper > lower:
         raise InputError(
             f"histology stretch bounds are empty: lower={lower:.1f} (bone p{lower_percentile:g}) "
             f">= upper={upper:.1f} (background p{upper_percentile:g}); pass bone_mask and "
             "background_mask"
         )
-    return HistologyLevels(
-        gains=tuple(gains),
-        lower=lower,
-        upper=upper,
-        extra={
-            "background_colour": tuple(float(c) for c in mean),
-            "lower_raw": lower_raw,
-            "upper_raw": upper_raw,
-        },
-    )
+    return lower, upper, {"lower_raw": lower_raw, "upper_raw": upper_raw}
 
 
 def normalize_histology(
