@@ -114,68 +114,16 @@ def make_split(
     -------
     Split
     """
-    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 1:
-        raise InputError(f"folds must be an integer >= 1, got {folds!r}")
-    if folds > 1:
-        if fold is None or isinstance(fold, bool) or not isinstance(fold, int):
-            raise InputError(
-                f"fold must be an integer in 0..{folds - 1} with folds={folds}, got {fold!r}"
-            )
-        if not 0 <= fold < folds:
-            raise InputError(f"fold must be in 0..{folds - 1} (0-based), got {fold}")
-    elif fold not in (None, 0):
-        raise InputError(f"fold {fold} needs folds > 1 (--folds)")
-    if test_fraction is None:
-        test_fraction = 0.2 if folds > 1 else 0.0
-    if not 0.0 <= float(test_fraction) < 1.0:
-        raise InputError(f"test_fraction must be in [0, 1), got {test_fraction!r}")
+    test_fraction = _check_split(folds, fold, test_fraction)
     if not pairs:
         raise InputError("there are no pairs to split")
-
-    samples: dict[tuple[str, str], list[str]] = {}
-    roles: dict[str, str | None] = {}
-    for p in pairs:
-        pid = str(p["id"])
-        key = (str(p.get("material")), str(p.get("sample")))
-        samples.setdefault(key, []).append(pid)
-        roles[pid] = p.get("role")
-    rng = np.random.default_rng([int(seed), 11])
-
+    samples, roles = _samples(pairs)
     test: set[str] = {pid for pid, r in roles.items() if r == "test"}
-    rest = {k: v for k, v in samples.items() if not set(v) & test}
-    by_material: dict[str, list[tuple[str, str]]] = {}
-    for key in sorted(rest):
-        by_material.setdefault(key[0], []).append(key)
-    materials = sorted(by_material, key=_material_key)
-    for m in materials:  # a seeded shuffle per material, independent of the others
-        keys = by_material[m]
-        by_material[m] = [keys[i] for i in rng.permutation(len(keys))]
+    by_material = _shuffled_by_material(samples, test, np.random.default_rng([int(seed), 11]))
     if not test and test_fraction > 0:
-        n_samples = sum(len(v) for v in by_material.values())
-        total = int(round(test_fraction * n_samples))
-        quotas = {m: test_fraction * len(by_material[m]) for m in materials}
-        caps = {m: len(by_material[m]) - 1 for m in materials}
-        counts = _largest_remainder(quotas, total, caps)
-        for m in materials:
-            chosen, by_material[m] = by_material[m][: counts[m]], by_material[m][counts[m] :]
-            for key in chosen:
-                test.update(samples[key])
-
+        test = _hold_out(samples, by_material, test_fraction)
     if folds > 1:
-        n_left = sum(len(v) for v in by_material.values())
-        if n_left < folds:
-            raise InputError(
-                f"folds={folds} needs at least {folds} samples outside the test set, got {n_left}; "
-                "use fewer folds or a smaller test_fraction"
-            )
-        assignment: dict[tuple[str, str], int] = {}
-        deal = 0
-        for m in sorted(materials, key=lambda m: (-len(by_material[m]), _material_key(m))):
-            for key in by_material[m]:
-                assignment[key] = deal % folds
-                deal += 1
-        val = {pid for key, f in assignment.items() if f == fold for pid in samples[key]}
-        train = {pid for key, f in assignment.items() if f != fold for pid in samples[key]}
+        train, val = _deal_folds(samples, by_material, folds, fold)
     else:
         left = {pid for keys in by_material.values() for key in keys for pid in samples[key]}
         val = {pid for pid in left if roles[pid] == "val"}
@@ -191,3 +139,99 @@ def make_split(
         seed=int(seed),
         test_fraction=float(test_fraction),
     )
+
+
+def _check_split(folds: Any, fold: Any, test_fraction: float | None) -> float:
+    """Check the split's settings; returns the test fraction (its default where None)."""
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 1:
+        raise InputError(f"folds must be an integer >= 1, got {folds!r}")
+    if folds > 1:
+        if fold is None or isinstance(fold, bool) or not isinstance(fold, int):
+            raise InputError(
+                f"fold must be an integer in 0..{folds - 1} with folds={folds}, got {fold!r}"
+            )
+        if not 0 <= fold < folds:
+            raise InputError(f"fold must be in 0..{folds - 1} (0-based), got {fold}")
+    elif fold not in (None, 0):
+        raise InputError(f"fold {fold} needs folds > 1 (--folds)")
+    if test_fraction is None:
+        test_fraction = 0.2 if folds > 1 else 0.0
+    if not 0.0 <= float(test_fraction) < 1.0:
+        raise InputError(f"test_fraction must be in [0, 1), got {test_fraction!r}")
+    return test_fraction
+
+
+def _samples(
+    pairs: Sequence[Mapping[str, Any]],
+) -> tuple[dict[tuple[str, str], list[str]], dict[str, str | None]]:
+    """The pair ids of each sample, keyed by ``(material, sample)``, and each pair's role."""
+    samples: dict[tuple[str, str], list[str]] = {}
+    roles: dict[str, str | None] = {}
+    for p in pairs:
+        pid = str(p["id"])
+        key = (str(p.get("material")), str(p.get("sample")))
+        samples.setdefault(key, []).append(pid)
+        roles[pid] = p.get("role")
+    return samples, roles
+
+
+def _shuffled_by_material(
+    samples: Mapping[tuple[str, str], list[str]], test: set[str], rng: np.random.Generator
+) -> dict[str, list[tuple[str, str]]]:
+    """The samples with no test pair, by material (in the order of ``_ORDER``), each
+    material's shuffled by ``rng``, independently of the others."""
+    rest = {k: v for k, v in samples.items() if not set(v) & test}
+    by_material: dict[str, list[tuple[str, str]]] = {}
+    for key in sorted(rest):
+        by_material.setdefault(key[0], []).append(key)
+    shuffled = {}
+    for m in sorted(by_material, key=_material_key):
+        keys = by_material[m]
+        shuffled[m] = [keys[i] for i in rng.permutation(len(keys))]
+    return shuffled
+
+
+def _hold_out(
+    samples: Mapping[tuple[str, str], list[str]],
+    by_material: dict[str, list[tuple[str, str]]],
+    test_fraction: float,
+) -> set[str]:
+    """The pairs of ``round(test_fraction * samples)`` samples, shared out among the
+    materials by largest remainder (never a material's last sample) and taken off the front of
+    ``by_material``."""
+    n_samples = sum(len(v) for v in by_material.values())
+    total = int(round(test_fraction * n_samples))
+    quotas = {m: test_fraction * len(keys) for m, keys in by_material.items()}
+    caps = {m: len(keys) - 1 for m, keys in by_material.items()}
+    counts = _largest_remainder(quotas, total, caps)
+    test: set[str] = set()
+    for m in by_material:
+        chosen, by_material[m] = by_material[m][: counts[m]], by_material[m][counts[m] :]
+        for key in chosen:
+            test.update(samples[key])
+    return test
+
+
+def _deal_folds(
+    samples: Mapping[tuple[str, str], list[str]],
+    by_material: Mapping[str, list[tuple[str, str]]],
+    folds: int,
+    fold: int,
+) -> tuple[set[str], set[str]]:
+    """``(train, val)`` pair ids: the samples dealt round-robin into ``folds`` folds, the
+    largest material first; fold ``fold`` validates."""
+    n_left = sum(len(v) for v in by_material.values())
+    if n_left < folds:
+        raise InputError(
+            f"folds={folds} needs at least {folds} samples outside the test set, got {n_left}; "
+            "use fewer folds or a smaller test_fraction"
+        )
+    assignment: dict[tuple[str, str], int] = {}
+    deal = 0
+    for m in sorted(by_material, key=lambda m: (-len(by_material[m]), _material_key(m))):
+        for key in by_material[m]:
+            assignment[key] = deal % folds
+            deal += 1
+    val = {pid for key, f in assignment.items() if f == fold for pid in samples[key]}
+    train = {pid for key, f in assignment.items() if f != fold for pid in samples[key]}
+    return train, val
