@@ -70,8 +70,16 @@ def _run(args, work: Path, device: str, variants: list[str], *, save) -> dict:
     import time
 
     from vstain_dask.models import InputNormalization
+    from vstain_dask.models.config import DiscriminatorConfig
     from vstain_dask.phantom import write_phantom_pairs
-    from vstain_dask.train import PatchDataset, TrainConfig, measure_stream, scan_pairs, train
+    from vstain_dask.train import (
+        PatchDataset,
+        TrainConfig,
+        generator_for,
+        measure_stream,
+        scan_pairs,
+        train,
+    )
 
     full = args.full
     patch = args.patch or (256 if full else 128)
@@ -125,9 +133,8 @@ def _run(args, work: Path, device: str, variants: list[str], *, save) -> dict:
             patches_per_pair=per_pair,
             workers=args.loader_workers,
             device=device,
-            ngf=ngf,
-            n_blocks=n_blocks,
-            ndf=ndf,
+            generator=generator_for(variant, patch_size=patch, ngf=ngf, n_blocks=n_blocks),
+            discriminator=DiscriminatorConfig(ndf=ndf),
             val_every=0,
             cache=True,
             seed=0,

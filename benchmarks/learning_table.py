@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from vstain_dask.models import load_model
     from vstain_dask.phantom import write_phantom_pairs
-    from vstain_dask.train import AugmentConfig, TrainConfig, train
+    from vstain_dask.train import AugmentConfig, Provenance, TrainConfig, train
     from vstain_dask.train.default import DEFAULT_CONFIG, DEFAULT_PAIRS, make_default_pairs
 
     # the bundled model's settings with the paper's augmentation, on the 24 phantom-pairs only
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         if given or (run / "config.json").exists():
             saved = json.loads((run / "config.json").read_text())["config"]
             saved = TrainConfig.from_dict(saved).to_dict()  # fields added since get defaults
-            want = dataclasses.replace(config, variant=v).to_dict()
+            want = config.with_variant(v).to_dict()
             differ = {k: (saved.get(k), want[k]) for k in want if saved.get(k) != want[k]}
             if set(differ) - {"workers", "device"}:
                 parser.error(f"{run} was trained with other settings: {differ}; remove it")
@@ -166,9 +166,9 @@ def main(argv: list[str] | None = None) -> int:
         train(
             train_pairs,
             run,
-            dataclasses.replace(config, variant=v),
+            config.with_variant(v),
             overwrite=True,
-            command=" ".join(["python", *sys.argv]),
+            provenance=Provenance(command=" ".join(["python", *sys.argv])),
         )
         seconds[v] = time.perf_counter() - t0
         print(f"{v}: trained in {seconds[v] / 60:.1f} min", flush=True)
@@ -184,9 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     budget = (
         f"every model: {cfg.epochs} epochs x {DEFAULT_PAIRS['n']} pairs x "
         f"{cfg.patches_per_pair} patches of {cfg.patch_size} px = {steps} steps of batch "
-        f"{cfg.batch_size}; ngf {cfg.ngf}, {cfg.n_blocks} residual blocks (U-Net depth "
-        f"{dataclasses.replace(cfg, variant='pix2pix').generator_config().depth} for pix2pix), "
-        f"ndf {cfg.ndf}; lr {cfg.lr:g}; mask_l1={cfg.mask_l1}"
+        f"{cfg.batch_size}; ngf {cfg.generator.ngf}, {cfg.generator.n_blocks} residual blocks "
+        f"(U-Net depth {cfg.with_variant('pix2pix').generator.depth} for pix2pix), "
+        f"ndf {cfg.discriminator.ndf}; lr {cfg.lr:g}; mask_l1={cfg.mask_l1}"
     )
     command = " ".join(["python", *sys.argv])
     text = _table(scores, budget, command)

@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from vstain_dask.models import InputNormalization
+    from vstain_dask.models.config import DiscriminatorConfig, GeneratorConfig
     from vstain_dask.phantom import write_phantom_pairs
     from vstain_dask.train import PatchDataset, TrainConfig, measure_stream, scan_pairs, train
 
@@ -91,9 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         patches_per_pair=args.train_patches,
         workers=args.train_workers,
         device=args.device,
-        ngf=args.ngf,
-        n_blocks=args.n_blocks,
-        ndf=args.ndf,
+        generator=GeneratorConfig(ngf=args.ngf, n_blocks=args.n_blocks),
+        discriminator=DiscriminatorConfig(ndf=args.ndf),
         val_every=0,
     )
     t0 = time.perf_counter()
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         "config": cfg.to_dict(),
     }
     print(
-        f"training ({cfg.device}, ngf {cfg.ngf}, {cfg.n_blocks} blocks, {cfg.workers} loader "
+        f"training ({cfg.device}, ngf {cfg.generator.ngf}, {cfg.generator.n_blocks} blocks, {cfg.workers} loader "
         f"processes): {h['samples_per_s']:.1f} patches/s, waiting for data "
         f"{100 * h['data_wait_fraction']:.1f} % of the time"
     )

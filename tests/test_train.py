@@ -20,22 +20,31 @@ from vstain_dask.models import (
     load_training_checkpoint,
     model_info,
 )
+from vstain_dask.models.config import DiscriminatorConfig, GeneratorConfig, InputNormalization
 from vstain_dask.models.networks import build_networks
-from vstain_dask.train import TrainConfig, train
+from vstain_dask.train import Provenance, TrainConfig, generator_for, train
 from vstain_dask.train._testing import BACKGROUND_RGB, BONE_RGB, toy_plane, write_toy_pairs
 from vstain_dask.train.hooks import Hook, LossLog, Run, StepLog
 from vstain_dask.train.trainer import ImageBuffer, _Trainer, fit
 
 torch.set_num_threads(1)
 
-TINY = dict(patch_size=32, batch_size=4, workers=0, ngf=4, n_blocks=1, ndf=4, device="cpu",
-            disc_layers=2, val_every=0)  # fmt: skip
+TINY = dict(patch_size=32, batch_size=4, workers=0, generator=GeneratorConfig(ngf=4, n_blocks=1),
+            discriminator=DiscriminatorConfig(ndf=4, n_layers=2), device="cpu",
+            val_every=0)  # fmt: skip
 # Enough steps (3 epochs of 12 batches) for every variant to learn the toy stain with a margin
 # (measured over seeds 1-10: each class's colour error at most 0.40 of the untrained one, at
 # least 97 % of the pixels nearer their own colour). Pix2Pix gets a U-Net of depth 3, whose
 # context (8 pixels) is the same on the 32-pixel training patches and on the 64-pixel plane it
 # is checked on; the default depth 5 reduces a patch to a single pixel.
-LEARN = dict(epochs=3, patches_per_pair=16, lr=2e-3, unet_depth=3)
+LEARN = dict(epochs=3, patches_per_pair=16, lr=2e-3)
+
+
+def _tiny_generator(variant):
+    """The variant's tiny generator: ResNet of 1 block, or U-Net of depth 3 (see LEARN)."""
+    return generator_for(variant, patch_size=32, ngf=4, n_blocks=1, depth=3)
+
+
 #: the toy stain: the colour of each class of CT pixel
 STAIN = {"bone": BONE_RGB, "background": BACKGROUND_RGB}
 
@@ -81,8 +90,8 @@ def _assert_stain_learnt(model_path, cfg, held_out, *, either_assignment=False):
     CycleGAN on CT that is not inverted: both assignments are cycle-consistent).
     """
     trained = load_model(model_path)
-    initial = build_networks(cfg.variant, generator=cfg.generator_config(),
-                             discriminator=cfg.discriminator_config(), seed=cfg.seed)  # fmt: skip
+    initial = build_networks(cfg.variant, generator=cfg.generator,
+                             discriminator=cfg.discriminator, seed=cfg.seed)  # fmt: skip
     untrained = dataclasses.replace(trained, generator=initial["generator"].eval())
     colours = STAIN
     if either_assignment:
@@ -106,7 +115,8 @@ def _assert_stain_learnt(model_path, cfg, held_out, *, either_assignment=False):
     ],  # fmt: skip
 )
 def test_each_variant_learns_a_trivial_stain(toy, held_out, tmp_path, variant, term):
-    cfg = TrainConfig(variant=variant, seed=1, **LEARN, **TINY)
+    cfg = TrainConfig(variant=variant, seed=1, **LEARN,
+                      **{**TINY, "generator": _tiny_generator(variant)})  # fmt: skip
     r = train(toy, tmp_path / "run", cfg, progress=False)
     h = r.history
     assert len(h) == 3
@@ -133,7 +143,8 @@ def test_each_variant_learns_a_trivial_stain(toy, held_out, tmp_path, variant, t
 def test_model_and_checkpoint_contents(toy, tmp_path):
     cfg = TrainConfig(epochs=2, patches_per_pair=4, seed=5, **{**TINY, "val_every": 1},
                       folds=3, fold=1, test_fraction=0.0)  # fmt: skip
-    r = train(toy, tmp_path / "run", cfg, progress=False, command="vstain-dask train toy")
+    r = train(toy, tmp_path / "run", cfg, progress=False,
+              provenance=Provenance(command="vstain-dask train toy"))  # fmt: skip
     run = r.run_dir
     # the model the stain engine loads: normalization it needs and the training record
     m = load_model(r.model)
@@ -145,7 +156,7 @@ def test_model_and_checkpoint_contents(toy, tmp_path):
     card = m.card
     assert card["seed"] == 5 and card["command"] == "vstain-dask train toy"
     assert card["training"]["weights"] == LossWeights().to_dict()
-    assert card["training"]["epochs"] == 2 and card["training"]["ngf"] == 4
+    assert card["training"]["epochs"] == 2 and card["training"]["generator"]["ngf"] == 4
     split = card["split"]
     assert (split["folds"], split["fold"], split["stratify"]) == (3, 1, "material")
     assert sorted(split["train"] + split["val"]) == ["toy00", "toy01", "toy02"]
@@ -198,7 +209,8 @@ def _check_loss_curve(path):
 
 @pytest.mark.parametrize("variant", ["mod-cyclegan", "pix2pix"])
 def test_resume_continues_exactly(toy, tmp_path, variant):
-    base = dict(variant=variant, patches_per_pair=3, seed=2, buffer_size=4, **TINY)
+    base = dict(variant=variant, patches_per_pair=3, seed=2, buffer_size=4,
+                **{**TINY, "generator": _tiny_generator(variant)})  # fmt: skip
     a = train(toy, tmp_path / "a", TrainConfig(epochs=2, **base), progress=False)
     train(toy, tmp_path / "b", TrainConfig(epochs=1, **base), progress=False)
     b = train(toy, tmp_path / "b", TrainConfig(epochs=2, **base), resume=True, progress=False)
@@ -218,7 +230,10 @@ def test_resume_continues_exactly(toy, tmp_path, variant):
 
 
 def test_one_channel_ct_and_linear_decay(toy, tmp_path):
-    cfg = TrainConfig(epochs=3, patches_per_pair=2, ct_channels=1, decay_start=1, **TINY)
+    one_channel = GeneratorConfig(ngf=4, n_blocks=1, in_channels=1)
+    cfg = TrainConfig(epochs=3, patches_per_pair=2, decay_start=1,
+                      **{**TINY, "generator": one_channel})  # fmt: skip
+    assert cfg.input.channels == 1  # the input follows the generator
     r = train(toy, tmp_path / "run", cfg, progress=False)
     m = load_model(r.model)
     assert m.config.in_channels == 1 and m.normalization.channels == 1
@@ -248,8 +263,15 @@ def test_run_directory_rules(toy, tmp_path):
     with pytest.raises(OutputExistsError, match="--resume to continue"):
         train(toy, run, cfg, progress=False)
     train(toy, run, cfg, progress=False, overwrite=True)
+    wider = dataclasses.replace(cfg, generator=dataclasses.replace(cfg.generator, ngf=8))
     with pytest.raises(InputError, match="ngf: run 4, now 8"):
-        train(toy, run, TrainConfig(**{**cfg.to_dict(), "ngf": 8}), resume=True, progress=False)
+        train(toy, run, wider, resume=True, progress=False)
+    # a run whose config.json holds the flat settings of configs written before the nesting
+    saved = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**saved, "config": FLAT_TINY}))
+    with pytest.raises(InputError, match="ngf: run 4, now 8"):
+        train(toy, run, wider, resume=True, progress=False)
+    assert train(toy, run, cfg, resume=True, progress=False).epochs == 1
     with pytest.raises(CheckpointError, match="holds no training checkpoint"):
         train(toy, tmp_path / "new", cfg, resume=True, progress=False)
     other = tmp_path / "other"
@@ -339,19 +361,38 @@ def test_fit_calls_its_hooks_at_the_defined_points(tmp_path):
 def test_config_validation():
     with pytest.raises(InputError, match="variant must be one of 'mod-cyclegan'"):
         TrainConfig(variant="gan")
-    with pytest.raises(InputError, match="ct_channels must be 1 or 3"):
-        TrainConfig(ct_channels=2)
     with pytest.raises(InputError, match="decay_start must be below epochs"):
         TrainConfig(epochs=5, decay_start=5)
     with pytest.raises(InputError, match="epochs must be an integer >= 1"):
         TrainConfig(epochs=0)
+    with pytest.raises(InputError, match=r"n_layers must be an integer in 1\.\.8, got 9"):
+        TrainConfig(discriminator=DiscriminatorConfig(n_layers=9))
+    with pytest.raises(InputError, match="generator.kind must be 'unet' for the variant pix2pix"):
+        TrainConfig(variant="pix2pix", generator=GeneratorConfig(ngf=8))
+    with pytest.raises(InputError, match=r"generator.in_channels must be input.channels \(3\)"):
+        TrainConfig(generator=GeneratorConfig(in_channels=1), input=InputNormalization())
+    with pytest.raises(
+        InputError, match="input.invert must be True for the variant cyclegan-invct"
+    ):
+        TrainConfig(variant="cyclegan-invct", input=InputNormalization(low=0, high=50000))
+    # the flat settings, as the command line and configs written before the nesting name them
+    with pytest.raises(InputError, match="ct_channels must be 1 or 3"):
+        TrainConfig.from_dict({"ct_channels": 2})
     with pytest.raises(InputError, match=r"disc_layers must be an integer in 1\.\.8, got 9"):
-        TrainConfig(disc_layers=9)
+        TrainConfig.from_dict({"disc_layers": 9})
     with pytest.raises(InputError, match="unet_depth must be an integer in 2..12, got 1"):
-        TrainConfig(unet_depth=1)
-    cfg = TrainConfig(variant="pix2pix", patch_size=64, ngf=8)
-    assert cfg.generator_config().depth == 6 and cfg.generator_config().kind.value == "unet"
+        TrainConfig.from_dict({"unet_depth": 1})
+    with pytest.raises(
+        InputError, match="flat settings \\['ngf'\\] and the nested \\['generator'\\]"
+    ):
+        TrainConfig.from_dict({"ngf": 8, "generator": GeneratorConfig().to_dict()})
+    cfg = TrainConfig(
+        variant="pix2pix", patch_size=64, generator=generator_for("pix2pix", ngf=8, patch_size=64)
+    )
+    assert cfg.generator.depth == 6 and cfg.generator.kind.value == "unet"
+    assert cfg == TrainConfig.from_dict({"variant": "pix2pix", "patch_size": 64, "ngf": 8})
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     with pytest.raises(InputError, match="unknown field"):
         TrainConfig.from_dict({"nope": 1})
     with pytest.raises(InputError, match="CUDA is not available"):
@@ -360,6 +401,39 @@ def test_config_validation():
         if torch.cuda.is_available():
             pytest.skip("CUDA is available here")
         resolve_device("cuda")
+
+
+#: ``TrainConfig(epochs=1, patches_per_pair=1, **TINY).to_dict()`` as configs were written
+#: before the generator, discriminator and input settings were nested
+FLAT_TINY = {
+    "variant": "mod-cyclegan", "epochs": 1, "batch_size": 4, "patch_size": 32,
+    "patches_per_pair": 1, "workers": 0, "device": "cpu", "seed": 0, "lr": 0.0002,
+    "betas": [0.5, 0.999], "decay_start": None, "ngf": 4, "n_blocks": 1, "ndf": 4,
+    "disc_layers": 2, "unet_depth": None, "ct_channels": 3, "buffer_size": 50, "weights": None,
+    "augment": {"scale": [0.9, 1.1], "flips": True, "rotate90": False, "ct_brightness": 0.1,
+                "ct_contrast": 0.1, "histology_brightness": 0.1, "histology_contrast": 0.1},
+    "cache": False, "autocast": None, "channels_last": None, "folds": 1, "fold": None,
+    "test_fraction": None, "val_every": 0, "log_every": 10, "histology_normalization": True,
+    "mask_l1": True, "ct_low": 0.0, "ct_high": 50000.0,
+}  # fmt: skip
+
+
+def test_a_flat_config_written_before_the_nesting_loads_to_the_same_config():
+    cfg = TrainConfig.from_dict(FLAT_TINY)
+    assert cfg == TrainConfig(epochs=1, patches_per_pair=1, **TINY)
+    assert cfg.differences(FLAT_TINY) == {}
+    assert (cfg.generator.ngf, cfg.generator.n_blocks, cfg.discriminator.n_layers) == (4, 1, 2)
+    assert (cfg.input.low, cfg.input.high, cfg.input.channels) == (0.0, 50000.0, 3)
+    # the U-Net's depth follows the patch size; one CT channel reaches generator and input;
+    # the variant on inverted CT inverts the input
+    pix2pix = TrainConfig.from_dict({**FLAT_TINY, "variant": "pix2pix", "ct_channels": 1})
+    assert (pix2pix.generator.kind.value, pix2pix.generator.depth) == ("unet", 5)
+    assert pix2pix.generator.in_channels == pix2pix.input.channels == 1
+    assert TrainConfig.from_dict({**FLAT_TINY, "variant": "cyclegan-invct"}).input.invert
+    # the variant's generator with the same sizes
+    assert cfg.with_variant("pix2pix") == TrainConfig.from_dict({**FLAT_TINY,
+                                                                 "variant": "pix2pix"})  # fmt: skip
+    assert cfg.with_variant("cyclegan-invct").with_variant("mod-cyclegan") == cfg
 
 
 _CUDA = pytest.param(

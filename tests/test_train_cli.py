@@ -99,25 +99,34 @@ def test_a_diverging_run_exits_1_with_one_line(toy, tmp_path, monkeypatch):
 
 
 def test_options_take_defaults_and_ranges_from_train_config():
-    """The options named after a TrainConfig field state nothing of their own: the default
-    and an integer's range are the field's."""
+    """The options named after a TrainConfig setting state nothing of their own: the default
+    and an integer's range are the field's (for a nested setting, ``--ngf`` and the like, the
+    nested config's field; ``--unet-depth`` defaults to the depth that follows the patch
+    size)."""
     from vstain_dask.cli.train import train as command
+    from vstain_dask.models.config import DiscriminatorConfig, GeneratorConfig
     from vstain_dask.train import TrainConfig
+    from vstain_dask.train.config import FLAT_NAMES, flat_field
 
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    fields = {f.name: (f.default, f.metadata) for f in dataclasses.fields(TrainConfig)}
+    fields.update({name: flat_field(name) for name in FLAT_NAMES})
     options = [p for p in command.params if p.name in fields]
     assert len(options) == 23
     given = command.make_context("train", ["pairs.zarr", "-o", "run"]).params
     for option in options:
-        field = fields[option.name]
-        expected = field.default
+        expected, metadata = fields[option.name]
         if isinstance(option.type, click.Choice):
             expected = str(expected)  # the value of a Variant, "3" for ct_channels
         assert given[option.name] == expected, option.name
-        if "min" in field.metadata:
+        if "min" in metadata:
             assert (option.type.min, option.type.max) == (
-                field.metadata["min"], field.metadata["max"]
+                metadata["min"], metadata["max"]
             ), option.name  # fmt: skip
+    nested = {f.name: f for c in (GeneratorConfig, DiscriminatorConfig)
+              for f in dataclasses.fields(c)}  # fmt: skip
+    assert flat_field("ngf") == (64, nested["ngf"].metadata)
+    assert flat_field("disc_layers") == (None, nested["n_layers"].metadata)
+    assert flat_field("unet_depth") == (None, nested["depth"].metadata)
 
 
 @pytest.mark.slow

@@ -9,7 +9,8 @@ import torch
 
 from vstain_dask.errors import InputError
 from vstain_dask.models import load_model
-from vstain_dask.train import TrainConfig, make_split, train_folds
+from vstain_dask.models.config import DiscriminatorConfig, GeneratorConfig
+from vstain_dask.train import FoldCallbacks, TrainConfig, make_split, train_folds
 from vstain_dask.train._testing import write_toy_pairs
 
 torch.set_num_threads(1)
@@ -100,10 +101,12 @@ def test_split_errors():
 def test_all_folds_run_in_parallel_on_a_cluster(tmp_path, client):
     pairs = write_toy_pairs(tmp_path / "toy.zarr", n=4, size=(40, 40))
     cfg = TrainConfig(epochs=1, patch_size=32, patches_per_pair=2, batch_size=4, workers=2,
-                      ngf=4, n_blocks=1, ndf=4, disc_layers=2, device="cpu", folds=2,
-                      test_fraction=0.0, val_every=1)  # fmt: skip
+                      generator=GeneratorConfig(ngf=4, n_blocks=1),
+                      discriminator=DiscriminatorConfig(ndf=4, n_layers=2), device="cpu",
+                      folds=2, test_fraction=0.0, val_every=1)  # fmt: skip
     done = []
-    results = train_folds(pairs, tmp_path / "cv", cfg, client=client, on_done=done.append)
+    results = train_folds(pairs, tmp_path / "cv", cfg, cluster=client,
+                          callbacks=FoldCallbacks(on_done=done.append))  # fmt: skip
     assert [r.split["fold"] for r in results] == [0, 1] and len(done) == 2
     vals = [set(r.split["val"]) for r in results]
     assert not vals[0] & vals[1] and vals[0] | vals[1] == {"toy00", "toy01", "toy02", "toy03"}

@@ -977,6 +977,7 @@ class _Enough(Exception):
 
 def step_train(ctx: Ctx) -> int:
     from vstain_dask.models import InputNormalization
+    from vstain_dask.models.config import DiscriminatorConfig, GeneratorConfig
     from vstain_dask.pairs import list_pairs
     from vstain_dask.phantom import write_phantom_pairs
     from vstain_dask.train import PatchDataset, TrainConfig, make_split, measure_stream, scan_pairs
@@ -1006,7 +1007,9 @@ def step_train(ctx: Ctx) -> int:
         variant="mod-cyclegan", epochs=10_000, patch_size=patch,
         patches_per_pair=max(1, math.ceil(epoch_patches / n_train)), device=ctx.device,
         val_every=0, seed=0,
-        **({"ngf": 4, "n_blocks": 1, "ndf": 4, "disc_layers": 2, "workers": 0} if small else {}),
+        **({"generator": GeneratorConfig(ngf=4, n_blocks=1),
+            "discriminator": DiscriminatorConfig(ndf=4, n_layers=2), "workers": 0}
+           if small else {}),
     )  # fmt: skip
     rows: list[dict] = []
 

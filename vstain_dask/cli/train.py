@@ -11,23 +11,35 @@ import click
 
 from vstain_dask.cli._options import cluster_options, command_line, exit_interrupted
 from vstain_dask.models.config import Variant
-from vstain_dask.train.config import TrainConfig  # plain Python: no torch at --help
+from vstain_dask.train.config import (  # plain Python: no torch at --help
+    FLAT_NAMES,
+    TrainConfig,
+    flat_field,
+)
 
 _VARIANTS = tuple(v.value for v in Variant)
 _VARIANT_HELP = "mod-cyclegan is the paper's method; the others are its baselines."
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 
+def _default_and_metadata(name: str) -> tuple[Any, Any]:
+    """The default and metadata of the ``TrainConfig`` field ``name``, or of the nested
+    setting of that flat name (``ngf``: the generator's)."""
+    if name in FLAT_NAMES:
+        return flat_field(name)
+    return _FIELDS[name].default, _FIELDS[name].metadata
+
+
 def _option(name: str, **kwargs: Any) -> Callable:
-    """The option ``--name`` of the ``TrainConfig`` field ``name``: its default, and for an
-    integer field its range, come from the field; a bool becomes ``--name/--no-name``."""
-    field = _FIELDS[name]
+    """The option ``--name`` of the ``TrainConfig`` setting ``name`` (a field, or the flat
+    name of a nested one): its default, and for an integer its range, come from the field; a
+    bool becomes ``--name/--no-name``."""
+    default, metadata = _default_and_metadata(name)
     flag = "--" + name.replace("_", "-")
-    default = field.default
     if isinstance(default, bool):
         flag = f"{flag}/--no-{flag[2:]}"
-    if "min" in field.metadata:
-        kwargs.setdefault("type", click.IntRange(field.metadata["min"], field.metadata["max"]))
+    if "min" in metadata:
+        kwargs.setdefault("type", click.IntRange(metadata["min"], metadata["max"]))
     if default is not None:
         if isinstance(kwargs.get("type"), click.Choice):
             default = str(default)  # a choice's value: "mod-cyclegan", "3"
@@ -112,30 +124,13 @@ def train(
     Examples: `vstain-dask train pairs.zarr -o run` (the paper's mod-cyclegan);
     `--folds 5 --fold 2` (one fold); `--folds 5 --cluster cuda` (all folds, one per GPU).
     """
-    from vstain_dask.errors import InputError
-    from vstain_dask.train.augment import AugmentConfig
-
     if threads:
         import torch
 
         torch.set_num_threads(threads)
-    # settings: the options named after TrainConfig fields; ct_channels comes as a choice "3"|"1"
-    settings["ct_channels"] = int(settings["ct_channels"])
-    augment = AugmentConfig.none() if no_augment else AugmentConfig()
-    config = TrainConfig(**settings, augment=augment)
-    folds, variant = config.folds, config.variant.value
+    config = _config(settings, no_augment=no_augment)
+    all_folds = _all_folds(config, cluster_config)
     command = command_line()
-    all_folds = folds > 1 and config.fold is None
-    if cluster_config is not None and not all_folds:
-        raise InputError(
-            "--cluster/--scheduler train all folds in parallel: give --folds K (K > 1) without "
-            "--fold"
-        )
-    if all_folds and cluster_config is None:
-        raise InputError(
-            f"--folds {folds} needs --fold K (0..{folds - 1}) to train one fold, or --cluster "
-            "local|cuda|slurm to train all folds in parallel"
-        )
     try:
         if all_folds:
             _train_all_folds(
@@ -149,6 +144,7 @@ def train(
             )
             return
 
+        from vstain_dask.train.trainer import Provenance
         from vstain_dask.train.trainer import train as run_training
 
         result = run_training(
@@ -158,11 +154,41 @@ def train(
             resume=resume,
             overwrite=overwrite,
             progress=progress,
-            command=command,
+            provenance=Provenance(command=command),
         )
-        click.echo(_summary(result, variant))
+        click.echo(_summary(result, config.variant.value))
     except KeyboardInterrupt:
         exit_interrupted(_interrupted(out_dir, all_folds=all_folds))
+
+
+def _config(settings: dict[str, Any], *, no_augment: bool) -> TrainConfig:
+    """The run's settings: ``settings`` are the options named after the settings of
+    ``TrainConfig`` (the nested ones by their flat names, ``ngf``...)."""
+    from vstain_dask.train.augment import AugmentConfig
+
+    settings = dict(settings, ct_channels=int(settings["ct_channels"]))  # a choice: "3" or "1"
+    augment = AugmentConfig.none() if no_augment else AugmentConfig()
+    return TrainConfig.from_dict({**settings, "augment": augment})
+
+
+def _all_folds(config: TrainConfig, cluster_config: Any) -> bool:
+    """Whether the command trains all folds (on a cluster), refusing a cluster without them
+    and folds without --fold or a cluster."""
+    from vstain_dask.errors import InputError
+
+    folds = config.folds
+    all_folds = folds > 1 and config.fold is None
+    if cluster_config is not None and not all_folds:
+        raise InputError(
+            "--cluster/--scheduler train all folds in parallel: give --folds K (K > 1) without "
+            "--fold"
+        )
+    if all_folds and cluster_config is None:
+        raise InputError(
+            f"--folds {folds} needs --fold K (0..{folds - 1}) to train one fold, or --cluster "
+            "local|cuda|slurm to train all folds in parallel"
+        )
+    return all_folds
 
 
 def _interrupted(out_dir: Path, *, all_folds: bool) -> str:
@@ -216,7 +242,7 @@ def _train_all_folds(
     import dataclasses
 
     from vstain_dask.cluster import ClusterKind, dashboard_url
-    from vstain_dask.train.folds import train_folds
+    from vstain_dask.train.folds import FoldCallbacks, train_folds
 
     # one worker per fold, unless --jobs says otherwise; a CUDA cluster has one per GPU
     if cluster_config.workers is None and cluster_config.kind is not ClusterKind.CUDA:
@@ -246,8 +272,7 @@ def _train_all_folds(
         resume=resume,
         overwrite=overwrite,
         command=command,
-        on_start=on_start,
-        on_done=on_done,
+        callbacks=FoldCallbacks(on_start=on_start, on_done=on_done),
     )
     ssims = [r.history[-1].get("val_ssim") for r in results if r.history]
     ssims = [s for s in ssims if s is not None]

@@ -5,7 +5,8 @@
 - :mod:`~vstain_dask.train.augment`: crop/rescale/flip geometry shared by CT, histology and
   mask, and intensity jitter per modality;
 - :mod:`~vstain_dask.train.dataset`: the seeded patch stream read straight from zarr;
-- :mod:`~vstain_dask.train.config`: the settings of a run (:class:`TrainConfig`), no torch;
+- :mod:`~vstain_dask.train.config`: the settings of a run (:class:`TrainConfig`, with the
+  generator, discriminator and input configs nested), no torch;
 - :mod:`~vstain_dask.train.trainer`: the four variants, the training step and the ``fit`` loop
   (:func:`train`);
 - :mod:`~vstain_dask.train.hooks`: what the loop does around its steps: progress, logs,
@@ -35,6 +36,7 @@ _EXPORTS: dict[str, str] = {
     "Split": "vstain_dask.train.split",
     "make_split": "vstain_dask.train.split",
     "train_folds": "vstain_dask.train.folds",
+    "FoldCallbacks": "vstain_dask.train.folds",
     "masked_ssim": "vstain_dask.train.metrics",
     "masked_psnr": "vstain_dask.train.metrics",
     "evaluate_generator": "vstain_dask.train.metrics",
@@ -48,6 +50,8 @@ _EXPORTS: dict[str, str] = {
     "ImageBuffer": "vstain_dask.train.trainer",
     "TrainConfig": "vstain_dask.train.config",
     "TrainResult": "vstain_dask.train.config",
+    "Provenance": "vstain_dask.train.config",
+    "generator_for": "vstain_dask.train.config",
     "fit": "vstain_dask.train.trainer",
     "train": "vstain_dask.train.trainer",
 }

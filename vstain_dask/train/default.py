@@ -14,14 +14,13 @@ screw, which the longitudinal sections hardly show.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 from typing import Any
 
-from vstain_dask.models.config import Variant
+from vstain_dask.models.config import DiscriminatorConfig, GeneratorConfig, Variant
 from vstain_dask.train.augment import AugmentConfig
-from vstain_dask.train.trainer import TrainConfig, TrainResult, train
+from vstain_dask.train.trainer import Provenance, TrainConfig, TrainResult, train
 
 __all__ = [
     "DEFAULT_PAIRS",
@@ -47,9 +46,8 @@ DEFAULT_CONFIG = TrainConfig(
     workers=0,
     device="cpu",
     seed=0,
-    ngf=16,
-    n_blocks=3,
-    ndf=32,
+    generator=GeneratorConfig(ngf=16, n_blocks=3),
+    discriminator=DiscriminatorConfig(ndf=32),
     cache=True,
     val_every=0,
     # the demo stains axial slices, where cortices run in other directions than in most
@@ -136,11 +134,7 @@ def train_default_model(
     cfg = config or DEFAULT_CONFIG
     notes = DEFAULT_NOTES
     if cfg != DEFAULT_CONFIG:
-        changed = {
-            f.name: getattr(cfg, f.name)
-            for f in dataclasses.fields(cfg)
-            if getattr(cfg, f.name) != getattr(DEFAULT_CONFIG, f.name)
-        }
+        changed = {k: now for k, (_, now) in cfg.differences(DEFAULT_CONFIG.to_dict()).items()}
         notes += f" Recipe changed from the default: {changed}."
     return train(
         pairs,
@@ -149,6 +143,5 @@ def train_default_model(
         overwrite=overwrite,
         resume=resume,
         progress=progress,
-        command=command,
-        notes=notes,
+        provenance=Provenance(command=command, notes=notes),
     )

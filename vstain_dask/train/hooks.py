@@ -108,7 +108,7 @@ class Run:
         return save_model(
             path,
             generator=self.trainer.nets["generator"],
-            normalization=config.normalization(),
+            normalization=config.input,
             variant=config.variant,
             training=training_meta(config, self.trainer),
             seed=config.seed,
@@ -220,7 +220,7 @@ class Validation(Hook):
             run.trainer.nets["generator"],
             self.pairs,
             self.val_pairs,
-            run.config.normalization(),
+            run.config.input,
             device=self.device,
         )
         row.update({f"val_{k}": v for k, v in m.items()})
@@ -262,7 +262,7 @@ class LastCheckpoint(Hook):
         save_training_checkpoint(
             run.checkpoints / LAST,
             networks=trainer.nets,
-            normalization=config.normalization(),
+            normalization=config.input,
             variant=config.variant,
             extra=extra,
             training=training_meta(config, trainer),

@@ -16,8 +16,9 @@ discriminator sees the current batch, as in the reference code. Adam with lr 2e-
 (0.5, 0.999); an optional linear decay of the learning rate to zero from ``decay_start``.
 
 CT enters the networks as the paper's code fed it: greyscale repeated to 3 channels (hence the
-greyscale loss on generated CT). ``ct_channels=1`` feeds one channel instead; then the identity
-loss is left out (the two domains have different channel counts) and the greyscale loss is 0.
+greyscale loss on generated CT). Fed one channel instead (``input.channels`` 1,
+``--ct-channels 1``), it trains without the identity loss (the two domains have different
+channel counts), and the greyscale loss is 0.
 
 On CUDA the forward passes run under bf16 autocast with channels-last memory (losses in
 float32). A run directory holds::
@@ -41,6 +42,7 @@ log, plot) at defined points. A loss that becomes NaN or infinite stops the run 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -57,7 +59,7 @@ from torch import nn
 
 from vstain_dask.errors import CheckpointError, DivergenceError, InputError, OutputExistsError
 from vstain_dask.intensity import CT_INPUT_HIGH, CT_INPUT_LOW
-from vstain_dask.models.config import InputNormalization, Variant
+from vstain_dask.models.config import Variant
 from vstain_dask.models.losses import (
     LossWeights,
     discriminator_loss,
@@ -68,7 +70,7 @@ from vstain_dask.models.losses import (
     total_loss,
 )
 from vstain_dask.runtime import on_for_cuda, resolve_device
-from vstain_dask.train.config import TrainConfig, TrainResult
+from vstain_dask.train.config import Provenance, TrainConfig, TrainResult
 from vstain_dask.train.hooks import (
     LAST,
     EpochCallback,
@@ -87,6 +89,7 @@ from vstain_dask.train.hooks import (
 __all__ = [
     "CT_INPUT_LOW",
     "CT_INPUT_HIGH",
+    "Provenance",
     "TrainConfig",
     "TrainResult",
     "ImageBuffer",
@@ -262,13 +265,13 @@ class _Trainer:
         self.device = device
         self.variant = config.variant
         self.weights = config.loss_weights()
-        self.components = _components(self.variant, self.weights, config.ct_channels)
+        self.components = _components(self.variant, self.weights, config.input.channels)
         self.use_autocast = on_for_cuda(config.autocast, device)
         self.channels_last = on_for_cuda(config.channels_last, device)
         nets = build_networks(
             self.variant,
-            generator=config.generator_config(),
-            discriminator=config.discriminator_config(),
+            generator=config.generator,
+            discriminator=config.discriminator,
             seed=config.seed,
         )
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
@@ -325,7 +328,7 @@ class _Trainer:
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         nb = self.device.type == "cuda"
         ct = batch["ct"].to(self.device, non_blocking=nb)
-        real_a = ct.expand(-1, self.config.ct_channels, -1, -1).contiguous(memory_format=fmt)
+        real_a = ct.expand(-1, self.config.input.channels, -1, -1).contiguous(memory_format=fmt)
         real_b = batch["histology"].to(self.device, non_blocking=nb).contiguous(memory_format=fmt)
         mask = batch["mask"].to(self.device, non_blocking=nb)
         if not self.config.mask_l1:
@@ -513,8 +516,7 @@ def train(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
-    command: str | None = None,
-    notes: str | None = None,
+    provenance: Provenance | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainResult:
     """Train a model on a pairs store (what ``vstain-dask train`` runs).
@@ -535,10 +537,8 @@ def train(
         Replace an existing run directory.
     progress : bool
         Show a progress bar (stderr) with live losses.
-    command : str, optional
-        Command line, stored in the model.
-    notes : str, optional
-        Free text for the model card.
+    provenance : Provenance, optional
+        The command line and the notes the model records.
     on_epoch : callable, optional
         Called with each epoch's row of the loss log.
 
@@ -551,18 +551,40 @@ def train(
     DivergenceError
         A loss became NaN or infinite (``checkpoints/last.pt`` holds the last finite epoch).
     """
-    from vstain_dask.train.dataset import make_loader
-
     t_start = time.perf_counter()
     config = config or TrainConfig()
+    provenance = provenance or Provenance()
     pairs_path = Path(pairs).expanduser()
-    split = _split_for(pairs_path, config)  # validates the store before anything is written
-    pixel_size = _pairs_pixel_size(pairs_path)
+    run, dataset, val_pairs = _set_up(
+        pairs_path,
+        Path(out_dir).expanduser(),
+        config,
+        resume=resume,
+        overwrite=overwrite,
+        command=provenance.command,
+    )
+    hooks = _hooks(run, pairs_path, val_pairs, progress=progress, on_epoch=on_epoch)
+    _fit_from_loader(run, dataset, hooks)
+    return _result(run, t_start, notes=provenance.notes)
+
+
+def _set_up(
+    pairs: Path,
+    run_dir: Path,
+    config: TrainConfig,
+    *,
+    resume: bool,
+    overwrite: bool,
+    command: str | None,
+) -> tuple[Run, Any, list[Any]]:
+    """The run (a resumed one restored), its patch stream and its validation pairs; checks
+    the store before anything is written."""
+    split = _split_for(pairs, config)
+    pixel_size = _pairs_pixel_size(pairs)
     device = resolve_device(config.device)
-    run_dir = Path(out_dir).expanduser()
     _prepare_dir(run_dir, resume=resume, overwrite=overwrite)
     (run_dir / "checkpoints").mkdir(exist_ok=True)
-    dataset, val_pairs = _data(pairs_path, split, config)
+    dataset, val_pairs = _data(pairs, split, config)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     run = Run(
@@ -574,11 +596,23 @@ def train(
         command=command,
         pixel_size=pixel_size,
     )
-    _start(run, pairs_path, resume=resume, device=device)
+    _start(run, pairs, resume=resume, device=device)
+    return run, dataset, val_pairs
+
+
+def _hooks(
+    run: Run,
+    pairs: Path,
+    val_pairs: list[Any],
+    *,
+    progress: bool,
+    on_epoch: Callable[[dict[str, Any]], None] | None,
+) -> list[Hook]:
+    """The hooks of a run, in the order :mod:`~vstain_dask.train.hooks` lists them."""
     hooks: list[Hook] = [
         ProgressBar(enabled=progress),
         StepLog(),
-        Validation(pairs_path, val_pairs, device),
+        Validation(pairs, val_pairs, run.trainer.device),
         MinimumCheckpoints(),
         LastCheckpoint(),
         LossLog(),
@@ -586,13 +620,21 @@ def train(
     ]
     if on_epoch is not None:
         hooks.append(EpochCallback(on_epoch))
+    return hooks
+
+
+def _fit_from_loader(run: Run, dataset: Any, hooks: Sequence[Hook]) -> None:
+    """:func:`fit` on the batches of ``dataset``, from the run's start epoch."""
+    from vstain_dask.train.dataset import make_loader
+
+    config = run.config
     loader = make_loader(
         dataset,
         batch_size=config.batch_size,
         workers=config.workers,
         start_epoch=run.start_epoch,
         epochs=config.epochs,
-        pin_memory=device.type == "cuda",
+        pin_memory=run.trainer.device.type == "cuda",
     )
     batches = iter(loader) if run.start_epoch < config.epochs else iter(())
     try:
@@ -600,11 +642,14 @@ def train(
     finally:
         del batches  # stops the loader's worker processes
 
+
+def _result(run: Run, t_start: float, *, notes: str | None) -> TrainResult:
+    """Save the final generator (``model.pt``) and say what the run produced."""
     metrics = final_metrics(run.history)
     metrics["seconds_this_call"] = round(time.perf_counter() - t_start, 2)
-    model = run.save_generator(run_dir / "model.pt", metrics=metrics, notes=notes)
+    model = run.save_generator(run.run_dir / "model.pt", metrics=metrics, notes=notes)
     return TrainResult(
-        run_dir=run_dir,
+        run_dir=run.run_dir,
         model=model,
         last=run.checkpoints / LAST,
         minima={k: run.checkpoints / f"min_{k}.pt" for k in run.best},
@@ -628,9 +673,7 @@ def _data(pairs: Path, split: Any, config: TrainConfig) -> tuple[Any, list[Any]]
             histology_normalization=config.histology_normalization,
         )
     }
-    norm_data = InputNormalization(
-        low=config.ct_low, high=config.ct_high, invert=config.normalization().invert, channels=1
-    )
+    norm_data = dataclasses.replace(config.input, channels=1)  # the patch stream's one channel
     dataset = PatchDataset(
         pairs,
         [infos[i] for i in split.train],
