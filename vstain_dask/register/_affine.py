@@ -14,7 +14,14 @@ import numpy as np
 
 from vstain_dask.register._geometry import affine4
 from vstain_dask.register._images import CTPyramid, SectionLevel
-from vstain_dask.register._search import Candidate, SearchSettings, fixed_image, footprint_box
+from vstain_dask.register._search import (
+    Candidate,
+    SearchSettings,
+    fixed_image,
+    footprint_box,
+    mi_method,
+    tissue_mask,
+)
 
 #: an affine refinement that scales or shears the section by more than this is not trusted
 MAX_DISTORTION = 0.08
@@ -65,8 +72,6 @@ def fit_affine(
     """Fit the 2D affine map from the CT plane (fixed) to the section (moving)."""
     import SimpleITK as sitk
 
-    from vstain_dask.register._search import tissue_mask
-
     ct, inside = ct_on_plane(pyramid, cand, section)
     grey = section.contrast()
     if cand.flip:
@@ -75,10 +80,7 @@ def fit_affine(
     moving = _image2d(grey, section)
     mask = sitk.GetImageFromArray((inside & tissue_mask(grey)).astype(np.uint8))
     mask.CopyInformation(fixed)
-    reg = sitk.ImageRegistrationMethod()
-    reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=settings.bins)
-    reg.SetMetricFixedMask(mask)
-    reg.SetInterpolator(sitk.sitkLinear)
+    reg = mi_method(settings, mask)
     reg.SetOptimizerAsRegularStepGradientDescent(
         learningRate=1.0, minStep=1e-4, numberOfIterations=2 * settings.iterations,
         gradientMagnitudeTolerance=1e-8, relaxationFactor=0.6,

@@ -41,6 +41,15 @@ class Grid:
         return (self.low + self.high) / 2.0
 
 
+def _grid(level, dims: tuple[str, ...]) -> Grid:
+    """The grid of one opened OME-Zarr level along ``dims``."""
+    return Grid(
+        tuple(int(level.sizes[d]) for d in dims),
+        np.array([level.attrs["scale"][d] for d in dims], dtype=np.float64),
+        np.array([level.attrs["translation"][d] for d in dims], dtype=np.float64),
+    )
+
+
 class CTPyramid:
     """A CT OME-Zarr volume, level by level (``z, y, x``)."""
 
@@ -57,13 +66,7 @@ class CTPyramid:
         ]
 
     def grid(self, level: int) -> Grid:
-        v = self.levels[level]
-        dims = ("z", "y", "x")
-        return Grid(
-            tuple(int(s) for s in v.shape),
-            np.array([v.attrs["scale"][d] for d in dims], dtype=np.float64),
-            np.array([v.attrs["translation"][d] for d in dims], dtype=np.float64),
-        )
+        return _grid(self.levels[level], ("z", "y", "x"))
 
     @property
     def voxel_size(self) -> float:
@@ -108,9 +111,11 @@ class SectionLevel:
         return self.rgb.shape[:2]
 
     def contrast(self) -> np.ndarray:
-        """A grey image mutual information can use: 255 minus the mean of R, G and B (glass
-        dark, stained tissue bright), float32."""
-        return 255.0 - self.rgb.astype(np.float32).mean(axis=-1)
+        """A grey image mutual information can use: the stain's alpha, 255 minus the mean of
+        R, G and B (glass dark, stained tissue bright), as float32."""
+        from vstain_dask.intensity import alpha_from_rgb
+
+        return alpha_from_rgb(np.moveaxis(self.rgb, -1, 0)).astype(np.float32)
 
     def col_mid(self) -> float:
         return float(self.origin[1] + self.spacing[1] * (self.shape[1] - 1) / 2.0)
@@ -134,34 +139,27 @@ class Section:
         ]
 
     def level_grid(self, level: int) -> Grid:
-        v = self.levels[level]
-        return Grid(
-            tuple(int(s) for s in v.shape[1:]),
-            np.array([v.attrs["scale"][d] for d in ("y", "x")], dtype=np.float64),
-            np.array([v.attrs["translation"][d] for d in ("y", "x")], dtype=np.float64),
-        )
+        return _grid(self.levels[level], ("y", "x"))
 
     @property
     def full(self) -> Grid:
         return self.level_grid(0)
 
     def at(self, pixel_size: float) -> SectionLevel:
-        """The section area-averaged to ``pixel_size`` µm (never finer than level 0)."""
-        from skimage.transform import resize
+        """The section area-averaged to ``pixel_size`` µm (never finer than level 0), from the
+        coarsest pyramid level that is not coarser (exact area averaging, as import does)."""
+        from vstain_dask.ngff._resample import output_length, resample_area
 
         k = 0
         for j in range(len(self.levels)):
             if max(self.level_grid(j).scale) <= pixel_size * 1.0001:
                 k = j
         g = self.level_grid(k)
-        rgb = np.moveaxis(np.asarray(self.levels[k].data), 0, -1)
-        factor = pixel_size / g.scale
+        factor = np.maximum(pixel_size / g.scale, 1.0)
+        data = self.levels[k].data
         if np.all(factor <= 1.0001):
-            return SectionLevel(rgb, g.scale, g.translation)
-        out = np.maximum(np.rint(np.array(g.shape) / factor).astype(int), 1)
-        actual = np.array(g.shape) / out
-        small = resize(rgb, (*out, 3), order=1, anti_aliasing=True, preserve_range=True)
-        origin = g.translation + g.scale * (0.5 * actual - 0.5)
-        return SectionLevel(
-            np.clip(np.rint(small), 0, 255).astype(np.uint8), g.scale * actual, origin
-        )
+            return SectionLevel(np.moveaxis(np.asarray(data), 0, -1), g.scale, g.translation)
+        out = [output_length(n, f) for n, f in zip(g.shape, factor, strict=True)]
+        small = resample_area(data, axes="cyx", factors=tuple(factor), chunks=out)
+        origin = g.translation + g.scale * (factor - 1.0) / 2.0
+        return SectionLevel(np.moveaxis(np.asarray(small), 0, -1), g.scale * factor, origin)

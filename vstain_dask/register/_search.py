@@ -111,14 +111,13 @@ def tissue_mask(grey: np.ndarray) -> np.ndarray:
     return grey > min(float(threshold_otsu(grey)), 20.0)
 
 
-def _method(settings: SearchSettings, fixed_mask, sampling: float | None = None):
+def mi_method(settings: SearchSettings, fixed_mask):
+    """A SimpleITK registration scoring Mattes MI over the fixed image's mask, linear
+    interpolation."""
     import SimpleITK as sitk
 
     reg = sitk.ImageRegistrationMethod()
     reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=settings.bins)
-    if sampling is not None:
-        reg.SetMetricSamplingStrategy(reg.RANDOM)
-        reg.SetMetricSamplingPercentage(sampling, seed=1)
     reg.SetMetricFixedMask(fixed_mask)
     reg.SetInterpolator(sitk.sitkLinear)
     return reg
@@ -137,7 +136,7 @@ def _exhaustive(ct, section: SectionLevel, cand: Candidate, settings, steps, sca
     import SimpleITK as sitk
 
     fixed, mask = fixed_image(section, cand.placement, cand.flip)
-    reg = _method(settings, mask)
+    reg = mi_method(settings, mask)
     reg.SetOptimizerAsExhaustive([int(n) for n in steps], stepLength=1.0)
     reg.SetOptimizerScales([float(s) for s in scales])
     reg.SetInitialTransform(cand.transform(), inPlace=True)
@@ -195,7 +194,7 @@ def descend(ct, section: SectionLevel, cand: Candidate, settings: SearchSettings
     import SimpleITK as sitk
 
     fixed, mask = fixed_image(section, cand.placement, cand.flip)
-    reg = _method(settings, mask)
+    reg = mi_method(settings, mask)
     reg.SetOptimizerAsRegularStepGradientDescent(
         learningRate=2.0, minStep=1e-3, numberOfIterations=settings.iterations,
         gradientMagnitudeTolerance=1e-8, relaxationFactor=0.6,
@@ -236,7 +235,6 @@ class SearchRecord:
     """What the search did, for the registration record and the QC picture."""
 
     grid_points: int = 0
-    coarse: list[dict] = dataclasses.field(default_factory=list)
     levels: list[dict] = dataclasses.field(default_factory=list)
     seconds: dict = dataclasses.field(default_factory=dict)
 
