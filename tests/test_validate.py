@@ -83,3 +83,35 @@ def test_int_fields_state_their_range_once():
         Config(depth=1)
     with pytest.raises(InputError, match="^n must be an integer >= 1, got 0$"):
         Config(n=0)
+
+
+def test_unknown_keywords_are_refused_in_pythons_words_by_every_options_function(tmp_path):
+    import numpy as np
+
+    from vstain_dask import ngff
+    from vstain_dask.pairs import write_pair
+    from vstain_dask.tiling import predict_plane
+
+    calls = {
+        "create_volume": lambda: ngff.create_volume(
+            tmp_path / "v.zarr", shape=(4, 4, 4), chunks=(4, 4, 4), dtype="uint16", bogus=1
+        ),  # fmt: skip
+        "write_pair": lambda: write_pair(
+            tmp_path / "p.zarr",
+            "a",
+            ct=np.zeros((4, 4), np.uint16),
+            histology=np.zeros((4, 4, 3), np.uint8),
+            mask=np.ones((4, 4), bool),
+            material="mg",
+            sample="s",
+            voxel_size=5.0,
+            bogus=1,
+        ),  # fmt: skip
+        "predict_plane": lambda: predict_plane(None, np.zeros((8, 8), np.float32), bogus=1),
+    }
+    for name, call in calls.items():
+        with pytest.raises(
+            TypeError, match=rf"^{name}\(\) got an unexpected keyword argument 'bogus'$"
+        ):
+            call()
+    assert not (tmp_path / "v.zarr").exists() and not (tmp_path / "p.zarr").exists()

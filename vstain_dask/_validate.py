@@ -19,7 +19,15 @@ from typing import Any
 
 from vstain_dask.errors import InputError
 
-__all__ = ["check_bool", "check_float", "check_int", "check_int_fields", "int_field"]
+__all__ = [
+    "check_bool",
+    "check_float",
+    "check_int",
+    "check_int_fields",
+    "int_field",
+    "keyword_bundles",
+    "refuse_unknown_keywords",
+]
 
 
 def _shown(value: Any) -> str:
@@ -121,3 +129,29 @@ def check_int_fields(obj: Any) -> None:
             continue
         checked = check_int(value, f.name, f.metadata["min"], f.metadata["max"])
         object.__setattr__(obj, f.name, checked)
+
+
+def _names(known: Any) -> set[str]:
+    return (
+        {f.name for f in dataclasses.fields(known)}
+        if dataclasses.is_dataclass(known)
+        else set(known)
+    )
+
+
+def refuse_unknown_keywords(function: str, keywords: Any, *known: Any) -> None:
+    """Refuse a keyword that none of ``known`` (dataclasses, or collections of names) has, in
+    the words Python uses for a keyword argument ``function`` does not take (a ``TypeError``)."""
+    names = set().union(*(_names(k) for k in known))
+    for key in keywords:
+        if key not in names:
+            raise TypeError(f"{function}() got an unexpected keyword argument '{key}'")
+
+
+def keyword_bundles(function: str, keywords: Any, *bundles: type) -> list[Any]:
+    """``keywords`` split by field name into the dataclasses ``bundles`` (their defaults for the
+    fields not given), after :func:`refuse_unknown_keywords`."""
+    refuse_unknown_keywords(function, keywords, *bundles)
+    return [
+        bundle(**{k: v for k, v in keywords.items() if k in _names(bundle)}) for bundle in bundles
+    ]

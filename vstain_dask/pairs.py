@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from vstain_dask._validate import keyword_bundles
 from vstain_dask.errors import InputError, OutputExistsError, VolumeFormatError, as_enum
 
 __all__ = ["Material", "Role", "write_pair", "list_pairs", "read_pair", "PAIRS_VERSION"]
@@ -171,14 +172,6 @@ class _PairOptions:
     overwrite: bool = False
 
 
-def _refuse_unknown(function: str, keywords: Mapping[str, Any], known: type) -> None:
-    """Refuse a keyword that no field of dataclass ``known`` has, as Python refuses a keyword
-    argument ``function`` does not take."""
-    unknown = [k for k in keywords if k not in {f.name for f in dataclasses.fields(known)}]
-    if unknown:
-        raise TypeError(f"{function}() got an unexpected keyword argument '{unknown[0]}'")
-
-
 def write_pair(
     path: str | os.PathLike,
     pair_id: str,
@@ -220,8 +213,7 @@ def write_pair(
     pathlib.Path
         The pair's group.
     """
-    _refuse_unknown("write_pair", options, _PairOptions)
-    opts = _PairOptions(**options)
+    opts = keyword_bundles("write_pair", options, _PairOptions)[0]
     pair_id = _check_id(pair_id)
     reserved = _reserved_attrs(material, sample, voxel_size, opts.role)
     ct, histology, mask = _check_images(ct, histology, mask)

@@ -28,14 +28,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from enum import StrEnum
 from numbers import Integral
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vstain_dask._validate import check_int
+from vstain_dask._validate import check_int, refuse_unknown_keywords
 from vstain_dask.errors import InputError, as_enum
 from vstain_dask.intensity import output_to_uint8
 from vstain_dask.runtime import compiled, on_for_cuda
@@ -525,17 +525,6 @@ class InferenceSettings:
         object.__setattr__(self, "batch_size", check_int(self.batch_size, "batch_size", 1))
 
 
-_SETTING_NAMES = frozenset(f.name for f in fields(InferenceSettings))
-
-
-def _refuse_unknown(function: str, settings: dict[str, Any]) -> None:
-    """Refuse a keyword that is no inference setting, in the words Python uses for a keyword
-    that a function does not take."""
-    for name in settings:
-        if name not in _SETTING_NAMES:
-            raise TypeError(f"{function}() got an unexpected keyword argument {name!r}")
-
-
 # long for its docstring, the reference of tiled inference; the body is short, its steps are
 # the helpers below
 def predict_region(
@@ -598,7 +587,7 @@ def predict_region(
     """
     import torch
 
-    _refuse_unknown("predict_region", settings)
+    refuse_unknown_keywords("predict_region", settings, InferenceSettings)
     if not isinstance(planes, torch.Tensor):
         planes = np.asarray(planes)
     if not isinstance(grid, TileGrid):
@@ -864,7 +853,7 @@ def predict_plane(
     (out_channels, H, W) or (N, out_channels, H, W) float32
         Same leading shape as ``plane``.
     """
-    _refuse_unknown("predict_plane", settings)
+    refuse_unknown_keywords("predict_plane", settings, InferenceSettings)
     ndim = len(plane.shape)
     if ndim not in (3, 4):
         raise InputError(f"plane must be (C, H, W) or (N, C, H, W), got shape {tuple(plane.shape)}")

@@ -38,6 +38,7 @@ from typing import Any
 
 import torch
 
+from vstain_dask._validate import refuse_unknown_keywords
 from vstain_dask.errors import CheckpointError, InputError, as_enum
 from vstain_dask.models.checkpoint import (
     FORMAT_NAME,
@@ -459,9 +460,7 @@ def import_checkpoint(
     pathlib.Path
         ``out``.
     """
-    for name in overrides:
-        if name not in _OVERRIDES:
-            raise TypeError(f"import_checkpoint() got an unexpected keyword argument {name!r}")
+    refuse_unknown_keywords("import_checkpoint", overrides, _OVERRIDES)
     source = as_enum(ForeignFormat, source, "source")
     weights = pathlib.Path(weights)
     raw = _read_weights(weights)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -215,17 +215,3 @@ _RGB_COLORS = ("FF0000", "00FF00", "0000FF", "FFFFFF")
 
 def _is_zarr_dir(p: Path) -> bool:
     return p.is_dir() and any((p / n).is_file() for n in ("zarr.json", ".zgroup", ".zarray"))
-
-
-def _keyword_bundles(func: str, keywords: Mapping[str, Any], *bundles: type) -> list[Any]:
-    """``keywords`` split by field name into the dataclasses ``bundles`` (their defaults for the
-    fields not given); a keyword that no bundle has is refused as Python refuses an unexpected
-    keyword argument in a call of ``func``."""
-    names = [{f.name for f in fields(bundle)} for bundle in bundles]
-    for key in keywords:
-        if not any(key in n for n in names):
-            raise TypeError(f"{func}() got an unexpected keyword argument '{key}'")
-    return [
-        bundle(**{k: v for k, v in keywords.items() if k in n})
-        for bundle, n in zip(bundles, names, strict=True)
-    ]

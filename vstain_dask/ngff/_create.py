@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from vstain_dask._validate import keyword_bundles
 from vstain_dask.errors import InputError, OutputExistsError, as_enum
 from vstain_dask.ngff._common import (
     _RGB_COLORS,
@@ -30,7 +31,6 @@ from vstain_dask.ngff._common import (
     NgffVersion,
     VolumeKind,
     _is_zarr_dir,
-    _keyword_bundles,
     _level_offset,
     _pyramid_method,
 )
@@ -583,6 +583,6 @@ def create_volume(
     OutputExistsError
         ``path`` exists and ``overwrite`` is False, or it exists and is not a zarr store.
     """
-    given = _keyword_bundles("create_volume", options, _VolumeOptions)[0]
+    given = keyword_bundles("create_volume", options, _VolumeOptions)[0]
     spec = _build_spec(path, shape=shape, dtype=dtype, chunks=chunks, options=given)
     return _create(path, spec, overwrite)[0]

@@ -13,6 +13,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
+from vstain_dask._validate import keyword_bundles
 from vstain_dask.errors import InputError, VolumeFormatError, as_enum
 from vstain_dask.ngff import _dicom, _hdf5, _sources, _wsi
 from vstain_dask.ngff._common import (
@@ -23,7 +24,6 @@ from vstain_dask.ngff._common import (
     NgffVersion,
     VolumeKind,
     _is_zarr_dir,
-    _keyword_bundles,
 )
 from vstain_dask.ngff._create import (
     _build_spec,
@@ -219,7 +219,7 @@ def import_volume(
         file (``levels_from_file``), and for a resampled import ``resampled`` (input and output
         sizes, factors, translation, method).
     """
-    read, sizes = _keyword_bundles("import_volume", options, _ReadOptions, _SizeOptions)
+    read, sizes = keyword_bundles("import_volume", options, _ReadOptions, _SizeOptions)
     src = Path(source).expanduser()
     out_path = check_output(out, overwrite=overwrite)
     version = as_enum(NgffVersion, ngff_version, "ngff_version")

@@ -14,8 +14,9 @@ import dask.array as da
 import numpy as np
 import zarr
 
+from vstain_dask._validate import keyword_bundles
 from vstain_dask.errors import InputError, VolumeFormatError, as_enum
-from vstain_dask.ngff._common import Display, LabelTable, VolumeKind, _keyword_bundles
+from vstain_dask.ngff._common import Display, LabelTable, VolumeKind
 from vstain_dask.ngff._create import _build_spec, _create, _omero, _VolumeOptions, _VolumeSpec
 from vstain_dask.ngff._format import format_of_store, ome_metadata
 from vstain_dask.ngff._pyramid import _align, _store_level0, write_pyramid
@@ -88,7 +89,7 @@ def write_volume(
     pathlib.Path
         ``path``.
     """
-    given = _keyword_bundles("write_volume", {"axes": None, **options}, _VolumeOptions)[0]
+    given = keyword_bundles("write_volume", {"axes": None, **options}, _VolumeOptions)[0]
     arr, meta = _as_input(data)
     given = _with_input_metadata(given, arr, meta)
     if (

@@ -23,6 +23,7 @@ import numpy as np
 # a worker resource that admits one staining task at a time (one model per GPU or CPU worker)
 # while the worker's second thread reads the next block, so reads overlap compute
 from vstain_dask import intensity
+from vstain_dask._validate import keyword_bundles
 from vstain_dask.cluster import COMPUTE_RESOURCE
 from vstain_dask.errors import InputError, JobError
 from vstain_dask.stain.block import _InputFault, _read_block, _stain_task, _write_block
@@ -105,11 +106,7 @@ class StainOptions:
     def of(cls, function: str, options: dict[str, Any]) -> StainOptions:
         """The options given as keywords to ``function``; a keyword that is none of them is
         refused in the words Python uses for a keyword a function does not take."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        for name in options:
-            if name not in names:
-                raise TypeError(f"{function}() got an unexpected keyword argument {name!r}")
-        return cls(**options)
+        return keyword_bundles(function, options, cls)[0]
 
 
 def stain_to_zarr(

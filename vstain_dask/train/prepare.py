@@ -445,9 +445,9 @@ def add_pair(
     dict
         ``id``, ``shape``, ``normalization`` and ``mask_fraction``.
     """
-    from vstain_dask.ngff._common import _keyword_bundles
+    from vstain_dask._validate import keyword_bundles
 
-    masks, levels, store = _keyword_bundles(
+    masks, levels, store = keyword_bundles(
         "add_pair", options, _MaskOptions, _LevelOptions, _StoreOptions
     )
     pair = _prepare(ct, histology, material, masks, levels)
