@@ -19,6 +19,7 @@ SCRIPTS = [
     "bench_monai",
     "bench_quality",
     "bench_io",
+    "bench_register",
 ]
 
 
@@ -203,6 +204,20 @@ def test_bench_io_smallest(cluster, tmp_path, capsys, workdir):
 
 
 @pytest.mark.slow
+def test_bench_register_smallest(tmp_path, capsys, workdir):
+    text, data = _run("bench_register", ["--shape", "48,96,96", "--sections", "1"], tmp_path,
+                      capsys, workdir)  # fmt: skip
+    _check_header(data, "bench_register")
+    (row,) = data["results"]["sections"]
+    assert row["outcome"] in ("found", "refused") and row["seconds"] > 0
+    assert row["peak_rss_mib"] > 0
+    summary = data["results"]["summary"]
+    assert summary["found"] + summary["refused"] == 1
+    if row["outcome"] == "found":
+        assert row["mean_voxels"] >= 0 and summary["median_mean_voxels"] == row["mean_voxels"]
+    assert "sections  found  refused" in text
+
+
 def test_bench_train_smallest(tmp_path, capsys, workdir):
     text, data = _run(
         "bench_train",

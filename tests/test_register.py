@@ -124,3 +124,41 @@ def test_register_says_what_is_missing(volume, tmp_path):
                                   str(tmp_path / "p.zarr"), "--material", "mg", "--sample", "S"])  # fmt: skip
     assert r.exit_code == 2 and "does not exist" in r.output
     assert len(r.output.strip().splitlines()) == 1
+
+
+def test_an_unfinished_import_is_refused_by_register_and_pairs_add(volume, tmp_path):
+    import shutil
+
+    from vstain_dask import ngff
+
+    sec = _section(volume, tmp_path / "s.ome.tif", "--seed", 1)
+    section = tmp_path / "s.ome.zarr"
+    assert _run("import", sec, section).exit_code == 0
+    ct = tmp_path / "ct.ome.zarr"
+    shutil.copytree(volume, ct)
+    # what an interrupted import leaves: the completeness marker still false
+    ngff.update_provenance(ct, complete=False, **{"import": {"source": "scan.h5"}})
+    ngff.update_provenance(section, complete=False)
+    store = tmp_path / "pairs.zarr"
+    for args in (
+        ["register", ct, sec, "-o", store, "--material", "mg", "--sample", "S"],
+        ["register", volume, section, "-o", store, "--material", "mg", "--sample", "S"],
+        [
+            "pairs",
+            "add",
+            store,
+            "--ct",
+            ct,
+            "--histology",
+            sec,
+            "--material",
+            "mg",
+            "--sample",
+            "S",
+        ],
+    ):
+        r = CliRunner().invoke(main, [str(a) for a in args])
+        assert r.exit_code == 2, r.output
+        assert "is incomplete" in r.output and "--overwrite" in r.output
+        assert len(r.output.strip().splitlines()) == 1
+    assert not store.exists()

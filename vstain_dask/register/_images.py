@@ -17,7 +17,7 @@ from vstain_dask.errors import InputError
 from vstain_dask.register._geometry import to_sitk
 
 #: CT levels at most this many voxels along their longest axis are read whole
-COARSE_VOXELS = 100
+COARSE_VOXELS = 64
 
 
 @dataclasses.dataclass(frozen=True)

@@ -65,7 +65,7 @@ class RegisterConfig:
     affine: bool = True
     section_pixel_size: float | None = None
     min_mi: float = 0.25
-    min_margin: float = 0.06
+    min_margin: float = 0.12
     search: SearchSettings = SearchSettings()
 
     def __post_init__(self) -> None:
@@ -131,10 +131,22 @@ def _pose_distance(a: Candidate, b: Candidate, section: SectionLevel) -> float:
     )
 
 
-def _confidence(found: list[Candidate], section: SectionLevel, voxel: float) -> dict[str, Any]:
-    """The best start's metric against the best start at a different pose (≥ 4 coarse voxels)."""
-    best = found[0]
-    other = next((c for c in found[1:] if _pose_distance(best, c, section) > 4 * voxel), None)
+def _distinct(found: list[Candidate], section: SectionLevel, voxel: float, n: int):
+    """The best ``n`` poses of ``found`` (best first) at least 4 ``voxel`` apart."""
+    keep: list[Candidate] = []
+    for c in found:
+        if all(_pose_distance(k, c, section) > 4 * voxel for k in keep):
+            keep.append(c)
+        if len(keep) == n:
+            break
+    return keep
+
+
+def _confidence(ranked: list[Candidate], section: SectionLevel, voxel: float) -> dict[str, Any]:
+    """The best pose's metric against the best pose elsewhere (≥ 4 ``voxel`` away); none
+    elsewhere counts as MI 0."""
+    best = ranked[0]
+    other = next((c for c in ranked[1:] if _pose_distance(best, c, section) > 4 * voxel), None)
     runner = other.metric if other is not None else 0.0
     margin = (runner - best.metric) / abs(best.metric) if best.metric else 0.0
     return {"best": best.metric, "runner_up": runner, "margin": margin}
@@ -205,8 +217,9 @@ def _register(pyramid: CTPyramid, sec: Section, config: RegisterConfig) -> dict[
     extent = pyramid.grid(0).high - pyramid.grid(0).low
     depth_range = config.depth_window if config.init_depth is not None else float(max(extent)) / 2.0
     found = coarse_search(pyramid, section_at, starts, config.search, depth_range, search)
-    conf = _confidence(found, section_c, coarse_voxel)
-    best = refine(pyramid, section_at, found[0], config.search, search)
+    refined = _refine_distinct(pyramid, section_at, found, config.search, search)
+    best = refined[0]
+    conf = _confidence(refined if len(refined) > 1 else found, section_c, coarse_voxel)
     _check_trusted(conf, best.metric, config)
     fine = section_at(pyramid.voxel_size)
     affine = AffineResult(np.eye(4), best.metric, best.metric, False, "not asked", ())
@@ -243,6 +256,16 @@ def _register(pyramid: CTPyramid, sec: Section, config: RegisterConfig) -> dict[
         "_curve": list(best.history) + list(affine.history),
         "_plane": (best, affine, fine),
     }
+
+
+def _refine_distinct(pyramid, section_at, found, settings, search) -> list[Candidate]:
+    """The best few distinct coarse poses, each refined to the finest level, best first: the
+    finest level decides between them."""
+    coarse_voxel = float(min(pyramid.grid(pyramid.coarse_level()).scale))
+    section = section_at(coarse_voxel)
+    hypotheses = _distinct(found, section, coarse_voxel, settings.hypotheses)
+    refined = [refine(pyramid, section_at, c, settings, search) for c in hypotheses]
+    return sorted(refined, key=lambda c: c.metric)
 
 
 def _settings(config: RegisterConfig) -> dict[str, Any]:

@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from vstain_dask.register._geometry import Placement, from_sitk, matrix_from_sitk, to_sitk
+from vstain_dask.register._geometry import Placement, apply, from_sitk, matrix_from_sitk, to_sitk
 from vstain_dask.register._images import CTPyramid, SectionLevel
 
 _AXIS_INDEX = {"z": 0, "y": 1, "x": 2}
@@ -33,13 +33,18 @@ _AXIS_INDEX = {"z": 0, "y": 1, "x": 2}
 class SearchSettings:
     """How widely and finely the coarse search samples (recorded with the result)."""
 
-    angle_step: float = 15.0  # degrees, in-plane rotation grid over the full turn
-    depth_step: float = 2.0  # coarse voxels between depths sampled
+    angle_step: float = 20.0  # degrees, in-plane rotation grid over the full turn
+    depth_step: float = 3.0  # coarse voxels between depths sampled
     shift_fraction: float = 0.12  # in-plane shift step, as a fraction of the section's extent
     shift_steps: int = 1  # shifts sampled each side of the centred start
+    coarse_tilt: float = 8.0  # degrees between the tilts the coarse grid samples
+    coarse_tilt_steps: int = 1  # tilts the coarse grid samples each side of zero
     max_tilt: float = 12.0  # degrees, the tilts the tilt grid covers each side
     tilt_step: float = 3.0  # degrees between tilts sampled
     starts: int = 6  # grid points that start a local descent
+    hypotheses: int = 3  # distinct poses carried from the coarse level to the finest
+    ranked: int = 3000  # best grid points checked for overlap
+    min_overlap: float = 0.7  # share of the section's tissue a pose must keep inside the CT
     bins: int = 32  # Mattes histogram bins
     iterations: int = 120  # gradient-descent iterations per level
 
@@ -112,7 +117,8 @@ def tissue_mask(grey: np.ndarray) -> np.ndarray:
 
 
 def mi_method(settings: SearchSettings, fixed_mask):
-    """A SimpleITK registration scoring Mattes MI over the fixed image's mask, linear
+    """A SimpleITK registration scoring Mattes MI over all of the fixed image's mask (random
+    sampling made the coarse grid's ranking noisy enough to pick wrong poses), linear
     interpolation."""
     import SimpleITK as sitk
 
@@ -153,10 +159,10 @@ def grid_search(
     ct, section: SectionLevel, cand: Candidate, settings: SearchSettings, depth_range: float
 ) -> list[tuple[float, tuple[float, ...]]]:
     """The coarse grid: the in-plane angle over the full turn, the depth ``depth_range`` µm each
-    side of the start, the in-plane shifts around it; tilts zero."""
+    side of the start, the in-plane shifts around it, the two tilts at ±``coarse_tilt``."""
     angle, depth, shifts = _param_index(cand.axis)
-    steps = [0] * 6
-    scales = [1.0] * 6
+    steps = [settings.coarse_tilt_steps] * 3 + [0] * 3
+    scales = [math.radians(settings.coarse_tilt)] * 3 + [1.0] * 3
     steps[angle] = int(round(180.0 / settings.angle_step))
     scales[angle] = math.radians(settings.angle_step)
     dstep = settings.depth_step * float(np.mean(ct.GetSpacing()))
@@ -239,6 +245,27 @@ class SearchRecord:
     seconds: dict = dataclasses.field(default_factory=dict)
 
 
+class Overlap:
+    """The fraction of the section's tissue that a pose puts inside the CT's box."""
+
+    def __init__(self, section: SectionLevel, cand: Candidate, box) -> None:
+        grey = section.contrast()
+        rows, cols = np.nonzero(tissue_mask(grey[:, ::-1] if cand.flip else grey))
+        step = max(1, rows.size // 400)
+        q = section.origin + section.spacing * np.column_stack([rows[::step], cols[::step]])
+        self.points = apply(cand.placement.matrix(), q)  # on the placed plane, (z, y, x)
+        self.cand = cand
+        self.low = box.low - box.scale / 2
+        self.high = box.high + box.scale / 2
+
+    def __call__(self, params) -> float:
+        if self.points.shape[0] == 0:
+            return 0.0
+        m = dataclasses.replace(self.cand, params=tuple(params)).rigid_matrix()
+        p = self.points @ m[:3, :3].T + m[:3, 3]
+        return float(np.all((p >= self.low) & (p <= self.high), axis=1).mean())
+
+
 def coarse_search(
     pyramid: CTPyramid,
     section_at,
@@ -254,12 +281,20 @@ def coarse_search(
     voxel = float(min(pyramid.grid(level).scale))
     section = section_at(voxel)
     found: list[Candidate] = []
+    box = pyramid.grid(0)
     for cand in starts:
         samples = grid_search(ct, section, cand, settings, depth_range)
         record.grid_points += len(samples)
+        # MI over a sliver of overlap is high by chance: only poses that keep most of the
+        # section's tissue inside the CT compete
+        inside = Overlap(section, cand, box)
+        samples = [
+            s for s in sorted(samples)[: settings.ranked] if inside(s[1]) >= settings.min_overlap
+        ]
         for m, p in distinct(samples, settings, cand.axis, 4 * voxel, settings.starts):
-            c = dataclasses.replace(cand, params=p, metric=m, history=[])
-            found.append(descend(ct, section, c, settings))
+            c = descend(ct, section, dataclasses.replace(cand, params=p, metric=m), settings)
+            if inside(c.params) >= settings.min_overlap:
+                found.append(c)
     found.sort(key=lambda c: c.metric)
     record.seconds["coarse"] = round(time.perf_counter() - t0, 2)
     return found
@@ -282,15 +317,15 @@ def refine(
         tried = [descend(ct, section, c, settings) for c in [cand, *starts]]
         cand = min(tried, key=lambda c: c.metric)
         record.levels.append({"level": level, "voxel_size": voxel, "metric": cand.metric})
-    record.seconds["refine"] = round(time.perf_counter() - t0, 2)
+    record.seconds["refine"] = round(
+        record.seconds.get("refine", 0.0) + time.perf_counter() - t0, 2
+    )
     return cand
 
 
 def footprint_box(cand: Candidate, section: SectionLevel, margin: float, tissue_only: bool = True):
     """Physical box (z, y, x) of the CT holding the section's tissue (or its whole image)
     under ``cand``."""
-    from vstain_dask.register._geometry import apply
-
     rows = np.array([], dtype=int)
     if tissue_only:
         grey = section.contrast()
