@@ -393,6 +393,16 @@ def _unreachable(address: str, why: str) -> ClusterError:
     )
 
 
+def _mark_unstarted_failed(cluster, statuses) -> None:
+    """Mark the cluster's jobs in ``statuses`` (None: all that have not ended) as failed."""
+    from distributed.core import Status
+
+    ended = (Status.closing, Status.closed, Status.failed)
+    for job in list(getattr(cluster, "_created", ())):
+        if (job.status in statuses) if statuses is not None else (job.status not in ended):
+            job.status = Status.failed
+
+
 def _close(cluster) -> None:
     """Close a cluster, and remove the credentials a SLURM cluster wrote for its workers;
     a failure to close is logged, not raised.
@@ -406,11 +416,19 @@ def _close(cluster) -> None:
     # A job that sbatch refused (a wrong partition or account) stays "created" for good, and
     # distributed's SpecCluster then fails its own close on it (asserting that every job it
     # made has ended), leaving the cluster half closed. It did end: it never started.
-    for job in list(getattr(cluster, "_created", ())):
-        if job.status == Status.created:
-            job.status = Status.failed
+    _mark_unstarted_failed(cluster, (Status.created,))
     try:
-        cluster.close()
+        try:
+            cluster.close()
+        except Exception:
+            # A job still starting when the close began (an adaptive resubmission under load)
+            # trips the same assertion and leaves the cluster "closing" for good, to be
+            # reported unclosed when collected. Its SLURM job has been cancelled by then: mark
+            # what has not ended as failed and finish the close once more.
+            _mark_unstarted_failed(cluster, None)
+            if getattr(cluster, "status", None) == Status.closing:
+                cluster.status = Status.running
+            cluster.close()
     except Exception as e:  # closing must not hide the stain's result, or its own error
         log.warning("the cluster did not close cleanly: %s: %s", type(e).__name__, e)
     finally:
