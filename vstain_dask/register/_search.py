@@ -41,8 +41,8 @@ class SearchSettings:
     coarse_tilt_steps: int = 1  # tilts the coarse grid samples each side of zero
     max_tilt: float = 12.0  # degrees, the tilts the tilt grid covers each side
     tilt_step: float = 3.0  # degrees between tilts sampled
-    starts: int = 6  # grid points that start a local descent
-    hypotheses: int = 3  # distinct poses carried from the coarse level to the finest
+    starts: int = 10  # grid points that start a local descent
+    hypotheses: int = 6  # distinct poses carried from the coarse level to the finest
     ranked: int = 3000  # best grid points checked for overlap
     min_overlap: float = 0.7  # share of the section's tissue a pose must keep inside the CT
     bins: int = 32  # Mattes histogram bins
