@@ -173,3 +173,43 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(long_ct, model_path, tmp_path,
     clean = tmp_path / "clean.zarr"
     subprocess.run([*args, "-o", str(clean)], check=True, capture_output=True, timeout=300)
     np.testing.assert_array_equal(_stained(out), _stained(clean))
+
+
+def _slow_block(seconds):
+    import time
+
+    time.sleep(seconds)
+    return {"tiles": 1, "read": 0.0, "compute": seconds, "write": 0.0}
+
+
+def test_a_block_result_lost_with_its_worker_is_waited_for_not_failed(tmp_path):
+    """A block that finished on a worker killed before its result was read (a cancelled SLURM
+    job) is 'lost', then computed again by the scheduler: the stage waits for it rather than
+    counting it failed ('NoneType: None' before)."""
+    from distributed import Client, LocalCluster
+
+    from vstain_dask.stain.execute import _block_result, _Tally
+
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                     dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):  # fmt: skip
+        fut = client.submit(_slow_block, 2.0, pure=False)
+        fut.result(timeout=60)
+        (holder,) = {w for ws in client.who_has(fut).values() for w in ws}
+        os.kill(client.run(os.getpid, workers=[holder])[holder], signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while fut.status == "finished" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert fut.status in ("lost", "pending"), fut.status
+        tally = _Tally()
+        assert _block_result(fut, tmp_path) is None
+        assert tally.add("block-0-0-0", None) is False and not tally.failed
+        result = fut.result(timeout=60)  # computed again on the other worker
+        assert _block_result(fut, tmp_path) == result
+        assert tally.add("block-0-0-0", result) is True and tally.tiles == 1
+    # lost again and again, it counts as failed, naming why
+    stubborn = _Tally()
+    assert [stubborn.add("b", None) for _ in range(4)] == [False, False, False, True]
+    assert stubborn.failed == {"b": "its result was lost with its worker 3 times"}

@@ -8,6 +8,7 @@ and only then is the output marked complete and the ledger removed.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import errno
 import itertools
@@ -372,20 +373,14 @@ def _run_stage(
         return fut
 
     pending = iter(todo)
-    failed: dict[str, str] = {}
-    tiles = 0
-    timings = {"read": 0.0, "compute": 0.0, "write": 0.0}
+    tally = _Tally()
     try:
         running = as_completed([submit(b) for b in itertools.islice(pending, _window(client))])
         for fut in running:
-            name = futures.pop(fut)
-            result = _block_result(fut, job.output)
-            if isinstance(result, str):
-                failed[name] = result
-            else:
-                tiles += int(result["tiles"])
-                for k in timings:
-                    timings[k] += float(result[k])
+            if not tally.add(futures[fut], _block_result(fut, job.output)):
+                running.add(fut)  # lost with its worker after it finished: computed again
+                continue
+            futures.pop(fut)
             if bar is not None:
                 bar.update(1)
             fut.release()
@@ -394,9 +389,40 @@ def _run_stage(
     except BaseException:
         client.cancel(list(futures))
         raise
-    if failed:
-        raise JobError(_failed_message(failed, len(blocks), job.output))
-    return tiles, timings, len(blocks) - len(todo)
+    if tally.failed:
+        raise JobError(_failed_message(tally.failed, len(blocks), job.output))
+    return tally.tiles, tally.timings, len(blocks) - len(todo)
+
+
+class _Tally:
+    """What a stage's blocks came to: tiles, task timings, failures, and the blocks whose
+    result was lost with their worker after they finished (a cancelled SLURM job, say)."""
+
+    def __init__(self) -> None:
+        self.tiles = 0
+        self.timings = {"read": 0.0, "compute": 0.0, "write": 0.0}
+        self.failed: dict[str, str] = {}
+        self.lost: collections.Counter[str] = collections.Counter()
+
+    def add(self, name: str, result: dict[str, float] | str | None) -> bool:
+        """Count a block's result; False when it was lost and should be waited for again (the
+        scheduler recomputes it: the block's bytes are the same)."""
+        if result is None:
+            self.lost[name] += 1
+            if self.lost[name] <= _MAX_LOST:
+                return False
+            result = f"its result was lost with its worker {_MAX_LOST} times"
+        if isinstance(result, str):
+            self.failed[name] = result
+        else:
+            self.tiles += int(result["tiles"])
+            for k in self.timings:
+                self.timings[k] += float(result[k])
+        return True
+
+
+#: how often a block's result may be lost with its worker before the block counts as failed
+_MAX_LOST = 3
 
 
 def _window(client) -> int:
@@ -406,14 +432,19 @@ def _window(client) -> int:
     return BLOCKS_IN_FLIGHT_PER_WORKER * max(n, 1)
 
 
-def _block_result(fut, output: Path) -> dict[str, float] | str:
-    """A written block's timings, or why it failed after its retries. Raises for what no rerun
-    can fix by itself: a fault in the input, a full disk."""
+def _block_result(fut, output: Path) -> dict[str, float] | str | None:
+    """A written block's timings, why it failed after its retries, or None when its result was
+    lost with its worker after it finished (the scheduler computes it again). Raises for what no
+    rerun can fix by itself: a fault in the input, a full disk."""
     if fut.status == "finished":
         result = fut.result()
         if isinstance(result, _InputFault):
             raise InputError(f"{result.message} ({output} is left incomplete)")
         return result
+    if fut.status in ("pending", "lost"):
+        return None
+    if fut.status == "cancelled":
+        return "cancelled by the scheduler"
     exc = fut.exception()
     if _disk_full(exc):
         raise JobError(_disk_full_message(output)) from exc
