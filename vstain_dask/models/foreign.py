@@ -92,6 +92,34 @@ def _block_count(keys: list[str], pattern: str, start: int) -> int:
     return n
 
 
+def _resnet_table(
+    n: int, *, block: str, conv2: int, up: tuple[int, int], head: int
+) -> dict[str, str]:
+    """Our ResNet generator's parameter names -> a foreign ``model.<i>`` Sequential's names.
+
+    Both foreign ResNets share the stem and the two down-sampling steps (``model.1``/``.2``,
+    ``.4``/``.5``, ``.7``/``.8``) and put ``n`` residual blocks from ``model.10`` (each a
+    Sequential named ``block``, with its second conv at index ``conv2`` and that norm after
+    it); they differ after the blocks: ``up`` holds the two up-sampling convs' indices (each
+    followed by its norm), ``head`` the last conv's.
+    """
+    table = {"stem.conv": "model.1", "stem.norm": "model.2"}
+    table |= {"down.0.conv": "model.4", "down.0.norm": "model.5"}
+    table |= {"down.1.conv": "model.7", "down.1.norm": "model.8"}
+    for i in range(n):
+        base = f"model.{10 + i}.{block}"
+        table |= {
+            f"blocks.{i}.body.conv1": f"{base}.1",
+            f"blocks.{i}.body.norm1": f"{base}.2",
+            f"blocks.{i}.body.conv2": f"{base}.{conv2}",
+            f"blocks.{i}.body.norm2": f"{base}.{conv2 + 1}",
+        }
+    for j, index in enumerate(up):
+        table |= {f"up.{j}.conv": f"model.{index}", f"up.{j}.norm": f"model.{index + 1}"}
+    table["head.conv"] = f"model.{head}"
+    return table
+
+
 def _infer_pytorch_gan(
     sd: Mapping[str, torch.Tensor], outer_pad: int | None
 ) -> tuple[GeneratorConfig, dict[str, str]]:
@@ -117,21 +145,8 @@ def _infer_pytorch_gan(
         norm=Norm.INSTANCE,
         dropout=False,
     )
-    table = {"stem.conv": "model.1", "stem.norm": "model.2"}
-    table |= {"down.0.conv": "model.4", "down.0.norm": "model.5"}
-    table |= {"down.1.conv": "model.7", "down.1.norm": "model.8"}
-    for i in range(n):
-        base = f"model.{10 + i}.block"
-        table |= {
-            f"blocks.{i}.body.conv1": f"{base}.1",
-            f"blocks.{i}.body.norm1": f"{base}.2",
-            f"blocks.{i}.body.conv2": f"{base}.5",
-            f"blocks.{i}.body.norm2": f"{base}.6",
-        }
     # after the blocks: upsample, conv, norm, relu (twice), then pad, conv, tanh
-    table |= {"up.0.conv": f"model.{11 + n}", "up.0.norm": f"model.{12 + n}"}
-    table |= {"up.1.conv": f"model.{15 + n}", "up.1.norm": f"model.{16 + n}"}
-    table["head.conv"] = f"model.{19 + n}"
+    table = _resnet_table(n, block="block", conv2=5, up=(11 + n, 15 + n), head=19 + n)
     return config, table
 
 
@@ -158,21 +173,8 @@ def _infer_junyanz_resnet(
         dropout=has_dropout if dropout is None else dropout,
     )
     c2 = 6 if has_dropout else 5
-    table = {"stem.conv": "model.1", "stem.norm": "model.2"}
-    table |= {"down.0.conv": "model.4", "down.0.norm": "model.5"}
-    table |= {"down.1.conv": "model.7", "down.1.norm": "model.8"}
-    for i in range(n):
-        base = f"model.{10 + i}.conv_block"
-        table |= {
-            f"blocks.{i}.body.conv1": f"{base}.1",
-            f"blocks.{i}.body.norm1": f"{base}.2",
-            f"blocks.{i}.body.conv2": f"{base}.{c2}",
-            f"blocks.{i}.body.norm2": f"{base}.{c2 + 1}",
-        }
     # after the blocks: convT, norm, relu (twice), then pad, conv, tanh
-    table |= {"up.0.conv": f"model.{10 + n}", "up.0.norm": f"model.{11 + n}"}
-    table |= {"up.1.conv": f"model.{13 + n}", "up.1.norm": f"model.{14 + n}"}
-    table["head.conv"] = f"model.{17 + n}"
+    table = _resnet_table(n, block="conv_block", conv2=c2, up=(10 + n, 13 + n), head=17 + n)
     return config, table
 
 
