@@ -18,6 +18,7 @@ import subprocess
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 __all__ = ["find_chromium", "screenshot"]
@@ -54,6 +55,8 @@ def screenshot(
     size: tuple[int, int] = (1600, 1000),
     chromium: str | None = None,
     timeout: float = 60.0,
+    until: Callable[[bytes], bool] | None = None,
+    patience: float = 0.0,
 ) -> Path:
     """Open ``url`` in headless Chromium, let it render for ``wait`` seconds, save a PNG.
 
@@ -71,6 +74,12 @@ def screenshot(
         The browser executable [found on PATH].
     timeout : float
         Seconds to wait for the browser's DevTools endpoint and for each protocol reply.
+    until : callable, optional
+        Given the PNG bytes of a capture, whether the page is ready (e.g. a viewer has drawn
+        its data); captures are taken every 2 s after ``wait`` until it says so, for at most
+        ``patience`` seconds more. The last capture is saved either way.
+    patience : float
+        Seconds of further captures ``until`` may take.
 
     Returns
     -------
@@ -88,11 +97,12 @@ def screenshot(
     if exe is None:
         raise FileNotFoundError("no chromium executable on PATH (apt-get install chromium)")
     out = Path(out)
-    asyncio.run(_shoot(exe, url, out, wait=wait, size=size, timeout=timeout))
+    ready = (until, patience)
+    asyncio.run(_shoot(exe, url, out, wait=wait, size=size, timeout=timeout, ready=ready))
     return out
 
 
-async def _shoot(exe, url, out: Path, *, wait, size, timeout) -> None:
+async def _shoot(exe, url, out: Path, *, wait, size, timeout, ready) -> None:
     from tornado.websocket import websocket_connect
 
     width, height = size
@@ -134,8 +144,13 @@ async def _shoot(exe, url, out: Path, *, wait, size, timeout) -> None:
         )  # fmt: skip
         await call("Page.navigate", url=url)
         await asyncio.sleep(wait)  # real time: bokeh opens its websocket and streams updates
-        shot = await call("Page.captureScreenshot", format="png")
-        out.write_bytes(base64.b64decode(shot["data"]))
+        until, patience = ready
+        png = base64.b64decode((await call("Page.captureScreenshot", format="png"))["data"])
+        deadline = time.monotonic() + patience
+        while until is not None and not until(png) and time.monotonic() < deadline:
+            await asyncio.sleep(2.0)
+            png = base64.b64decode((await call("Page.captureScreenshot", format="png"))["data"])
+        out.write_bytes(png)
         try:
             await call("Browser.close")
         except (ConnectionError, RuntimeError, TimeoutError):

@@ -37,6 +37,7 @@ _COMMANDS: dict[str, str] = {
     "preview": "vstain_dask.cli.evaluate:preview",
     "seams": "vstain_dask.cli.evaluate:seams",
     "render": "vstain_dask.cli.render:render",
+    "view": "vstain_dask.cli.view:view",
 }
 
 
