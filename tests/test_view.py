@@ -130,6 +130,12 @@ def test_state_of_ngff_04_rgba_and_a_lone_volume():
     assert "getDataValue(3)" in layer["shader"] and "emitRGBA(" in layer["shader"]
     assert "emitRGB(" in layer["shader"]  # opaque unless the alpha box is ticked
 
+    # a stain of one slice (c, y, x): the xy plane, no z
+    flat = viewer_state(_image("http://h:1/data/s.ome.zarr", axes=("c", "y", "x"), shape=(3, 8, 6)))
+    assert flat["dimensions"] == {"x": [2e-06, "m"], "y": [3e-06, "m"]}
+    assert flat["position"] == [3.5, 4.5]
+    assert list(flat["layers"][0]["source"]["transform"]["outputDimensions"]) == ["c^", "y", "x"]
+
     # a greyscale volume (e.g. an imported CT) on its own: one grey layer in its window
     ct = _image("http://h:1/data/ct.ome.zarr", axes=("z", "y", "x"), shape=(10, 40, 60),
                 window=(5.0, 9.0))  # fmt: skip
@@ -372,6 +378,9 @@ def test_view_refuses_what_is_not_a_vstain_output(stains, tmp_path):
     msg = _refused([str(label), "--neuroglancer"])
     assert "label image" in msg and str(stains["0.5"]) in msg
     assert "does not exist" in _refused([str(tmp_path / "nothing.ome.zarr"), "--print-state"])
+    # napari shows no CT and serves nothing: --ct and --port without --neuroglancer
+    assert "--ct is for --neuroglancer" in _refused([str(stains["0.5"]), "--ct", str(label)])
+    assert "--port is for --neuroglancer" in _refused([str(stains["0.5"]), "--port", "9"])
     # a stain as the CT
     assert "--ct must be a greyscale" in _refused([str(stains["0.5"]), "--ct", str(stains["0.4"]),
                                                    "--print-state"])  # fmt: skip
@@ -402,6 +411,12 @@ def test_print_state_prints_json_and_does_not_serve(stains):
     state = json.loads(r.stdout)
     assert state == plan_view(stains["0.5"]).state("http://127.0.0.1:8123")
     assert "port" in _refused([str(stains["0.5"]), "--print-state", "--port", "0"])
+
+
+def test_view_without_the_neuroglancer_package_says_what_to_install(stains, monkeypatch):
+    monkeypatch.setitem(sys.modules, "neuroglancer", None)  # as if it were not installed
+    msg = _refused([str(stains["0.5"]), "--neuroglancer", "--port", "0"])
+    assert "pip install 'vstain-dask[view]'" in msg and "--client-url" in msg
 
 
 def test_napari_mode_without_its_viewer_says_so(stains):

@@ -35,11 +35,34 @@ def view(out, use_neuroglancer, ct, port, print_state, client_url):
     """
     from vstain_dask.viewers.neuroglancer import plan_view
 
+    use_neuroglancer = use_neuroglancer or print_state or client_url is not None
+    if not use_neuroglancer:
+        _check_napari_options(ct=ct)
     plan = plan_view(out, ct=ct)
-    if print_state or client_url or use_neuroglancer:
+    if use_neuroglancer:
         _neuroglancer(plan, port=port, print_state=print_state, client_url=client_url)
     else:
-        _napari(plan.stain)
+        _napari(out)
+
+
+def _check_napari_options(*, ct) -> None:
+    """Refuse the options napari would ignore, rather than ignore them."""
+    from click.core import ParameterSource
+
+    from vstain_dask.errors import InputError
+
+    ctx = click.get_current_context()
+    given = [
+        f"--{n}"
+        for n in ("ct", "port")
+        if ctx.get_parameter_source(n) is ParameterSource.COMMANDLINE
+    ]
+    if given:
+        raise InputError(
+            f"{' and '.join(given)} {'are' if len(given) > 1 else 'is'} for --neuroglancer; "
+            "napari opens OUT with its own labels and uncertainty (open a CT beside it with "
+            "File > Open)"
+        )
 
 
 def _napari(path: Path) -> None:
