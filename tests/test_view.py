@@ -182,6 +182,25 @@ def test_plan_says_when_the_recorded_ct_is_gone(stains, tmp_path):
     assert plan_view(copy, ct=stains["0.4"].parent / "ct-0.4.ome.zarr").ct is not None
 
 
+def test_a_ct_without_a_stored_window_gets_the_writers_window(stains, tmp_path):
+    from vstain_dask import ngff
+
+    rng = np.random.default_rng(0)
+    vol = rng.integers(1000, 3000, size=SHAPE, dtype=np.uint16)
+    ct = tmp_path / "other.ome.zarr"
+    ngff.write_volume(vol, ct, axes="zyx", scale=(5.0,) * 3, units="micrometer", chunks=CHUNKS)
+    group = zarr.open_group(str(ct), mode="r+")
+    ome = dict(group.attrs["ome"])
+    del ome["omero"]  # as another tool writes it
+    group.attrs["ome"] = ome
+    state = plan_view(stains["0.5"], ct=ct).state("http://127.0.0.1:9")
+    low, high = np.percentile(vol, (0.5, 99.5))
+    assert state["layers"][0]["name"] == "CT"
+    assert state["layers"][0]["shaderControls"]["normalized"] == {
+        "range": [float(np.floor(low)), float(np.ceil(high))]
+    }
+
+
 # -- the served view ----------------------------------------------------------------------------
 
 

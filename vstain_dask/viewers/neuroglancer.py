@@ -446,6 +446,8 @@ def _describe(path: Path, url: str) -> Image:
     level0 = ms.levels[0]
     channel = _first_channel(meta.get("omero"))
     window = channel.get("window") if isinstance(channel.get("window"), Mapping) else {}
+    if _pair(window, "start", "end") is None and _is_greyscale(ms):
+        window = _sampled_window(ms)
     return Image(
         url=url,
         zarr_format=ms.zarr_format,
@@ -459,6 +461,25 @@ def _describe(path: Path, url: str) -> Image:
         color=channel.get("color") if isinstance(channel.get("color"), str) else None,
         segment_colors=_segment_colors(meta.get("image-label")),
     )
+
+
+def _is_greyscale(ms) -> bool:
+    from vstain_dask.ngff import VolumeKind
+
+    return "c" not in ms.axes and ms.kind is VolumeKind.INTENSITY
+
+
+def _sampled_window(ms) -> dict[str, float]:
+    """The window the writers store (robust percentiles of a bounded sample), for a volume
+    written without one (by another tool, or before windows were stored)."""
+    from vstain_dask.ngff._write import _robust_window, _window_sample
+
+    display = _robust_window(
+        _window_sample([lv.array for lv in ms.levels]), ms.levels[0].array.dtype
+    )
+    if display is None:
+        return {}
+    return {"start": display.start, "end": display.end}
 
 
 def _group_attrs(path: Path) -> dict[str, Any]:
