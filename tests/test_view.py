@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -313,6 +314,40 @@ def test_view_with_another_client_stops_on_sigterm(stains):
     assert code == 0, err
     assert err.strip().splitlines()[-1] == f"stopped serving on {view.base}"
     assert _port_is_free(view.port)
+
+
+def test_serve_ends_held_streams_and_leaves_no_thread(stains):
+    # in this process, to see its threads: a browser's event stream is held open by the server
+    # (the bundled client keeps one), and Ctrl-C must still end everything at once
+    import threading
+
+    from vstain_dask.viewers.neuroglancer import serve
+
+    before = set(threading.enumerate())
+    seen: dict[str, object] = {}
+    main_thread = threading.main_thread().ident
+
+    def browser(base: str) -> None:
+        with urllib.request.urlopen(f"{base}/events/vstain", timeout=30) as r:
+            seen["stream"] = r.headers["Content-Type"]
+            seen["first"] = r.readline()
+            signal.pthread_kill(main_thread, signal.SIGINT)  # Ctrl-C while the stream is held
+            seen["rest"] = r.read()  # returns when the server ends the stream
+
+    def ready(url: str, base: str) -> None:
+        seen["base"] = base
+        seen["client"] = threading.Thread(target=browser, args=(base,))
+        seen["client"].start()
+
+    t0 = time.monotonic()
+    serve(plan_view(stains["0.5"]), port=0, on_ready=ready)
+    stopped = time.monotonic() - t0
+    seen["client"].join(timeout=10)
+    assert stopped < 5, f"took {stopped:.1f} s to stop"
+    assert seen["stream"] == "text/event-stream" and seen["first"].startswith(b":")
+    assert "rest" in seen  # the server ended the held stream
+    assert set(threading.enumerate()) == before  # no request thread, no client left
+    assert _port_is_free(urllib.parse.urlsplit(seen["base"]).port)
 
 
 # -- in a browser -------------------------------------------------------------------------------
