@@ -9,8 +9,6 @@ import click
 
 from vstain_dask.viewers.neuroglancer import DEFAULT_PORT
 
-_NO_NAPARI = "napari viewing is not available in this version; use --neuroglancer"
-
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("out", type=click.Path(path_type=Path))
@@ -66,14 +64,8 @@ def _check_napari_options(*, ct) -> None:
 
 
 def _napari(path: Path) -> None:
-    try:
-        from vstain_dask.viewers.napari import open_in_napari
-    except ImportError as e:
-        if "vstain_dask.viewers.napari" not in str(e) and "open_in_napari" not in str(e):
-            raise
-        from vstain_dask.errors import VStainError
+    from vstain_dask.viewers.napari import open_in_napari
 
-        raise VStainError(_NO_NAPARI) from e
     open_in_napari(path)
 
 
