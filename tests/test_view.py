@@ -167,8 +167,20 @@ def test_plan_finds_ct_labels_and_uncertainty(stains, version):
     controls = {layer["name"]: layer.get("shaderControls") for layer in state["layers"]}
     assert controls["CT"]["normalized"]["range"] == [ct_window["start"], ct_window["end"]]
     assert controls["uncertainty"]["normalized"]["range"] == [0.0, 64.0]
-    seg = next(layer for layer in state["layers"] if layer["type"] == "segmentation")
-    assert seg["segmentColors"] == {"1": "#ffc800"}  # LabelTable.mask's colour
+    segs = {layer["name"]: layer for layer in state["layers"] if layer["type"] == "segmentation"}
+    assert segs["sample"]["segmentColors"] == {"1": "#ffc800"}  # LabelTable.mask's colour
+    # the phantom CT's tissue map, in its stored class colours
+    tissue = zarr.open_group(str(ct / "labels" / "tissue"), mode="r").attrs.asdict()
+    colours = (tissue.get("ome") or tissue)["image-label"]["colors"]
+    assert segs["tissue"]["source"] == (
+        f"{kind}://http://127.0.0.1:9/data/ct-{version}.ome.zarr/labels/tissue/"
+    )
+    assert segs["tissue"]["segmentColors"] == {
+        str(c["label-value"]): "#{:02x}{:02x}{:02x}".format(*c["rgba"][:3])
+        for c in colours
+        if c["rgba"][3] > 0
+    }
+    assert len(segs["tissue"]["segmentColors"]) >= 5
 
 
 def test_plan_says_when_the_recorded_ct_is_gone(stains, tmp_path):

@@ -287,6 +287,7 @@ class View:
     labels : the label images of the output, by name
     uncertainty : the output's uncertainty image, or None
     stores : URL name -> store folder: what the server serves under ``/data/``
+    ct_labels : the label images of the CT (a phantom's ``tissue``), by name
     """
 
     stain: Path
@@ -295,6 +296,7 @@ class View:
     labels: tuple[str, ...]
     uncertainty: Path | None
     stores: Mapping[str, Path]
+    ct_labels: tuple[str, ...] = ()
 
     def state(self, base: str) -> dict[str, Any]:
         """The viewer state with the stores served at ``base`` (``http://127.0.0.1:PORT``)."""
@@ -306,6 +308,11 @@ class View:
             name: _describe(self.stain / "labels" / name, f"{stain_url}/labels/{name}")
             for name in self.labels
         }
+        for name in self.ct_labels if self.ct is not None else ():
+            url = f"{data}{names[self.ct]}/labels/{name}"
+            labels[name if name not in labels else f"CT {name}"] = _describe(
+                self.ct / "labels" / name, url
+            )
         unc = None
         if self.uncertainty is not None:
             rel = self.uncertainty.relative_to(self.stain).as_posix()
@@ -350,11 +357,16 @@ def plan_view(out: str | os.PathLike, *, ct: str | os.PathLike | None = None) ->
     stores = {stain.name: stain}
     if ct_path is not None:
         stores[ct_path.name if ct_path.name not in stores else f"ct-{ct_path.name}"] = ct_path
-    labels = tuple(n for n in ms.labels if _is_image(stain / "labels" / n))
     return View(
-        stain=stain, ct=ct_path, ct_note=note, labels=labels,
+        stain=stain, ct=ct_path, ct_note=note, labels=_label_images(stain, ms.labels),
         uncertainty=_uncertainty(stain, ms.vstain), stores=stores,
+        ct_labels=_label_images(ct_path, _read_multiscale(ct_path).labels) if ct_path else (),
     )  # fmt: skip
+
+
+def _label_images(image: Path, names: Sequence[str]) -> tuple[str, ...]:
+    """The listed label images of ``image`` that are there and readable."""
+    return tuple(n for n in names if _is_image(image / "labels" / n))
 
 
 def _check_viewable(ms) -> None:
