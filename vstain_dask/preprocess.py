@@ -23,8 +23,11 @@ Only numpy, scipy, scikit-image and dask are used here; nothing imports torch.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import itertools
 import math
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -40,6 +43,7 @@ from scipy import ndimage as ndi
 from vstain_dask import intensity
 from vstain_dask.errors import InputError, as_enum
 from vstain_dask.intensity import CT_BACKGROUND_LEVEL, CT_BONE_LEVEL
+from vstain_dask.levels_qc import LEVEL_ROLES
 from vstain_dask.pairs import Material
 
 __all__ = [
@@ -81,13 +85,25 @@ class CTLevels:
     source : LevelSource
         How they were obtained.
     n_samples : int or None
-        Number of voxels the estimate is based on.
+        Number of (plane-reduced) values the estimate is based on.
     metal_threshold : float or None
-        Automatic estimation only: voxels whose 3x3(x3) median is at or above it were set aside
+        Automatic estimation only: pixels whose 3x3 median is at or above it were set aside
         as metal (a Ti screw).
     air_threshold : float or None
-        Automatic estimation only: voxels whose median is below it were set aside as empty
-        air or holder (or padding, for values equal to the dtype's minimum).
+        Automatic estimation only: pixels below it were set aside as outer air (or padding,
+        for values equal to the dtype's minimum).
+    confidence : float or None
+        Automatic estimation only: how far the estimate can be trusted, in [0, 1]; the
+        product of the parts in ``basis["parts"]``: ``separation`` (bone and medium contrast
+        over their widths, 1 from 3), ``support`` (the smaller of their pixel fractions, 1
+        from 1 %), ``medium`` (how much of its layer around the sample the medium fills, 1
+        from 70 %), ``planes`` (how far the planes' own levels spread, 1 up to 10 % of the
+        contrast) and ``reference`` (1 when a holder wall, outer air or metal confirmed that
+        the brightest class is bone, 0.8 when nothing in view could).
+    basis : dict or None
+        Automatic estimation only: ``parts``, ``found`` (levels of the holder wall, outer air
+        and metal set aside), ``container`` (``"circle"``: a holder or medium cylinder,
+        ``"field"``), ``planes`` (Z indices read) and ``reduction``. Not compared.
     """
 
     bone: float
@@ -96,6 +112,8 @@ class CTLevels:
     n_samples: int | None = None
     metal_threshold: float | None = None
     air_threshold: float | None = None
+    confidence: float | None = None
+    basis: dict[str, Any] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         for name in ("bone", "background"):
@@ -118,79 +136,95 @@ class CTLevels:
                 "measure them in regions of bone and of background"
             )
         object.__setattr__(self, "source", as_enum(LevelSource, self.source, "CTLevels.source"))
+        if self.confidence is not None and not 0 <= self.confidence <= 1:
+            raise InputError(f"CTLevels.confidence must be in [0, 1], got {self.confidence}")
+
+    def describe(self) -> str:
+        """One line: the levels and where they came from."""
+        how = str(self.source.value)
+        if self.confidence is not None:
+            how += f", confidence {self.confidence:.2f}"
+        return f"CT levels: bone {self.bone:.6g}, background {self.background:.6g} ({how})"
+
+    def record(self) -> dict[str, Any]:
+        """The plain form provenance records: levels, source and, for an estimate, its
+        confidence and basis."""
+        out: dict[str, Any] = {"bone": self.bone, "background": self.background,
+                               "source": str(self.source.value)}  # fmt: skip
+        if self.confidence is not None:
+            out["confidence"] = self.confidence
+        if self.basis is not None:
+            out["basis"] = self.basis
+        return out
 
 
 @dataclass(frozen=True)
 class CTLevelRules:
-    """How :func:`estimate_ct_levels` finds bone and background among a sample's intensities.
+    """How :func:`estimate_ct_levels` gives roles to the intensity classes of a sample.
 
-    Each sampled voxel is classified by its 3x3(x3) median (``denoise``: noise narrows the
-    histogram's peaks without blurring edges into new intermediate classes). The histogram is
-    cut into populations (``classes`` multi-Otsu classes, merged where the histogram has no
-    valley between them). A population's level is the mean raw value of the voxels within one
-    robust width of its histogram peak, as an ROI of the purest material would give it: a
-    neighbouring tissue that the histogram cannot part from it (soft tissue beside the medium,
-    trabecular and new bone beside mature bone) widens the class but does not shift it much.
-    Then:
+    Each sampled plane is classified by its 3x3 median (``denoise``: noise narrows the
+    histogram's peaks without blurring edges into new intermediate classes). The classes are
+    the peaks of the smoothed log-histogram that stand out by a factor of two, cut at the
+    valleys between them; a class holding less than ``min_fraction`` of the pixels joins the
+    neighbour it is least parted from. A class's level is the mean raw value of its core:
+    pixels away from its edges and within 1.5 robust widths of its typical value, as an ROI
+    of the purest material would give it. Then:
 
-    1. *Metal* (top). The top population is a metal screw when it lies farther above the
-       next substantial population (see 3.) than that one above the one below it, and
-       either gathers on the rotation axis (its mean in-plane distance from the axis at most
-       0.6 times the next population's: a screw along the axis, bone around it), or is
-       ``metal_factor`` times farther (Ti/bone against bone/medium contrast is roughly 8-15
-       from 60 down to 20 keV) without lying outside the next population, which must itself
-       stand clear of the one below (gap at least 3 times their summed widths). A PEEK
-       screw or soft tissue just above the medium thus does not turn bone into "metal".
-       With ``material="ti"`` a larger top gap is enough the first time; with ``"mg"`` or
-       ``"peek"`` nothing is taken for metal (Mg is about as bright as bone, PEEK darker).
-       The rule is applied a second time, for streak artefacts.
-    2. *Air* (bottom). Exact padding (a spike of the dtype's minimum, or of 0 for floats, at
-       the bottom) is dropped first. Then, with three or more populations, the lowest is
-       empty air or holder when the top population lies at least ``air_factor`` times
-       farther above the second than the second above the lowest, the lowest lies farther
-       out (mean distance from the axis at least 1.25 times that of everything above it),
-       and the second is spread through the sample, not gathered on the axis like a PEEK
-       screw (at least 0.6 times the top population's mean distance).
-    3. Bone is the top remaining population, background the lowest (both among populations
-       holding at least ``3 * min_fraction`` of the sample when there are two such: thinner
-       ones are partial volume at edges).
+    1. *Metal.* The top class is a metal screw when it stands above the next class by at
+       least half that one's height above the lowest, forms one solid blob in the planes
+       that show it (solidity after a 5x5 closing at least 0.75, 0.6 with
+       ``material="ti"``: a screw seen end-on or lengthwise, not a bone's ring or network),
+       and either gathers on the axis (its mean distance from the
+       plane's centre at most 0.6 times the next class's), or stands ``metal_factor`` times
+       farther above, or ``material="ti"`` was given. With ``"mg"`` or ``"peek"`` nothing
+       is metal (Mg is about as bright as bone, PEEK darker). The classes are found again
+       without it.
+    2. *Bone* is the brightest class left holding at least ``3 * min_fraction`` of the
+       pixels.
+    3. *Medium.* The outer air is the lowest class where it touches the field's edge. When
+       its boundary with the rest is a circle (a holder tube, or a cylinder of medium), the
+       container is that disc, otherwise the field. From the container's edge inwards, the
+       class that dominates each depth gives layers; a thin layer (at most 2 % of the
+       container's radius) or one holding most of its class and followed by a darker one
+       is a wall (the holder) and is skipped; the first other layer is the medium. When
+       bone comes first, the field is tried; when it comes first there too, there is no
+       background and the estimate is refused.
+    4. *No bone.* The bone must stand above the medium at least 1.5 times as far as the
+       holder wall or the outer air does (their contrasts are small next to bone's), and 2 %
+       of the metal's height; else the estimate is refused.
+    5. *Confidence* (see :class:`CTLevels`): below ``min_confidence`` the estimate is
+       refused.
 
-    The spatial cues assume a sample centred in the field of view and a screw along the
-    volume's Z axis, as tomography of these samples usually has it. A Ti screw cut lengthwise
-    in a 2D slice is found only with ``material="ti"``. Where the cues do not hold, or a
-    histogram is ambiguous, pass ``material``, a ``mask`` of the sample (for example its
-    cylinder) or measure regions with :func:`levels_from_rois`, and check the result's
-    ``metal_threshold`` and ``air_threshold``.
+    The spatial cues assume the sample inside a holder tube or a medium cylinder, or in
+    air, seen across the tube; a sample whose outer layer is thick soft tissue with no
+    medium in view, or a scan inside the sample, is outside them. Check the QC figure
+    (:func:`vstain_dask.levels_qc.write_levels_qc`), and where the cues do not hold pass
+    ``material``, a ``mask`` of the sample, or measure regions with :func:`levels_from_rois`.
 
     Attributes
     ----------
-    classes : int
-        Multi-Otsu classes (2-5) before merging.
-    metal_factor, air_factor : float
-        Gap ratios of the metal and air rules above.
+    metal_factor : float
+        Gap ratio of the metal rule above.
     min_fraction : float
-        Populations holding a smaller fraction of the sample are ignored.
+        Smaller classes join a neighbour.
     denoise : bool
-        Classify by the 3x3(x3) median (True) or by the raw values.
+        Classify by the 3x3 median (True) or by the raw values.
+    min_confidence : float
+        Estimates less confident than this are refused, in [0, 1].
     """
 
-    classes: int = 4
     metal_factor: float = 8.0
-    air_factor: float = 4.0
-    min_fraction: float = 0.01
+    min_fraction: float = 0.003
     denoise: bool = True
+    min_confidence: float = 0.5
 
     def __post_init__(self) -> None:
-        classes = self.classes
-        if not isinstance(classes, int | np.integer) or not 2 <= classes <= 5:
-            raise InputError(f"classes must be an integer in 2..5, got {classes!r}")
-        if not self.metal_factor > 0 or not self.air_factor > 0:
-            raise InputError(
-                f"metal_factor and air_factor must be positive, got {self.metal_factor}, "
-                f"{self.air_factor}"
-            )
-        if not 0 <= self.min_fraction < 0.5:
-            raise InputError(f"min_fraction must be in [0, 0.5), got {self.min_fraction}")
+        if not self.metal_factor > 0:
+            raise InputError(f"metal_factor must be positive, got {self.metal_factor}")
+        if not 0 < self.min_fraction < 0.2:
+            raise InputError(f"min_fraction must be in (0, 0.2), got {self.min_fraction}")
+        if not 0 <= self.min_confidence <= 1:
+            raise InputError(f"min_confidence must be in [0, 1], got {self.min_confidence}")
 
 
 @dataclass(frozen=True)
@@ -311,375 +345,620 @@ def _convex_hull(mask: np.ndarray) -> np.ndarray:
     return convex_hull_image(mask)
 
 
-# -- CT levels: sampling ---------------------------------------------------------------------------
+# -- CT levels: sampled planes ---------------------------------------------------------------------
+
+#: at most this many planes of a 3D volume are read for the CT levels
+_PLANES = 8
 
 
-def _strides(shape: tuple[int, ...], budget: int) -> tuple[slice, ...]:
-    """Equal strides on all axes so that the strided view holds at most ``budget`` elements."""
-    size = math.prod(shape)
-    if size <= budget:
-        return tuple(slice(None) for _ in shape)
-    step = max(1, math.ceil((size / max(budget, 1)) ** (1.0 / len(shape))))
-    while math.prod(math.ceil(n / step) for n in shape) > budget:
-        step += 1
-    return tuple(slice(None, None, step) for _ in shape)
+class _Planes(NamedTuple):
+    """The planes a level estimate looks at, reduced in-plane by ``factor`` (area means)."""
+
+    values: np.ndarray  # (P, y, x) float64 means of the raw values, NaN outside the field/mask
+    denoised: np.ndarray  # (P, y, x) their 3x3 medians (or the values again)
+    valid: np.ndarray  # (P, y, x) bool: in the field, in the mask, finite, not padding
+    factor: int
+    z: tuple[int, ...]  # the planes' Z indices
 
 
-def _median3_at(block: np.ndarray, sl: tuple[slice, ...]) -> np.ndarray:
-    """The 3x3(x3) median of ``block`` at the positions ``block[sl]`` only (edges reflected).
-
-    Equal to ``ndi.median_filter(block, size=3)[sl]`` at a cost proportional to the sample,
-    not to the block.
-    """
-    padded = np.pad(block.astype(np.float32), 1, mode="symmetric")
-    stack = []
-    for offset in np.ndindex(*(3,) * block.ndim):
-        view = tuple(
-            slice(d + (s.start or 0), d + n, s.step)
-            for d, s, n in zip(offset, sl, block.shape, strict=True)
-        )
-        stack.append(padded[view])
-    return np.median(np.stack(stack), axis=0)
+def _even(n: int, k: int) -> np.ndarray:
+    """``k`` (at most ``n``) evenly spread indices into ``range(n)``, centred."""
+    k = max(1, min(n, k))
+    return np.unique(((np.arange(k) + 0.5) * n / k).astype(int))
 
 
-class _Sample(NamedTuple):
-    raw: np.ndarray  # grey values
-    denoised: np.ndarray  # their 3x3(x3) medians (or the values again)
-    radius: np.ndarray  # in-plane distance from the volume's axis, 1 = half the plane's size
-
-    def where(self, keep: np.ndarray) -> _Sample:
-        """The sampled voxels where ``keep``."""
-        return _Sample(*(a[keep] for a in self))
-
-
-def _block_sample(
-    block: np.ndarray,
-    mask: np.ndarray | None,
-    *,
-    budget: int,
-    denoise: bool,
-    origin: tuple[int, ...],
-    plane: tuple[int, int],
-) -> _Sample:
-    """The finite values of a strided view of one block (where ``mask``) and where they lie.
-
-    ``origin`` is the block's first index in the whole array, ``plane`` the (Y, X) size of it.
-    """
+def _plane_sums(block, mask, zs, origin: tuple[int, int], factor: int):
+    """Sums and counts of the finite (masked-in) values of the planes ``zs`` of one block, over
+    the ``factor`` x ``factor`` squares of the whole plane's grid; ``origin`` is the block's
+    first (Y, X) index in the plane."""
     block = np.asarray(block)
-    sl = _strides(block.shape, budget)
-    raw = block[sl].astype(np.float64)
-    # a 3x3(x3) median sharpens the histogram's classes without blurring edges into new
-    # intermediate classes; the means are still taken from ``raw``
-    denoised = _median3_at(block, sl).astype(np.float64) if denoise else raw
-    keep = np.isfinite(raw) & np.isfinite(denoised)
-    if mask is not None:
-        keep &= np.asarray(mask)[sl]
-    ny, nx = plane
-    y = (origin[-2] + np.arange(block.shape[-2])[sl[-2]] + 0.5 - ny / 2) / (ny / 2)
-    x = (origin[-1] + np.arange(block.shape[-1])[sl[-1]] + 0.5 - nx / 2) / (nx / 2)
-    radius = np.broadcast_to(np.hypot(y[:, None], x[None, :]), raw.shape)
-    return _Sample(raw[keep], denoised[keep], radius[keep])
+    iy = (origin[0] + np.arange(block.shape[-2])) // factor
+    ix = (origin[1] + np.arange(block.shape[-1])) // factor
+    hy, hx = int(iy[-1] - iy[0] + 1), int(ix[-1] - ix[0] + 1)
+    index = (iy - iy[0])[:, None] * hx + (ix - ix[0])[None, :]
+    sums = np.zeros((len(zs), hy * hx))
+    counts = np.zeros((len(zs), hy * hx))
+    for k, z in enumerate(zs):
+        v = block[z].astype(np.float64)
+        ok = np.isfinite(v)
+        if mask is not None:
+            ok &= np.asarray(mask[z], dtype=bool)
+        sums[k] = np.bincount(index[ok], weights=v[ok], minlength=hy * hx)
+        counts[k] = np.bincount(index[ok], minlength=hy * hx)
+    shape = (len(zs), hy, hx)
+    return int(iy[0]), int(ix[0]), sums.reshape(shape), counts.reshape(shape)
 
 
-def _sample(
-    ct: np.ndarray | da.Array,
-    mask: np.ndarray | da.Array | None,
-    *,
-    sample: int,
-    max_chunks: int,
-    seed: int,
-    denoise: bool,
-) -> _Sample:
-    """A deterministic, bounded sample of ``ct`` (where ``mask``)."""
-    plane = (int(ct.shape[-2]), int(ct.shape[-1]))
+def _plane_tasks(ct, mask, *, max_chunks: int, factor_of) -> tuple[list[int], list[Any]]:
+    """The Z indices of the planes to read and the tasks that read them, chunk by chunk: whole
+    layers of chunks, as many as ``max_chunks`` allows (at least one), evenly spread."""
     if not isinstance(ct, da.Array):
-        if ct.size <= 16 * 2**20:
-            return _block_sample(
-                ct, mask, budget=sample, denoise=denoise, origin=(0,) * ct.ndim, plane=plane
-            )
-        ct = da.from_array(ct, chunks=128)
-    if any(math.isnan(c) for cs in ct.chunks for c in cs):
-        raise InputError("ct has unknown chunk sizes; call ct.compute_chunk_sizes() first")
-    if mask is not None:
-        mask = (
-            mask.rechunk(ct.chunks)
-            if isinstance(mask, da.Array)
-            else da.from_array(mask, chunks=ct.chunks)
-        )
-    n_blocks = math.prod(ct.numblocks)
-    if n_blocks <= max_chunks:
-        chosen = np.arange(n_blocks)
-    else:
-        chosen = np.sort(np.random.default_rng(seed).choice(n_blocks, max_chunks, replace=False))
-    budget = max(1, sample // len(chosen))
+        zs = [int(z) for z in _even(ct.shape[0], _PLANES)]
+        factor = factor_of(len(zs))
+        return zs, [(0, zs, _plane_sums(ct, mask, zs, (0, 0), factor), factor)]
+    ny_blocks, nx_blocks = ct.numblocks[1], ct.numblocks[2]
+    layers = _even(ct.numblocks[0], max(1, max_chunks // (ny_blocks * nx_blocks)))
+    per_layer = max(1, _PLANES // len(layers))
     starts = [np.cumsum((0, *c[:-1])) for c in ct.chunks]
-    tasks = []
-    for flat in chosen:
-        index = np.unravel_index(int(flat), ct.numblocks)
-        origin = tuple(int(starts[axis][i]) for axis, i in enumerate(index))
-        block_mask = None if mask is None else mask.blocks[index]
-        tasks.append(
-            dask.delayed(_block_sample)(
-                ct.blocks[index],
-                block_mask,
-                budget=budget,
-                denoise=denoise,
-                origin=origin,
-                plane=plane,
-            )
-        )
-    # only the chosen blocks are read, one at a time per worker thread
-    parts = dask.compute(*tasks)
-    return _Sample(*(np.concatenate(arrays) for arrays in zip(*parts, strict=True)))
+    chosen = [(int(i), [int(z) for z in _even(ct.chunks[0][i], per_layer)]) for i in layers]
+    zs = [int(starts[0][i]) + z for i, local in chosen for z in local]
+    factor = factor_of(len(zs))
+    tasks, first = [], 0
+    for i, local in chosen:
+        for j in range(ny_blocks):
+            for k in range(nx_blocks):
+                origin = (int(starts[1][j]), int(starts[2][k]))
+                part = None if mask is None else mask.blocks[i, j, k]
+                sums = dask.delayed(_plane_sums)(ct.blocks[i, j, k], part, local, origin, factor)
+                tasks.append((first, local, sums, factor))
+        first += len(local)
+    return zs, tasks
 
 
-# -- CT levels: intensity classes ------------------------------------------------------------------
+def _read_planes(ct, mask, *, sample: int, max_chunks: int, denoise: bool) -> _Planes:
+    """Up to :data:`_PLANES` planes of ``ct`` (Y, X or Z, Y, X), reduced in-plane by area
+    means so that about ``sample`` values are kept in all; only the chosen chunk layers are
+    read, one chunk at a time per worker thread."""
+    ct = ct[None] if ct.ndim == 2 else ct
+    if mask is not None:
+        mask = mask[None] if mask.ndim == 2 else mask
+    if isinstance(ct, da.Array):
+        if any(math.isnan(c) for cs in ct.chunks for c in cs):
+            raise InputError("ct has unknown chunk sizes; call ct.compute_chunk_sizes() first")
+        if mask is not None:
+            mask = mask.rechunk(ct.chunks) if isinstance(mask, da.Array) else da.from_array(
+                mask, chunks=ct.chunks)  # fmt: skip
+    ny, nx = int(ct.shape[-2]), int(ct.shape[-1])
+
+    def factor_of(planes: int) -> int:
+        return max(1, math.ceil(math.sqrt(planes * ny * nx / sample)))
+
+    zs, tasks = _plane_tasks(ct, mask, max_chunks=max_chunks, factor_of=factor_of)
+    factor = tasks[0][3]
+    shape = (len(zs), -(-ny // factor), -(-nx // factor))
+    sums, counts = np.zeros(shape), np.zeros(shape)
+    for first, local, (y0, x0, s, c) in zip(
+        [t[0] for t in tasks],
+        [t[1] for t in tasks],
+        dask.compute(*[t[2] for t in tasks]),
+        strict=True,
+    ):
+        window = (slice(first, first + len(local)), slice(y0, y0 + s.shape[1]),
+                  slice(x0, x0 + s.shape[2]))  # fmt: skip
+        sums[window] += s
+        counts[window] += c
+    valid = counts >= max(1.0, 0.5 * factor * factor)
+    values = np.where(valid, sums / np.maximum(counts, 1), np.nan)
+    planes = _Planes(values, _denoised(values, valid, denoise), valid, factor, tuple(zs))
+    return _coarsened(planes, denoise) if denoise else planes
+
+
+def _coarsened(planes: _Planes, denoise: bool) -> _Planes:
+    """The planes averaged further over g x g squares where their noise is high (more than
+    6 % of the range of the values; the planes keep at least 48 pixels a side): a noisy
+    scan's classes become separable without blurring their levels."""
+    values, valid = planes.values, planes.valid
+    if valid.sum() < 16:
+        return planes
+    residual = (values - planes.denoised)[valid]
+    noise = 1.4826 * float(np.median(np.abs(residual - np.median(residual))))
+    lo, hi = np.percentile(planes.denoised[valid], [0.5, 99.5])
+    most = max(1, min(values.shape[1:]) // 48)
+    g = min(most, math.ceil(noise / max(0.06 * (hi - lo), 1e-300)))
+    if g <= 1:
+        return planes
+    p, ny, nx = values.shape
+    shape = (p, -(-ny // g), g, -(-nx // g), g)
+    pad = ((0, 0), (0, shape[1] * g - ny), (0, shape[3] * g - nx))
+    sums = np.pad(np.where(valid, values, 0.0), pad).reshape(shape).sum(axis=(2, 4))
+    counts = np.pad(valid, pad).reshape(shape).sum(axis=(2, 4))
+    valid = counts >= 0.5 * g * g
+    values = np.where(valid, sums / np.maximum(counts, 1), np.nan)
+    return _Planes(values, _denoised(values, valid, denoise), valid, planes.factor * g, planes.z)
+
+
+def _denoised(values: np.ndarray, valid: np.ndarray, denoise: bool) -> np.ndarray:
+    """The in-plane 3x3 median of each plane: noise narrows the histogram's peaks without
+    blurring edges into new intermediate classes (invalid pixels filled for the filter)."""
+    if not denoise or not valid.any():
+        return values
+    filled = np.where(valid, values, np.median(values[valid]))
+    return ndi.median_filter(filled, size=(1, 3, 3), mode="reflect")
+
+
+def _drop_padding(planes: _Planes, dtype: np.dtype, min_fraction: float) -> tuple[_Planes, bool]:
+    """The planes without exact padding (a spike of the dtype's minimum, or of 0 for floats,
+    at the bottom; the pixels next to it are mixed with it and dropped too)."""
+    pad = np.iinfo(dtype).min if dtype.kind in "iu" else 0.0
+    values, valid = planes.values, planes.valid
+    padded = valid & (values == pad)
+    rest = values[valid & ~padded]
+    if (
+        padded.sum() < min_fraction * valid.sum()
+        or rest.size < 16
+        or not rest.max() > rest.min()
+        or rest.min() < pad
+    ):
+        return planes, False
+    near = ndi.binary_dilation(padded, structure=np.ones((1, 3, 3), bool))
+    return planes._replace(valid=valid & ~near), True
+
+
+# -- CT levels: intensity modes --------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class _Population:
-    lo: float  # values >= lo ...
-    hi: float  # ... and < hi (the top population includes hi)
-    mean: float
-    width: float  # robust standard deviation (1.4826 * MAD)
-    fraction: float
-    radius: float  # mean in-plane distance from the volume's axis (1 = half the plane)
+class _Mode:
+    """One intensity class of the sample: denoised values in [lo, hi)."""
+
+    lo: float
+    hi: float
+    level: float  # mean raw value of its core (away from edges, near its histogram peak)
+    width: float  # robust standard deviation of its denoised values
+    fraction: float  # of the valid pixels
+    radius: float  # mean in-plane distance from the plane's centre (1 = half the plane)
 
 
-def _populations(
-    sample: _Sample, *, classes: int, nbins: int, valley_ratio: float, min_fraction: float
-) -> list[_Population]:
-    """Intensity populations: multi-Otsu classes, merged where no histogram valley parts them.
+def _cuts(values: np.ndarray, min_fraction: float) -> list[float]:
+    """Cut values between the histogram's modes: peaks of the smoothed log-histogram (about
+    the square root of the number of values in bins, at most 256) that stand out by a factor
+    of 1.5, merged (least parted first) while one holds less than ``min_fraction`` of the
+    values."""
+    from scipy.signal import find_peaks
 
-    ``sample.denoised`` decides the classes, ``sample.raw`` (the same voxels, not denoised)
-    gives the means, ``sample.radius`` says where the voxels lie.
-
-    Multi-Otsu always returns ``classes`` classes, so one broad peak is often cut in two; two
-    neighbouring classes count as different materials only when the smoothed histogram dips
-    between their peaks below ``valley_ratio`` times the lower peak. Populations holding less
-    than ``min_fraction`` of the values are dropped.
-    """
-    values = sample.denoised
-    vmin, vmax = float(values.min()), float(values.max())
-    if not vmax > vmin:
-        mean, where = float(sample.raw.mean()), float(sample.radius.mean())
-        return [_Population(vmin, vmax, mean, 0.0, 1.0, where)]
-    counts, edges = np.histogram(values, bins=nbins, range=(vmin, vmax))
-    groups = _merge_without_valley(_otsu_groups(counts, edges, classes), counts, valley_ratio)
-    pops = []
-    for i, (b0, b1) in enumerate(groups):
-        top = i == len(groups) - 1
-        pop = _population(sample, float(edges[b0]), float(edges[b1]), top, min_fraction)
-        if pop is not None:
-            pops.append(pop)
-    return pops
-
-
-def _otsu_groups(counts: np.ndarray, edges: np.ndarray, classes: int) -> list[list[int]]:
-    """Multi-Otsu classes of a histogram as [first, end) ranges of bin indices: ``classes``
-    of them, or fewer where the histogram does not allow as many."""
-    from skimage.filters import threshold_multiotsu
-
-    nbins = counts.size
-    centers = 0.5 * (edges[:-1] + edges[1:])
-    k = min(classes, int(np.count_nonzero(counts)))
-    bounds: list[int] = []  # first bin index of each class after the first
-    while k >= 2:
-        try:
-            thresholds = threshold_multiotsu(hist=(counts, centers), classes=k)
-        except ValueError:
-            k -= 1
-            continue
-        bounds = sorted({int(b) for b in np.searchsorted(centers, thresholds, side="right")})
-        bounds = [b for b in bounds if 0 < b < nbins]
-        break
-    return [list(r) for r in zip([0, *bounds], [*bounds, nbins], strict=True)]
-
-
-def _merge_without_valley(
-    groups: list[list[int]], counts: np.ndarray, valley_ratio: float
-) -> list[list[int]]:
-    """Merge neighbouring bin ranges, the least parted pair first, while the smoothed
-    histogram between their peaks stays above ``valley_ratio`` times the lower peak."""
+    lo, hi = np.percentile(values, [0.01, 99.99])
+    if not hi > lo:
+        return []
+    nbins = int(np.clip(math.sqrt(values.size), 32, 256))
+    counts, edges = np.histogram(np.clip(values, lo, hi), bins=nbins, range=(lo, hi))
     smooth = ndi.gaussian_filter1d(counts.astype(np.float64), 1.0, mode="constant")
-    while len(groups) > 1:
-        best, best_ratio = -1, valley_ratio
-        for i in range(len(groups) - 1):
-            (a0, a1), (b0, b1) = groups[i], groups[i + 1]
-            # peaks from the raw counts: smoothing leaks a sharp peak into the next class
-            pa = a0 + int(np.argmax(counts[a0:a1]))
-            pb = b0 + int(np.argmax(counts[b0:b1]))
-            low_peak = min(smooth[pa], smooth[pb])
-            ratio = 1.0 if low_peak <= 0 else float(smooth[pa : pb + 1].min() / low_peak)
-            if ratio > best_ratio:
-                best, best_ratio = i, ratio
-        if best < 0:
-            break
-        groups[best : best + 2] = [[groups[best][0], groups[best + 1][1]]]
-    return groups
+    padded = np.concatenate(([-1.0], np.log1p(smooth), [-1.0]))
+    peaks = list(find_peaks(padded, prominence=np.log(1.5))[0] - 1)
+    cumulative = np.concatenate(([0], np.cumsum(counts))) / counts.sum()
+    while len(peaks) > 1:
+        valleys = [a + int(np.argmin(smooth[a : b + 1])) for a, b in itertools.pairwise(peaks)]
+        bounds = [0, *[v + 1 for v in valleys], nbins]
+        shares = np.diff(cumulative[bounds])
+        i = int(np.argmin(shares))
+        if shares[i] >= min_fraction:
+            return [float(edges[v + 1]) for v in valleys]
+        # the thin class joins the neighbour it is least parted from: the valley between
+        # the two peaks around it is found again
+        peaks.pop(i)
+    return []
 
 
-def _population(
-    sample: _Sample, lo: float, hi: float, top: bool, min_fraction: float
-) -> _Population | None:
-    """The population of the voxels whose denoised value is in [lo, hi) ([lo, hi] for the
-    ``top`` one), or None when it holds less than ``min_fraction`` of the sample."""
-    values, raw = sample.denoised, sample.raw
+def _label(planes: _Planes, cuts: list[float], keep: np.ndarray) -> np.ndarray:
+    """(P, y, x) int: the class of each pixel (-1 where not ``keep``)."""
+    lab = np.digitize(planes.denoised, cuts).astype(np.int16)
+    lab[~keep] = -1
+    return lab
 
-    def within(x: np.ndarray) -> np.ndarray:
-        return (x >= lo) & ((x <= hi) if top else (x < hi))
 
-    inside = within(values)
-    part = values[inside]
-    if part.size == 0 or part.size < min_fraction * values.size:
+def _measured(planes: _Planes, inside: np.ndarray, mode: _Mode) -> _Mode:
+    """``mode`` with its level and width measured over the pixels ``inside`` only."""
+    if inside.sum() < 16:
+        return mode
+    den = planes.denoised[inside]
+    width = 1.4826 * float(np.median(np.abs(den - np.median(den))))
+    level = float(planes.values[_core(planes, inside)].mean())
+    return dataclasses.replace(mode, level=level, width=width)
+
+
+def _modes(planes: _Planes, lab: np.ndarray, n: int) -> list[_Mode]:
+    """The classes 0..n-1 of ``lab``: bounds, core levels, widths, fractions, places."""
+    total = max(1, int((lab >= 0).sum()))
+    ny, nx = lab.shape[1:]
+    yy, xx = np.mgrid[:ny, :nx]
+    radius = np.hypot((yy + 0.5 - ny / 2) / (ny / 2), (xx + 0.5 - nx / 2) / (nx / 2))
+    modes = []
+    for i in range(n):
+        inside = lab == i
+        den = planes.denoised[inside]
+        if den.size == 0:
+            modes.append(_Mode(np.nan, np.nan, np.nan, 0.0, 0.0, 1.0))
+            continue
+        median = float(np.median(den))
+        width = 1.4826 * float(np.median(np.abs(den - median)))
+        core = _core(planes, inside)
+        modes.append(_Mode(float(den.min()), float(den.max()),
+                           float(planes.values[core].mean()), width, den.size / total,
+                           float(np.broadcast_to(radius, inside.shape)[inside].mean())))  # fmt: skip
+    return modes
+
+
+# -- CT levels: roles of the classes ---------------------------------------------------------------
+
+
+def _solidity(mask: np.ndarray) -> tuple[float, int]:
+    """Area over convex-hull area of the largest 8-connected component (small holes filled),
+    and its size in pixels."""
+    from skimage.morphology import convex_hull_image
+
+    labels, n = ndi.label(mask, structure=np.ones((3, 3), bool))
+    if n == 0:
+        return 0.0, 0
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    biggest = int(np.argmax(sizes))
+    box = ndi.find_objects(labels)[biggest - 1]
+    part = labels[box] == biggest
+    # noise and a screw's bore leave small holes; a bone ring's marrow is a large one
+    holes, _ = ndi.label(ndi.binary_fill_holes(part) & ~part)
+    hole_sizes = np.bincount(holes.ravel())
+    hole_sizes[0] = part.size
+    part |= (hole_sizes < max(4, 0.02 * part.sum()))[holes]
+    return float(part.sum() / convex_hull_image(part).sum()), int(part.sum())
+
+
+def _compact(lab: np.ndarray, i: int, least: float = 0.75) -> bool:
+    """Whether class ``i`` is mostly one solid blob (solidity at least ``least``) in the
+    planes that show it (a screw seen end-on or lengthwise), unlike a bone's ring or
+    network."""
+    weighted, total = 0.0, 0
+    for plane in lab:
+        if (plane == i).sum() >= 20:
+            # a closing fills a screw's thread, not a bone ring's marrow
+            s, n = _solidity(ndi.binary_closing(plane == i, np.ones((5, 5), bool)))
+            weighted, total = weighted + s * n, total + n
+    return total > 0 and weighted / total >= least
+
+
+def _metal(modes: list[_Mode], lab: np.ndarray, hint: Material | None, rules) -> int | None:
+    """Rule 1 of :class:`CTLevelRules`: the index of the substantial class under the metal
+    (everything above it is metal, with the partial volume at the metal's edge), or None."""
+    if hint in (Material.MG, Material.PEEK) or len(modes) < 3:
         return None
-    median = float(np.median(part))
-    width = 1.4826 * float(np.median(np.abs(part - median)))
-    # voxels whose own value agrees with their neighbourhood's class: an edge voxel that
-    # the median assigns to its neighbours' class would pull the mean towards its own
-    agree = inside & within(raw)
-    # the mean around the class's histogram peak, as an ROI of the purest material would
-    # give it: a neighbouring tissue that the histogram cannot part from it (soft tissue
-    # beside the medium, trabecular and new bone beside mature bone) only widens the class
-    counts_in, edges_in = np.histogram(part, bins=64)
-    peak_bin = int(np.argmax(ndi.gaussian_filter1d(counts_in.astype(np.float64), 1.0)))
-    peak = 0.5 * (edges_in[peak_bin] + edges_in[peak_bin + 1])
-    core = agree & (np.abs(values - peak) <= max(width, 1e-12))
-    if core.sum() < 16:
-        core = agree if agree.sum() >= 16 else inside
-    mean = float(raw[core].mean())
-    where = float(sample.radius[inside].mean())
-    return _Population(lo, hi, mean, width, part.size / values.size, where)
+    under = _bone(modes[:-1], rules.min_fraction, lab, lab == len(modes) - 1)
+    top, low, below = modes[-1], modes[0], modes[under]
+    gap_low, gap_top = below.level - low.level, top.level - below.level
+    if under == 0 or not gap_top >= 0.5 * gap_low:
+        return None
+    # the sample's spread: where everything but the lowest and the top class lies
+    bulk = [m for m in modes[1:-1] if math.isfinite(m.radius)]
+    spread = sum(m.radius * m.fraction for m in bulk) / max(sum(m.fraction for m in bulk), 1e-12)
+    central = top.radius <= 0.6 * spread
+    if not (central or hint is Material.TI or gap_top >= rules.metal_factor * gap_low):
+        return None
+    # a screw cut lengthwise, head and shaft, is less solid than one seen end-on
+    least = 0.6 if hint is Material.TI else 0.75
+    return under if _compact(lab, len(modes) - 1, least) else None
 
 
-def _classes(sample: _Sample, rules: CTLevelRules) -> list[_Population]:
-    return _populations(
-        sample, classes=rules.classes, nbins=256, valley_ratio=0.6, min_fraction=rules.min_fraction
-    )
+def _field_edge(valid: np.ndarray) -> np.ndarray:
+    """Valid pixels next to an invalid one or to the plane's border."""
+    return valid & ~ndi.binary_erosion(valid, border_value=0)
 
 
-def _major(pops: list[_Population], min_fraction: float) -> list[_Population]:
-    # roles (medium, bone, the population a metal is measured against) go to substantial
-    # populations only: a thin class is partial volume at an edge (metal/bone under the PSF)
-    substantial = 3.0 * min_fraction
-    return [p for p in pops if p.fraction >= substantial]
+def _outer(lab: np.ndarray, valid: np.ndarray, low: int) -> np.ndarray:
+    """(P, y, x) bool: pixels of the lowest class connected to the field's edge (outer air)."""
+    out = np.zeros(lab.shape, bool)
+    for p, plane in enumerate(lab):
+        labels, n = ndi.label(plane == low, structure=np.ones((3, 3), bool))
+        touching = np.unique(labels[_field_edge(valid[p])])
+        out[p] = np.isin(labels, touching[touching > 0])
+    return out
 
 
-def _drop_padding(
-    sampled: _Sample, dtype: np.dtype, min_fraction: float
-) -> tuple[_Sample, float | None]:
-    """The sample without exact padding (the dtype's minimum, or 0 for floats, at the
-    bottom), and the air threshold that sets it aside (None: no padding)."""
-    pad = np.iinfo(dtype).min if dtype.kind in "iu" else 0.0
-    if float(sampled.raw.min()) == pad:
-        keep = sampled.raw != pad
-        rest = sampled.denoised[keep]
-        if 1.0 - keep.mean() >= min_fraction and rest.size >= 16 and rest.max() > rest.min():
-            return sampled.where(keep), float(np.nextafter(pad, np.inf))
-    return sampled, None
+def _circle(outer: np.ndarray, valid: np.ndarray) -> tuple[float, ...] | None:
+    """(cy, cx, radius, coverage) of the circle the boundary between the outer air and the
+    rest follows in one plane (a holder tube or a cylinder of medium), or None when it is not
+    a circle; ``coverage`` is the fraction of the circle's 16 sectors that the boundary is
+    seen in."""
+    inner = ndi.binary_fill_holes(valid & ~outer)
+    edge = inner & ndi.binary_dilation(outer, structure=np.ones((3, 3), bool))
+    edge &= ~_field_edge(valid)
+    y, x = np.nonzero(edge)
+    if y.size < 30:
+        return None
+    a = np.column_stack([2 * y, 2 * x, np.ones_like(y)]).astype(np.float64)
+    (cy, cx, c), *_ = np.linalg.lstsq(a, (y * y + x * x).astype(np.float64), rcond=None)
+    radius = math.sqrt(max(c + cy * cy + cx * cx, 0.0))
+    residual = np.hypot(y - cy, x - cx) - radius
+    spread = 1.4826 * float(np.median(np.abs(residual - np.median(residual))))
+    if not (spread <= 0.03 * radius + 1.0 and radius >= 0.1 * min(outer.shape)):
+        return None
+    sectors = np.unique((np.arctan2(y - cy, x - cx) + np.pi) * 16 // (2 * np.pi + 1e-9))
+    return float(cy), float(cx), radius, sectors.size / 16
 
 
-def _is_metal(
-    a: _Population, b: _Population, c: _Population, *, lenient: bool, metal_factor: float
-) -> bool:
-    """Whether the top population ``c`` is metal, judged against the two substantial
-    populations below it (``a`` under ``b``); ``lenient``: a larger top gap is enough."""
-    gap_low, gap_top = b.mean - a.mean, c.mean - b.mean
-    if lenient:
-        return gap_top > gap_low
-    # a screw does not lie outside the bone; a PEEK screw under the bone would
-    far = (
-        gap_top >= metal_factor * gap_low
-        and gap_low >= 3.0 * (a.width + b.width)
-        and c.radius <= b.radius
-    )
-    # a screw along the rotation axis, with the bone around it
-    central = gap_top > gap_low and c.radius <= 0.6 * b.radius
-    return far or central
+def _depth(valid: np.ndarray, circle: tuple[float, ...] | None) -> np.ndarray:
+    """Depth (pixels) of each pixel of one plane inside its container: the circle of a holder
+    or of a medium cylinder when there is one, else the field (NaN outside)."""
+    if circle is None:
+        inside = np.pad(valid, 1)
+        return np.where(valid, ndi.distance_transform_edt(inside)[1:-1, 1:-1] - 1.0, np.nan)
+    cy, cx, radius = circle[:3]
+    yy, xx = np.mgrid[: valid.shape[0], : valid.shape[1]]
+    depth = radius - np.hypot(yy - cy, xx - cx)
+    return np.where(valid & (depth >= 0), depth, np.nan)
 
 
-def _set_aside_metal(
-    sampled: _Sample, pops: list[_Population], hint: Material | None, rules: CTLevelRules
-) -> tuple[_Sample, list[_Population], float | None]:
-    """Rule 1 of :class:`CTLevelRules`: the sample without metal, its populations and the
-    metal threshold (None: no metal)."""
-    metal_threshold = None
-    for attempt in range(2):  # a second time for metal streak artefacts
-        c = pops[-1]
-        below = _major(pops[:-1], rules.min_fraction)
-        if len(below) < 2:
-            break
-        a, b = below[-2], below[-1]
-        lenient = hint is Material.TI and attempt == 0
-        if not _is_metal(a, b, c, lenient=lenient, metal_factor=rules.metal_factor):
-            break
-        # cut clear of the bone's upper tail (not at Otsu's first empty bin), and below
-        # any partial-volume class between bone and metal
-        metal_threshold = max(b.hi, min(b.mean + 4.0 * b.width, 0.5 * (b.mean + c.mean)))
-        sampled = sampled.where(sampled.denoised < metal_threshold)
-        pops = _classes(sampled, rules)
-    return sampled, pops, metal_threshold
+class _Layer(NamedTuple):
+    mode: int
+    depth: tuple[int, int]  # first and last depth bin
+    share: float  # mean share of the bins it dominates
 
 
-def _set_aside_air(
-    sampled: _Sample, pops: list[_Population], rules: CTLevelRules
-) -> tuple[list[_Population], float | None]:
-    """Rule 2 of :class:`CTLevelRules` after the padding: the populations without empty air
-    or holder, and the air threshold (None: the lowest population is not air)."""
-    above_lowest = _major(pops[1:], rules.min_fraction)
-    if len(pops) < 3 or len(above_lowest) < 2:
-        return pops, None
-    a, b, top = pops[0], above_lowest[0], above_lowest[-1]
-    above = sampled.radius[sampled.denoised >= b.lo]
-    separated = top.mean - b.mean >= rules.air_factor * (b.mean - a.mean)
-    # air and holder surround the sample, and the medium fills it; a population just
-    # above the lowest that gathers on the axis is a PEEK screw, not the medium
-    outside = above.size > 0 and a.radius >= 1.25 * float(above.mean())
-    spread = b.radius >= 0.6 * top.radius
-    if not (separated and outside and spread):
-        return pops, None
-    return [p for p in pops if p.lo >= b.lo], b.lo
+def _layers(lab: np.ndarray, depth: np.ndarray, n: int, deepest: int) -> tuple[list[_Layer], Any]:
+    """The layers of classes from the container's edge inwards (which class dominates each
+    depth bin, runs of one class), and the pixels of each class in the container."""
+    ok = (lab >= 0) & np.isfinite(depth)
+    per_mode = np.bincount(lab[ok], minlength=n)
+    ok &= depth < deepest
+    d = depth[ok].astype(int)
+    counts = np.bincount(d * n + lab[ok], minlength=deepest * n).reshape(deepest, n)
+    layers: list[_Layer] = []
+    for b in np.nonzero(counts.sum(1) >= 5)[0]:
+        mode, share = int(counts[b].argmax()), float(counts[b].max() / counts[b].sum())
+        if layers and layers[-1].mode == mode:
+            last = layers[-1]
+            span = last.depth[1] - last.depth[0] + 1
+            layers[-1] = _Layer(mode, (last.depth[0], int(b)),
+                                (last.share * span + share) / (span + 1))  # fmt: skip
+        else:
+            layers.append(_Layer(mode, (int(b), int(b)), share))
+    return layers, (counts, per_mode)
 
 
-def _roles(pops: list[_Population], min_fraction: float) -> tuple[_Population, _Population]:
-    """Rule 3 of :class:`CTLevelRules`: the (bone, background) populations."""
-    if len(pops) < 2:
+def _medium_layer(lab, depth, modes, bone: int, scale: float) -> tuple[_Layer, list[int]] | None:
+    """Rule 3 of :class:`CTLevelRules`: the first thick layer from the container's edge inwards
+    (the medium) and the walls skipped on the way; None when bone comes first."""
+    deepest = max(4, int(0.5 * scale))
+    layers, (counts, per_mode) = _layers(lab, depth, len(modes), deepest)
+    thin = max(2.0, 0.02 * scale)
+    walls = []
+    for k, layer in enumerate(layers):
+        if layer.mode >= bone:
+            return None
+        nxt = layers[k + 1].mode if k + 1 < len(layers) else None
+        span = layer.depth[1] - layer.depth[0] + 1
+        own = counts[layer.depth[0] : layer.depth[1] + 1, layer.mode].sum() / per_mode[layer.mode]
+        lower_inside = nxt is not None and modes[nxt].level < modes[layer.mode].level
+        # a wall has more than bone behind it (a sample never fills its holder all round)
+        if nxt is not None and nxt < bone and (span <= thin or (own >= 0.7 and lower_inside)):
+            walls.append(layer.mode)
+            continue
+        return layer, walls
+    return None
+
+
+def _find_medium(lab, valid, modes, bone: int):
+    """(medium layer, walls, outer air class or None, container name, depth map) or None."""
+    outer = _outer(lab, valid, 0)
+    circles = [_circle(outer[p], valid[p]) if outer[p].any() else None for p in range(len(lab))]
+    radii = [c[2] for c in circles if c is not None]
+    if radii:
+        depth = np.stack([_depth(valid[p], c) for p, c in enumerate(circles)])
+        _check_not_the_wall(lab, depth, modes[bone], bone, float(np.median(radii)))
+        found = _medium_layer(lab, depth, modes, bone, float(np.median(radii)))
+        # arcs of a circle seen only in part are a container when a wall follows them (a
+        # holder cut by the field), not when they are the surface of a sample
+        around = np.median([c[3] for c in circles if c is not None]) >= 0.75
+        if found is not None and (around or found[1]):
+            return (*found, 0 if found[0].mode != 0 else None, "circle", depth)
+    # no container in view: the field's edge inwards; the outer air, where it lies along
+    # most of the edge, is what surrounds the sample (a sample in air)
+    depth = np.stack([_depth(valid[p], None) for p in range(len(lab))])
+    found = _medium_layer(lab, depth, modes, bone, 0.5 * min(lab.shape[1:]))
+    if found is None:
+        return None
+    air = 0 if outer.any() and found[0].mode != 0 else None
+    return (*found, air, "field", depth)
+
+
+def _check_not_the_wall(lab, depth, mode: _Mode, bone: int, radius: float) -> None:
+    """Refuse a brightest class that lies mostly at the container's edge: the holder wall,
+    with no bone in view."""
+    inside = lab == bone
+    at_edge = inside & (depth < max(3.0, 0.08 * radius))
+    if inside.any() and at_edge.sum() > 0.5 * inside.sum():
+        raise InputError(
+            f"ct: no bone found: its brightest class ({mode.level:.6g}) is the ring of the "
+            "holder wall at the edge of the field"
+        )
+
+
+def _core(planes: _Planes, inside: np.ndarray) -> np.ndarray:
+    """The core of a class: away from its edges (partial volume) and near its typical value,
+    as an ROI of the purest material would hold it."""
+    den = planes.denoised[inside]
+    width = 1.4826 * float(np.median(np.abs(den - np.median(den))))
+    # around the histogram's peak, not the median: a neighbouring class that the histogram
+    # could not part from this one only widens it
+    counts, edges = np.histogram(den, bins=64)
+    top = int(np.argmax(ndi.gaussian_filter1d(counts.astype(np.float64), 1.0)))
+    peak = 0.5 * (edges[top] + edges[top + 1])
+    core = ndi.binary_erosion(inside, structure=np.ones((1, 3, 3), bool))
+    core &= np.abs(planes.denoised - peak) <= max(width, 1e-12)
+    return core if core.sum() >= 16 else inside
+
+
+def _consistency(planes: _Planes, lab: np.ndarray, bone: int, medium: int) -> float:
+    """How far the per-plane levels of bone and medium spread, over their contrast (0: every
+    plane agrees)."""
+    spreads = []
+    for i in (bone, medium):
+        core = _core(planes, lab == i)
+        means = [planes.values[p][core[p]].mean() for p in range(len(lab)) if core[p].sum() >= 30]
+        spreads.append(np.ptp(means) if len(means) > 1 else 0.0)
+    return float(max(spreads))
+
+
+def _ramp(x: float, zero: float, one: float) -> float:
+    return float(np.clip((x - zero) / (one - zero), 0.0, 1.0))
+
+
+def _confidence(parts: dict[str, float]) -> float:
+    return float(np.prod(list(parts.values())))
+
+
+def _no_bone(bone: _Mode, medium: _Mode, refs: dict[str, float]) -> str | None:
+    """Why the brightest class cannot be bone, judged against the references in view (holder
+    wall, outer air, metal), or None."""
+    contrast = bone.level - medium.level
+    limits = {"holder wall": 1.5, "air": 1.5, "metal": 0.02}
+    for name, level in refs.items():
+        step = abs(level - medium.level)
+        if contrast < limits[name] * step:
+            return (
+                f"its brightest class ({bone.level:.6g}) stands only {contrast:.6g} above the "
+                f"medium ({medium.level:.6g}), against {step:.6g} between the medium and the "
+                f"{name}: no bone in view?"
+            )
+    return None
+
+
+class _Evidence(NamedTuple):
+    """What an automatic estimate saw, for its QC figure."""
+
+    planes: _Planes
+    roles: np.ndarray  # (P, y, x) int8: index into LEVEL_ROLES
+    levels: CTLevels
+
+
+def _classes(planes: _Planes, keep: np.ndarray, rules) -> tuple[np.ndarray, list[_Mode], list]:
+    """Label map, classes and cut values of the pixels ``keep``."""
+    cuts = _cuts(planes.denoised[keep], rules.min_fraction)
+    lab = _label(planes, cuts, keep)
+    modes = _modes(planes, lab, len(cuts) + 1)
+    if len(modes) < 2:
         raise InputError(
             "ct: could not find both a bone and a background intensity class in the sample "
-            f"(found {len(pops)})"
+            "(its histogram has one mode)"
         )
-    roles = _major(pops, min_fraction)
-    background = roles[0] if roles else pops[0]
-    bone = roles[-1] if len(roles) >= 2 else pops[-1]
-    return bone, background
+    return lab, modes, cuts
 
 
-def _levels_from_sample(
-    sampled: _Sample, dtype: np.dtype, hint: Material | None, rules: CTLevelRules
-) -> CTLevels:
-    """The CT levels of a sample of a volume of ``dtype``, by ``rules``."""
-    if sampled.raw.size < 16:
+def _bone(modes: list[_Mode], min_fraction: float, lab=None, metal=None) -> int:
+    """Rule 2 of :class:`CTLevelRules`: the brightest substantial class left, not one that
+    hugs the ``metal`` (partial volume at its edge)."""
+    halo = None if metal is None else ndi.binary_dilation(metal, np.ones((1, 5, 5), bool))
+    substantial = [
+        i
+        for i, m in enumerate(modes)
+        if m.fraction >= 3 * min_fraction and (halo is None or (halo & (lab == i)).sum()
+                                               < 0.6 * (lab == i).sum())
+    ]  # fmt: skip
+    return substantial[-1] if substantial else len(modes) - 1
+
+
+def _levels_from_planes(planes: _Planes, dtype: np.dtype, hint, rules) -> _Evidence:
+    """The CT levels of the sampled planes by ``rules``, with what they rest on."""
+    if planes.valid.sum() < 16:
         raise InputError(
-            f"ct has only {sampled.raw.size} finite values to sample (inside the mask); "
+            f"ct has only {int(planes.valid.sum())} finite values to sample (inside the mask); "
             "need at least 16"
         )
-    n_samples = int(sampled.raw.size)
-    sampled, air_threshold = _drop_padding(sampled, dtype, rules.min_fraction)
-    pops = _classes(sampled, rules)
-    metal_threshold = None
-    # titanium is the only implant material far brighter than bone
-    if hint in (None, Material.TI):
-        sampled, pops, metal_threshold = _set_aside_metal(sampled, pops, hint, rules)
-    pops, air = _set_aside_air(sampled, pops, rules)
-    bone, background = _roles(pops, rules.min_fraction)
-    return CTLevels(
-        bone=bone.mean,
-        background=background.mean,
+    n_samples = int(planes.valid.sum())
+    planes, padded = _drop_padding(planes, dtype, rules.min_fraction)
+    lab, modes, cuts = _classes(planes, planes.valid, rules)
+    under = _metal(modes, lab, hint, rules)
+    found: dict[str, float] = {}
+    metal_threshold = metal_mask = None
+    if under is not None:
+        found["metal"], metal_threshold = modes[-1].level, cuts[under]
+        metal_mask = lab > under
+        lab, modes, cuts = _classes(planes, planes.valid & ~metal_mask, rules)
+    bone = _bone(modes, rules.min_fraction, lab, metal_mask)
+    located = _find_medium(lab, planes.valid, modes, bone)
+    if located is None:
+        raise InputError(
+            "ct: no background class found around the sample (bone or metal reaches the edge "
+            "of the field or of the holder everywhere)"
+        )
+    layer, walls, air, container, depth = located
+    medium = layer.mode
+    # the medium as an ROI around the sample would measure it: its class within its layer
+    # (a class that the histogram cannot part from the soft tissue or marrow inside)
+    in_layer = (lab == medium) & (depth >= layer.depth[0]) & (depth < layer.depth[1] + 1)
+    modes[medium] = _measured(planes, in_layer, modes[medium])
+    holder = [w for w in walls if modes[w].level > modes[medium].level]
+    if holder:
+        found["holder wall"] = modes[holder[0]].level
+    if air is not None:
+        found["air"] = modes[air].level
+    reason = _no_bone(modes[bone], modes[medium], found)
+    if reason is not None:
+        raise InputError(f"ct: no bone found: {reason}")
+    parts = _parts(planes, lab, modes, bone, medium, layer.share, bool(found))
+    levels = CTLevels(
+        bone=modes[bone].level,
+        background=modes[medium].level,
         source=LevelSource.AUTO,
         n_samples=n_samples,
         metal_threshold=metal_threshold,
-        air_threshold=air_threshold if air is None else air,
+        air_threshold=_air_threshold(padded, air, cuts, dtype),
+        confidence=round(_confidence(parts), 3),
+        basis=_basis(parts, found, planes, container),
     )
+    roles = _role_map(lab, planes.valid, metal_mask, bone=bone, medium=medium,
+                      holder=holder, air=air)  # fmt: skip
+    return _Evidence(planes, roles, levels)
+
+
+def _parts(planes, lab, modes, bone: int, medium: int, share: float, referenced: bool):
+    """The parts of the confidence, each in [0, 1] (see :class:`CTLevels`)."""
+    b, m = modes[bone], modes[medium]
+    contrast = b.level - m.level
+    return {
+        "separation": _ramp(contrast / max(b.width + m.width, 1e-12), 1.0, 3.0),
+        "support": _ramp(min(b.fraction, m.fraction), 0.002, 0.01),
+        "medium": _ramp(share, 0.4, 0.7),
+        "planes": _ramp(-_consistency(planes, lab, bone, medium) / contrast, -0.3, -0.1),
+        "reference": 1.0 if referenced else 0.8,
+    }
+
+
+def _air_threshold(padded: bool, air: int | None, cuts: list[float], dtype) -> float | None:
+    if air is not None:
+        return float(cuts[air])
+    if padded:
+        pad = np.iinfo(dtype).min if dtype.kind in "iu" else 0.0
+        return float(np.nextafter(pad, np.inf))
+    return None
+
+
+def _basis(parts: dict[str, float], found: dict[str, float], planes: _Planes, container: str):
+    return {
+        "parts": {k: round(v, 3) for k, v in parts.items()},
+        "found": {k: round(float(v), 6) for k, v in found.items()},
+        "container": container,
+        "planes": [int(z) for z in planes.z],
+        "reduction": int(planes.factor),
+    }
+
+
+def _role_map(lab, valid, metal_mask, *, bone, medium, holder, air) -> np.ndarray:
+    roles = np.where(valid, LEVEL_ROLES.index("other"), 0).astype(np.int8)
+    for classes, name in (([air], "air"), (holder, "holder wall"), ([medium], "medium"),
+                          ([bone], "bone")):  # fmt: skip
+        for i in classes:
+            if i is not None:
+                roles[lab == i] = LEVEL_ROLES.index(name)
+    if metal_mask is not None:
+        roles[metal_mask] = LEVEL_ROLES.index("metal")
+    return roles
 
 
 def _check_sampling(data: np.ndarray | da.Array, sample: Any, max_chunks: Any) -> None:
@@ -705,18 +984,20 @@ def estimate_ct_levels(
     mask: ArrayLike | da.Array | None = None,
     sample: int = 1_000_000,
     max_chunks: int = 64,
-    seed: int = 0,
     material: str | None = None,
     rules: CTLevelRules | None = None,
+    qc: str | os.PathLike | None = None,
 ) -> CTLevels:
-    """Estimate the mean grey value of bone and of background from intensity classes.
+    """Estimate the mean grey value of bone and of the background (the medium around the
+    sample), the paper's two reference levels, with a confidence.
 
-    The volume is not loaded whole: at most ``max_chunks`` chunks of a dask array (all of them
-    when there are fewer, otherwise a seeded random choice, so the result is reproducible) are
-    read, each strided so that about ``sample`` values are kept in all; a large numpy array is
-    treated the same way. This function computes that sample and returns numbers: the levels
-    of its intensity classes, a Ti screw's metal (top) and empty air or holder (bottom) set
-    aside, by the ``rules`` (:class:`CTLevelRules`, which says when they can mislead).
+    The volume is not loaded whole: up to eight planes are read, from whole layers of chunks
+    of a dask array (as many layers as ``max_chunks`` chunks allow, at least one, evenly
+    spread), each reduced in-plane by area means so that about ``sample`` values are kept in
+    all; a numpy array is treated the same way. The intensity classes of these planes are
+    given roles by where they lie (:class:`CTLevelRules`): a metal screw, a holder wall and
+    the outer air are set aside, the brightest class left is bone, and the first thick layer
+    inside the holder (or the field) is the medium.
 
     Parameters
     ----------
@@ -724,23 +1005,28 @@ def estimate_ct_levels(
         Raw CT grey values, any real dtype.
     mask : bool array of the same shape, optional
         Only voxels where it is True are sampled (numpy or dask).
-    sample, max_chunks, seed : int
-        About how many values are read into memory, at most how many chunks of a dask array
-        they are read from, and the seed of the chunk choice.
+    sample, max_chunks : int
+        About how many values are kept, and at most how many chunks of a dask array they are
+        read from (the chunks of one plane are always read).
     material : {"mg", "ti", "peek"}, optional
         Implant material, when known (a ``Material`` enum member works too).
     rules : CTLevelRules, optional
-        Classes, gap ratios and denoising of the estimate; default ``CTLevelRules()``.
+        Default ``CTLevelRules()``; ``min_confidence`` is the refusal threshold.
+    qc : path, optional
+        Write the QC figure there (:func:`vstain_dask.levels_qc.write_levels_qc`).
 
     Returns
     -------
     CTLevels
-        With ``source=LevelSource.AUTO``.
+        With ``source=LevelSource.AUTO``, ``confidence`` and its ``basis``.
 
     Raises
     ------
     InputError
-        Bad parameters, or fewer than two populations were found.
+        Bad parameters; no bone or no background class found (a constant volume, a histogram
+        with one mode, a brightest class too faint for bone); or a confidence below
+        ``rules.min_confidence``. Give the levels, or measure them with
+        :func:`levels_from_rois`, instead.
     """
     data = _as_array(ct, "ct")
     _check_sampling(data, sample, max_chunks)
@@ -748,15 +1034,23 @@ def estimate_ct_levels(
     hint = as_enum(Material, material, "material", case_insensitive=True, allow_none=True)
     if mask is not None:
         mask = _as_mask(mask, data.shape, "mask")
-    sampled = _sample(
-        data,
-        mask,
-        sample=int(sample),
-        max_chunks=int(max_chunks),
-        seed=seed,
-        denoise=bool(rules.denoise),
+    planes = _read_planes(
+        data, mask, sample=int(sample), max_chunks=int(max_chunks), denoise=bool(rules.denoise)
     )
-    return _levels_from_sample(sampled, data.dtype, hint, rules)
+    evidence = _levels_from_planes(planes, data.dtype, hint, rules)
+    levels = evidence.levels
+    if levels.confidence < rules.min_confidence:
+        weak = ", ".join(f"{k} {v:.2f}" for k, v in levels.basis["parts"].items() if v < 1)
+        raise InputError(
+            f"ct: the CT levels found automatically (bone {levels.bone:.6g}, background "
+            f"{levels.background:.6g}) are not trustworthy: confidence {levels.confidence:.2f} "
+            f"< {rules.min_confidence} ({weak})"
+        )
+    if qc is not None:
+        from vstain_dask.levels_qc import write_levels_qc
+
+        write_levels_qc(qc, evidence)
+    return levels
 
 
 def _roi_selection(roi: Any, data: np.ndarray | da.Array, name: str) -> Any:

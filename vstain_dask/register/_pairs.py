@@ -42,8 +42,9 @@ def add_registered_pair(
 ) -> dict[str, Any]:
     """Register ``section`` to ``ct`` and add the pair to ``store``.
 
-    Returns the registration record with ``pair`` (its id), ``shape`` and ``qc`` (the picture's
-    path). Nothing is written when the registration is not trusted.
+    Returns the registration record with ``pair`` (its id), ``shape``, ``ct_levels`` (the CT
+    levels the pair records, with their source and, when estimated, confidence) and ``qc``
+    (the picture's path). Nothing is written when the registration is not trusted.
     """
     import zarr
 
@@ -67,6 +68,8 @@ def add_registered_pair(
         mask=images["mask"], pair_id=pair_id, overwrite=overwrite,
     )  # fmt: skip
     record["pair"] = info["id"]
+    # the CT levels the pair is normalized with and where they came from (auto: confidence)
+    record["ct_levels"] = info["normalization"]["ct_levels"]
     record["shape"] = [int(s) for s in images["ct"].shape]
     qc_path = Path(qc) if qc else store.parent / f"{info['id']}.register-qc.png"
     record["qc"] = str(qc_path)

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -39,38 +40,55 @@ def default_model_path() -> Path:
 
 
 def resolve_ct_levels(source, model, ct_levels) -> tuple[float, float] | None:
-    """The (bone, background) levels to normalize the CT with.
+    """The (bone, background) levels to normalize the CT with (see :func:`resolve_levels`)."""
+    levels = resolve_levels(source, model, ct_levels)
+    return None if levels is None else (levels.bone, levels.background)
 
-    ``"auto"`` estimates them from the volume (a bounded sample of it) when the model expects
-    normalized CT, ``None``/``"none"`` uses the volume as it is, a pair is used as given.
+
+def resolve_levels(source, model, ct_levels, *, qc=None):
+    """The CT levels (:class:`vstain_dask.preprocess.CTLevels`) to normalize the CT with.
+
+    ``"auto"`` estimates them from the volume (a bounded sample of it, with a confidence;
+    refused below :attr:`~vstain_dask.preprocess.CTLevelRules.min_confidence`) when the model
+    expects normalized CT, and writes the QC figure to ``qc`` when given; ``None``/``"none"``
+    uses the volume as it is (None is returned); a pair is used as given (manual).
     """
     from vstain_dask import ngff
     from vstain_dask.models import load_model
+    from vstain_dask.preprocess import CTLevels, LevelSource
 
     if ct_levels is None or (isinstance(ct_levels, str) and ct_levels.lower() == "none"):
         return None
-    if isinstance(ct_levels, str):
-        if ct_levels.lower() != "auto":
-            raise InputError(
-                f"ct_levels must be 'auto', 'none' or BONE,BACKGROUND, got {ct_levels!r}"
-            )
-        if not load_model(model).normalization.ct_normalized:
-            return None
-        from vstain_dask.preprocess import estimate_ct_levels
+    if not isinstance(ct_levels, str):
+        if isinstance(ct_levels, CTLevels):
+            return ct_levels
+        bone, background = ct_levels
+        return CTLevels(bone=bone, background=background, source=LevelSource.MANUAL)
+    if ct_levels.lower() != "auto":
+        raise InputError(f"ct_levels must be 'auto', 'none' or BONE,BACKGROUND, got {ct_levels!r}")
+    if not load_model(model).normalization.ct_normalized:
+        return None
+    from vstain_dask.preprocess import estimate_ct_levels
 
-        vol = ngff.open_volume(source)
-        material = (vol.attrs.get("vstain") or {}).get("material")  # phantoms record it
-        try:
-            levels = estimate_ct_levels(vol.data, material=material)
-        except InputError as e:
-            raise InputError(
-                f"could not estimate the CT levels of {source}: {e}; give them with --ct-levels "
-                "BONE,BACKGROUND (the raw grey values of bone and of the embedding), or "
-                "--ct-levels none for a volume already normalized"
-            ) from e
-        return (float(levels.bone), float(levels.background))
-    bone, background = ct_levels
-    return (float(bone), float(background))
+    vol = ngff.open_volume(source)
+    material = (vol.attrs.get("vstain") or {}).get("material")  # phantoms record it
+    try:
+        return estimate_ct_levels(vol.data, material=material, qc=qc)
+    except InputError as e:
+        raise InputError(
+            f"could not estimate the CT levels of {source}: {e}; measure bone and the "
+            "embedding in two regions (ROIs) and give them with --ct-levels BONE,BACKGROUND "
+            "(the raw grey values of bone and of the embedding), or --ct-levels none for a "
+            "volume already normalized"
+        ) from e
+
+
+def levels_qc_path(output: str | os.PathLike) -> Path:
+    """Where a stain writes the QC figure of automatic CT levels: ``<name>.levels.png`` beside
+    its output (``.ome.zarr``/``.zarr`` dropped)."""
+    p = Path(output)
+    name = re.sub(r"(\.ome)?\.zarr$", "", p.name)
+    return p.with_name(f"{name}.levels.png")
 
 
 def _local_gpu_workers(cluster, device: str | None):
@@ -161,6 +179,7 @@ def run_stain(
     ct_levels: str | tuple[float, float] | None = "auto",
     on_start=None,
     log_file: str | os.PathLike | None = None,
+    on_levels=None,
     **options,
 ) -> StainReport:
     """Stain ``source`` into ``output`` on a cluster: what ``vstain-dask stain`` runs.
@@ -172,8 +191,14 @@ def run_stain(
     cluster : ClusterConfig, optional
         Default: a local cluster sized to the machine: one worker per core (at most 8) on the
         CPU, one worker when the model runs on CUDA (``--cluster cuda`` for several GPUs).
-    ct_levels : "auto", "none" or (bone, background)
-        See :func:`resolve_ct_levels`.
+    ct_levels : "auto", "none", (bone, background) or CTLevels
+        See :func:`resolve_levels`. Automatic levels come with the QC figure
+        :func:`levels_qc_path` beside the output; the levels, where they came from (and the
+        figure) are recorded in the output's provenance (``ct_levels``, ``ct_levels_qc``).
+    on_levels : callable, optional
+        Called with the CTLevels (None: the volume is used as it is) and the QC figure's path
+        (None when none was written) once they are known, before a cluster starts (the CLI
+        prints them).
     on_start : callable, optional
         Called with the client once workers are up (the CLI prints the dashboard link).
     log_file : path, optional
@@ -187,14 +212,16 @@ def run_stain(
     source = Path(source)
     # fail early, before starting a cluster: bad input, bad model, existing output, a plan
     # that cannot fit or would recompute every tile many times
-    _, vol, _ = check_inputs(
+    _, vol, target = check_inputs(
         source,
         output,
         resume=options.get("resume", False),
         overwrite=options.get("overwrite", False),
         break_lock=options.pop("break_lock", False),
     )
-    config = _checked_config(vol, source, model, config, ct_levels)
+    config, levels, qc = _checked_config(vol, source, model, config, ct_levels, target)
+    if on_levels is not None:
+        on_levels(levels, qc)
     cluster = _local_gpu_workers(cluster, config.device)
     _check_fits(vol, model, config, cluster, chunks=options.get("chunks"))
     if options.get("resume") and not options.get("overwrite"):
@@ -202,23 +229,43 @@ def run_stain(
                      ngff_version=options.get("ngff_version", "0.5"))  # fmt: skip
 
     def run(client) -> StainReport:
-        return stain_to_zarr(source, output, model=model, config=config, client=client, **options)
+        report = stain_to_zarr(source, output, model=model, config=config, client=client,
+                               **options)  # fmt: skip
+        _record_levels(report.output, levels, qc)
+        return report
 
     return _on_cluster(cluster, run, on_start=on_start, log_file=log_file)
 
 
-def _checked_config(vol, source: Path, model: Path, config: StainConfig, ct_levels) -> StainConfig:
-    """``config`` with the CT levels to stain with, once the model is known to load and its
-    pixel size has been compared with the volume's voxel size (a difference allowed by
-    ``config.resample`` is a warning to the caller of :func:`run_stain`)."""
+def _checked_config(vol, source: Path, model: Path, config: StainConfig, ct_levels, target):
+    """(``config`` with the CT levels to stain with, those levels, the path of their QC
+    figure or None), once the model is known to load and its pixel size has been compared
+    with the volume's voxel size (a difference allowed by ``config.resample`` is a warning to
+    the caller of :func:`run_stain`)."""
     _model_ref(model)
     said = check_pixel_size(vol, _model_pixel_size(model), config)["warning"]
     if said:
         warnings.warn(said, UserWarning, stacklevel=3)
-    levels = resolve_ct_levels(source, model, ct_levels)
-    if levels != config.ct_levels:
-        config = dataclasses.replace(config, ct_levels=levels)
-    return config
+    auto = isinstance(ct_levels, str) and ct_levels.lower() == "auto"
+    qc = levels_qc_path(target) if auto and target is not None else None
+    levels = resolve_levels(source, model, ct_levels, qc=qc)
+    if levels is None or levels.confidence is None:
+        qc = None
+    pair = None if levels is None else (levels.bone, levels.background)
+    if pair != config.ct_levels:
+        config = dataclasses.replace(config, ct_levels=pair)
+    return config, levels, qc
+
+
+def _record_levels(output, levels, qc: Path | None) -> None:
+    """The CT levels a stain used, where they came from and their QC figure, in the output's
+    provenance (``parameters.ct_levels`` holds the pair that defines the result)."""
+    from vstain_dask import ngff
+
+    record = None if levels is None else levels.record()
+    ngff.update_provenance(
+        output, ct_levels=record, ct_levels_qc=None if qc is None else str(Path(qc).resolve())
+    )
 
 
 def _on_cluster(cluster, run, *, on_start, log_file) -> StainReport:

@@ -65,13 +65,8 @@ class PairLevels:
 
     def to_dict(self) -> dict[str, Any]:
         """The plain form stored in a pair's ``normalization`` attribute."""
-        out: dict[str, Any] = {
-            "ct_levels": {
-                "bone": float(self.ct.bone),
-                "background": float(self.ct.background),
-                "source": str(self.ct.source.value),
-            }
-        }
+        # levels, source and, for an estimate, its confidence and what it rests on
+        out: dict[str, Any] = {"ct_levels": self.ct.record()}
         if self.histology is not None:
             out["histology"] = {
                 "gains": [float(g) for g in self.histology.gains],
@@ -90,7 +85,8 @@ def levels_from_attrs(attrs: Mapping[str, Any]) -> PairLevels | None:
         return None
     c = norm["ct_levels"]
     try:
-        ct = CTLevels(bone=c["bone"], background=c["background"], source=c.get("source", "manual"))
+        ct = CTLevels(bone=c["bone"], background=c["background"], source=c.get("source", "manual"),
+                      confidence=c.get("confidence"), basis=c.get("basis"))  # fmt: skip
         h = norm.get("histology")
         hist = (
             HistologyLevels(gains=tuple(h["gains"]), lower=h["lower"], upper=h["upper"])
