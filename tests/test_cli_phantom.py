@@ -40,6 +40,16 @@ def test_phantom_writes_store(runner, tmp_path):
     assert (out / "labels" / "tissue").exists()
 
 
+def test_phantom_material_defaults_to_mg(runner, tmp_path):
+    from vstain_dask import ngff
+
+    out = tmp_path / "p.ome.zarr"
+    r = _run(runner, "phantom", out, "--shape", "8,16,16", "--seed", 3, "--no-progress")
+    assert r.exit_code == 0, r.output
+    assert "mg phantom 8x16x16" in r.output
+    assert ngff.open_volume(out).attrs["vstain"]["material"] == "mg"
+
+
 def test_phantom_ngff_04_and_progress(runner, tmp_path):
     from vstain_dask import ngff
 

@@ -137,11 +137,38 @@ def test_bad_inputs_give_one_line_errors(images, tmp_path):
     assert r.exit_code == 0, r.output
     r = _run(*base, "--ct", d / "ct.tif", "--histology", d / "he.png", "--id", "a")
     assert r.exit_code == 2 and "already exists" in r.output and "overwrite" in r.output
-    r = _run(*base[:-4], "--material", "gold", "--sample", "S", "--ct", d / "ct.tif",
-             "--histology", d / "he.png")  # fmt: skip
-    assert r.exit_code == 2 and "'gold' is not one of 'mg', 'ti', 'peek'" in r.output
+    for bad in ("gold leaf", "", "-ti", "zr/nb"):
+        r = _run(*base[:-4], "--material", bad, "--sample", "S", "--ct", d / "ct.tif",
+                 "--histology", d / "he.png", "--id", "bad")  # fmt: skip
+        assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+        assert "material must be a name of letters, digits, '_', '.' or '-'" in r.output
+        assert f"got {bad!r}" in r.output
+    assert [p["id"] for p in list_pairs(store)] == ["a"]
     r = _run("pairs", "list", tmp_path / "missing.zarr")
     assert r.exit_code == 2 and "does not exist" in r.output
+
+
+def test_any_implant_material_is_taken_and_stratified_as_its_own_group(images, tmp_path):
+    from vstain_dask.train.split import make_split
+
+    d, _ = images
+    store = tmp_path / "pairs.zarr"
+    for k, (material, sample) in enumerate(
+        [("Zr-1", "A"), ("zr-1", "B"), ("mg", "C"), ("mg", "D"), ("PEEK", "E"), ("peek", "F")]
+    ):
+        r = _run("pairs", "add", store, "--ct", d / "ct.tif", "--histology", d / "he.png",
+                 "--material", material, "--sample", sample, "--id", f"p{k}")  # fmt: skip
+        assert r.exit_code == 0, r.output
+        assert f", {material.lower()}, sample {sample};" in r.output
+    stored = {p["id"]: p["material"] for p in list_pairs(store)}
+    assert stored == {"p0": "zr-1", "p1": "zr-1", "p2": "mg", "p3": "mg", "p4": "peek",
+                      "p5": "peek"}  # fmt: skip
+    r = _run("pairs", "list", store)
+    assert "6 pairs (2 mg, 2 peek, 2 zr-1; 6 samples)" in r.output, r.output
+    # two folds: every material, zr-1 included, is dealt into both
+    for fold in (0, 1):
+        split = make_split(list_pairs(store), folds=2, fold=fold, test_fraction=0.0, seed=0)
+        assert sorted(stored[i] for i in split.val) == ["mg", "peek", "zr-1"]
 
 
 def test_pairs_list_through_the_real_entry_point(tmp_path):

@@ -28,18 +28,32 @@ import numpy as np
 from vstain_dask._validate import keyword_bundles
 from vstain_dask.errors import InputError, OutputExistsError, VolumeFormatError, as_enum
 
-__all__ = ["Material", "Role", "write_pair", "list_pairs", "read_pair", "PAIRS_VERSION"]
+__all__ = [
+    "Material",
+    "Role",
+    "write_pair",
+    "list_pairs",
+    "read_pair",
+    "parse_material",
+    "material_preset",
+    "PAIRS_VERSION",
+]
 
 #: version of the store layout, in the root attributes
 PAIRS_VERSION = 1
 _ROOT_KEY = "vstain_pairs"
 _RESERVED = ("material", "sample", "voxel_size", "role")
 _ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+#: an implant material's name, in lower case: a letter or digit, then letters, digits, '_', '.'
+#: or '-' (at most 32 characters)
+_MATERIAL = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,31}$")
 _CHUNK = 512
 
 
 class Material(enum.StrEnum):
-    """Implant material of a sample."""
+    """The implant materials the project knows: presets for the CT level estimate, training
+    stratification and phantoms. A pair may name any other material (:func:`parse_material`),
+    stratified as its own group."""
 
     MG = "mg"
     TI = "ti"
@@ -54,9 +68,34 @@ class Role(enum.StrEnum):
     TEST = "test"
 
 
-def parse_material(value: Any, name: str = "material") -> Material:
-    """``value`` as a :class:`Material` (any case), or an :class:`InputError` listing the members."""
-    return as_enum(Material, value, name, case_insensitive=True)
+def parse_material(value: Any, name: str = "material") -> str:
+    """The implant material ``value`` as its name in lower case: a :class:`Material` for the
+    presets ``mg``, ``ti`` and ``peek`` (any case), any other simple name as it is (a material
+    the project has no preset for, such as ``zr`` or ``fe-alloy``).
+
+    Raises
+    ------
+    InputError
+        ``value`` is not a name of letters, digits, ``_``, ``.`` or ``-``.
+    """
+    if isinstance(value, Material):
+        return value
+    text = value.strip().lower() if isinstance(value, str) else None
+    if text is None or not _MATERIAL.match(text):
+        raise InputError(
+            f"{name} must be a name of letters, digits, '_', '.' or '-' (at most 32; "
+            f"{', '.join(Material)} or another implant material), got {value!r}"
+        )
+    return Material(text) if text in Material._value2member_map_ else text
+
+
+def material_preset(value: Any, name: str = "material") -> Material | None:
+    """The :class:`Material` preset of a material name (:func:`parse_material`), None for a
+    material without one (and for None)."""
+    if value is None:
+        return None
+    material = parse_material(value, name)
+    return material if isinstance(material, Material) else None
 
 
 def _parse_role(value: Any) -> Role | None:
@@ -196,7 +235,9 @@ def write_pair(
         Registered histology image, R, G, B.
     mask : (Y, X) bool
         Where CT and histology correspond (True inside the sample).
-    material : :class:`Material` or its value (``mg``, ``ti``, ``peek``)
+    material : str
+        Implant material: ``mg``, ``ti``, ``peek`` (:class:`Material`) or any other name of
+        letters, digits, ``_ . -`` (:func:`parse_material`).
     sample : str
         Sample id; pairs cut from one sample share it (keep them in one split).
     voxel_size : float
@@ -243,7 +284,7 @@ def _new_pair_group(path: str | os.PathLike, pair_id: str, *, overwrite: bool):
 def _reserved_attrs(material: Any, sample: Any, voxel_size: Any, role: Any) -> dict[str, Any]:
     """The checked ``material``, ``sample``, ``voxel_size`` (µm) and ``role`` of a pair, as
     stored in its attributes."""
-    mat = parse_material(material)
+    mat = str(parse_material(material))
     role_ = _parse_role(role)
     if not isinstance(sample, str) or not sample:
         raise InputError(f"sample must be a non-empty string id, got {sample!r}")
@@ -254,7 +295,7 @@ def _reserved_attrs(material: Any, sample: Any, voxel_size: Any, role: Any) -> d
     if not (math.isfinite(vs) and vs > 0):
         raise InputError(f"voxel_size must be a positive number of µm, got {voxel_size!r}")
     return {
-        "material": mat.value,
+        "material": mat,
         "sample": sample,
         "voxel_size": vs,
         "role": None if role_ is None else role_.value,

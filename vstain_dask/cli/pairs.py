@@ -8,9 +8,6 @@ from pathlib import Path
 import click
 
 from vstain_dask.cli._options import parse_ct_levels
-from vstain_dask.pairs import Material  # numpy only: --help stays quick
-
-_MATERIALS = tuple(m.value for m in Material)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -50,8 +47,8 @@ def pairs():
 @click.option(
     "--material",
     required=True,
-    type=click.Choice(_MATERIALS, case_sensitive=False),
-    help="Implant material.",
+    help="Implant material: mg, ti, peek (known to the CT level estimate) or any other name "
+    "of letters, digits, '_', '.', '-' (training stratifies each material as its own group).",
 )
 @click.option("--sample", required=True, help="Sample id (pairs of one sample share it).")
 @click.option(

@@ -47,8 +47,9 @@ def _progress_callback(desc: str):
 @click.option(
     "--material",
     type=click.Choice(_MATERIALS, case_sensitive=False),
-    required=True,
-    help="Screw material.",
+    default="mg",
+    show_default=True,
+    help="Screw material (mg: the paper's most common implant).",
 )
 @click.option("--seed", type=click.IntRange(0, 2**63 - 1), required=True, help="Random seed.")
 @click.option("--voxel-size", type=click.FloatRange(min=0, min_open=True), default=5.0,

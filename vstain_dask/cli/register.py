@@ -15,8 +15,8 @@ _HELP = {"help_option_names": ["-h", "--help"]}
 @click.argument("section", metavar="SECTION", type=click.Path(path_type=Path))
 @click.option("-o", "--out", "store", metavar="PAIRS.zarr", type=click.Path(path_type=Path),
               required=True, help="Pairs store to add the pair to (created if missing).")  # fmt: skip
-@click.option("--material", type=click.Choice(["mg", "ti", "peek"], case_sensitive=False),
-              required=True, help="Implant material of the sample.")  # fmt: skip
+@click.option("--material", required=True,
+              help="Implant material of the sample: mg, ti, peek or another name.")  # fmt: skip
 @click.option("--sample", required=True, help="Sample id (pairs of one sample share it).")
 @click.option("--pair", "pair_id", help="Pair id  [default: SAMPLE-NNN]")
 @click.option("--section-pixel-size", type=click.FloatRange(min=0, min_open=True),

@@ -20,7 +20,7 @@ import numpy as np
 
 from vstain_dask._validate import check_int
 from vstain_dask.errors import InputError, as_enum
-from vstain_dask.pairs import Material, parse_material, write_pair
+from vstain_dask.pairs import Material, write_pair
 from vstain_dask.phantom._anatomy import (
     BONE_LABELS,
     Frame,
@@ -39,6 +39,7 @@ from vstain_dask.phantom._volume import (
     check_shape,
     check_voxel_size,
     metal_artefacts,
+    phantom_material,
     radial_terms,
     scanner,
     to_grey,
@@ -201,7 +202,7 @@ def phantom_pair(
         (rows, columns: where each histology pixel was taken from, in CT pixels), ``attrs``.
     """
     size = _check_size(size)
-    mat = parse_material(material)
+    mat = phantom_material(material)
     seed = check_seed(seed)
     sample_seed = seed if sample_seed is None else check_seed(sample_seed)
     voxel_size = check_voxel_size(voxel_size)

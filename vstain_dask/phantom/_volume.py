@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from vstain_dask._validate import check_float
-from vstain_dask.errors import InputError
-from vstain_dask.pairs import Material, parse_material
+from vstain_dask.errors import InputError, as_enum
+from vstain_dask.pairs import Material
 from vstain_dask.phantom._anatomy import Frame, Points, Specimen, Tissue, evaluate, specimen
 from vstain_dask.phantom._noise import derive_key, gaussian_white, value_noise
 
@@ -290,7 +290,7 @@ def phantom_volume(
     from dask.base import tokenize
 
     shape = check_shape(shape)
-    mat = parse_material(material)
+    mat = phantom_material(material)
     seed = check_seed(seed)
     voxel_size = check_voxel_size(voxel_size)
     ch = _check_chunks(chunks, shape)
@@ -330,11 +330,18 @@ def _lazy_blocks(
     return ct, labels
 
 
+def phantom_material(material: Material | str) -> Material:
+    """``material`` as one of the :class:`~vstain_dask.pairs.Material` presets (any case), the
+    implants a phantom can hold; pairs of real samples may name others
+    (:func:`~vstain_dask.pairs.parse_material`)."""
+    return as_enum(Material, material, "material", case_insensitive=True)
+
+
 def phantom_attrs(shape, *, material, seed: int, voxel_size: float) -> dict:
     """Provenance of a phantom, as stored in the ``vstain`` attributes of the image."""
     from vstain_dask import __version__
 
-    mat = parse_material(material)
+    mat = phantom_material(material)
     sc = scanner(seed)
     return {
         "generator": "vstain_dask.phantom",
@@ -416,7 +423,7 @@ def write_phantom(
     from vstain_dask import ngff
 
     shape = check_shape(shape)
-    mat = parse_material(material)
+    mat = phantom_material(material)
     seed = check_seed(seed)
     voxel_size = check_voxel_size(voxel_size)
     ch = _check_chunks(chunks, shape)

@@ -490,7 +490,7 @@ def _prepare(
 
     mat = parse_material(material)
     ct_img, extras, hist_img, manual = _read_inputs(ct, histology, masks.mask)
-    ct_levels = levels.levels(ct_img, mat.value)
+    ct_levels = levels.levels(ct_img, mat)
     hist_levels = estimate_histology_levels(hist_img)
     corr = _correspondence(ct_img, hist_img, manual, ct_levels, masks)
     sources = {
@@ -607,6 +607,8 @@ def format_pairs(pairs: Sequence[Mapping[str, Any]]) -> str:
     ]
     mats = Counter(p.get("material") for p in pairs)
     samples = len({p.get("sample") for p in pairs})
-    mix = ", ".join(f"{mats[m]} {m}" for m in ("mg", "ti", "peek") if mats[m])
+    known = ("mg", "ti", "peek")
+    order = [*known, *sorted(str(m) for m in mats if m not in known)]
+    mix = ", ".join(f"{mats[m]} {m}" for m in order if mats[m])
     lines.append(f"{len(pairs)} pairs ({mix or 'none'}; {samples} samples)")
     return "\n".join(lines)
