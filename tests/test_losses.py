@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from vstain_dask.errors import InputError
+from vstain_dask.models.config import L1Normalization
 from vstain_dask.models.losses import (
     LossWeights,
     discriminator_loss,
@@ -51,6 +52,47 @@ def test_masked_l1_normalizes_by_area_times_channels():
     mask = torch.zeros(2, 1, 4, 4)
     mask[:, :, :, :2] = 1.0
     assert float(masked_l1(prediction, target, mask)) == 1.0
+
+
+def test_masked_l1_pixels_is_the_mean_over_all_pixels_of_the_masked_images():
+    # the paper's reading: PyTorch-GAN's L1Loss()(fake * m, real * m)
+    prediction = torch.zeros(1, 1, 2, 2)
+    target = torch.tensor([[[[1.0, 20.0], [3.0, 40.0]]]])
+    mask = torch.tensor([[[1, 0], [1, 0]]], dtype=torch.bool)
+    assert float(masked_l1(prediction, target, mask, normalization="pixels")) == 1.0  # 4 / 4
+    assert float(masked_l1(prediction, target, mask, normalization="mask")) == 2.0  # 4 / 2
+    reference = torch.nn.L1Loss()(prediction * mask[:, None], target * mask[:, None])
+    assert float(masked_l1(prediction, target, mask, normalization="pixels")) == float(reference)
+
+
+def test_the_two_normalizations_differ_by_the_mask_coverage():
+    # 2 x 3 x 4 x 4 images, a mask keeping 6 of 16 pixels: "mask" = "pixels" / (6 / 16)
+    prediction = torch.zeros(2, 3, 4, 4)
+    target = torch.full((2, 3, 4, 4), 2.0)
+    mask = torch.zeros(2, 1, 4, 4)
+    mask[:, :, :2, :3] = 1.0
+    pixels = masked_l1(prediction, target, mask, normalization=L1Normalization.PIXELS)
+    area = masked_l1(prediction, target, mask, normalization=L1Normalization.MASK)
+    assert float(pixels) == 0.75  # 2 * 6 / 16
+    assert float(area) == 2.0
+    # a full mask: both are the plain mean
+    full = torch.ones(2, 1, 4, 4)
+    assert float(masked_l1(prediction, target, full, normalization="pixels")) == 2.0
+    assert float(masked_l1(prediction, target, full, normalization="mask")) == 2.0
+    # an empty mask: both 0
+    empty = torch.zeros(2, 1, 4, 4)
+    assert float(masked_l1(prediction, target, empty, normalization="pixels")) == 0.0
+    with pytest.raises(InputError, match="normalization must be one of"):
+        masked_l1(prediction, target, mask, normalization="area")
+
+
+def test_supervision_loss_takes_the_normalization():
+    mask = torch.zeros(1, 1, 2, 2)
+    mask[..., 0, :] = 1.0  # half the pixels
+    stain, ct = torch.zeros(1, 3, 2, 2), torch.zeros(1, 3, 2, 2)
+    assert float(supervision_loss(stain + 1.0, stain, ct + 3.0, ct, mask)) == 2.0
+    assert float(supervision_loss(stain + 1.0, stain, ct + 3.0, ct, mask,
+                                  normalization="pixels")) == 1.0  # fmt: skip
 
 
 def test_masked_l1_all_zero_mask_gives_zero_not_nan():

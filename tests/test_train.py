@@ -271,7 +271,11 @@ def test_run_directory_rules(toy, tmp_path):
     (run / "config.json").write_text(json.dumps({**saved, "config": FLAT_TINY}))
     with pytest.raises(InputError, match="ngf: run 4, now 8"):
         train(toy, run, wider, resume=True, progress=False)
-    assert train(toy, run, cfg, resume=True, progress=False).epochs == 1
+    # such a config also predates the L1 normalization setting: its run divided by the area
+    with pytest.raises(InputError, match="l1_normalization: run 'mask', now 'pixels'"):
+        train(toy, run, cfg, resume=True, progress=False)
+    as_ran = dataclasses.replace(cfg, l1_normalization="mask")
+    assert train(toy, run, as_ran, resume=True, progress=False).epochs == 1
     with pytest.raises(CheckpointError, match="holds no training checkpoint"):
         train(toy, tmp_path / "new", cfg, resume=True, progress=False)
     other = tmp_path / "other"
@@ -420,7 +424,10 @@ FLAT_TINY = {
 
 def test_a_flat_config_written_before_the_nesting_loads_to_the_same_config():
     cfg = TrainConfig.from_dict(FLAT_TINY)
-    assert cfg == TrainConfig(epochs=1, patches_per_pair=1, **TINY)
+    # written before the L1 normalization was a setting: what it computed then
+    assert cfg == TrainConfig(epochs=1, patches_per_pair=1, l1_normalization="mask", **TINY)
+    assert TrainConfig(epochs=1).l1_normalization.value == "pixels"  # the paper's, now
+    assert TrainConfig().epochs == 500  # the paper's
     assert cfg.differences(FLAT_TINY) == {}
     assert (cfg.generator.ngf, cfg.generator.n_blocks, cfg.discriminator.n_layers) == (4, 1, 2)
     assert (cfg.input.low, cfg.input.high, cfg.input.channels) == (0.0, 50000.0, 3)

@@ -111,10 +111,15 @@ def test_options_take_defaults_and_ranges_from_train_config():
     fields = {f.name: (f.default, f.metadata) for f in dataclasses.fields(TrainConfig)}
     fields.update({name: flat_field(name) for name in FLAT_NAMES})
     options = [p for p in command.params if p.name in fields]
-    assert len(options) == 23
+    assert len(options) == 25
     given = command.make_context("train", ["pairs.zarr", "-o", "run"]).params
     for option in options:
         expected, metadata = fields[option.name]
+        if option.name in ("epochs", "l1_normalization"):
+            # not set on the command line: a resumed run keeps its own, a new one the field's
+            assert given[option.name] is None, option.name
+            assert f"default: {expected}" in option.help, option.name
+            continue
         if isinstance(option.type, click.Choice):
             expected = str(expected)  # the value of a Variant, "3" for ct_channels
         assert given[option.name] == expected, option.name
@@ -127,6 +132,61 @@ def test_options_take_defaults_and_ranges_from_train_config():
     assert flat_field("ngf") == (64, nested["ngf"].metadata)
     assert flat_field("disc_layers") == (None, nested["n_layers"].metadata)
     assert flat_field("unet_depth") == (None, nested["depth"].metadata)
+
+
+@pytest.mark.parametrize(
+    ("given", "kind", "layers", "field"),
+    [("pytorch-gan", "pytorch-gan", 4, 94), ("patchgan70", "patchgan-70", 3, 70)],
+)
+def test_discriminator_choice_builds_and_records_that_design(toy, tmp_path, given, kind, layers,
+                                                            field):  # fmt: skip
+    from vstain_dask.models import discriminator_receptive_field, load_training_checkpoint
+    from vstain_dask.models.checkpoint import model_info
+
+    run = tmp_path / "run"
+    at = TINY.index("--disc-layers")
+    tiny = TINY[:at] + TINY[at + 2 :]  # the design's own layers
+    r = _run("train", toy, "-o", run, "--epochs", 1, "--discriminator", given, *tiny)
+    assert r.exit_code == 0, r.output
+    ckpt = load_training_checkpoint(run / "checkpoints" / "last.pt")
+    for role in ("discriminator", "inverse_discriminator"):
+        config = ckpt.networks[role].config
+        assert (config.kind.value, config.n_layers) == (kind, layers)
+        assert discriminator_receptive_field(config) == field
+        assert ckpt.meta["architectures"][role]["kind"] == kind
+    assert model_info(run / "model.pt")["training"]["discriminator"]["kind"] == kind
+    assert f'"kind": "{kind}"' in (run / "model.md").read_text()
+    r = _run("train", toy, "-o", tmp_path / "x", "--discriminator", "patchgan-71", *tiny)
+    assert r.exit_code == 2 and "'patchgan-71' is not one of 'pytorch-gan'" in r.output
+
+
+def test_l1_normalization_is_recorded_and_old_runs_resume_as_they_ran(toy, tmp_path):
+    from vstain_dask.models.checkpoint import model_info
+
+    run = tmp_path / "run"
+    r = _run("train", toy, "-o", run, "--epochs", 1, *TINY)
+    assert r.exit_code == 0, r.output
+    training = model_info(run / "model.pt")["training"]
+    assert training["l1_normalization"] == "pixels" and "(the paper's)" in training["masked_l1"]
+    assert "| l1_normalization | pixels |" in (run / "model.md").read_text()
+    # --resume without --epochs keeps the run's 1 epoch (not the default 500): nothing to do
+    r = _run("train", toy, "-o", run, "--resume", *TINY)
+    assert r.exit_code == 0, r.output
+    assert r.output.startswith("trained mod-cyclegan for 1 epochs")
+    # a run whose config was written before the setting existed divided by the mask's area,
+    # and resumes so
+    config = json.loads((run / "config.json").read_text())
+    del config["config"]["l1_normalization"]
+    (run / "config.json").write_text(json.dumps(config))
+    r = _run("train", toy, "-o", run, "--resume", "--epochs", 2, "--l1-normalization", "pixels",
+             *TINY)  # fmt: skip
+    assert r.exit_code == 2 and "l1_normalization: run 'mask', now 'pixels'" in r.output
+    r = _run("train", toy, "-o", run, "--resume", "--epochs", 2, *TINY)
+    assert r.exit_code == 0, r.output
+    training = model_info(run / "model.pt")["training"]
+    assert (
+        training["l1_normalization"] == "mask" and "divided by the mask's" in training["masked_l1"]
+    )
 
 
 @pytest.mark.slow

@@ -10,16 +10,26 @@ from typing import Any
 import click
 
 from vstain_dask.cli._options import cluster_options, command_line, exit_interrupted
-from vstain_dask.models.config import Variant
+from vstain_dask.models.config import (
+    DISCRIMINATOR_ALIASES,
+    DiscriminatorKind,
+    L1Normalization,
+    Variant,
+)
 from vstain_dask.train.config import (  # plain Python: no torch at --help
     FLAT_NAMES,
     TrainConfig,
     flat_field,
+    resumed_settings,
 )
 
 _VARIANTS = tuple(v.value for v in Variant)
+_DISCRIMINATORS = (*(k.value for k in DiscriminatorKind), *DISCRIMINATOR_ALIASES)
+_L1 = tuple(n.value for n in L1Normalization)
 _VARIANT_HELP = "mod-cyclegan is the paper's method; the others are its baselines."
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+#: options without a default on the command line: a run that is resumed keeps its own
+_UNSET_DEFAULTS = ("epochs", "l1_normalization")
 
 
 def _default_and_metadata(name: str) -> tuple[Any, Any]:
@@ -30,12 +40,12 @@ def _default_and_metadata(name: str) -> tuple[Any, Any]:
     return _FIELDS[name].default, _FIELDS[name].metadata
 
 
-def _option(name: str, **kwargs: Any) -> Callable:
-    """The option ``--name`` of the ``TrainConfig`` setting ``name`` (a field, or the flat
-    name of a nested one): its default, and for an integer its range, come from the field; a
-    bool becomes ``--name/--no-name``."""
+def _option(name: str, flag: str | None = None, **kwargs: Any) -> Callable:
+    """The option ``--name`` (or ``flag``) of the ``TrainConfig`` setting ``name`` (a field,
+    or the flat name of a nested one): its default, and for an integer its range, come from
+    the field; a bool becomes ``--name/--no-name``."""
     default, metadata = _default_and_metadata(name)
-    flag = "--" + name.replace("_", "-")
+    flag = flag or "--" + name.replace("_", "-")
     if isinstance(default, bool):
         flag = f"{flag}/--no-{flag[2:]}"
     if "min" in metadata:
@@ -59,7 +69,11 @@ def _option(name: str, **kwargs: Any) -> Callable:
     help="Run directory (model, checkpoints, loss log and curves).",
 )
 @_option("variant", type=click.Choice(_VARIANTS), help=_VARIANT_HELP)
-@_option("epochs")
+@_option(
+    "epochs",
+    default=None,
+    help=f"Epochs  [default: {_FIELDS['epochs'].default}, the paper's; with --resume: the run's]",
+)
 @_option("batch_size")
 @_option("patch_size", help="Patch side in pixels.")
 @_option("patches_per_pair", help="Patches drawn from each pair per epoch.")
@@ -78,7 +92,18 @@ def _option(name: str, **kwargs: Any) -> Callable:
 @_option("ngf", help="Generator base features.")
 @_option("n_blocks", help="Residual blocks of the ResNet generator.")
 @_option("ndf", help="Discriminator base features.")
-@_option("disc_layers", help="Strided discriminator layers  [default: 4]")
+@_option(
+    "discriminator_kind",
+    "--discriminator",
+    type=click.Choice(_DISCRIMINATORS),
+    help="PatchGAN design: pytorch-gan (16x16 map for 256 px patches), the one the paper's "
+    "code base, PyTorch-GAN's CycleGAN, builds; or the 70x70 PatchGAN the paper's text names "
+    "(patchgan-70, also patchgan70: 30x30 map).",
+)
+@_option(
+    "disc_layers",
+    help="Strided discriminator layers  [default: 4 for pytorch-gan, 3 for patchgan-70]",
+)
 @_option("unet_depth", help="Pix2Pix U-Net downsamplings  [default: log2(patch size), at most 8]")
 @_option(
     "ct_channels",
@@ -91,6 +116,14 @@ def _option(name: str, **kwargs: Any) -> Callable:
 @_option(
     "mask_l1",
     help="Multiply every L1 term by the correspondence mask (the paper); off: whole patches.",
+)
+@_option(
+    "l1_normalization",
+    default=None,
+    type=click.Choice(_L1),
+    help="Masked L1 terms: pixels (the paper's: the mean over all pixels of the masked images) "
+    "or mask (divided by the mask's area: 1/coverage times as much)  [default: "
+    f"{_FIELDS['l1_normalization'].default.value}; with --resume: the run's]",
 )
 @_option("folds", help="Cross-validation folds (stratified by material; a test set is held out).")
 @_option("fold", help="Fold to validate on (0-based).")
@@ -128,6 +161,8 @@ def train(
         import torch
 
         torch.set_num_threads(threads)
+    if resume:
+        settings = resumed_settings(out_dir, settings)
     config = _config(settings, no_augment=no_augment)
     all_folds = _all_folds(config, cluster_config)
     command = command_line()
@@ -167,6 +202,9 @@ def _config(settings: dict[str, Any], *, no_augment: bool) -> TrainConfig:
     from vstain_dask.train.augment import AugmentConfig
 
     settings = dict(settings, ct_channels=int(settings["ct_channels"]))  # a choice: "3" or "1"
+    for name in _UNSET_DEFAULTS:  # not given (and not resumed): the field's default
+        if settings.get(name) is None:
+            settings[name] = _FIELDS[name].default
     augment = AugmentConfig.none() if no_augment else AugmentConfig()
     return TrainConfig.from_dict({**settings, "augment": augment})
 

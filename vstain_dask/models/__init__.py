@@ -38,6 +38,7 @@ _EXPORTS: dict[str, str] = {
     "GeneratorConfig": "vstain_dask.models.config",
     "GeneratorKind": "vstain_dask.models.config",
     "InputNormalization": "vstain_dask.models.config",
+    "L1Normalization": "vstain_dask.models.config",
     "Norm": "vstain_dask.models.config",
     "Upsample": "vstain_dask.models.config",
     "Variant": "vstain_dask.models.config",

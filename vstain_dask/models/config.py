@@ -21,6 +21,7 @@ __all__ = [
     "Upsample",
     "Norm",
     "DiscriminatorKind",
+    "L1Normalization",
     "ForeignFormat",
     "ExportFormat",
     "GeneratorConfig",
@@ -76,6 +77,25 @@ class DiscriminatorKind(StrEnum):
     PYTORCH_GAN = "pytorch-gan"
     #: the 70x70 PatchGAN of Isola et al.: 3 strided layers, 30x30 map for a 256 input
     PATCHGAN_70 = "patchgan-70"
+
+
+#: other spellings of a :class:`DiscriminatorKind` (the paper's text writes "70x70 PatchGAN")
+DISCRIMINATOR_ALIASES = {"patchgan70": DiscriminatorKind.PATCHGAN_70}
+
+
+class L1Normalization(StrEnum):
+    """What a masked L1 term is divided by.
+
+    With a mask ``m`` of coverage ``c`` (the fraction of the patch's pixels it keeps), the
+    ``mask`` mean is the ``pixels`` mean divided by ``c``: it weighs the L1 terms of a sparsely
+    masked patch ``1 / c`` times as much against the GAN term.
+    """
+
+    #: the paper's: masks are "binary multipliers for all l1 loss terms", i.e. the mean over
+    #: all pixels of the masked images, as in the PyTorch-GAN code the paper built on
+    PIXELS = "pixels"
+    #: the mean absolute error per masked element: the sum over the mask divided by its area
+    MASK = "mask"
 
 
 class ForeignFormat(StrEnum):
@@ -208,7 +228,7 @@ class DiscriminatorConfig:
     Parameters
     ----------
     kind : DiscriminatorKind
-        ``"pytorch-gan"`` or ``"patchgan-70"``.
+        ``"pytorch-gan"`` or ``"patchgan-70"`` (also spelt ``"patchgan70"``).
     in_channels : int
         Channels of the judged image.
     condition_channels : int
@@ -231,7 +251,10 @@ class DiscriminatorConfig:
     norm: Norm = Norm.INSTANCE
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "kind", as_enum(DiscriminatorKind, self.kind, "kind"))
+        kind = self.kind
+        if isinstance(kind, str) and kind.lower() in DISCRIMINATOR_ALIASES:
+            kind = DISCRIMINATOR_ALIASES[kind.lower()]
+        object.__setattr__(self, "kind", as_enum(DiscriminatorKind, kind, "kind"))
         object.__setattr__(self, "norm", as_enum(Norm, self.norm, "norm"))
         if self.n_layers is None:
             default = 4 if self.kind is DiscriminatorKind.PYTORCH_GAN else 3

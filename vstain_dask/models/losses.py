@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from vstain_dask.errors import InputError, as_enum
-from vstain_dask.models.config import Variant, _from_dict
+from vstain_dask.models.config import L1Normalization, Variant, _from_dict
 
 __all__ = [
     "LossWeights",
@@ -116,11 +116,23 @@ def discriminator_loss(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> 
     return 0.5 * (lsgan_loss(real_scores, real=True) + lsgan_loss(fake_scores, real=False))
 
 
-def masked_l1(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """L1 over the masked area only.
+def masked_l1(
+    prediction: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    normalization: L1Normalization | str = L1Normalization.MASK,
+) -> torch.Tensor:
+    """L1 of the masked images.
 
-    ``sum(|prediction - target| * m) / sum(m)`` with ``m`` the mask broadcast to the image
-    shape, so the value is the mean absolute error per masked element. An all-zero mask gives 0.
+    ``m`` is the mask broadcast to the image shape and ``d = |prediction - target| * m``:
+
+    - ``normalization="pixels"`` (the paper's): ``mean(d)``, the mean over all elements of the
+      masked images. The paper applies the masks "as binary multipliers for all l1 loss terms"
+      and the PyTorch-GAN code it built on takes ``L1Loss()(fake * m, real * m)``, which is
+      this mean;
+    - ``normalization="mask"``: ``sum(d) / sum(m)``, the mean absolute error per masked
+      element: ``1 / coverage`` times the ``pixels`` value. An all-zero mask gives 0.
 
     Parameters
     ----------
@@ -128,7 +140,10 @@ def masked_l1(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
         Images.
     mask : (N, 1, H, W), (N, H, W) or (N, C, H, W) tensor, bool or 0/1
         Where the pair corresponds.
+    normalization : L1Normalization
+        ``"mask"`` (default here, as before it was a choice) or ``"pixels"``.
     """
+    normalization = as_enum(L1Normalization, normalization, "normalization")
     _same_shape(prediction, target, ("prediction", "target"))
     if mask.ndim == prediction.ndim - 1:
         mask = mask.unsqueeze(1)
@@ -139,9 +154,13 @@ def masked_l1(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
             f"mask of shape {tuple(mask.shape)} does not broadcast to the image shape "
             f"{tuple(prediction.shape)}; give (N, 1, H, W) or (N, H, W)"
         ) from e
-    total = torch.sum(torch.abs(prediction - target) * weights)
+    masked = torch.abs(prediction - target) * weights
+    if normalization is L1Normalization.PIXELS:
+        return torch.mean(masked)
     # the numerator is 0 wherever the area is, so clamping only avoids 0 / 0
-    return total / torch.clamp(torch.sum(weights), min=torch.finfo(prediction.dtype).tiny)
+    return torch.sum(masked) / torch.clamp(
+        torch.sum(weights), min=torch.finfo(prediction.dtype).tiny
+    )
 
 
 def supervision_loss(
@@ -150,6 +169,8 @@ def supervision_loss(
     fake_ct: torch.Tensor,
     real_ct: torch.Tensor,
     mask: torch.Tensor,
+    *,
+    normalization: L1Normalization | str = L1Normalization.MASK,
 ) -> torch.Tensor:
     """The paper's pixelwise supervision on both generators: mean of the two masked L1 terms.
 
@@ -161,8 +182,13 @@ def supervision_loss(
         ``G_BA(histology)`` and the CT.
     mask : (N, 1, H, W) or (N, H, W) tensor
         Correspondence mask shared by both directions.
+    normalization : L1Normalization
+        As for :func:`masked_l1`.
     """
-    return 0.5 * (masked_l1(fake_stain, real_stain, mask) + masked_l1(fake_ct, real_ct, mask))
+    return 0.5 * (
+        masked_l1(fake_stain, real_stain, mask, normalization=normalization)
+        + masked_l1(fake_ct, real_ct, mask, normalization=normalization)
+    )
 
 
 def greyscale_loss(generated_ct: torch.Tensor) -> torch.Tensor:

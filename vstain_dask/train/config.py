@@ -30,6 +30,7 @@ from vstain_dask.models.config import (
     GeneratorConfig,
     GeneratorKind,
     InputNormalization,
+    L1Normalization,
     Variant,
 )
 from vstain_dask.train.augment import AugmentConfig
@@ -45,6 +46,7 @@ __all__ = [
     "flat_field",
     "generator_for",
     "nest_flat",
+    "resumed_settings",
 ]
 
 # fields that may change when a run is resumed (they do not change what is computed)
@@ -65,6 +67,7 @@ FLAT_NAMES: dict[str, tuple[str, str]] = {
     "unet_depth": ("generator", "depth"),
     "ndf": ("discriminator", "ndf"),
     "disc_layers": ("discriminator", "n_layers"),
+    "discriminator_kind": ("discriminator", "kind"),
     "ct_channels": ("input", "channels"),
     "ct_low": ("input", "low"),
     "ct_high": ("input", "high"),
@@ -145,7 +148,7 @@ def nest_flat(data: Mapping[str, Any]) -> dict[str, Any]:
     InputError
         A flat setting is out of its range, or flat settings come with nested configs.
     """
-    d = dict(data)
+    d = _written_before(data)
     flat = {name: d.pop(name) for name in FLAT_NAMES if name in d}
     if not flat:
         return d
@@ -170,9 +173,21 @@ def nest_flat(data: Mapping[str, Any]) -> dict[str, Any]:
         n_blocks=s["n_blocks"],
         depth=s["unet_depth"],
     ).to_dict()
-    d["discriminator"] = DiscriminatorConfig(ndf=s["ndf"], n_layers=s["disc_layers"]).to_dict()
+    d["discriminator"] = DiscriminatorConfig(
+        kind=s["discriminator_kind"], ndf=s["ndf"], n_layers=s["disc_layers"]
+    ).to_dict()
     low, high = s["ct_low"], s["ct_high"]
     d["input"] = _input_for(variant, channels=s["ct_channels"], low=low, high=high).to_dict()
+    return d
+
+
+def _written_before(data: Mapping[str, Any]) -> dict[str, Any]:
+    """``data`` with the settings a config written before they existed did not hold, as the
+    run computed them: a complete config (it holds ``mask_l1``, as every saved one does)
+    without ``l1_normalization`` divided its masked L1 terms by the mask's area."""
+    d = dict(data)
+    if "mask_l1" in d and "l1_normalization" not in d:
+        d["l1_normalization"] = L1Normalization.MASK.value
     return d
 
 
@@ -242,7 +257,7 @@ class TrainConfig:
     variant : Variant
         ``mod-cyclegan`` (the paper's), ``cyclegan``, ``cyclegan-invct`` or ``pix2pix``.
     epochs : int
-        Total epochs (a resumed run continues up to this number).
+        Total epochs (a resumed run continues up to this number); the paper's 500.
     batch_size, patch_size, patches_per_pair : int
         Patches per step (4), their side in pixels (256) and patches per pair per epoch (100).
     workers : int
@@ -262,8 +277,11 @@ class TrainConfig:
         (:func:`generator_for`: 64 base features, 9 ResNet blocks or a U-Net of depth
         ``log2(patch_size)``, at most 8). The inverse generator of the CycleGANs mirrors it.
     discriminator : DiscriminatorConfig
-        Template of the discriminators (64 base features, the design's 4 strided layers); their
-        channels are set per role.
+        Template of the discriminators; their channels are set per role. Default: PyTorch-GAN's
+        PatchGAN (``pytorch-gan``: 64 base features, 4 strided layers, a 16 x 16 map for
+        256 x 256 patches), because the paper's models were trained with PyTorch-GAN's CycleGAN
+        code, which builds this one; the 70 x 70 PatchGAN its text names (``patchgan-70``,
+        Isola et al.: 3 strided layers, a 30 x 30 map) is ``--discriminator patchgan-70``.
     input : InputNormalization or None
         Normalized CT -> network input. None: CT 0 and 50000 map to -1 and +1, 3 channels
         (the paper: greyscale repeated; 1 feeds one), inverted for ``cyclegan-invct`` only.
@@ -287,10 +305,16 @@ class TrainConfig:
     mask_l1 : bool
         Multiply every L1 term by the correspondence mask (the paper). False takes the L1 terms
         over whole patches, for data that correspond everywhere (phantom pairs).
+    l1_normalization : L1Normalization
+        ``pixels`` (the paper's): a masked L1 term is the mean over all pixels of the masked
+        images; ``mask``: divided by the mask's area instead, which weighs the L1 terms of a
+        patch ``1 / coverage`` times as much against the GAN term
+        (:func:`~vstain_dask.models.losses.masked_l1`). Configs and models written before this
+        setting existed read as ``mask``, what they computed.
     """
 
     variant: Variant = Variant.MOD_CYCLEGAN
-    epochs: int = int_field(200, 1)
+    epochs: int = int_field(500, 1)
     batch_size: int = int_field(4, 1)
     patch_size: int = int_field(256, 8)
     patches_per_pair: int = int_field(100, 1)
@@ -316,9 +340,12 @@ class TrainConfig:
     log_every: int = int_field(10, 1)
     histology_normalization: bool = True
     mask_l1: bool = True
+    l1_normalization: L1Normalization = L1Normalization.PIXELS
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "variant", as_enum(Variant, self.variant, "variant"))
+        norm = as_enum(L1Normalization, self.l1_normalization, "l1_normalization")
+        object.__setattr__(self, "l1_normalization", norm)
         check_int_fields(self)
         for name in ("cache", "histology_normalization", "mask_l1"):
             if not isinstance(getattr(self, name), bool):
@@ -418,6 +445,7 @@ class TrainConfig:
         """Plain form for JSON and checkpoints; the nested configs as their ``to_dict``."""
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["variant"] = self.variant.value
+        d["l1_normalization"] = self.l1_normalization.value
         d["betas"] = list(self.betas)
         d["weights"] = None if self.weights is None else self.weights.to_dict()
         d["augment"] = self.augment.to_dict()
@@ -439,6 +467,29 @@ class TrainConfig:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+#: settings that a resumed run keeps from its own config where they are not given
+_KEPT_ON_RESUME = ("epochs", "l1_normalization")
+
+
+def resumed_settings(run_dir: str | Path, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """``settings`` (of a run to resume in ``run_dir``) with the epochs and the L1
+    normalization that are not given (None) taken from the run's ``config.json``, so that a
+    run started before their defaults changed (200 epochs, L1 divided by the mask's area)
+    resumes as it ran. Left as they are where the run directory holds no readable config
+    (the resume then says what is missing)."""
+    import json
+
+    out = dict(settings)
+    try:
+        saved = json.loads((Path(run_dir) / "config.json").read_text(encoding="utf-8"))
+        saved = _written_before(saved["config"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return out
+    for name in _KEPT_ON_RESUME:
+        if out.get(name) is None and name in saved:
+            out[name] = saved[name]
+    return out
 
 
 @dataclasses.dataclass(frozen=True)

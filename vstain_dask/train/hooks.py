@@ -335,6 +335,15 @@ class EpochCallback(Hook):
 # -- what the models record ------------------------------------------------------------------------
 
 
+#: what the L1 terms are, by TrainConfig.l1_normalization, for the card
+_L1_TEXT = {
+    "pixels": "every L1 term is multiplied by the correspondence mask and averaged over all "
+    "pixels (the paper's)",
+    "mask": "every L1 term is multiplied by the correspondence mask and divided by the mask's "
+    "area (1 / coverage times the paper's)",
+}
+
+
 def training_meta(config: TrainConfig, trainer: Any) -> dict[str, Any]:
     """How a model was trained, for its checkpoint and card."""
     meta = config.to_dict()
@@ -345,7 +354,7 @@ def training_meta(config: TrainConfig, trainer: Any) -> dict[str, Any]:
     meta["autocast_bf16"] = trainer.use_autocast
     meta["channels_last"] = trainer.channels_last
     meta["masked_l1"] = (
-        "every L1 term is multiplied by the correspondence mask"
+        _L1_TEXT[config.l1_normalization.value]
         if config.mask_l1
         else "L1 terms over whole patches (mask_l1=False)"
     )

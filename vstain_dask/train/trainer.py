@@ -10,7 +10,8 @@ Variants (:class:`~vstain_dask.models.Variant`), with the loss weights of
 
 Every L1 term (cycle, identity, pixelwise, Pix2Pix) is multiplied by the correspondence mask
 (:func:`~vstain_dask.models.masked_l1`), so pixels where CT and histology do not show the same
-tissue teach nothing. The GAN losses are least-squares. Discriminators of the CycleGAN variants
+tissue teach nothing; as in the paper, the masked images are averaged over all their pixels
+(``l1_normalization="pixels"``; ``"mask"`` divides by the mask's area instead). The GAN losses are least-squares. Discriminators of the CycleGAN variants
 see generated images through an image buffer of 50 (Shrivastava et al.); Pix2Pix's conditional
 discriminator sees the current batch, as in the reference code. Adam with lr 2e-4 and betas
 (0.5, 0.999); an optional linear decay of the learning rate to zero from ``decay_start``.
@@ -265,6 +266,7 @@ class _Trainer:
         self.device = device
         self.variant = config.variant
         self.weights = config.loss_weights()
+        self.l1 = config.l1_normalization
         self.components = _components(self.variant, self.weights, config.input.channels)
         self.use_autocast = on_for_cuda(config.autocast, device)
         self.channels_last = on_for_cuda(config.channels_last, device)
@@ -361,16 +363,17 @@ class _Trainer:
                 )
             if "cycle" in self.components:
                 terms["cycle"] = 0.5 * (
-                    masked_l1(rec_a.float(), real_a, mask) + masked_l1(rec_b.float(), real_b, mask)
+                    masked_l1(rec_a.float(), real_a, mask, normalization=self.l1)
+                    + masked_l1(rec_b.float(), real_b, mask, normalization=self.l1)
                 )
             if "identity" in self.components:
                 terms["identity"] = 0.5 * (
-                    masked_l1(g_ba(real_a).float(), real_a, mask)
-                    + masked_l1(g_ab(real_b).float(), real_b, mask)
+                    masked_l1(g_ba(real_a).float(), real_a, mask, normalization=self.l1)
+                    + masked_l1(g_ab(real_b).float(), real_b, mask, normalization=self.l1)
                 )
             if "pixel" in self.components:
                 terms["pixel"] = supervision_loss(
-                    fake_b.float(), real_b, fake_a.float(), real_a, mask
+                    fake_b.float(), real_b, fake_a.float(), real_a, mask, normalization=self.l1
                 )
             if "greyscale" in self.components:
                 terms["greyscale"] = greyscale_loss(fake_a.float())
@@ -403,7 +406,7 @@ class _Trainer:
             if "gan" in self.components:
                 terms["gan"] = lsgan_loss(d(fake_b, real_a).float(), real=True)
             if "pix2pix_l1" in self.components:
-                terms["pix2pix_l1"] = masked_l1(fake_b.float(), real_b, mask)
+                terms["pix2pix_l1"] = masked_l1(fake_b.float(), real_b, mask, normalization=self.l1)
         loss_g = total_loss(terms, self.weights)
         loss_g.backward()
         self.opt_g.step()
