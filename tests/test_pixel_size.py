@@ -105,6 +105,35 @@ def test_a_recorded_pixel_size_of_zero_is_refused():
     assert model_pixel_size({}) is None
 
 
+def _edited(model_path, path, **meta):
+    """The model file with ``meta`` changed in its metadata and its content hash made to
+    match, as a file written by other software (or edited) would be."""
+    from vstain_dask.models.checkpoint import _content_hash
+
+    doc = torch.load(model_path, weights_only=True)
+    doc["meta"].update(meta)
+    doc["sha256"] = _content_hash(doc["meta"], doc["state_dicts"], doc.get("extra") or {})
+    torch.save(doc, path)
+    return path
+
+
+@pytest.mark.parametrize("size", [0, -5.0, "5 µm"])
+def test_a_model_recording_a_pixel_size_of_zero_or_below_is_refused_at_load(
+    ct, model_path, tmp_path, size
+):
+    from vstain_dask.errors import CheckpointError
+
+    bad = _edited(model_path, tmp_path / "bad.pt", pixel_size=size)
+    with pytest.raises(CheckpointError, match="records an invalid pixel size"):
+        load_model(bad)
+    src, _ = ct
+    r = _run("stain", src, "--model", bad, "-o", tmp_path / "out.zarr", *STAIN)
+    assert r.exit_code == 2, r.output
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith(f"error: {bad}: the model records")
+    assert f"got {size!r}" in r.stderr and "--pixel-size UM" in r.stderr
+    assert not (tmp_path / "out.zarr").exists()
+
+
 def test_stain_within_ten_percent_proceeds_silently(ct, model_path, tmp_path):
     src, _ = ct
     model = _model(model_path, tmp_path, 5.4)

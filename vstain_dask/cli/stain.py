@@ -47,9 +47,10 @@ _TILING = Tiling()
 )
 @click.option(
     "--prefilter-sigma",
-    default=0.0,
-    show_default=True,
-    help="3D Gaussian prefilter, voxels (paper: 1).",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="3D Gaussian prefilter, voxels [the model's: 1 for a model trained on pairs from "
+    "`register` (interpolated, as the paper's), 0 for others and models that record none].",
 )
 @click.option(
     "--ct-levels",
@@ -108,6 +109,7 @@ def stain(input_path, output, model, axes, tile, step, blend, fuse, fusion, batc
 
     from vstain_dask.stain import StainConfig, default_output, job_log_path, run_stain
 
+    prefilter_sigma, why = _prefilter_sigma(model, prefilter_sigma)
     config = StainConfig(
         axes=axes, tile=tile, step=step, blend=blend, fuse=fuse, fusion=fusion,
         batch_size=batch_size, prefilter_sigma=prefilter_sigma, resample=resample, alpha=alpha,
@@ -132,7 +134,7 @@ def stain(input_path, output, model, axes, tile, step, blend, fuse, fusion, batc
                 config=config,
                 cluster=cluster_config,
                 ct_levels=parse_ct_levels(ct_levels, keywords=("auto", "none")),
-                on_start=_say_dashboard,
+                on_start=lambda client: _say_start(client, prefilter_sigma, why),
                 # the cluster's own logs go to a file beside the job (to the terminal with --debug)
                 log_file=None if debug else job_log_path(target),
                 chunks=chunks,
@@ -153,13 +155,31 @@ def stain(input_path, output, model, axes, tile, step, blend, fuse, fusion, batc
     _say_report(report)
 
 
-def _say_dashboard(client) -> None:
-    """Where the cluster's dashboard is and how many workers it has, once they are up."""
+def _prefilter_sigma(model, requested: float | None) -> tuple[float, str | None]:
+    """The prefilter σ to stain with and why (``--prefilter-sigma``, else the model's)."""
+    from vstain_dask.errors import VStainError
+    from vstain_dask.stain import default_model_path
+    from vstain_dask.stain.job import model_prefilter_record
+    from vstain_dask.stain.params import choose_prefilter_sigma
+
+    try:
+        record = model_prefilter_record(model or default_model_path())
+    except VStainError:
+        # a model that cannot be read is refused by the stain, after the input's checks
+        return (0.0 if requested is None else requested), None
+    return choose_prefilter_sigma(record, requested)
+
+
+def _say_start(client, prefilter_sigma: float, why: str | None) -> None:
+    """Where the cluster's dashboard is and how many workers it has, once they are up, and
+    the prefilter the stain applies."""
     from vstain_dask.cluster import dashboard_url
 
     url = dashboard_url(client)
     n = len(client.scheduler_info().get("workers", {}))
     click.echo(f"dashboard: {url or 'not available'} ({n} worker(s))", err=True)
+    if why is not None:
+        click.echo(f"prefilter: σ = {prefilter_sigma:g} voxel ({why})", err=True)
 
 
 def _say_report(report) -> None:

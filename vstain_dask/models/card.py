@@ -115,7 +115,7 @@ def render_card(meta: Mapping[str, Any], *, sha256: str, file_name: str) -> str:
     lines += _architecture(meta)
     lines += _input_output(meta)
     lines += ["", "## Training hyperparameters", ""]
-    lines += _table(meta.get("training"))
+    lines += _table(_training(meta.get("training")))
     lines += ["## Data and split", ""]
     lines += _table(meta.get("split"))
     lines += ["## Evaluation metrics", ""]
@@ -178,7 +178,26 @@ def _input_output(meta: Mapping[str, Any]) -> list[str]:
     channels = ", ".join(str(c) for c in out.get("channels", []))
     lines.append(f"- Output: channels {channels}; tanh in [-1, 1] -> uint8 `{out.get('to_uint8')}`")
     lines.append(f"- Pixel size: {_pixel_size_text(meta.get('pixel_size'))}")
+    lines.append(f"- Prefilter before staining: {_prefilter_text(meta.get('prefilter'))}")
     return lines
+
+
+def _training(training: Any) -> Any:
+    """The training record; one written before ``l1_normalization`` was recorded shows what it
+    computed (L1 terms divided by the mask's area)."""
+    if isinstance(training, Mapping) and "mask_l1" in training:
+        if "l1_normalization" not in training:
+            return {**training, "l1_normalization": "mask (not recorded: what runs did then)"}
+    return training
+
+
+def _prefilter_text(record: Any) -> str:
+    if isinstance(record, Mapping) and isinstance(record.get("sigma"), int | float):
+        sigma = float(record["sigma"])
+        what = f"3D Gaussian, σ = {sigma:g} voxel" if sigma > 0 else "none (σ = 0)"
+        reason = record.get("reason", "no reason recorded")
+        return f"{what}: {reason} (`stain` applies it unless `--prefilter-sigma` says otherwise)"
+    return "not recorded (`stain` applies none unless `--prefilter-sigma` says so)"
 
 
 def _reproducibility(meta: Mapping[str, Any]) -> list[str]:

@@ -18,6 +18,7 @@ with ``torch.load(weights_only=True)``)::
         "software": {...}, "hardware": {...}, "command": str | None,
         "created": ISO 8601 time, "source": {...} | None, "notes": str | None,
         "pixel_size": float | None,   # µm: the pixel size of the training pairs
+        "prefilter": {"sigma": float, "reason": str, ...} | None,  # the stain's default
         "format_version": 1,
       },
       "state_dicts": {role: state dict},   # "generator" always; all networks for training
@@ -83,6 +84,7 @@ __all__ = [
     "model_info",
     "read_card",
     "model_pixel_size",
+    "model_prefilter",
     "PIXEL_SIZE_TOLERANCE",
     "pixel_sizes_match",
     "network_input",
@@ -193,6 +195,12 @@ class StainModel:
     def pixel_size(self) -> float | None:
         """The pixel size (µm) of the images the model was trained on; None if not recorded."""
         return model_pixel_size(self.card)
+
+    @property
+    def prefilter(self) -> dict[str, Any] | None:
+        """The 3D Gaussian prefilter the model asks ``stain`` for (``sigma`` in voxels and
+        ``reason``); None if not recorded (:func:`model_prefilter`)."""
+        return model_prefilter(self.card)
 
     def to_input(self, ct: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Normalize CT (H, W) or (N, H, W) to the (N, C, H, W) float32 input, on ``device``."""
@@ -496,6 +504,44 @@ def model_pixel_size(meta: Mapping[str, Any]) -> float | None:
         raise CheckpointError(f"the model records an invalid pixel size: {e}") from e
 
 
+def _check_prefilter(value: Any) -> dict[str, Any] | None:
+    """A prefilter record: a mapping whose ``sigma`` is a finite number >= 0 (voxels) and
+    whose ``reason`` is text, or None."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise InputError(f"prefilter must be a mapping with 'sigma' and 'reason', got {value!r}")
+    sigma = value.get("sigma")
+    if (
+        isinstance(sigma, bool)
+        or not isinstance(sigma, int | float)
+        or not (math.isfinite(sigma) and sigma >= 0)
+    ):
+        raise InputError(f"prefilter sigma must be a number >= 0 of voxels, got {sigma!r}")
+    if not isinstance(value.get("reason"), str):
+        raise InputError(f"prefilter reason must be text, got {value.get('reason')!r}")
+    return {**value, "sigma": float(sigma)}
+
+
+def model_prefilter(meta: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The 3D Gaussian prefilter a model's metadata records for staining (``sigma`` in
+    voxels, ``reason``, and what it was decided from), or None where it records none (files
+    written before it was recorded, imported models).
+
+    Training records σ = 1 voxel for pairs resampled from the CT by registration (interpolated,
+    as the paper's were, which then always prefiltered with σ = 1) and 0 otherwise.
+
+    Raises
+    ------
+    CheckpointError
+        The record is not a mapping with a ``sigma`` >= 0 and a ``reason``.
+    """
+    try:
+        return _check_prefilter(meta.get("prefilter"))
+    except InputError as e:
+        raise CheckpointError(f"the model records an invalid prefilter: {e}") from e
+
+
 def pixel_sizes_match(a: float, b: float) -> bool:
     """Whether two pixel sizes (µm, positive) are the same within :data:`PIXEL_SIZE_TOLERANCE`."""
     lo, hi = sorted((float(a), float(b)))
@@ -518,6 +564,7 @@ class _Record:
     notes: str | None = None
     output_channels: Sequence[str] | None = None
     pixel_size: float | None = None
+    prefilter: Mapping[str, Any] | None = None
 
     def checked(self) -> _Record:
         """The record with its variant as a :class:`Variant` and its pixel size as a float;
@@ -532,7 +579,10 @@ class _Record:
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise InputError(f"seed must be an integer or None, got {seed!r}")
         pixel_size = _check_pixel_size(self.pixel_size)
-        return dataclasses.replace(self, variant=variant, pixel_size=pixel_size)
+        prefilter = _check_prefilter(self.prefilter)
+        return dataclasses.replace(
+            self, variant=variant, pixel_size=pixel_size, prefilter=prefilter
+        )
 
 
 def _check_destination(path: pathlib.Path, *, card: bool, overwrite: bool) -> None:
@@ -621,6 +671,7 @@ def _meta(kind: str, record: _Record, weights: _Weights) -> dict[str, Any]:
         "source": _plain(dict(record.source), "source") if record.source else None,
         "notes": None if record.notes is None else str(record.notes),
         "pixel_size": record.pixel_size,
+        "prefilter": _plain(dict(record.prefilter), "prefilter") if record.prefilter else None,
     }
 
 
@@ -691,6 +742,7 @@ def save_model(
     notes: str | None = None,
     output_channels: Sequence[str] | None = None,
     pixel_size: float | None = None,
+    prefilter: Mapping[str, Any] | None = None,
     card: bool = True,
     overwrite: bool = False,
 ) -> pathlib.Path:
@@ -725,6 +777,10 @@ def save_model(
     pixel_size : float or None
         µm: the pixel size of the images the generator was trained on (``stain`` compares it
         with a volume's voxel size); None: not known.
+    prefilter : mapping or None
+        The 3D Gaussian prefilter ``stain`` applies by default: ``sigma`` (voxels, >= 0),
+        ``reason`` (text) and any plain details (:func:`model_prefilter`); None: not known
+        (``stain`` then applies none unless told).
     card : bool
         Also write the Markdown card.
     overwrite : bool
@@ -738,7 +794,7 @@ def save_model(
     record = _Record(
         normalization=normalization, variant=variant, training=training, seed=seed, split=split,
         metrics=metrics, hardware=hardware, command=command, source=source, notes=notes,
-        output_channels=output_channels, pixel_size=pixel_size,
+        output_channels=output_channels, pixel_size=pixel_size, prefilter=prefilter,
     )  # fmt: skip
     networks = {"generator": (generator, config)}
     return _write(path, kind="model", networks=networks, record=record, card=card,
@@ -761,6 +817,7 @@ def save_training_checkpoint(
     command: str | None = None,
     notes: str | None = None,
     pixel_size: float | None = None,
+    prefilter: Mapping[str, Any] | None = None,
     card: bool = True,
     overwrite: bool = False,
 ) -> pathlib.Path:
@@ -789,6 +846,7 @@ def save_training_checkpoint(
     record = _Record(
         normalization=normalization, variant=variant, training=training, seed=seed, split=split,
         metrics=metrics, hardware=hardware, command=command, notes=notes, pixel_size=pixel_size,
+        prefilter=prefilter,
     )  # fmt: skip
     roles = {role: (net, None) for role, net in networks.items()}
     return _write(path, kind="training", networks=roles, record=record, extra=extra,
@@ -923,6 +981,19 @@ def _variant(meta: Mapping[str, Any], path: pathlib.Path) -> Variant:
         raise CheckpointError(f"{path}: {e}") from e
 
 
+def _check_records(meta: Mapping[str, Any], path: pathlib.Path) -> None:
+    """Refuse a model whose recorded pixel size (0, negative, not a number) or prefilter
+    cannot be used: a stain would compare the volume with it or apply it."""
+    try:
+        model_pixel_size(meta)
+        model_prefilter(meta)
+    except CheckpointError as e:
+        raise CheckpointError(
+            f"{path}: {e}; re-create the model (`vstain-dask model import --pixel-size UM` "
+            "records a pixel size)"
+        ) from e
+
+
 def _load_network(
     meta: Mapping[str, Any],
     state_dicts: Mapping[str, Any],
@@ -966,6 +1037,7 @@ def load_model(path: str | os.PathLike, *, device: torch.device | str = "cpu") -
     meta = doc["meta"]
     normalization = _normalization(meta, path)
     variant = _variant(meta, path)
+    _check_records(meta, path)
     try:
         net, arch = _load_network(meta, doc["state_dicts"], "generator", dev)
     except CheckpointError as e:

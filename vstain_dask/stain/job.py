@@ -134,6 +134,16 @@ def _model_pixel_size(model) -> float | None:
     return model.pixel_size
 
 
+def model_prefilter_record(model) -> dict[str, Any] | None:
+    """The prefilter (``sigma``, ``reason``) recorded in a model given as a path or as a loaded
+    StainModel; None where it records none."""
+    from vstain_dask.models.checkpoint import model_info, model_prefilter
+
+    if isinstance(model, str | os.PathLike):
+        return model_prefilter(model_info(model))
+    return model.prefilter
+
+
 def _volume_pixel_size(vol, config: StainConfig) -> dict[str, float] | None:
     """The voxel size (µm) of ``vol`` along the axes of its staining planes, from its NGFF
     scale and units; None where it records none (a plain zarr array, an axis without a unit)."""

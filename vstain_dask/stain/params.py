@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any
 
@@ -99,7 +100,9 @@ class StainConfig:
         Tiles per model call; None: 8 on the CPU, 32 on a GPU (more tiles per call keep a
         large GPU busy; every block of a job runs the same batch shape either way).
     prefilter_sigma : float
-        3D Gaussian prefilter in voxels (paper: 1.0; 0 switches it off).
+        3D Gaussian prefilter in voxels (paper: 1.0; 0 switches it off). ``vstain-dask stain``
+        takes the model's recorded σ unless ``--prefilter-sigma`` is given
+        (:func:`choose_prefilter_sigma`).
     ct_levels : (float, float) or None
         Raw CT means of bone and background, mapped to 30000 and 10000 as in training.
         None: the volume is used as it is (already normalized).
@@ -214,6 +217,37 @@ class StainConfig:
     @property
     def out_channels(self) -> int:
         return 4 if self.alpha else 3
+
+
+def choose_prefilter_sigma(
+    model: Mapping[str, Any] | None, requested: float | None
+) -> tuple[float, str]:
+    """The prefilter σ (voxels) a stain uses, and why.
+
+    Parameters
+    ----------
+    model : mapping or None
+        The model's prefilter record (:func:`vstain_dask.models.checkpoint.model_prefilter`:
+        ``sigma``, ``reason``), None where it records none.
+    requested : float or None
+        ``--prefilter-sigma``: used where given.
+
+    Returns
+    -------
+    (float, str)
+        σ, and the reason in words. A model that records none (files written before it was
+        recorded, imported models, the bundled phantom model) gets 0, as every stain did
+        before models recorded it.
+    """
+    if requested is not None:
+        check_float(requested, "prefilter_sigma", minimum=0, unit="voxels")
+        return float(requested), "given with --prefilter-sigma"
+    if model is None:
+        return 0.0, (
+            "the model records none, so none is applied as before models recorded it "
+            "(--prefilter-sigma 1 is the paper's)"
+        )
+    return float(model["sigma"]), f"the model's: {model['reason']}"
 
 
 def default_batch_size(device) -> int:

@@ -68,6 +68,9 @@ class Run:
     pixel_size : float or None
         µm: the pixel size of the pairs, stored in the models (None where the pairs record
         none).
+    prefilter : dict or None
+        The prefilter ``stain`` applies with the models (``sigma``, ``reason``; from the
+        pairs, see :func:`vstain_dask.train.trainer.pairs_prefilter`).
     history : list of dict
         Per-epoch rows of the loss log, resumed runs included.
     best : dict
@@ -83,6 +86,7 @@ class Run:
     n_batches: int
     command: str | None = None
     pixel_size: float | None = None
+    prefilter: dict[str, Any] | None = None
     history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     best: dict[str, Any] = dataclasses.field(default_factory=dict)
     start_epoch: int = 0
@@ -117,6 +121,7 @@ class Run:
             command=self.command,
             notes=notes,
             pixel_size=self.pixel_size,
+            prefilter=self.prefilter,
             overwrite=True,
         )
 
@@ -271,6 +276,7 @@ class LastCheckpoint(Hook):
             metrics=final_metrics(run.history),
             command=run.command,
             pixel_size=run.pixel_size,
+            prefilter=run.prefilter,
             card=False,
             overwrite=True,
         )

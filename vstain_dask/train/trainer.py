@@ -96,6 +96,7 @@ __all__ = [
     "ImageBuffer",
     "fit",
     "train",
+    "pairs_prefilter",
 ]
 
 _CONFIG_FILE = "config.json"
@@ -225,6 +226,35 @@ def _pairs_pixel_size(pairs: Path) -> float | None:
             "(`vstain-dask import ... --voxel-size-out UM` resamples a volume)"
         )
     return float(np.median(list(sizes.values())))
+
+
+def pairs_prefilter(pairs: str | os.PathLike) -> dict[str, Any]:
+    """The 3D Gaussian prefilter that ``stain`` should apply with a model trained on
+    ``pairs``, as the model records it (``sigma`` in voxels, ``reason``, ``interpolated``
+    and ``pairs``: how many pairs were interpolated, of how many).
+
+    A pair written by ``vstain-dask register`` (it holds a ``registration`` record) is a CT
+    plane resampled from the volume with linear interpolation, which smooths it; the paper's
+    pairs came from such a registration, and it always prefiltered the CT with σ = 1 voxel in
+    3D before staining so that the network sees the same smoothness. σ = 1 when most pairs
+    are interpolated, 0 otherwise (pairs added with ``pairs add`` and phantom pairs are slices
+    as they are).
+    """
+    from vstain_dask.intensity import PREFILTER_SIGMA
+    from vstain_dask.pairs import list_pairs
+
+    entries = list_pairs(pairs)
+    n = sum(1 for p in entries if isinstance(p.get("registration"), Mapping))
+    interpolated = 2 * n > len(entries)
+    what = f"{n} of {len(entries)} training pairs"
+    reason = (
+        f"{what} were resampled from the CT by registration (interpolated), as the paper's "
+        "were; the paper prefiltered with 1 voxel"
+        if interpolated
+        else f"{what} were resampled by registration; the others are slices as they are"
+    )
+    sigma = float(PREFILTER_SIGMA) if interpolated else 0.0
+    return {"sigma": sigma, "reason": reason, "interpolated": n, "pairs": len(entries)}
 
 
 def _prepare_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
@@ -598,6 +628,7 @@ def _set_up(
         n_batches=math.ceil(len(dataset) / config.batch_size),
         command=command,
         pixel_size=pixel_size,
+        prefilter=pairs_prefilter(pairs),
     )
     _start(run, pairs, resume=resume, device=device)
     return run, dataset, val_pairs
