@@ -23,6 +23,7 @@ from vstain_dask.ngff import (
     VolumeKind,
     create_volume,
     format_info,
+    open_levels,
     open_volume,
     volume_info,
     write_labels,
@@ -115,6 +116,31 @@ def test_round_trip_values_chunks_scale_units_coords(tmp_path, volume, version, 
     assert lv1.attrs["scale"] == {"z": 5.0, "y": 2.0, "x": 1.0}
     np.testing.assert_allclose(lv1.coords["z"], 10.0 + 1.25 + np.arange(5) * 5.0)
     np.testing.assert_allclose(lv1.coords["x"], 0.25 + np.arange(6) * 1.0)
+    # each coordinate names its unit, as xarray users (and CF conventions) expect
+    assert all(lv1.coords[ax].attrs["units"] == "micrometer" for ax in "zyx")
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_open_levels_is_a_datatree_of_every_level(tmp_path, volume, version):
+    out = write_volume(
+        volume, tmp_path / "vol.ome.zarr", scale=(2.5, 1.0, 0.5), units="micrometer",
+        chunks=CHUNKS, ngff_version=version, n_levels=3,
+    )  # fmt: skip
+    tree = open_levels(out)
+    assert list(tree.children) == ["0", "1", "2"]
+    assert tree.attrs["n_levels"] == 3 and tree.attrs["vstain"]["complete"] is True
+    for level, image in enumerate(reference_pyramid(volume, (2, 2, 2), "mean", 3)):
+        lv = tree[str(level)]["image"]
+        assert lv.dims == ("z", "y", "x") and lv.shape == image.shape
+        np.testing.assert_array_equal(lv.values, image)
+        single = open_volume(out, level=level)
+        for ax in "zyx":
+            np.testing.assert_array_equal(lv.coords[ax].values, single.coords[ax].values)
+            assert lv.coords[ax].attrs["units"] == "micrometer"
+    # an unfinished volume is refused here as everywhere
+    zarr.open_group(out, mode="r+").attrs.update({"vstain": {"complete": False}})
+    with pytest.raises(VolumeFormatError, match="--overwrite|incomplete|not finished"):
+        open_levels(out)
 
 
 def test_provenance_under_vstain_key_and_units_alias(tmp_path, volume):

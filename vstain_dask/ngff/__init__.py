@@ -42,6 +42,7 @@ from vstain_dask.ngff._read import (
     incomplete_reason,
     level_array,
     missing_chunks,
+    open_levels,
     open_volume,
     update_provenance,
 )
@@ -66,6 +67,7 @@ __all__ = [
     "incomplete_reason",
     "level_array",
     "missing_chunks",
+    "open_levels",
     "open_volume",
     "update_provenance",
     "volume_info",

@@ -424,8 +424,9 @@ def open_volume(
     xarray.DataArray
         Backed by a dask array with the zarr chunks as dask chunks. Dims are the NGFF axes,
         ``(z, y, x)``, ``(c, z, y, x)``, ``(y, x)`` or ``(c, y, x)``; spatial coordinates are
-        physical positions ``index * scale + translation`` in the axis unit (usually µm); the
-        ``c`` coordinate holds the channel labels when known. ``attrs`` hold ``ngff_version``,
+        physical positions ``index * scale + translation`` in the axis unit (usually µm), which
+        each coordinate names in its ``units`` attribute; the ``c`` coordinate holds the
+        channel labels when known. All levels at once: :func:`open_levels` (a DataTree). ``attrs`` hold ``ngff_version``,
         ``scale``, ``units``, ``translation`` (dicts keyed by axis), ``path``, ``level``,
         ``n_levels``, ``channels``, ``kind`` and ``vstain`` (provenance, may be empty).
 
@@ -470,6 +471,40 @@ def open_volume(
     )
 
 
+def open_levels(path: str | os.PathLike, *, allow_incomplete: bool = False) -> xr.DataTree:
+    """Open every level of an OME-Zarr image lazily, as an :class:`xarray.DataTree`.
+
+    ``xarray.open_zarr`` and ``xarray.open_datatree`` cannot read an OME-Zarr pyramid: its
+    levels are arrays of different shapes with their physical scale in the ``multiscales``
+    metadata, which xarray does not interpret. This builds the tree from :func:`open_volume`
+    instead: one child per level, named ``"0"``, ``"1"``, ..., each a Dataset holding the
+    level as the variable ``image`` with its own physical coordinates (with ``units``).
+
+    Parameters
+    ----------
+    path : path of an OME-Zarr image group
+    allow_incomplete : bool
+        Open a volume whose writing did not finish (by default refused, as everywhere).
+
+    Returns
+    -------
+    xarray.DataTree
+        Nothing is read but the metadata; ``tree["1"]["image"]`` is level 1, dask-backed.
+        The root's ``attrs`` hold ``path``, ``n_levels`` and ``vstain`` (provenance).
+    """
+    import xarray as xr
+
+    first = open_volume(path, level=0, allow_incomplete=allow_incomplete)
+    n = int(first.attrs["n_levels"])
+    children = {"0": xr.Dataset({"image": first})}
+    for level in range(1, n):
+        image = open_volume(path, level=level, allow_incomplete=allow_incomplete)
+        children[str(level)] = xr.Dataset({"image": image})
+    tree = xr.DataTree.from_dict(children)
+    tree.attrs.update(path=first.attrs["path"], n_levels=n, vstain=first.attrs["vstain"])
+    return tree
+
+
 def _coords(ms: _Multiscale, lv: _Level, shape: tuple[int, ...]) -> dict[str, Any]:
     """Coordinates of a level of ``shape``: physical positions ``index * scale + translation``
     along the spatial axes, the channel labels (else indices) along ``c``."""
@@ -482,7 +517,9 @@ def _coords(ms: _Multiscale, lv: _Level, shape: tuple[int, ...]) -> dict[str, An
             else:
                 coords["c"] = np.arange(size)
         else:
-            coords[ax] = np.arange(size) * lv.scale[i] + lv.translation[i]
+            # (dims, values, attrs): the unit travels with the coordinate (xarray, CF style)
+            attrs = {"units": ms.units[i]} if ms.units[i] else {}
+            coords[ax] = (ax, np.arange(size) * lv.scale[i] + lv.translation[i], attrs)
     return coords
 
 
