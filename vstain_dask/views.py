@@ -7,6 +7,7 @@ a 1.5k³ volume costs three slices, not a volume.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +121,7 @@ def save_views(
     *,
     titles: list[str] | None = None,
     max_size: int = 768,
+    pictures: Sequence[tuple[str, np.ndarray]] = (),
 ) -> Path:
     """Save orthogonal views of one or more volumes (side by side) as a PNG.
 
@@ -134,6 +136,9 @@ def save_views(
     titles : one per volume (default the file names)
     max_size : int
         Largest side read (the first pyramid level at most this size is used).
+    pictures : (title, (H, W, 3) uint8 RGB image) pairs
+        Images shown as they are, each in a column of its own after the volumes (a 3D
+        rendering, say).
     """
     import matplotlib
 
@@ -149,10 +154,13 @@ def save_views(
     e0 = ext[0]
     col_w = 5.0
     height = col_w * (e0["y"] + e0["z"]) / (e0["x"] + e0["z"]) + 0.9
-    fig = plt.figure(figsize=(col_w * len(views), height))
-    outer = fig.add_gridspec(1, len(views), wspace=0.25)
+    columns = len(views) + len(pictures)
+    fig = plt.figure(figsize=(col_w * columns, height))
+    outer = fig.add_gridspec(1, columns, wspace=0.25)
     for i, (v, e, title) in enumerate(zip(views, ext, titles, strict=True)):
         _draw_volume(fig, outer[0, i], v, e, title)
+    for i, (title, image) in enumerate(pictures, start=len(views)):
+        _draw_picture(fig, outer[0, i], image, title)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110, bbox_inches="tight")
@@ -178,6 +186,18 @@ def _draw_volume(fig, cell, v: dict, e: dict, title: str) -> None:
                  fontsize=7, va="top", transform=ax_info.transAxes)  # fmt: skip
     ax_xy.text(0.0, 1.0 + 0.12 * e["x"] / max(e["y"], 1e-9), title, fontsize=10,
                fontweight="bold", transform=ax_xy.transAxes, va="bottom")  # fmt: skip
+
+
+def _draw_picture(fig, cell, image: np.ndarray, title: str) -> None:
+    """An RGB picture in ``cell`` of ``fig``, without axes, ``title`` above it."""
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[-1] not in (3, 4):
+        raise InputError(f"a picture must be (H, W, 3) RGB, got shape {image.shape} for {title!r}")
+    ax = fig.add_subplot(cell)
+    ax.imshow(image[..., :3], interpolation="antialiased")
+    ax.set_aspect("equal")
+    ax.axis("off")
+    ax.set_title(title, fontsize=10, fontweight="bold", loc="left")
 
 
 def _draw_planes(fig, gs, v: dict, e: dict) -> tuple:
