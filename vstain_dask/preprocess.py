@@ -44,7 +44,7 @@ from vstain_dask import intensity
 from vstain_dask.errors import InputError, as_enum
 from vstain_dask.intensity import CT_BACKGROUND_LEVEL, CT_BONE_LEVEL
 from vstain_dask.levels_qc import LEVEL_ROLES
-from vstain_dask.pairs import Material, material_preset
+from vstain_dask.pairs import Material
 
 __all__ = [
     "CT_BONE_LEVEL",
@@ -463,8 +463,8 @@ def _coarsened(planes: _Planes, denoise: bool) -> _Planes:
     residual = (values - planes.denoised)[valid]
     noise = 1.4826 * float(np.median(np.abs(residual - np.median(residual))))
     lo, hi = np.percentile(planes.denoised[valid], [0.5, 99.5])
-    most = max(1, min(values.shape[1:]) // 48)
-    g = min(most, math.ceil(noise / max(0.06 * (hi - lo), 1e-300)))
+    most = max(1, min(values.shape[1:]) // 64)
+    g = min(most, math.ceil(noise / max(0.04 * (hi - lo), 1e-300)))
     if g <= 1:
         return planes
     p, ny, nx = values.shape
@@ -762,9 +762,23 @@ def _find_medium(lab, valid, modes, bone: int):
     depth = np.stack([_depth(valid[p], None) for p in range(len(lab))])
     found = _medium_layer(lab, depth, modes, bone, 0.5 * min(lab.shape[1:]))
     if found is None:
-        return None
+        found = _beside_bone(lab, depth, modes, bone)
+        if found is None:
+            return None
     air = 0 if outer.any() and found[0].mode != 0 else None
     return (*found, air, "field", depth)
+
+
+def _beside_bone(lab, depth, modes, bone: int) -> tuple[_Layer, list[int]] | None:
+    """Where bone reaches the field's edge (a close-up cut through the sample): the one
+    substantial class below bone, if there is one, is the medium; its share is the part of the
+    edge beside the bone that it holds, times 0.7 (nothing around the sample says so)."""
+    below = [i for i in range(bone) if modes[i].fraction >= 0.01]
+    edge = (lab >= 0) & (lab < bone) & (depth < 2)
+    if len(below) != 1 or not edge.any():
+        return None
+    share = 0.7 * float((lab[edge] == below[0]).mean())
+    return _Layer(below[0], (0, int(np.nanmax(depth)) + 1), share), []
 
 
 def _check_not_the_wall(lab, depth, mode: _Mode, bone: int, radius: float) -> None:
@@ -1008,9 +1022,8 @@ def estimate_ct_levels(
     sample, max_chunks : int
         About how many values are kept, and at most how many chunks of a dask array they are
         read from (the chunks of one plane are always read).
-    material : str, optional
-        Implant material, when known (a ``Material`` enum member works too); only the
-        presets ``"mg"``, ``"ti"`` and ``"peek"`` change the rules, other names are accepted.
+    material : {"mg", "ti", "peek"}, optional
+        Implant material, when known (a ``Material`` enum member works too).
     rules : CTLevelRules, optional
         Default ``CTLevelRules()``; ``min_confidence`` is the refusal threshold.
     qc : path, optional
@@ -1032,7 +1045,7 @@ def estimate_ct_levels(
     data = _as_array(ct, "ct")
     _check_sampling(data, sample, max_chunks)
     rules = _as_rules(rules)
-    hint = material_preset(material)
+    hint = as_enum(Material, material, "material", case_insensitive=True, allow_none=True)
     if mask is not None:
         mask = _as_mask(mask, data.shape, "mask")
     planes = _read_planes(
