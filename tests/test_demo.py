@@ -139,6 +139,7 @@ def pipeline(tmp_path_factory) -> tuple[Path, str]:
 def test_pipeline_keeps_each_step_complete(pipeline):
     import tifffile
 
+    from vstain_dask.demo_pipeline import SECTION_POSES
     from vstain_dask.phantom._section import read_section_truth
 
     folder, stdout = pipeline
@@ -156,7 +157,8 @@ def test_pipeline_keeps_each_step_complete(pipeline):
     for step in ("01-phantom.ome.zarr", "02-sections/", "03-imported/", "04-pairs.zarr",
                  "05-model/", "06-stained.ome.zarr", "07-evaluation/"):  # fmt: skip
         assert f"  {step}  " in stdout, stdout
-    assert "section-1  y = 320 µm" in stdout and "CT voxels" in stdout, stdout
+    pose = SECTION_POSES[0].describe(128 * 5.0)  # where the first section was cut, along y
+    assert f"section-1  {pose}: registered: " in stdout and "CT voxels" in stdout, stdout
 
 
 @pytest.mark.slow
