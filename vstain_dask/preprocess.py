@@ -44,7 +44,7 @@ from vstain_dask import intensity
 from vstain_dask.errors import InputError, as_enum
 from vstain_dask.intensity import CT_BACKGROUND_LEVEL, CT_BONE_LEVEL
 from vstain_dask.levels_qc import LEVEL_ROLES
-from vstain_dask.pairs import Material
+from vstain_dask.pairs import Material, material_preset
 
 __all__ = [
     "CT_BONE_LEVEL",
@@ -1022,8 +1022,9 @@ def estimate_ct_levels(
     sample, max_chunks : int
         About how many values are kept, and at most how many chunks of a dask array they are
         read from (the chunks of one plane are always read).
-    material : {"mg", "ti", "peek"}, optional
-        Implant material, when known (a ``Material`` enum member works too).
+    material : str, optional
+        Implant material, when known (a ``Material`` enum member works too); only the
+        presets ``"mg"``, ``"ti"`` and ``"peek"`` change the rules, other names are accepted.
     rules : CTLevelRules, optional
         Default ``CTLevelRules()``; ``min_confidence`` is the refusal threshold.
     qc : path, optional
@@ -1045,7 +1046,7 @@ def estimate_ct_levels(
     data = _as_array(ct, "ct")
     _check_sampling(data, sample, max_chunks)
     rules = _as_rules(rules)
-    hint = as_enum(Material, material, "material", case_insensitive=True, allow_none=True)
+    hint = material_preset(material)
     if mask is not None:
         mask = _as_mask(mask, data.shape, "mask")
     planes = _read_planes(
