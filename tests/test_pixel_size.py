@@ -1,6 +1,8 @@
 """The model's pixel size: training records it, ``model import --pixel-size`` sets it, and
-``stain`` compares it with the volume's voxel size (proceeds within 10 %, refuses beyond unless
-``--resample off``, warns for a model that records none), recording the comparison."""
+``stain`` compares it with the volume's voxel size (proceeds within 10 %; beyond, resamples by
+default (tests/test_stain_resample.py), refuses with ``--resample check``, stains at the
+volume's size with a warning with ``--resample off``; warns for a model that records none),
+recording the comparison."""
 
 from __future__ import annotations
 
@@ -143,13 +145,14 @@ def test_stain_within_ten_percent_proceeds_silently(ct, model_path, tmp_path):
     prov = ngff.open_volume(tmp_path / "out.zarr").attrs["vstain"]
     assert prov["pixel_size"] == {"model": 5.4, "volume": {"y": 5.0, "x": 5.0},
                                   "decision": "match", "warning": None}  # fmt: skip
-    assert prov["parameters"]["resample"] == "check"
+    assert prov["parameters"]["resample"] == "auto"
 
 
-def test_stain_refuses_another_size_in_one_line(ct, model_path, tmp_path):
+def test_stain_resample_check_refuses_another_size_in_one_line(ct, model_path, tmp_path):
     src, _ = ct
     model = _model(model_path, tmp_path, 2.5)  # the volume is twice as coarse
-    r = _run("stain", src, "--model", model, "-o", tmp_path / "out.zarr", "--axes", "zyx", *STAIN)
+    check = ["--resample", "check", *STAIN]
+    r = _run("stain", src, "--model", model, "-o", tmp_path / "out.zarr", "--axes", "zyx", *check)
     assert r.exit_code == 2, r.output
     assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: the volume's voxel size")
     assert "(5 µm)" in r.stderr and "pixel size (2.5 µm)" in r.stderr
@@ -157,7 +160,7 @@ def test_stain_refuses_another_size_in_one_line(ct, model_path, tmp_path):
     assert not (tmp_path / "out.zarr").exists()
     # and the other direction: a finer volume than the model's
     model = _model(model_path, tmp_path, 10.0)
-    r = _run("stain", src, "--model", model, "-o", tmp_path / "out.zarr", *STAIN)
+    r = _run("stain", src, "--model", model, "-o", tmp_path / "out.zarr", *check)
     assert r.exit_code == 2 and "pixel size (10 µm)" in r.stderr
 
 
@@ -171,6 +174,7 @@ def test_stain_resample_off_stains_at_the_native_size_with_a_warning(ct, model_p
     said = [ln for ln in r.stderr.splitlines() if ln.startswith("warning:")]
     assert len(said) == 1 and "staining at the volume's voxel size (5 µm)" in said[0]
     assert "model's pixel size (2.5 µm)" in said[0]
+    assert "resampling" not in r.stderr
     vol = ngff.open_volume(out)
     assert vol.attrs["scale"]["y"] == 5.0  # written at the input's size
     record = vol.attrs["vstain"]["pixel_size"]
@@ -187,5 +191,7 @@ def test_stain_with_a_model_without_pixel_size_warns(ct, model_path, tmp_path):
     said = [ln for ln in r.stderr.splitlines() if ln.startswith("warning:")]
     assert len(said) == 1 and "the model records no pixel size" in said[0]
     assert "model import --pixel-size UM" in said[0]
+    assert "resampling" not in r.stderr  # nothing guessed: stained at the volume's own size
+    assert ngff.open_volume(tmp_path / "out.zarr").shape[1:] == (10, 40, 36)
     record = ngff.open_volume(tmp_path / "out.zarr").attrs["vstain"]["pixel_size"]
     assert record["model"] is None and record["decision"] == "model records no pixel size"

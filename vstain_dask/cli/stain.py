@@ -60,12 +60,13 @@ _TILING = Tiling()
 )
 @click.option(
     "--resample",
-    type=click.Choice(["check", "off"]),
-    default="check",
+    type=click.Choice(["auto", "check", "off"]),
+    default="auto",
     show_default=True,
     help="When the volume's voxel size and the model's pixel size differ by more than 10 %: "
-    "check refuses (resample with `vstain-dask import --voxel-size-out`), off stains at the "
-    "volume's size with a warning.",
+    "auto resamples the volume to the model's size (area average where finer, linear where "
+    "coarser) and writes the stain at that size; check refuses; off stains at the volume's "
+    "size with a warning.",
 )
 @click.option("--alpha", is_flag=True, help="Add an alpha channel (255 - mean RGB).")
 @click.option("--uncertainty", is_flag=True, help="Also write the spread between axes.")
@@ -135,6 +136,7 @@ def stain(input_path, output, model, axes, tile, step, blend, fuse, fusion, batc
                 cluster=cluster_config,
                 ct_levels=parse_ct_levels(ct_levels, keywords=("auto", "none")),
                 on_start=lambda client: _say_start(client, prefilter_sigma, why),
+                on_pixel_size=lambda line: click.echo(line, err=True),
                 # the cluster's own logs go to a file beside the job (to the terminal with --debug)
                 log_file=None if debug else job_log_path(target),
                 chunks=chunks,

@@ -13,6 +13,7 @@ import dataclasses
 import errno
 import itertools
 import os
+import shutil
 import time
 import warnings
 from collections.abc import Sequence
@@ -182,6 +183,8 @@ def _stain(source, output, *, model, config: StainConfig, client, options: Stain
                 output=output, blocks=job.n_blocks, blocks_skipped=job.n_blocks, tiles=0,
                 voxels=job.voxels, seconds=0.0, dashboard=None,
             )  # fmt: skip
+        if job.resampled is not None:
+            _write_resampled(job, client)
         missing = _missing_chunks(source)
         job = job.started(ident, missing_chunks=missing[0], command=options.command)
         report = _create_and_run(
@@ -194,6 +197,30 @@ def _stain(source, output, *, model, config: StainConfig, client, options: Stain
         raise
     finally:
         job.ledger.release()
+
+
+def _write_resampled(job: Job, client) -> None:
+    """Write the volume resampled to the model's pixel size into the job's folder, on
+    ``client`` (default: the current one), block by block, marked complete at the end; a
+    complete copy that records what this job would write (a resumed job) is kept."""
+    import dask
+    from distributed import get_client
+
+    from vstain_dask import ngff
+
+    path, record = job.read_source, job.resampled_record()
+    try:
+        if ngff.open_volume(path).attrs["vstain"].get("stain_input") == record:
+            return
+    except Exception:  # absent, incomplete or unreadable: written again
+        pass
+    r = job.resampled
+    with dask.config.set(scheduler=client or get_client()):
+        ngff.write_volume(
+            r.data, path, axes=r.axes, chunks=job.chunks[-len(r.axes):], n_levels=1,
+            ngff_version=job.ngff_version, attrs={"stain_input": record}, overwrite=True,
+            **r.spatial,
+        )  # fmt: skip
 
 
 def _missing_chunks(source: Path) -> tuple[int, int]:
@@ -229,7 +256,7 @@ def _create_and_run(job: Job, *, client, retries: int, progress: bool) -> StainR
     from vstain_dask import ngff
 
     config, two_d, vol_shape, chunks = job.config, job.two_d, job.vol_shape, job.chunks
-    spatial = {key: dict(job.vol.attrs.get(key) or {}) for key in ("scale", "units", "translation")}
+    spatial = job.spatial
     rgb_spatial = {key: {k: v for k, v in d.items() if k != "c"} for key, d in spatial.items()}
     if not job.output.exists():
         ngff.create_volume(
@@ -277,7 +304,7 @@ def _write_mask(job: Job) -> str:
     path = job.output / "labels" / "sample"
     if "mask" in job.ledger.done():
         return str(path)
-    data = ngff.open_volume(job.source).data
+    data = ngff.open_volume(job.read_source).data
     if job.two_d:
         data = data[None]
     cz = 1 if job.two_d else ngff.open_volume(job.output, allow_incomplete=True).data.chunks[1][0]
@@ -306,7 +333,8 @@ class _StageTasks:
     def submit(self, client, b: Block):
         job, name, tag = self.job, self.stage.prefix + b.name, self.job.tag
         read = client.submit(
-            _read_block, b, source=str(job.source), two_d=job.two_d, mask_path=self.mask_path,
+            _read_block, b, source=str(job.read_source), two_d=job.two_d,
+            mask_path=self.mask_path,
             key=f"read-{tag}-{name}", retries=self.retries, pure=False,
         )  # fmt: skip
         stained = client.submit(
@@ -539,6 +567,8 @@ def _run(job: Job, *, client, retries: int, progress: bool) -> StainReport:
         ngff.write_pyramid(job.output / "uncertainty")
     seconds = time.perf_counter() - t0
     _mark_complete(job.output, seconds=seconds, tiles=tiles)
+    if job.resampled is not None:  # the job's copy of its input goes with the job's folder
+        shutil.rmtree(job.read_source, ignore_errors=True)
     job.ledger.remove()
     return StainReport(
         output=job.output, blocks=job.n_blocks, blocks_skipped=skipped, tiles=tiles,

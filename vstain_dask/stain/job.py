@@ -5,6 +5,21 @@ fingerprinted before any work starts.
 takes: source, output, shape, chunks, model reference, parameters, stages, ledger and the
 provenance written into the output. The checks here refuse, before any work, an input that
 cannot be stained, an output that exists or is locked, and a resume with other inputs.
+
+The volume's voxel size is compared with the model's pixel size (:func:`check_pixel_size`).
+Beyond 10 %, by default (``Resample.AUTO``), the job stains the volume resampled to the model's
+pixel size in every axis (:class:`ResampledInput`): area averaging where the volume is finer
+(as ``vstain-dask import --voxel-size-out`` does, with the same code, so the two give the same
+bytes), linear interpolation where it is coarser, block by block
+(:func:`vstain_dask.ngff._resample.resample`). Every axis, not only the staining planes', as
+the paper downsampled its whole scans to 5 µm: the prefilter's σ in voxels then means what it
+meant in training along every axis. The resampled volume is written once, before the blocks
+run, to ``input-<size>um.ome.zarr`` in the job's folder (``OUT.vstain-job/``): the blocks read
+it like any input, a ``--resume`` reuses it while its record (source, content identity,
+resampling, chunks) matches, and it is removed with the job's folder when the stain completes
+(the stain is the product; ``vstain-dask import --voxel-size-out`` keeps a resampled volume).
+The output then has the resampled grid: the model's size as its NGFF scale, and a translation
+that puts each voxel's centre where the resampling took it from.
 """
 
 from __future__ import annotations
@@ -16,7 +31,7 @@ import os
 import uuid
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -36,8 +51,10 @@ class Job:
     (z, y, x) chunks; ``identity`` is the input's content identity and ``fingerprint`` that of
     everything that defines the output (see :func:`_job_fingerprint`); ``pixel_size`` is the
     comparison of the model's pixel size with the volume's (:func:`check_pixel_size`);
-    ``provenance`` is what
-    the output's ``vstain`` attributes record (filled in by :meth:`started`).
+    ``resampled`` is the volume brought to the model's pixel size that the blocks read
+    instead of ``source`` (None where the volume is stained as it is); ``vol_shape`` is then
+    its shape. ``provenance`` is what the output's ``vstain`` attributes record (filled in by
+    :meth:`started`).
     """
 
     source: Path
@@ -56,6 +73,29 @@ class Job:
     ledger: _Ledger
     pixel_size: dict[str, Any] = dataclasses.field(default_factory=dict)
     provenance: dict[str, Any] = dataclasses.field(default_factory=dict)
+    resampled: ResampledInput | None = None
+
+    @property
+    def read_source(self) -> Path:
+        """What the blocks read: the resampled copy in the job's folder, or the source."""
+        if self.resampled is None:
+            return self.source
+        return self.ledger.root / self.resampled.name
+
+    @property
+    def spatial(self) -> dict[str, dict[str, Any]]:
+        """The output's ``scale``, ``units`` and ``translation`` by axis: the input's, or those
+        of its resampled grid."""
+        if self.resampled is not None:
+            return {key: dict(d) for key, d in self.resampled.spatial.items()}
+        keys = ("scale", "units", "translation")
+        return {key: dict(self.vol.attrs.get(key) or {}) for key in keys}
+
+    def resampled_record(self) -> dict[str, Any]:
+        """What the resampled copy records and a resume must find again before reusing it."""
+        record = {"source": str(self.source.resolve()), "identity": self.identity,
+                  "resampled": self.resampled.record, "chunks": list(self.chunks)}  # fmt: skip
+        return json.loads(json.dumps(record))
 
     @property
     def n_blocks(self) -> int:
@@ -96,20 +136,106 @@ def plan_job(source: Path, output: Path, vol, *, model, config: StainConfig, chu
     """The job of staining ``vol`` (opened from ``source``, checked by :func:`check_inputs`)
     into ``output``: its shape, chunks, model reference, stages (each plan checked) and
     fingerprint. Nothing is written."""
-    two_d, vol_shape = _vol_shape(vol)
     model_path, model_sha = _model_ref(model)
-    pixel_size = check_pixel_size(vol, _model_pixel_size(model), config)
-    chunks = _output_chunks(vol_shape, chunks, two_d=two_d)
-    stages = tuple(_stages(vol_shape, chunks, config))
+    grid = stained_grid(vol, model=model, config=config, chunks=chunks)
+    stages = tuple(_stages(grid.vol_shape, grid.chunks, config))
     identity, fingerprint = _job_fingerprint(
-        source, vol_shape, chunks, model_sha, config, ngff_version
+        source, grid.vol_shape, grid.chunks, model_sha, config, ngff_version
     )
     return Job(
-        source=source, output=output, vol=vol, vol_shape=vol_shape, two_d=two_d, chunks=chunks,
-        model_path=model_path, model_sha=model_sha, config=config, ngff_version=ngff_version,
-        stages=stages, identity=identity, fingerprint=fingerprint, ledger=_Ledger(output),
-        pixel_size=pixel_size,
+        source=source, output=output, vol=vol, vol_shape=grid.vol_shape, two_d=grid.two_d,
+        chunks=grid.chunks, model_path=model_path, model_sha=model_sha, config=config,
+        ngff_version=ngff_version, stages=stages, identity=identity, fingerprint=fingerprint,
+        ledger=_Ledger(output), pixel_size=grid.pixel_size, resampled=grid.resampled,
     )  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class ResampledInput:
+    """The volume brought to the model's pixel size (``Resample.AUTO``), what a job stains
+    instead of its source (module docstring).
+
+    ``data`` is the lazy resampled volume (axes ``zyx``, or ``yx`` for a slice); ``spatial``
+    its ``scale``, ``units`` and ``translation`` by axis, which the output takes; ``record``
+    what was done (``from``, ``to`` and ``unit`` by axis, ``factors``, ``method``, shapes),
+    kept in the provenance; ``name`` the copy's folder name in the job's folder.
+    """
+
+    name: str
+    data: Any
+    spatial: dict[str, dict[str, Any]]
+    record: dict[str, Any]
+
+    @property
+    def axes(self) -> str:
+        return "yx" if self.data.ndim == 2 else "zyx"
+
+
+class StainedGrid(NamedTuple):
+    """The voxels a job stains: the volume's own, or those it is resampled to."""
+
+    #: the comparison of the model's pixel size with the volume's (:func:`check_pixel_size`)
+    pixel_size: dict[str, Any]
+    #: the resampled volume, None where the volume is stained as it is
+    resampled: ResampledInput | None
+    two_d: bool
+    #: (z, y, x) voxels, (1, y, x) for a slice
+    vol_shape: tuple[int, int, int]
+    #: the output's (z, y, x) chunks
+    chunks: tuple[int, int, int]
+
+
+def stained_grid(vol, *, model, config: StainConfig, chunks=None) -> StainedGrid:
+    """The grid a stain of ``vol`` with ``model`` is computed and written on: the volume's, or,
+    where ``config.resample`` is ``auto`` and the sizes differ by more than 10 %, the model's
+    pixel size in every axis (an axis without a physical unit keeps its size). ``chunks``:
+    the output's (default (64, 256, 256) clipped to the grid). Nothing is computed."""
+    pixel_size = check_pixel_size(vol, _model_pixel_size(model), config)
+    two_d, vol_shape = _vol_shape(vol)
+    resampled = None
+    if pixel_size["decision"] == _RESAMPLED:
+        big = (1 << 30,) * 3  # the chunks asked for, clipped by the resampling to its grid
+        asked = _output_chunks(big, chunks, two_d=two_d)
+        resampled = _resampled_input(vol, pixel_size["model"], asked)
+        pixel_size = {**pixel_size, "resampled": resampled.record}
+        two_d, vol_shape = _vol_shape(resampled.data)
+    return StainedGrid(
+        pixel_size, resampled, two_d, vol_shape, _output_chunks(vol_shape, chunks, two_d=two_d)
+    )
+
+
+def _resampled_input(vol, model_size: float, chunks) -> ResampledInput:
+    """``vol`` resampled (lazily) to ``model_size`` µm along every axis that has a unit."""
+    from vstain_dask.ngff._pixel_size import um_per
+    from vstain_dask.ngff._resample import resample_to_size
+
+    axes = "".join(str(d) for d in vol.dims)
+    scale, units = vol.attrs["scale"], dict(vol.attrs.get("units") or {})
+    translation = vol.attrs.get("translation") or {}
+    have = [float(scale[d]) for d in axes]
+    per = [um_per(units[d]) if units.get(d) else None for d in axes]
+    want = [model_size / f if f else h for h, f in zip(have, per, strict=True)]
+    data, done = resample_to_size(
+        vol.data, axes=axes, voxel_size=have, target=want, unit="micrometer",
+        chunks=chunks[-len(axes):], upsample=True,
+    )  # fmt: skip
+    spatial = {
+        "scale": dict(zip(axes, done["to"], strict=True)),
+        "units": units,
+        "translation": {
+            d: float(translation.get(d, 0.0)) + t
+            for d, t in zip(axes, done["translation"], strict=True)
+        },
+    }
+    record = {
+        **{k: dict(zip(axes, done[k], strict=True)) for k in ("from", "to", "factors")},
+        "unit": {d: units.get(d) for d in axes},
+        "method": done["method"],
+        "shape": {"from": [int(n) for n in vol.shape], "to": [int(n) for n in data.shape]},
+    }
+    if "methods" in done:
+        record["methods"] = dict(zip(axes, done["methods"], strict=True))
+    return ResampledInput(f"input-{model_size:g}um.ome.zarr", data, spatial, record)
 
 
 def _model_ref(model) -> tuple[str, str]:
@@ -178,8 +304,10 @@ def check_pixel_size(vol, model_size: float | None, config: StainConfig) -> dict
     """Compare the model's pixel size with the volume's voxel size in the staining planes.
 
     Within :data:`~vstain_dask.models.checkpoint.PIXEL_SIZE_TOLERANCE` the stain proceeds; a
-    larger difference is refused unless ``config.resample`` is ``off``. A model that records no
-    pixel size is stained with a warning, a volume without a physical unit as it is.
+    larger difference resamples the volume to the model's size (``config.resample`` ``auto``,
+    the default; see :func:`stained_grid`), is refused (``check``) or stained at the volume's
+    size with a warning (``off``). A model that records no pixel size is stained with a
+    warning and nothing is guessed; a volume without a physical unit is stained as it is.
 
     Parameters
     ----------
@@ -194,9 +322,10 @@ def check_pixel_size(vol, model_size: float | None, config: StainConfig) -> dict
     -------
     dict
         For the provenance: ``model`` (µm or None), ``volume`` (µm by axis, or None),
-        ``decision`` (``match``, ``mismatch, stained at the volume's size (--resample off)``,
-        ``model records no pixel size``, ``volume records no voxel size``) and ``warning``
-        (the line to warn with, or None).
+        ``decision`` (``match``, ``resampled to the model's pixel size``, ``mismatch,
+        stained at the volume's size (--resample off)``, ``model records no pixel size``,
+        ``volume records no voxel size``), ``warning`` (the line to warn with, or None) and,
+        for a resampled volume, ``note`` (the line that says so).
 
     Raises
     ------
@@ -218,9 +347,29 @@ def check_pixel_size(vol, model_size: float | None, config: StainConfig) -> dict
     if all(pixel_sizes_match(v, model_size) for v in volume.values()):
         record["decision"] = "match"
         return record
+    if config.resample is Resample.AUTO:
+        record["decision"] = _RESAMPLED
+        record["note"] = _resampling_note(volume, model_size)
+        return record
     record["decision"] = "mismatch, stained at the volume's size (--resample off)"
     record["warning"] = _size_mismatch(volume, model_size, config.resample)
     return record
+
+
+#: the decision of :func:`check_pixel_size` for a volume resampled to the model's size
+_RESAMPLED = "resampled to the model's pixel size"
+
+
+def _resampling_note(volume: dict[str, float], model_size: float) -> str:
+    """The line that says a volume is resampled to the model's pixel size, and how."""
+    finer = [v < model_size for v in volume.values()]
+    how = ("area averaging" if all(finer) else "linear interpolation" if not any(finer)
+           else "area averaging where finer, linear interpolation where coarser")  # fmt: skip
+    return (
+        f"resampling the volume ({_sizes_text(volume)}) to the model's pixel size "
+        f"({model_size:g} µm) in every axis by {how}; the stain is written at "
+        f"{model_size:g} µm (--resample off stains at the volume's size)"
+    )
 
 
 #: the warning of a stain with a model that records no pixel size
@@ -241,7 +390,8 @@ def _size_mismatch(volume: dict[str, float], model_size: float, resample: Resamp
             f"the volume's voxel size ({_sizes_text(volume)}) differs from the model's pixel "
             f"size ({model_size:g} µm) by more than {PIXEL_SIZE_TOLERANCE:.0%}; resample the "
             f"volume to the model's size (`vstain-dask import ... --voxel-size-out "
-            f"{model_size:g}`), or pass --resample off to stain it at its own size"
+            f"{model_size:g}`, or --resample auto during the stain), or pass --resample off to "
+            "stain it at its own size"
         )
     return (
         f"staining at the volume's voxel size ({_sizes_text(volume)}), which differs from the "
@@ -423,11 +573,10 @@ def check_resume(source, output, *, model, config: StainConfig, chunks=None,
     source, vol, output = check_inputs(source, output, resume=True, overwrite=False)
     if not output.exists():
         return
-    two_d, vol_shape = _vol_shape(vol)
-    chunks = _output_chunks(vol_shape, chunks, two_d=two_d)
+    grid = stained_grid(vol, model=model, config=config, chunks=chunks)
     _, model_sha = _model_ref(model)
     identity, fingerprint = _job_fingerprint(
-        source, vol_shape, chunks, model_sha, config, ngff_version
+        source, grid.vol_shape, grid.chunks, model_sha, config, ngff_version
     )
     prov = _read_provenance(output)
     if prov.get("fingerprint") != fingerprint:

@@ -59,6 +59,10 @@ class Resample(StrEnum):
     """What a stain does when the volume's voxel size and the model's pixel size differ by
     more than 10 %."""
 
+    #: resample the volume to the model's pixel size in every axis (area averaging where it is
+    #: finer, linear interpolation where it is coarser; :func:`vstain_dask.ngff._resample.
+    #: resample`), stain that, and write the stain at the model's size
+    AUTO = "auto"
     #: refuse, naming both sizes (``vstain-dask import --voxel-size-out`` resamples a volume)
     CHECK = "check"
     #: stain at the volume's own voxel size anyway, with a warning
@@ -117,8 +121,11 @@ class StainConfig:
     mask_colour : (int, int, int)
         RGB for voxels outside the sample (default white, the slide background).
     resample : Resample
-        ``check`` (default): refuse a volume whose voxel size (in the staining planes) differs
-        from the model's pixel size by more than 10 %; ``off``: stain it at its own size.
+        What a volume whose voxel size (in the staining planes) differs from the model's pixel
+        size by more than 10 % gets. ``auto`` (default): it is resampled to the model's size in
+        every axis, as the paper downsampled its scans to 5 µm, and the stain is written at
+        that size (see :mod:`vstain_dask.stain.job`); ``check``: refused; ``off``: stained at
+        its own size, with a warning.
     block : (int, int, int) or None
         Block shape (z, y, x) in voxels; None chooses one (whole planes for one axis).
     autocast : bool or None
@@ -148,7 +155,7 @@ class StainConfig:
     uncertainty: bool = False
     mask: bool = False
     mask_colour: tuple[int, int, int] = (255, 255, 255)
-    resample: Resample = Resample.CHECK
+    resample: Resample = Resample.AUTO
     block: tuple[int, int, int] | None = _runtime(None)
     autocast: bool | None = _runtime(None)
     channels_last: bool = _runtime(True)

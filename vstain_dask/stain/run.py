@@ -22,11 +22,10 @@ from vstain_dask.stain.execute import StainReport, stain_to_zarr
 from vstain_dask.stain.job import (
     _model_pixel_size,
     _model_ref,
-    _output_chunks,
-    _vol_shape,
     check_inputs,
     check_pixel_size,
     check_resume,
+    stained_grid,
 )
 from vstain_dask.stain.params import StainConfig
 from vstain_dask.stain.plan import _stages, check_memory
@@ -158,8 +157,8 @@ def _check_fits(vol, model, config: StainConfig, cluster, *, chunks) -> None:
 
     from vstain_dask.models import load_model
 
-    two_d, vol_shape = _vol_shape(vol)
-    stages = _stages(vol_shape, _output_chunks(vol_shape, chunks, two_d=two_d), config)
+    grid = stained_grid(vol, model=model, config=config, chunks=chunks)  # resampled or not
+    stages = _stages(grid.vol_shape, grid.chunks, config)
     available = _worker_memory(cluster)
     if available is None:
         return
@@ -180,6 +179,7 @@ def run_stain(
     on_start=None,
     log_file: str | os.PathLike | None = None,
     on_levels=None,
+    on_pixel_size=None,
     **options,
 ) -> StainReport:
     """Stain ``source`` into ``output`` on a cluster: what ``vstain-dask stain`` runs.
@@ -199,6 +199,9 @@ def run_stain(
         Called with the CTLevels (None: the volume is used as it is) and the QC figure's path
         (None when none was written) once they are known, before a cluster starts (the CLI
         prints them).
+    on_pixel_size : callable, optional
+        Called with the line that says the volume is resampled to the model's pixel size
+        (``config.resample`` ``auto``), before a cluster starts; not called otherwise.
     on_start : callable, optional
         Called with the client once workers are up (the CLI prints the dashboard link).
     log_file : path, optional
@@ -219,7 +222,9 @@ def run_stain(
         overwrite=options.get("overwrite", False),
         break_lock=options.pop("break_lock", False),
     )
-    config, levels, qc = _checked_config(vol, source, model, config, ct_levels, target)
+    config, levels, qc, note = _checked_config(vol, source, model, config, ct_levels, target)
+    if on_pixel_size is not None and note:
+        on_pixel_size(note)
     if on_levels is not None:
         on_levels(levels, qc)
     cluster = _local_gpu_workers(cluster, config.device)
@@ -239,13 +244,14 @@ def run_stain(
 
 def _checked_config(vol, source: Path, model: Path, config: StainConfig, ct_levels, target):
     """(``config`` with the CT levels to stain with, those levels, the path of their QC
-    figure or None), once the model is known to load and its pixel size has been compared
-    with the volume's voxel size (a difference allowed by ``config.resample`` is a warning to
-    the caller of :func:`run_stain`)."""
+    figure or None, the line saying the volume is resampled or None), once the model is known
+    to load and its pixel size has been compared with the volume's voxel size (a difference
+    stained as it is with ``--resample off`` is a warning to the caller of
+    :func:`run_stain`)."""
     _model_ref(model)
-    said = check_pixel_size(vol, _model_pixel_size(model), config)["warning"]
-    if said:
-        warnings.warn(said, UserWarning, stacklevel=3)
+    compared = check_pixel_size(vol, _model_pixel_size(model), config)
+    if compared["warning"]:
+        warnings.warn(compared["warning"], UserWarning, stacklevel=3)
     auto = isinstance(ct_levels, str) and ct_levels.lower() == "auto"
     qc = levels_qc_path(target) if auto and target is not None else None
     levels = resolve_levels(source, model, ct_levels, qc=qc)
@@ -254,7 +260,7 @@ def _checked_config(vol, source: Path, model: Path, config: StainConfig, ct_leve
     pair = None if levels is None else (levels.bone, levels.background)
     if pair != config.ct_levels:
         config = dataclasses.replace(config, ct_levels=pair)
-    return config, levels, qc
+    return config, levels, qc, compared.get("note")
 
 
 def _record_levels(output, levels, qc: Path | None) -> None:
