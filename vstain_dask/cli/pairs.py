@@ -100,10 +100,12 @@ def add(
         overwrite=overwrite,
     )
     c = info["normalization"]["ct_levels"]
+    source = c["source"] if c.get("confidence") is None else (
+        f"{c['source']}, confidence {c['confidence']:.2f}")  # fmt: skip
     h, w = info["shape"]
     click.echo(
         f"added pair {info['id']} to {store}: {h}x{w} px, {material.lower()}, sample {sample}; "
-        f"CT bone {c['bone']:.0f}, background {c['background']:.0f} ({c['source']}) -> 30000, "
+        f"CT bone {c['bone']:.0f}, background {c['background']:.0f} ({source}) -> 30000, "
         f"10000; mask covers {info['mask_fraction']:.0%}"
     )
 

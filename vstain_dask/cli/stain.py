@@ -139,6 +139,7 @@ def stain(input_path, output, model, axes, tile, step, blend, fuse, fusion, batc
                 on_pixel_size=lambda line: click.echo(line, err=True),
                 # the cluster's own logs go to a file beside the job (to the terminal with --debug)
                 log_file=None if debug else job_log_path(target),
+                on_levels=_say_levels,
                 chunks=chunks,
                 ngff_version=ngff_version,
                 resume=resume,
@@ -182,6 +183,12 @@ def _say_start(client, prefilter_sigma: float, why: str | None) -> None:
     click.echo(f"dashboard: {url or 'not available'} ({n} worker(s))", err=True)
     if why is not None:
         click.echo(f"prefilter: σ = {prefilter_sigma:g} voxel ({why})", err=True)
+
+
+def _say_levels(levels, qc) -> None:
+    """The CT levels the stain normalizes with, where they came from, and their QC figure."""
+    if levels is not None:
+        click.echo(levels.describe() + (f"; QC figure {qc}" if qc else ""), err=True)
 
 
 def _say_report(report) -> None:
