@@ -422,6 +422,21 @@ FLAT_TINY = {
 }  # fmt: skip
 
 
+def test_a_resumed_run_keeps_its_epochs_and_l1_normalization_unless_given(tmp_path):
+    from vstain_dask.train.config import resumed_settings
+
+    unset = {"epochs": None, "l1_normalization": None, "ngf": 8}
+    assert resumed_settings(tmp_path / "none", unset) == unset  # no run: the resume says so
+    # one run, and all folds of a cross-validation (their first fold's config)
+    for config in (tmp_path / "run" / "config.json", tmp_path / "cv" / "fold0" / "config.json"):
+        config.parent.mkdir(parents=True)
+        config.write_text(json.dumps({"config": FLAT_TINY}))  # written before the setting
+        run = tmp_path / config.relative_to(tmp_path).parts[0]
+        assert resumed_settings(run, unset) == {"epochs": 1, "l1_normalization": "mask", "ngf": 8}
+        given = {"epochs": 3, "l1_normalization": "pixels"}
+        assert resumed_settings(run, given) == given
+
+
 def test_a_flat_config_written_before_the_nesting_loads_to_the_same_config():
     cfg = TrainConfig.from_dict(FLAT_TINY)
     # written before the L1 normalization was a setting: what it computed then

@@ -474,15 +474,19 @@ _KEPT_ON_RESUME = ("epochs", "l1_normalization")
 
 def resumed_settings(run_dir: str | Path, settings: Mapping[str, Any]) -> dict[str, Any]:
     """``settings`` (of a run to resume in ``run_dir``) with the epochs and the L1
-    normalization that are not given (None) taken from the run's ``config.json``, so that a
-    run started before their defaults changed (200 epochs, L1 divided by the mask's area)
-    resumes as it ran. Left as they are where the run directory holds no readable config
-    (the resume then says what is missing)."""
+    normalization that are not given (None) taken from the run's ``config.json`` (that of its
+    first fold, ``fold0/config.json``, for all folds of a cross-validation), so that a run
+    started before their defaults changed (200 epochs, L1 divided by the mask's area) resumes
+    as it ran. Left as they are where the run directory holds no readable config (the resume
+    then says what is missing)."""
     import json
 
     out = dict(settings)
+    path = Path(run_dir) / "config.json"
+    if not path.exists():
+        path = Path(run_dir) / "fold0" / "config.json"
     try:
-        saved = json.loads((Path(run_dir) / "config.json").read_text(encoding="utf-8"))
+        saved = json.loads(path.read_text(encoding="utf-8"))
         saved = _written_before(saved["config"])
     except (OSError, ValueError, KeyError, TypeError):
         return out
