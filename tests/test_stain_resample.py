@@ -138,11 +138,12 @@ def test_cli_says_in_one_line_what_it_resampled(ct, model_path, tmp_path):
     src, _ = ct  # 10 x 40 x 36 voxels of 5 µm
     model = _sized(model_path, tmp_path / "m10.pt", 10.0)
     out = tmp_path / "out.ome.zarr"
-    r = CliRunner().invoke(main, [
+    args = [
         "stain", str(src), "--model", str(model), "-o", str(out), "--tile", "16", "--step", "8",
         "--batch-size", "4", "--workers", "1", "--threads-per-worker", "1", "--ct-levels",
         "none", "--no-progress",
-    ])  # fmt: skip
+    ]  # fmt: skip
+    r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
     said = [ln for ln in r.stderr.splitlines() if "resampl" in ln]
     assert said == [
@@ -152,3 +153,7 @@ def test_cli_says_in_one_line_what_it_resampled(ct, model_path, tmp_path):
     assert not [ln for ln in r.stderr.splitlines() if ln.startswith("warning:")]
     vol = ngff.open_volume(out)
     assert vol.shape == (3, 5, 20, 18) and vol.attrs["scale"]["x"] == 10.0
+    # a resume plans the same resampled job (same fingerprint): nothing left to do
+    r = CliRunner().invoke(main, [*args, "--resume"])
+    assert r.exit_code == 0, r.output
+    assert "is already complete" in r.stdout
