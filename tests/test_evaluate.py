@@ -538,9 +538,10 @@ def test_pairs_without_a_covered_patch_are_listed(tmp_path):
     mask = np.zeros((40, 40), bool)
     mask[:4, :4] = True  # a tiny mask: no 32-px patch is half covered
     ct = rng.integers(1000, 3000, (40, 40)).astype(np.uint16)
-    write_pair(
-        path, "tiny", ct=ct, histology=hist, mask=mask, material="mg", sample="s", voxel_size=5.0
-    )
+    # noise without bone: no levels can be estimated from it, so the pair records them
+    levels = {"normalization": {"ct_levels": {"bone": 3000.0, "background": 1000.0}}}
+    write_pair(path, "tiny", ct=ct, histology=hist, mask=mask, material="mg", sample="s",
+               voxel_size=5.0, attrs=levels)  # fmt: skip
     result = evaluate_models(path, None, config=EvalConfig(**SMALL, lpips=False, ct_levels="none"))
     assert result.records == []
     assert "no 32x32 patch" in result.pairs[0]["skipped"]
