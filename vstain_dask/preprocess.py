@@ -782,11 +782,15 @@ def _beside_bone(lab, depth, modes, bone: int) -> tuple[_Layer, list[int]] | Non
 
 
 def _check_not_the_wall(lab, depth, mode: _Mode, bone: int, radius: float) -> None:
-    """Refuse a brightest class that lies mostly at the container's edge: the holder wall,
-    with no bone in view."""
+    """Refuse a brightest class that lies mostly at the container's edge with a sample inside
+    it: the holder wall, with no bone in view."""
     inside = lab == bone
-    at_edge = inside & (depth < max(3.0, 0.08 * radius))
-    if inside.any() and at_edge.sum() > 0.5 * inside.sum():
+    edge = depth < max(3.0, 0.08 * radius)
+    at_edge = inside & edge
+    # a wall holds a sample: something other than what lies outside it and than itself
+    within = (lab >= 0) & ~edge & np.isfinite(depth)
+    sample = within & (lab != 0) & (lab != bone)
+    if inside.any() and at_edge.sum() > 0.5 * inside.sum() and sample.sum() > 0.05 * within.sum():
         raise InputError(
             f"ct: no bone found: its brightest class ({mode.level:.6g}) is the ring of the "
             "holder wall at the edge of the field"
