@@ -39,8 +39,9 @@ def register(ct, section, store, material, sample, pair_id, section_pixel_size, 
 
     SECTION is a whole-slide image (any file `vstain-dask import` reads) or its 2D RGB
     OME-Zarr. The search maximizes mutual information over a rigid plane (depth, two tilts,
-    in-plane rotation over the full turn, two shifts; mirrored and not), coarse to fine on the
-    CT's pyramid, then fits the section's affine distortion. The pair (CT plane and registered
+    in-plane rotation over the full turn, two shifts; mirrored and not) together with the
+    section's in-plane scale and shear, coarse to fine on the CT's pyramid, then fits the
+    section's affine distortion once more on the found plane. The pair (CT plane and registered
     histology at the CT's pixel size, cropped to the common field of view) gets the
     registration record in its attributes (`registration`: `section_to_ct` and the metric).
     Exits 3 without writing a pair when no plane is trusted.

@@ -17,14 +17,12 @@ from vstain_dask.register._images import CTPyramid, SectionLevel
 from vstain_dask.register._search import (
     Candidate,
     SearchSettings,
+    distortion_of,
     fixed_image,
     footprint_box,
     mi_method,
     tissue_mask,
 )
-
-#: an affine refinement that scales or shears the section by more than this is not trusted
-MAX_DISTORTION = 0.08
 
 
 def _image2d(array: np.ndarray, section: SectionLevel):
@@ -54,6 +52,16 @@ def ct_on_plane(pyramid: CTPyramid, cand: Candidate, section: SectionLevel, leve
     return sitk.GetArrayFromImage(values)[0], sitk.GetArrayFromImage(inside)[0].astype(bool)
 
 
+def _start_at(t, cand: Candidate) -> None:
+    """Set the 2D affine ``t`` (plane → section, about its centre) to the inverse of
+    ``cand``'s distortion D about the placement's ``q_mid``: p → q_mid + D⁻¹ (p - q_mid)."""
+    inv = np.linalg.inv(np.reshape(cand.distortion, (2, 2)))[::-1, ::-1]  # (x, y) order
+    q_mid = np.asarray(cand.placement.q_mid, dtype=np.float64)[::-1]
+    c = np.asarray(t.GetCenter(), dtype=np.float64)
+    t.SetMatrix(tuple(float(v) for v in inv.ravel()))
+    t.SetTranslation(tuple(float(v) for v in q_mid + inv @ (c - q_mid) - c))
+
+
 @dataclasses.dataclass(frozen=True)
 class AffineResult:
     """``plane_to_section`` (4×4 on (row, col, w)), its metric, and whether it was used."""
@@ -69,7 +77,8 @@ class AffineResult:
 def fit_affine(
     pyramid: CTPyramid, cand: Candidate, section: SectionLevel, settings: SearchSettings
 ) -> AffineResult:
-    """Fit the 2D affine map from the CT plane (fixed) to the section (moving)."""
+    """Fit the 2D affine map from the CT plane (fixed) to the section (moving), starting from
+    the distortion the plane search found with ``cand``."""
     import SimpleITK as sitk
 
     ct, inside = ct_on_plane(pyramid, cand, section)
@@ -95,6 +104,7 @@ def fit_affine(
     t.SetCenter(centre)
     reg.SetInitialTransform(t, inPlace=True)
     rigid_metric = float(reg.MetricEvaluate(fixed, moving))
+    _start_at(t, cand)
     history: list[float] = []
     reg.AddCommand(sitk.sitkIterationEvent, lambda: history.append(reg.GetMetricValue()))
     reg.Execute(fixed, moving)
@@ -103,11 +113,10 @@ def fit_affine(
     c = np.array(centre)[::-1]
     off = c + np.array(t.GetTranslation())[::-1] - lin @ c
     m = affine4(np.pad(lin, ((0, 1), (0, 1))) + np.diag([0, 0, 1.0]), np.append(off, 0.0))
-    sv = np.linalg.svd(lin, compute_uv=False)
-    distortion = float(max(abs(sv - 1.0)))
+    distortion = distortion_of(lin)
     if not metric < rigid_metric:
         return AffineResult(np.eye(4), metric, rigid_metric, False, "no better than rigid", ())
-    if distortion > MAX_DISTORTION:
-        reason = f"scale/shear {distortion:.1%} beyond {MAX_DISTORTION:.0%}"
+    if distortion > settings.max_distortion:
+        reason = f"scale/shear {distortion:.1%} beyond {settings.max_distortion:.0%}"
         return AffineResult(np.eye(4), metric, rigid_metric, False, reason, tuple(history))
     return AffineResult(m, metric, rigid_metric, True, "", tuple(history))

@@ -8,9 +8,13 @@ axis), two tilts, the in-plane rotation and two in-plane shifts. The search:
 1. at the coarsest CT level, SimpleITK's exhaustive optimizer samples the in-plane rotation
    over the full turn, the depth over the CT's extent and the in-plane shifts around the
    centred start, for each cutting axis and mirroring tried, recording Mattes mutual
-   information at every grid point;
-2. the best distinct grid points start a gradient descent over all six parameters;
-3. the best of those is refined at finer CT levels (a crop of the CT around the plane).
+   information at every grid point (the tilts are left to the descent: at this level they
+   change the metric least, while the rotation and the shifts need fine steps);
+2. the best distinct grid points start a gradient descent over the six rigid parameters and
+   the section's in-plane scale and shear (an ``AffineTransform`` whose linear part is split
+   into the plane's rotation and the section's distortion): without the distortion, a tilt
+   that foreshortens the plane would stand in for the section's compression;
+3. the best of those are refined at finer CT levels (a crop of the CT around the plane).
 
 No optimizer here is our own: exhaustive sampling and gradient descent are SimpleITK's.
 """
@@ -33,12 +37,12 @@ _AXIS_INDEX = {"z": 0, "y": 1, "x": 2}
 class SearchSettings:
     """How widely and finely the coarse search samples (recorded with the result)."""
 
-    angle_step: float = 20.0  # degrees, in-plane rotation grid over the full turn
+    angle_step: float = 10.0  # degrees, in-plane rotation grid over the full turn
     depth_step: float = 3.0  # coarse voxels between depths sampled
-    shift_fraction: float = 0.12  # in-plane shift step, as a fraction of the section's extent
-    shift_steps: int = 1  # shifts sampled each side of the centred start
+    shift_fraction: float = 0.04  # in-plane shift step, as a fraction of the section's extent
+    shift_steps: int = 3  # shifts sampled each side of the centred start
     coarse_tilt: float = 8.0  # degrees between the tilts the coarse grid samples
-    coarse_tilt_steps: int = 1  # tilts the coarse grid samples each side of zero
+    coarse_tilt_steps: int = 0  # tilts the coarse grid samples each side of zero
     max_tilt: float = 12.0  # degrees, the tilts the tilt grid covers each side
     tilt_step: float = 3.0  # degrees between tilts sampled
     starts: int = 10  # grid points that start a local descent
@@ -47,6 +51,7 @@ class SearchSettings:
     min_overlap: float = 0.7  # share of the section's tissue a pose must keep inside the CT
     bins: int = 32  # Mattes histogram bins
     iterations: int = 120  # gradient-descent iterations per level
+    max_distortion: float = 0.08  # the most in-plane scale or shear the section may need
 
 
 @dataclasses.dataclass
@@ -59,6 +64,9 @@ class Candidate:
     params: tuple[float, ...]
     metric: float = math.inf
     history: list[float] = dataclasses.field(default_factory=list)
+    #: the section's in-plane distortion D (2×2, row-major on (row, col) µm, after the flip):
+    #: the plane shows section point q at ``q_mid + D (q - q_mid)``
+    distortion: tuple[float, ...] = (1.0, 0.0, 0.0, 1.0)
 
     def transform(self):
         import SimpleITK as sitk
@@ -84,13 +92,16 @@ class Candidate:
         return self.rigid_matrix() @ self.placement.matrix()
 
 
-def fixed_image(section: SectionLevel, placement: Placement, flip: bool):
-    """The section as a one-slice 3D SimpleITK image placed in the CT, and its tissue mask."""
+def fixed_image(section: SectionLevel, placement: Placement, flip: bool, distortion=None):
+    """The section as a one-slice 3D SimpleITK image placed in the CT, and its tissue mask;
+    with ``distortion`` (a candidate's D), the section resampled as the plane shows it."""
     import SimpleITK as sitk
 
     grey = section.contrast()
     if flip:
         grey = grey[:, ::-1]
+    if distortion is not None and not np.allclose(distortion, (1.0, 0.0, 0.0, 1.0)):
+        grey = _undistort(grey, section, placement.q_mid, np.reshape(distortion, (2, 2)))
     img = sitk.GetImageFromArray(np.ascontiguousarray(grey)[None])
     sp = section.spacing
     img.SetSpacing((float(sp[1]), float(sp[0]), float(min(sp))))
@@ -105,6 +116,21 @@ def fixed_image(section: SectionLevel, placement: Placement, flip: bool):
     mask = sitk.GetImageFromArray(tissue_mask(grey)[None].astype(np.uint8))
     mask.CopyInformation(img)
     return img, mask
+
+
+def _undistort(grey: np.ndarray, section: SectionLevel, q_mid: np.ndarray, d: np.ndarray):
+    """``grey`` resampled on its own grid so that plane point p shows section point
+    ``q_mid + D⁻¹ (p - q_mid)`` (SimpleITK's linear resampling; glass, 0, outside)."""
+    import SimpleITK as sitk
+
+    img = sitk.GetImageFromArray(np.ascontiguousarray(grey, dtype=np.float32))
+    img.SetSpacing((float(section.spacing[1]), float(section.spacing[0])))
+    img.SetOrigin((float(section.origin[1]), float(section.origin[0])))
+    t = sitk.AffineTransform(2)
+    t.SetCenter((float(q_mid[1]), float(q_mid[0])))
+    t.SetMatrix(tuple(float(v) for v in np.linalg.inv(d)[::-1, ::-1].ravel()))
+    out = sitk.Resample(img, img, t, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    return sitk.GetArrayFromImage(out)
 
 
 def tissue_mask(grey: np.ndarray) -> np.ndarray:
@@ -141,7 +167,7 @@ def _exhaustive(ct, section: SectionLevel, cand: Candidate, settings, steps, sca
     [(metric, params)], ``steps`` points each side along each parameter, ``scales`` apart."""
     import SimpleITK as sitk
 
-    fixed, mask = fixed_image(section, cand.placement, cand.flip)
+    fixed, mask = fixed_image(section, cand.placement, cand.flip, cand.distortion)
     reg = mi_method(settings, mask)
     reg.SetOptimizerAsExhaustive([int(n) for n in steps], stepLength=1.0)
     reg.SetOptimizerScales([float(s) for s in scales])
@@ -195,25 +221,71 @@ def tilt_search(
 
 
 def descend(ct, section: SectionLevel, cand: Candidate, settings: SearchSettings) -> Candidate:
-    """Gradient descent over the six rigid parameters from ``cand`` (SimpleITK's regular-step
-    gradient descent, scales from physical shifts)."""
+    """Gradient descent from ``cand`` over the rigid plane and the section's in-plane scale and
+    shear (SimpleITK's regular-step gradient descent on an ``AffineTransform``, scales from
+    physical shifts); the plain rigid descent where the distortion would pass
+    ``settings.max_distortion``."""
     import SimpleITK as sitk
 
-    fixed, mask = fixed_image(section, cand.placement, cand.flip)
+    fixed, mask = fixed_image(section, cand.placement, cand.flip, cand.distortion)
+    rigid = cand.transform()
+    t = sitk.AffineTransform(3)
+    t.SetCenter(rigid.GetCenter())
+    t.SetMatrix(rigid.GetMatrix())
+    t.SetTranslation(rigid.GetTranslation())
+    metric, history = _descent(settings, mask, fixed, ct, t)
+    found = split_affine(cand, t)
+    if distortion_of(found.distortion) > settings.max_distortion:
+        metric, history = _descent(settings, mask, fixed, ct, rigid)
+        found = dataclasses.replace(cand, params=tuple(rigid.GetParameters()))
+    return dataclasses.replace(found, metric=metric, history=cand.history + history)
+
+
+def _descent(settings: SearchSettings, mask, fixed, ct, transform) -> tuple[float, list[float]]:
+    """Run SimpleITK's regular-step gradient descent on ``transform`` (in place)."""
+    import SimpleITK as sitk
+
     reg = mi_method(settings, mask)
     reg.SetOptimizerAsRegularStepGradientDescent(
         learningRate=2.0, minStep=1e-3, numberOfIterations=settings.iterations,
         gradientMagnitudeTolerance=1e-8, relaxationFactor=0.6,
     )  # fmt: skip
     reg.SetOptimizerScalesFromPhysicalShift()
-    t = cand.transform()
-    reg.SetInitialTransform(t, inPlace=True)
+    reg.SetInitialTransform(transform, inPlace=True)
     history: list[float] = []
     reg.AddCommand(sitk.sitkIterationEvent, lambda: history.append(reg.GetMetricValue()))
     reg.Execute(fixed, ct)
-    final = reg.MetricEvaluate(fixed, ct)
+    return float(reg.MetricEvaluate(fixed, ct)), history
+
+
+def distortion_of(d) -> float:
+    """How far a 2×2 distortion is from none: the largest |singular value - 1|."""
+    sv = np.linalg.svd(np.reshape(d, (2, 2)), compute_uv=False)
+    return float(max(abs(sv - 1.0)))
+
+
+def split_affine(cand: Candidate, t) -> Candidate:
+    """``cand`` with the plane and distortion of the 3D affine ``t`` found from it: the affine
+    maps the plane's (row, col) directions B to ``A B = R B D``, split by the polar
+    decomposition (R the rotation nearest, D symmetric), D composed with ``cand``'s."""
+    import SimpleITK as sitk
+
+    lin = matrix_from_sitk(np.array(t.GetMatrix()).reshape(3, 3))
+    basis = cand.placement.basis
+    u, sv, vt = np.linalg.svd(lin @ basis, full_matrices=False)
+    cols = u @ vt  # R B: the plane's row and column directions in the CT
+    rot = (
+        np.column_stack([cols, np.cross(cols[:, 0], cols[:, 1])])
+        @ np.column_stack([basis, cand.placement.normal]).T
+    )
+    d_new = vt.T @ np.diag(sv) @ vt
+    e = sitk.Euler3DTransform()
+    e.SetCenter(t.GetCenter())
+    e.SetMatrix(tuple(float(v) for v in matrix_from_sitk(rot).ravel()), 1e-6)
+    e.SetTranslation(t.GetTranslation())
+    total = d_new @ np.reshape(cand.distortion, (2, 2))
     return dataclasses.replace(
-        cand, params=tuple(t.GetParameters()), metric=float(final), history=cand.history + history
+        cand, params=tuple(e.GetParameters()), distortion=tuple(float(v) for v in total.ravel())
     )
 
 
@@ -303,19 +375,23 @@ def coarse_search(
 def refine(
     pyramid: CTPyramid, section_at, cand: Candidate, settings: SearchSettings, record: SearchRecord
 ) -> Candidate:
-    """Descend again at each finer CT level, on a crop of the CT around the current plane."""
+    """Descend again at each finer CT level, on a crop of the CT around the current plane
+    that holds every pose the tilt grid samples (a point of the section outside the crop
+    would drop out of the metric and flatter the pose); the result is scored on a crop
+    around itself, the same way for every pose compared."""
     t0 = time.perf_counter()
     first = True
     for level in range(pyramid.coarse_level() - 1, -1, -1):
         voxel = float(min(pyramid.grid(level).scale))
         section = section_at(voxel)
-        low, high = footprint_box(cand, section, margin=8 * voxel)
-        ct = pyramid.read(level, low, high)
         span = settings.max_tilt if first else 2 * settings.tilt_step
         first = False
+        low, high = footprint_box(cand, section, margin=8 * voxel, tilt=span)
+        ct = pyramid.read(level, low, high)
         starts = tilt_search(ct, section, cand, settings, span, settings.starts)
         tried = [descend(ct, section, c, settings) for c in [cand, *starts]]
         cand = min(tried, key=lambda c: c.metric)
+        cand = dataclasses.replace(cand, metric=score(pyramid, level, section, cand, settings))
         record.levels.append({"level": level, "voxel_size": voxel, "metric": cand.metric})
     record.seconds["refine"] = round(
         record.seconds.get("refine", 0.0) + time.perf_counter() - t0, 2
@@ -323,9 +399,25 @@ def refine(
     return cand
 
 
-def footprint_box(cand: Candidate, section: SectionLevel, margin: float, tissue_only: bool = True):
+def score(pyramid: CTPyramid, level: int, section: SectionLevel, cand: Candidate, settings):
+    """Mattes MI of ``cand`` at ``level``, on a crop 8 voxels around its own footprint."""
+    voxel = float(min(pyramid.grid(level).scale))
+    low, high = footprint_box(cand, section, margin=8 * voxel)
+    fixed, mask = fixed_image(section, cand.placement, cand.flip, cand.distortion)
+    reg = mi_method(settings, mask)
+    reg.SetInitialTransform(cand.transform())
+    return float(reg.MetricEvaluate(fixed, pyramid.read(level, low, high)))
+
+
+def footprint_box(
+    cand: Candidate,
+    section: SectionLevel,
+    margin: float,
+    tissue_only: bool = True,
+    tilt: float = 0.0,
+):
     """Physical box (z, y, x) of the CT holding the section's tissue (or its whole image)
-    under ``cand``."""
+    under ``cand``, and under any pose tilted from it by up to ``tilt`` degrees."""
     rows = np.array([], dtype=int)
     if tissue_only:
         grey = section.contrast()
@@ -339,4 +431,6 @@ def footprint_box(cand: Candidate, section: SectionLevel, margin: float, tissue_
         ]
     )
     pts = apply(cand.section_to_plane(), q)
-    return pts.min(axis=0) - margin, pts.max(axis=0) + margin
+    low, high = pts.min(axis=0), pts.max(axis=0)
+    reach = 0.5 * float(np.linalg.norm(high - low)) * math.sin(math.radians(tilt))
+    return low - margin - reach, high + margin + reach
