@@ -97,7 +97,7 @@ class CTLevels:
         product of the parts in ``basis["parts"]``: ``separation`` (bone and medium contrast
         over their widths, 1 from 3), ``support`` (the smaller of their pixel fractions, 1
         from 1 %), ``medium`` (how much of its layer around the sample the medium fills, 1
-        from 70 %), ``planes`` (how far the planes' own levels spread, 1 up to 10 % of the
+        from 60 %), ``planes`` (how far the planes' own levels spread, 1 up to 10 % of the
         contrast) and ``reference`` (1 when a holder wall, outer air or metal confirmed that
         the brightest class is bone, 0.8 when nothing in view could).
     basis : dict or None
@@ -942,7 +942,7 @@ def _parts(planes, lab, modes, bone: int, medium: int, share: float, referenced:
     return {
         "separation": _ramp(contrast / max(b.width + m.width, 1e-12), 1.0, 3.0),
         "support": _ramp(min(b.fraction, m.fraction), 0.002, 0.01),
-        "medium": _ramp(share, 0.4, 0.7),
+        "medium": _ramp(share, 0.3, 0.6),
         "planes": _ramp(-_consistency(planes, lab, bone, medium) / contrast, -0.3, -0.1),
         "reference": 1.0 if referenced else 0.8,
     }
