@@ -89,7 +89,6 @@ CASES = {
         None,
     ),  # fmt: skip
     "200px-one-slice-ti": (CTScene(size=200, screw=50000, medium=6500, air=4000), None),
-
     # noise 60 % of the bone's contrast: the planes are averaged further before classifying
     "noise-9000": (CTScene(size=200, noise=9000), None),
     # refused: noise twice the bone's contrast; no class stands out of the histogram
@@ -134,7 +133,9 @@ def test_a_confidence_below_the_threshold_is_refused_in_one_line():
     # nothing in view confirms that the brightest class is bone: confidence 0.8
     ct = CTScene(size=200, noise=9000).build()[0]
     assert estimate_ct_levels(ct).basis["parts"]["reference"] == 0.8
-    with pytest.raises(InputError, match=r"not trustworthy: confidence 0\.\d\d < 0\.9 \(.*reference"):
+    with pytest.raises(
+        InputError, match=r"not trustworthy: confidence 0\.\d\d < 0\.9 \(.*reference"
+    ):
         estimate_ct_levels(ct, rules=CTLevelRules(min_confidence=0.9))
 
 
