@@ -13,9 +13,11 @@ import pytest
 import tifffile
 from click.testing import CliRunner
 
+from vstain_dask import ngff
 from vstain_dask.cli import main
 from vstain_dask.phantom import Tissue
 from vstain_dask.phantom._section import read_section_truth
+from vstain_dask.preprocess import estimate_ct_levels
 from vstain_dask.register import score_against_truth
 
 
@@ -97,6 +99,12 @@ def test_register_finds_a_rotated_mirrored_sheared_section(volume, tmp_path):
     g = zarr.open_group(store / "S1-000", mode="r")
     assert g.attrs["registration"]["section_to_ct"] == record["section_to_ct"]
     assert g["ct"].dtype == np.uint16 and g["histology"].shape[:2] == g["ct"].shape
+    # the pair is normalized with the scan's levels, those stain estimates on the same volume
+    scan = estimate_ct_levels(ngff.open_volume(volume).data, material="mg")
+    recorded = g.attrs["normalization"]["ct_levels"]
+    assert recorded["source"] == "auto" and recorded["confidence"] == scan.confidence
+    assert (recorded["bone"], recorded["background"]) == (scan.bone, scan.background)
+    assert record["ct_levels"] == recorded
     assert (tmp_path / "S1-000.register-qc.png").stat().st_size > 10_000
     # the same pair id again is refused before any work, and the pair is kept
     again = CliRunner().invoke(main, ["register", str(volume), str(sec), "-o", str(store),
@@ -116,6 +124,21 @@ def test_register_refuses_a_section_of_nothing_in_the_ct(volume, tmp_path):
                                   "--material", "mg", "--sample", "S1", "--axis", "y"])  # fmt: skip
     assert r.exit_code == 3, r.output
     assert "no plane of the CT matches the section" in r.output or "several planes" in r.output
+    assert len(r.output.strip().splitlines()) == 1 and not store.exists()
+
+
+def test_register_refuses_a_scan_without_trustworthy_levels_before_searching(tmp_path):
+    flat = tmp_path / "flat.ome.zarr"
+    ngff.write_volume(np.full((16, 80, 80), 7000, np.uint16), flat, axes="zyx",
+                      scale=(5.0, 5.0, 5.0), units="micrometer")  # fmt: skip
+    sec = tmp_path / "s.ome.tif"
+    tifffile.imwrite(sec, np.full((200, 200, 3), 200, np.uint8), photometric="rgb",
+                     metadata={"axes": "YXS", "PhysicalSizeX": 2.0, "PhysicalSizeY": 2.0})  # fmt: skip
+    store = tmp_path / "pairs.zarr"
+    r = CliRunner().invoke(main, ["register", str(flat), str(sec), "-o", str(store),
+                                  "--material", "mg", "--sample", "S1"])  # fmt: skip
+    assert r.exit_code == 2, r.output
+    assert "could not estimate the CT levels" in r.output and "--ct-levels" in r.output
     assert len(r.output.strip().splitlines()) == 1 and not store.exists()
 
 

@@ -31,10 +31,12 @@ _HELP = {"help_option_names": ["-h", "--help"]}
               help="Refine the section's sectioning scale and shear after the plane.")  # fmt: skip
 @click.option("--qc", type=click.Path(path_type=Path),
               help="QC picture  [default: PAIR.register-qc.png beside PAIRS.zarr]")  # fmt: skip
+@click.option("--ct-levels", help="Raw CT means BONE,BACKGROUND of the scan instead of "
+              "estimating them on the volume.")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print the registration record as JSON.")
 @click.option("--overwrite", is_flag=True, help="Replace a pair with the same id.")
 def register(ct, section, store, material, sample, pair_id, section_pixel_size, axis, init_depth,
-             flip, affine, qc, as_json, overwrite):  # fmt: skip
+             flip, affine, qc, ct_levels, as_json, overwrite):  # fmt: skip
     """Find the plane of CT that a histology SECTION shows, and add the pair to PAIRS.zarr.
 
     SECTION is a whole-slide image (any file `vstain-dask import` reads) or its 2D RGB
@@ -46,6 +48,7 @@ def register(ct, section, store, material, sample, pair_id, section_pixel_size, 
     registration record in its attributes (`registration`: `section_to_ct` and the metric).
     Exits 3 without writing a pair when no plane is trusted.
     """
+    from vstain_dask.cli._options import parse_ct_levels
     from vstain_dask.register import RegisterConfig
     from vstain_dask.register._pairs import add_registered_pair
 
@@ -55,19 +58,24 @@ def register(ct, section, store, material, sample, pair_id, section_pixel_size, 
     )  # fmt: skip
     record = add_registered_pair(
         ct, section, store, config=config, material=material.lower(), sample=sample,
-        pair_id=pair_id, qc=qc, overwrite=overwrite,
+        pair_id=pair_id, qc=qc, overwrite=overwrite, ct_levels=parse_ct_levels(ct_levels),
     )  # fmt: skip
     if as_json:
         click.echo(json.dumps(record, indent=2))
         return
     aff = record["affine"]
+    c = record["ct_levels"]
+    levels = f"{c['bone']:.0f}/{c['background']:.0f} ({c['source']}" + (
+        f" on the volume, confidence {c['confidence']:.2f})" if c.get("confidence") is not None
+        else ")")  # fmt: skip
     click.echo(
         f"registered {section} to {ct}: pair {record['pair']} in {store} "
         f"({record['shape'][0]}x{record['shape'][1]} at {record['ct_voxel_size']:g} µm); cut normal "
         f"to {record['axis']}{', mirrored' if record['flip'] else ''}; mutual information "
         f"{-record['metric']:.3f} (margin {record['confidence']['margin']:.0%} over another pose)"
         f"{'' if aff['used'] else ', no affine refinement (' + aff['reason'] + ')'}; "
-        f"{record['seconds']['total']:.0f} s; QC {record['qc']}"
+        f"CT levels bone/background {levels}; {record['seconds']['total']:.0f} s; "
+        f"QC {record['qc']}"
     )
 
 

@@ -39,8 +39,14 @@ def add_registered_pair(
     pair_id: str | None = None,
     qc: str | os.PathLike | None = None,
     overwrite: bool = False,
+    ct_levels: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
     """Register ``section`` to ``ct`` and add the pair to ``store``.
+
+    The pair is normalized with the CT levels of the whole scan (``ct_levels``, else estimated
+    on the volume before the search, which stops early when they cannot be trusted), the
+    levels ``stain`` finds on the same volume: one small plane holds too few classes for a
+    trustworthy estimate, and training and staining then see the same mapping.
 
     Returns the registration record with ``pair`` (its id), ``shape``, ``ct_levels`` (the CT
     levels the pair records, with their source and, when estimated, confidence) and ``qc``
@@ -56,6 +62,7 @@ def add_registered_pair(
     parse_material(material)
     if pair_id is not None and pair_id in _existing_ids(store) and not overwrite:
         raise OutputExistsError(f"pair {pair_id} exists in {store}: give --overwrite to replace it")
+    levels = _scan_levels(ct, material, ct_levels)
     record = register_section(ct, section, config)
     images = record.pop("_result")
     curve = record.pop("_curve")
@@ -65,7 +72,7 @@ def add_registered_pair(
     info = add_pair(
         store, ct=_as_ct_dtype(images["ct"], dtype), histology=images["histology"],
         material=material, sample=sample, voxel_size=record["ct_voxel_size"],
-        mask=images["mask"], pair_id=pair_id, overwrite=overwrite,
+        mask=images["mask"], pair_id=pair_id, overwrite=overwrite, ct_levels=levels,
     )  # fmt: skip
     record["pair"] = info["id"]
     # the CT levels the pair is normalized with and where they came from (auto: confidence)
@@ -78,6 +85,25 @@ def add_registered_pair(
     title = f"{Path(section).name} → {Path(ct).name}: MI {-record['metric']:.3f}"
     write_qc(qc_path, images, curve, title)
     return record
+
+
+def _scan_levels(ct: str | os.PathLike, material: str, given: tuple[float, float] | None):
+    """The CT levels of the scan: ``given`` (manual), else estimated on the volume (a bounded
+    sample of its chunks), with the one-line refusal saying what to give instead."""
+    from vstain_dask import ngff
+    from vstain_dask.pairs import material_preset
+    from vstain_dask.preprocess import CTLevels, LevelSource, estimate_ct_levels
+
+    if given is not None:
+        bone, background = (float(v) for v in given)
+        return CTLevels(bone=bone, background=background, source=LevelSource.MANUAL)
+    volume = ngff.open_volume(ct)
+    try:
+        return estimate_ct_levels(volume.data, material=material_preset(material))
+    except InputError as e:
+        raise InputError(
+            f"could not estimate the CT levels of {ct}: {e}; give --ct-levels BONE,BACKGROUND"
+        ) from e
 
 
 def _ct_dtype(ct: str | os.PathLike) -> np.dtype:

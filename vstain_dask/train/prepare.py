@@ -337,6 +337,8 @@ class _LevelOptions:
             raise InputError("bone_roi and background_roi must be given together")
         if self.ct_levels is not None and self.bone_roi is not None:
             raise InputError("give either ct_levels or bone_roi/background_roi, not both")
+        if isinstance(self.ct_levels, CTLevels):  # found elsewhere (register: on the volume)
+            return self.ct_levels
         if self.ct_levels is not None:
             try:
                 bone, background = (float(v) for v in self.ct_levels)
@@ -429,8 +431,9 @@ def add_pair(
     pair_id : str, optional
         Default ``<sample>-NNN``, the first free number.
     role : ``"train"``, ``"val"``, ``"test"`` or None (the default)
-    ct_levels : (bone, background), optional
-        Raw CT means to use instead of estimating them.
+    ct_levels : (bone, background) or CTLevels, optional
+        Raw CT means to use instead of estimating them (a ``CTLevels`` is recorded with its
+        own source and confidence).
     bone_roi, background_roi : region, optional
         Measure the CT levels in these regions (see :func:`vstain_dask.preprocess.levels_from_rois`).
     overwrite : bool
