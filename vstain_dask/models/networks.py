@@ -80,23 +80,6 @@ def _pad_mode(size: int, before: int, after: int) -> str:
     return "replicate"
 
 
-def _padded_forward(forward, x: torch.Tensor, shift: int, multiple: int, minimum: int):
-    """``forward`` on ``x`` padded as :func:`_pad_plan` says (reflect where both sides of both
-    axes can, else replicate), cropped back to ``x``'s height and width."""
-    height = x.shape[-2]
-    width = x.shape[-1]
-    top, bottom, y0 = _pad_plan(height, shift, multiple, minimum)
-    left, right, x0 = _pad_plan(width, shift, multiple, minimum)
-    if top == 0 and bottom == 0 and left == 0 and right == 0 and shift == 0:
-        return forward(x)
-    if _pad_mode(height, top, bottom) == "reflect" and _pad_mode(width, left, right) == "reflect":
-        x = F.pad(x, [left, right, top, bottom], mode="reflect")
-    else:
-        x = F.pad(x, [left, right, top, bottom], mode="replicate")
-    y = forward(x)
-    return y[:, :, y0 : y0 + height, x0 : x0 + width]
-
-
 class _ResidualBlock(nn.Module):
     """Two reflect-padded 3 x 3 convolutions with a skip connection."""
 
@@ -213,7 +196,21 @@ class ResnetGenerator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Stain ``x`` of shape (N, in_channels, H, W) to (N, out_channels, H, W)."""
-        return _padded_forward(self.forward_raw, x, self.shift, 4, self.minimum)
+        height = x.shape[-2]
+        width = x.shape[-1]
+        top, bottom, y0 = _pad_plan(height, self.shift, 4, self.minimum)
+        left, right, x0 = _pad_plan(width, self.shift, 4, self.minimum)
+        if top == 0 and bottom == 0 and left == 0 and right == 0 and self.shift == 0:
+            return self.forward_raw(x)
+        if (
+            _pad_mode(height, top, bottom) == "reflect"
+            and _pad_mode(width, left, right) == "reflect"
+        ):
+            x = F.pad(x, [left, right, top, bottom], mode="reflect")
+        else:
+            x = F.pad(x, [left, right, top, bottom], mode="replicate")
+        y = self.forward_raw(x)
+        return y[:, :, y0 : y0 + height, x0 : x0 + width]
 
 
 class UnetGenerator(nn.Module):
@@ -291,7 +288,21 @@ class UnetGenerator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Translate ``x`` of shape (N, in_channels, H, W) to (N, out_channels, H, W)."""
-        return _padded_forward(self.forward_raw, x, 0, self.multiple, self.multiple)
+        height = x.shape[-2]
+        width = x.shape[-1]
+        top, bottom, y0 = _pad_plan(height, 0, self.multiple, self.multiple)
+        left, right, x0 = _pad_plan(width, 0, self.multiple, self.multiple)
+        if top == 0 and bottom == 0 and left == 0 and right == 0:
+            return self.forward_raw(x)
+        if (
+            _pad_mode(height, top, bottom) == "reflect"
+            and _pad_mode(width, left, right) == "reflect"
+        ):
+            x = F.pad(x, [left, right, top, bottom], mode="reflect")
+        else:
+            x = F.pad(x, [left, right, top, bottom], mode="replicate")
+        y = self.forward_raw(x)
+        return y[:, :, y0 : y0 + height, x0 : x0 + width]
 
 
 class PatchDiscriminator(nn.Module):
