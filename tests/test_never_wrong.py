@@ -22,6 +22,11 @@ from vstain_dask.stain import _Ledger
 pytestmark = pytest.mark.slow
 
 
+#: the stain's own informational lines on stderr (where the dashboard is, the prefilter applied,
+#: the CT levels used), which precede its one line of outcome
+STAIN_INFO = ("dashboard: ", "prefilter: ", "CT levels: ")
+
+
 def _args(src, model_path):
     return ["stain", str(src), "--model", str(model_path), "--tile", "16", "--step", "8",
             "--batch-size", "4", "--chunks", "1,16,16", "--workers", "1", "--ct-levels", "none",
@@ -246,7 +251,7 @@ def test_a_stopped_stain_says_one_line_and_resumes_to_the_same_bytes(
     assert lines[-1] == (
         f"{word}: {out} is incomplete; rerun the same command with --resume to finish it"
     )
-    assert [ln for ln in lines[:-1] if not ln.startswith("dashboard: ")] == [], stderr
+    assert [ln for ln in lines[:-1] if not ln.startswith(STAIN_INFO)] == [], stderr
     assert 2 <= len(ledger.done()) < 10
     r = _cli(*args, "-o", str(out), "--resume")
     assert r.returncode == 0, r.stderr
@@ -358,7 +363,7 @@ def test_a_full_disk_names_the_output_and_resume_finishes_after_freeing_space(
         f"error: no space left for {out} (disk full or quota reached); it is incomplete: free "
         f"some space and rerun the same command with --resume (the cluster's log: {log})"
     )
-    assert [ln for ln in lines[:-1] if not ln.startswith("dashboard: ")] == [], r.stderr
+    assert [ln for ln in lines[:-1] if not ln.startswith(STAIN_INFO)] == [], r.stderr
     assert "No space left on device" in log.read_text()  # the workers' reports are kept there
     assert ngff.open_volume(out, allow_incomplete=True).attrs["vstain"]["complete"] is False
     subprocess.run(["mount", "-o", "remount,size=20m", str(small_disk)], check=True)

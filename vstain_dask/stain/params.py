@@ -250,10 +250,7 @@ def choose_prefilter_sigma(
         check_float(requested, "prefilter_sigma", minimum=0, unit="voxels")
         return float(requested), "given with --prefilter-sigma"
     if model is None:
-        return 0.0, (
-            "the model records none, so none is applied as before models recorded it "
-            "(--prefilter-sigma 1 is the paper's)"
-        )
+        return 0.0, "the model records none; --prefilter-sigma 1 applies the paper's"
     return float(model["sigma"]), f"the model's: {model['reason']}"
 
 
