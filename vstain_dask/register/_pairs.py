@@ -54,6 +54,7 @@ def add_registered_pair(
     """
     import zarr
 
+    from vstain_dask import ngff
     from vstain_dask.pairs import parse_material
     from vstain_dask.register._output import write_qc
     from vstain_dask.train.prepare import add_pair
@@ -62,13 +63,14 @@ def add_registered_pair(
     parse_material(material)
     if pair_id is not None and pair_id in _existing_ids(store) and not overwrite:
         raise OutputExistsError(f"pair {pair_id} exists in {store}: give --overwrite to replace it")
-    levels = _scan_levels(ct, material, ct_levels)
+    volume = ngff.open_volume(ct)  # opened once: the levels and the dtype of the pair's CT
+    levels = _scan_levels(volume, ct, material, ct_levels)
     record = register_section(ct, section, config)
     images = record.pop("_result")
     curve = record.pop("_curve")
     if not images["mask"].any():
         raise InputError("the registered section and the CT share no field of view")
-    dtype = _ct_dtype(ct)
+    dtype = np.dtype(volume.dtype)
     info = add_pair(
         store, ct=_as_ct_dtype(images["ct"], dtype), histology=images["histology"],
         material=material, sample=sample, voxel_size=record["ct_voxel_size"],
@@ -87,26 +89,18 @@ def add_registered_pair(
     return record
 
 
-def _scan_levels(ct: str | os.PathLike, material: str, given: tuple[float, float] | None):
+def _scan_levels(volume, ct: str | os.PathLike, material: str, given: tuple[float, float] | None):
     """The CT levels of the scan: ``given`` (manual), else estimated on the volume (a bounded
     sample of its chunks), with the one-line refusal saying what to give instead."""
-    from vstain_dask import ngff
     from vstain_dask.pairs import material_preset
     from vstain_dask.preprocess import CTLevels, LevelSource, estimate_ct_levels
 
     if given is not None:
         bone, background = (float(v) for v in given)
         return CTLevels(bone=bone, background=background, source=LevelSource.MANUAL)
-    volume = ngff.open_volume(ct)
     try:
         return estimate_ct_levels(volume.data, material=material_preset(material))
     except InputError as e:
         raise InputError(
             f"could not estimate the CT levels of {ct}: {e}; give --ct-levels BONE,BACKGROUND"
         ) from e
-
-
-def _ct_dtype(ct: str | os.PathLike) -> np.dtype:
-    from vstain_dask import ngff
-
-    return np.dtype(ngff.open_volume(ct).dtype)
