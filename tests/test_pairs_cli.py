@@ -39,15 +39,36 @@ def _run(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
+def _assert_levels_figure(path: Path) -> None:
+    """A real PNG of the levels' QC figure: its size, and both panels drawn (a log histogram
+    in the role colours on the left, a coloured slice on the right), not a blank canvas."""
+    image = iio.imread(path)
+    assert image.shape[:2] == (414, 990) and image.dtype == np.uint8  # 11 x 4.6 in at 90 dpi
+    rgb = image[..., :3].astype(int)
+    for half in (rgb[:, :495], rgb[:, 495:]):
+        drawn = (half < 235).any(axis=-1)
+        assert drawn.mean() > 0.05, drawn.mean()
+        assert len(np.unique(half.reshape(-1, 3), axis=0)) > 50
+
+
 def test_add_and_list(images, tmp_path):
     d, p = images
     store = tmp_path / "pairs.zarr"
     r = _run("pairs", "add", store, "--ct", d / "ct.tif", "--histology", d / "he.png",
              "--material", "Ti", "--sample", "S1", "--voxel-size", 2.5)  # fmt: skip
     assert r.exit_code == 0, r.output
-    assert r.output.startswith(f"added pair S1-000 to {store}: 96x96 px, ti, sample S1; CT bone")
-    assert "-> 30000, 10000" in r.output
+    assert r.stdout.startswith(f"added pair S1-000 to {store}: 96x96 px, ti, sample S1; CT bone")
+    assert "-> 30000, 10000" in r.stdout
     pair = read_pair(store, "S1-000")
+    # estimated levels: said on stderr with their source, their QC figure beside the store
+    figure = tmp_path / "S1-000.levels.png"
+    c = pair["attrs"]["normalization"]["ct_levels"]
+    assert r.stderr == (
+        f"CT levels: bone {c['bone']:.6g}, background {c['background']:.6g} "
+        f"(auto, confidence {c['confidence']:.2f}); QC figure {figure}\n"
+    )
+    assert pair["attrs"]["normalization"]["ct_levels_qc"] == str(figure)
+    _assert_levels_figure(figure)
     # the images are stored as given; the normalization is recorded beside them
     np.testing.assert_array_equal(pair["ct"][...], p["ct"])
     np.testing.assert_array_equal(pair["histology"][...], p["histology"])
@@ -63,6 +84,9 @@ def test_add_and_list(images, tmp_path):
              "--mask", d / "mask.png", "--material", "ti", "--sample", "S1",
              "--ct-levels", "30000,9000", "--role", "test")  # fmt: skip
     assert r.exit_code == 0, r.output
+    # given levels: said with where they came from; no figure, as nothing was estimated
+    assert r.stderr == "CT levels: bone 30000, background 9000 (manual)\n"
+    assert not (tmp_path / "S1-001.levels.png").exists()
     two = read_pair(store, "S1-001")
     assert not two["mask"][...][:, 60:].any()
     assert two["attrs"]["normalization"]["ct_levels"] == {
@@ -95,6 +119,9 @@ def test_zarr_inputs_rois_and_mask_only(images, tmp_path):
     np.testing.assert_array_equal(pair["histology"][...], p["histology"])  # (c, y, x) -> rgb
     np.testing.assert_array_equal(pair["mask"][...], iio.imread(d / "mask.png") > 0)
     assert pair["attrs"]["normalization"]["ct_levels"]["source"] == "roi"
+    assert "ct_levels_qc" not in pair["attrs"]["normalization"]
+    assert r.stderr.startswith("CT levels: bone ") and r.stderr.endswith(" (roi)\n")
+    assert not list(tmp_path.glob("*.png"))
     assert [x["id"] for x in list_pairs(store)] == ["first"]
 
 
@@ -133,10 +160,15 @@ def test_bad_inputs_give_one_line_errors(images, tmp_path):
         assert message in r.output, (extra, r.output)
         assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
     assert not store.exists()  # nothing written for a bad pair
+    assert not list(tmp_path.glob("*.levels.png"))  # nor a QC figure
     r = _run(*base, "--ct", d / "ct.tif", "--histology", d / "he.png", "--id", "a")
     assert r.exit_code == 0, r.output
+    figure = tmp_path / "a.levels.png"
+    kept = figure.read_bytes()
+    figure.write_bytes(kept + b"mark")  # a refused pair must not replace the kept one's figure
     r = _run(*base, "--ct", d / "ct.tif", "--histology", d / "he.png", "--id", "a")
     assert r.exit_code == 2 and "already exists" in r.output and "overwrite" in r.output
+    assert figure.read_bytes() == kept + b"mark"
     for bad in ("gold leaf", "", "-ti", "zr/nb"):
         r = _run(*base[:-4], "--material", bad, "--sample", "S", "--ct", d / "ct.tif",
                  "--histology", d / "he.png", "--id", "bad")  # fmt: skip

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import tifffile
 from click.testing import CliRunner
+from test_pairs_cli import _assert_levels_figure
 
 from vstain_dask import ngff
 from vstain_dask.cli import main
@@ -89,7 +90,7 @@ def test_register_finds_a_rotated_mirrored_sheared_section(volume, tmp_path):
     r = _run("register", volume, sec, "-o", store, "--material", "mg", "--sample", "S1",
              "--axis", "y", "--json")  # fmt: skip
     assert r.exit_code == 0, r.output
-    record = json.loads(r.output)
+    record = json.loads(r.stdout)
     assert record["flip"] is True and record["axis"] == "y"
     mean, _ = score_against_truth(record, read_section_truth(sec)["section_to_ct"])
     # the target is 2 CT voxels; this small phantom measures about 2 (see benchmarks/RESULTS.md)
@@ -106,6 +107,14 @@ def test_register_finds_a_rotated_mirrored_sheared_section(volume, tmp_path):
     assert (recorded["bone"], recorded["background"]) == (scan.bone, scan.background)
     assert record["ct_levels"] == recorded
     assert (tmp_path / "S1-000.register-qc.png").stat().st_size > 10_000
+    # the scan's levels said on stderr, their QC figure beside the QC picture, its path recorded
+    figure = tmp_path / "S1-000.levels.png"
+    assert r.stderr == (
+        f"CT levels: bone {scan.bone:.6g}, background {scan.background:.6g} "
+        f"(auto, confidence {scan.confidence:.2f}); QC figure {figure}\n"
+    )
+    assert g.attrs["normalization"]["ct_levels_qc"] == record["ct_levels_qc"] == str(figure)
+    _assert_levels_figure(figure)
     # the same pair id again is refused before any work, and the pair is kept
     again = CliRunner().invoke(main, ["register", str(volume), str(sec), "-o", str(store),
                                       "--material", "mg", "--sample", "S1", "--pair", "S1-000"])  # fmt: skip
@@ -140,6 +149,7 @@ def test_register_refuses_a_scan_without_trustworthy_levels_before_searching(tmp
     assert r.exit_code == 2, r.output
     assert "could not estimate the CT levels" in r.output and "--ct-levels" in r.output
     assert len(r.output.strip().splitlines()) == 1 and not store.exists()
+    assert not list(tmp_path.glob("*.png"))
 
 
 def test_register_says_what_is_missing(volume, tmp_path):

@@ -5,17 +5,33 @@ Left, the histogram of the sampled (denoised) grey values, on a log scale, each 
 colour of its role, with the bone and background levels marked; right, the middle sampled
 plane in grey with the classes coloured by role (bone, medium, holder wall, air, metal).
 matplotlib (Agg) is imported only when a figure is drawn.
+
+``pairs add`` and ``register`` draw the figure before the pair's id is settled (the id is
+chosen when the pair is written) and must not replace the figure of a pair that is kept: the
+figure goes to a temporary folder first (:func:`pending_figure`) and gets its name,
+:func:`pair_levels_qc_path`, once the pair is written (:func:`keep_figure`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["LEVEL_ROLES", "ROLE_COLOURS", "write_levels_qc"]
+__all__ = [
+    "LEVEL_ROLES",
+    "ROLE_COLOURS",
+    "write_levels_qc",
+    "pair_levels_qc_path",
+    "pending_figure",
+    "keep_figure",
+]
 
 #: the roles an automatic estimate gives the classes (index = the role's code in its evidence)
 LEVEL_ROLES = ("outside", "air", "holder wall", "medium", "other", "bone", "metal")
@@ -66,6 +82,32 @@ def write_levels_qc(path: str | os.PathLike, evidence: Any) -> Path:
         fig.savefig(path, dpi=90)
     finally:
         plt.close(fig)
+    return path
+
+
+def pair_levels_qc_path(folder: str | os.PathLike, pair_id: str) -> Path:
+    """Where the QC figure of a pair's CT levels is kept: ``<pair id>.levels.png`` in
+    ``folder`` (beside the pairs store, or beside ``register``'s QC picture); pair ids are
+    unique in a store, so the figures of its pairs do not collide."""
+    return Path(folder) / f"{pair_id}.levels.png"
+
+
+@contextlib.contextmanager
+def pending_figure() -> Iterator[Path]:
+    """A path in a new temporary folder to draw a figure to before the name it keeps is known;
+    the folder, and the figure unless :func:`keep_figure` moved it, go when the block ends."""
+    with tempfile.TemporaryDirectory(prefix="vstain-levels-qc-") as folder:
+        yield Path(folder) / "levels.png"
+
+
+def keep_figure(pending: str | os.PathLike, path: str | os.PathLike) -> Path | None:
+    """Move the figure drawn to ``pending`` to ``path`` (its folder created; a figure there is
+    replaced); None, and nothing moved, where none was drawn."""
+    pending, path = Path(pending), Path(path)
+    if not pending.is_file():
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(pending, path)
     return path
 
 

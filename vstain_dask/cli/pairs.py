@@ -80,8 +80,13 @@ def add(
     background_roi,
     overwrite,
 ):
-    """Add a registered CT slice and histology image (same size) to PAIRS.zarr."""
-    from vstain_dask.train.prepare import add_pair
+    """Add a registered CT slice and histology image (same size) to PAIRS.zarr.
+
+    The CT levels (given, measured in the two ROIs, or estimated on the slice) are printed
+    with where they came from; estimated ones come with their QC figure, PAIR.levels.png
+    beside PAIRS.zarr, whose path the pair records (`normalization.ct_levels_qc`).
+    """
+    from vstain_dask.train.prepare import add_pair, describe_ct_levels
 
     info = add_pair(
         store,
@@ -100,6 +105,7 @@ def add(
         overwrite=overwrite,
     )
     c = info["normalization"]["ct_levels"]
+    click.echo(describe_ct_levels(c, info["normalization"].get("ct_levels_qc")), err=True)
     source = c["source"] if c.get("confidence") is None else (
         f"{c['source']}, confidence {c['confidence']:.2f}")  # fmt: skip
     h, w = info["shape"]

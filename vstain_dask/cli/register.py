@@ -51,6 +51,7 @@ def register(ct, section, store, material, sample, pair_id, section_pixel_size, 
     from vstain_dask.cli._options import parse_ct_levels
     from vstain_dask.register import RegisterConfig
     from vstain_dask.register._pairs import add_registered_pair
+    from vstain_dask.train.prepare import describe_ct_levels
 
     config = RegisterConfig(
         axis=axis, flip=flip, init_depth=init_depth, affine=affine,
@@ -60,6 +61,7 @@ def register(ct, section, store, material, sample, pair_id, section_pixel_size, 
         ct, section, store, config=config, material=material.lower(), sample=sample,
         pair_id=pair_id, qc=qc, overwrite=overwrite, ct_levels=parse_ct_levels(ct_levels),
     )  # fmt: skip
+    click.echo(describe_ct_levels(record["ct_levels"], record["ct_levels_qc"]), err=True)
     if as_json:
         click.echo(json.dumps(record, indent=2))
         return

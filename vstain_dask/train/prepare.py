@@ -7,12 +7,14 @@ attributes::
     "normalization": {
         "ct_levels": {"bone": float, "background": float, "source": "auto" | "roi" | "manual"},
         "histology": {"gains": [r, g, b], "lower": float, "upper": float},
+        "ct_levels_qc": path,  # estimated levels only: their QC figure
     }
 
 The training stream applies these per crop, on the fly (both are a linear map per pixel, so a
 crop costs the same either way). Keeping raw data means one copy of the images, the store stays
 comparable with the microscope and scanner files, and a better normalization can be recorded
-later without rewriting pixels. Pairs written without these attributes (for example by
+later without rewriting pixels. Levels estimated automatically come with their QC figure
+(:mod:`vstain_dask.levels_qc`), ``<pair id>.levels.png`` beside the store. Pairs written without these attributes (for example by
 ``vstain-dask phantom-pairs``) are normalized with levels estimated when a dataset is opened
 (:func:`pair_levels`).
 
@@ -42,6 +44,7 @@ __all__ = [
     "levels_from_attrs",
     "parse_roi",
     "format_pairs",
+    "describe_ct_levels",
 ]
 
 _TIFF = (".tif", ".tiff")
@@ -99,6 +102,14 @@ def levels_from_attrs(attrs: Mapping[str, Any]) -> PairLevels | None:
             "`vstain-dask pairs add --overwrite`"
         ) from e
     return PairLevels(ct=ct, histology=hist)
+
+
+def describe_ct_levels(ct_levels: Mapping[str, Any], qc: str | None = None) -> str:
+    """The line ``pairs add`` and ``register`` print: the CT levels a pair is normalized with
+    (``ct_levels`` as its ``normalization`` records them), where they came from, and their QC
+    figure ``qc`` when there is one."""
+    levels = levels_from_attrs({"normalization": {"ct_levels": ct_levels}})
+    return levels.ct.describe() + (f"; QC figure {qc}" if qc else "")
 
 
 def pair_levels(
@@ -329,8 +340,9 @@ class _LevelOptions:
     bone_roi: Any = None
     background_roi: Any = None
 
-    def levels(self, ct_img: np.ndarray, material: str) -> Any:
-        """The CT levels (:class:`vstain_dask.preprocess.CTLevels`) of ``ct_img``."""
+    def levels(self, ct_img: np.ndarray, material: str, *, qc: Path | None = None) -> Any:
+        """The CT levels (:class:`vstain_dask.preprocess.CTLevels`) of ``ct_img``; an estimate
+        draws its QC figure to ``qc`` when given."""
         from vstain_dask.preprocess import CTLevels, LevelSource, estimate_ct_levels
 
         if (self.bone_roi is None) != (self.background_roi is None):
@@ -350,7 +362,7 @@ class _LevelOptions:
         if self.bone_roi is not None:
             return self._from_rois(ct_img)
         try:
-            return estimate_ct_levels(ct_img, material=material)
+            return estimate_ct_levels(ct_img, material=material, qc=qc)
         except InputError as e:
             raise InputError(
                 f"could not estimate the CT levels: {e}; give --ct-levels BONE,BACKGROUND or "
@@ -442,15 +454,20 @@ def add_pair(
     Returns
     -------
     dict
-        ``id``, ``shape``, ``normalization`` and ``mask_fraction``.
+        ``id``, ``shape``, ``normalization`` and ``mask_fraction``. Estimated levels come
+        with their QC figure (the sampled histogram with both levels, the slice coloured by
+        the classes that gave them), ``<pair id>.levels.png`` beside the store, whose path
+        ``normalization["ct_levels_qc"]`` records; it is written once the pair is.
     """
     from vstain_dask._validate import keyword_bundles
+    from vstain_dask.levels_qc import pending_figure
 
     masks, levels, store = keyword_bundles(
         "add_pair", options, _MaskOptions, _LevelOptions, _StoreOptions
     )
-    pair = _prepare(ct, histology, material, masks, levels)
-    return _store(path, pair, sample, store)
+    with pending_figure() as qc:
+        pair = _prepare(ct, histology, material, masks, levels, qc=qc)
+        return _store(path, pair, sample, store, qc=qc)
 
 
 def _read_inputs(
@@ -484,16 +501,22 @@ def _read_inputs(
 
 
 def _prepare(
-    ct: Any, histology: Any, material: str, masks: _MaskOptions, levels: _LevelOptions
+    ct: Any,
+    histology: Any,
+    material: str,
+    masks: _MaskOptions,
+    levels: _LevelOptions,
+    *,
+    qc: Path,
 ) -> _Prepared:
-    """The images read and converted, the CT levels and histology normalization measured, and
-    the correspondence mask built."""
+    """The images read and converted, the CT levels (an estimate's QC figure drawn to ``qc``)
+    and histology normalization measured, and the correspondence mask built."""
     from vstain_dask.pairs import parse_material
     from vstain_dask.preprocess import estimate_histology_levels
 
     mat = parse_material(material)
     ct_img, extras, hist_img, manual = _read_inputs(ct, histology, masks.mask)
-    ct_levels = levels.levels(ct_img, mat)
+    ct_levels = levels.levels(ct_img, mat, qc=qc)
     hist_levels = estimate_histology_levels(hist_img)
     corr = _correspondence(ct_img, hist_img, manual, ct_levels, masks)
     sources = {
@@ -551,12 +574,20 @@ def _correspondence(
     )
 
 
-def _store(path: Any, pair: _Prepared, sample: str, store: _StoreOptions) -> dict[str, Any]:
-    """Write ``pair`` into the pairs store at ``path``; what :func:`add_pair` returns."""
+def _store(
+    path: Any, pair: _Prepared, sample: str, store: _StoreOptions, *, qc: Path
+) -> dict[str, Any]:
+    """Write ``pair`` into the pairs store at ``path``, then its levels' QC figure (drawn to
+    ``qc``, where an estimate drew one) beside the store; what :func:`add_pair` returns."""
+    from vstain_dask.levels_qc import keep_figure, pair_levels_qc_path
     from vstain_dask.pairs import write_pair
 
     p = Path(path).expanduser()
     pid = store.pair_id or _next_id(p, sample)
+    normalization = pair.levels.to_dict()
+    figure = pair_levels_qc_path(p.parent, pid).resolve() if qc.is_file() else None
+    if figure is not None:
+        normalization["ct_levels_qc"] = str(figure)
     write_pair(
         p,
         pid,
@@ -567,13 +598,15 @@ def _store(path: Any, pair: _Prepared, sample: str, store: _StoreOptions) -> dic
         sample=sample,
         voxel_size=store.voxel_size,
         role=store.role,
-        attrs=pair.attrs,
+        attrs={**pair.attrs, "normalization": normalization},
         overwrite=store.overwrite,
     )
+    if figure is not None:  # the pair is written: its figure keeps its name
+        keep_figure(qc, figure)
     return {
         "id": pid,
         "shape": tuple(int(n) for n in pair.ct.shape),
-        "normalization": pair.levels.to_dict(),
+        "normalization": normalization,
         "mask_fraction": float(pair.mask.mean()),
     }
 
