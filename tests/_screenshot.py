@@ -1,4 +1,5 @@
-"""Screenshot of a live web page (the dask dashboard) in headless Chromium, for tests.
+"""Screenshots of a live web page (the dask dashboard), or a value the page computes, in headless
+Chromium, for tests.
 
 Chromium is driven through its DevTools protocol over a websocket (tornado's client, which
 distributed already depends on). Its DevTools endpoint listens on 127.0.0.1 only, on a port the
@@ -21,7 +22,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["find_chromium", "screenshot"]
+__all__ = ["evaluate", "find_chromium", "screenshot"]
 
 _FLAGS = (
     "--headless",
@@ -102,7 +103,61 @@ def screenshot(
     return out
 
 
+def evaluate(
+    url: str,
+    expression: str,
+    *,
+    until: Callable[[object], bool],
+    wait: float = 5.0,
+    patience: float = 60.0,
+    size: tuple[int, int] = (1600, 1000),
+    timeout: float = 60.0,
+) -> object:
+    """Open ``url`` in headless Chromium and evaluate the JavaScript ``expression`` in the
+    page every 2 s after ``wait`` seconds, until ``until(value)`` says it is ready or
+    ``patience`` seconds have passed; the last value (JSON-like: str, list, dict, ...).
+
+    Raises as :func:`screenshot` does; RuntimeError when the expression throws.
+    """
+    exe = find_chromium()
+    if exe is None:
+        raise FileNotFoundError("no chromium executable on PATH (apt-get install chromium)")
+    return asyncio.run(
+        _evaluate(exe, url, expression, until=until, wait=wait, patience=patience, size=size,
+                  timeout=timeout)
+    )  # fmt: skip
+
+
+async def _evaluate(exe, url, expression, *, until, wait, patience, size, timeout) -> object:
+    async with _page(exe, url, size=size, timeout=timeout) as call:
+        await asyncio.sleep(wait)
+        deadline = time.monotonic() + patience
+        while True:
+            reply = await call("Runtime.evaluate", expression=expression, returnByValue=True)
+            if "exceptionDetails" in reply:
+                raise RuntimeError(f"{expression!r} threw: {reply['exceptionDetails']}")
+            value = reply["result"].get("value")
+            if until(value) or time.monotonic() >= deadline:
+                return value
+            await asyncio.sleep(2.0)
+
+
 async def _shoot(exe, url, out: Path, *, wait, size, timeout, ready) -> None:
+    async with _page(exe, url, size=size, timeout=timeout) as call:
+        await asyncio.sleep(wait)  # real time: bokeh opens its websocket and streams updates
+        until, patience = ready
+        png = base64.b64decode((await call("Page.captureScreenshot", format="png"))["data"])
+        deadline = time.monotonic() + patience
+        while until is not None and not until(png) and time.monotonic() < deadline:
+            await asyncio.sleep(2.0)
+            png = base64.b64decode((await call("Page.captureScreenshot", format="png"))["data"])
+        out.write_bytes(png)
+
+
+@contextlib.asynccontextmanager
+async def _page(exe, url, *, size, timeout):
+    """A browser showing ``url``; yields ``call(method, **params)`` of its DevTools protocol.
+    The browser is closed, and its process stopped, on leaving."""
     from tornado.websocket import websocket_connect
 
     width, height = size
@@ -143,14 +198,7 @@ async def _shoot(exe, url, out: Path, *, wait, size, timeout, ready) -> None:
             width=width, height=height, deviceScaleFactor=1, mobile=False,
         )  # fmt: skip
         await call("Page.navigate", url=url)
-        await asyncio.sleep(wait)  # real time: bokeh opens its websocket and streams updates
-        until, patience = ready
-        png = base64.b64decode((await call("Page.captureScreenshot", format="png"))["data"])
-        deadline = time.monotonic() + patience
-        while until is not None and not until(png) and time.monotonic() < deadline:
-            await asyncio.sleep(2.0)
-            png = base64.b64decode((await call("Page.captureScreenshot", format="png"))["data"])
-        out.write_bytes(png)
+        yield call
         try:
             await call("Browser.close")
         except (ConnectionError, RuntimeError, TimeoutError):

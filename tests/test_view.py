@@ -28,7 +28,13 @@ import zarr
 from click.testing import CliRunner
 
 from vstain_dask.cli import main
-from vstain_dask.viewers.neuroglancer import CLIENT_PATH, Image, plan_view, viewer_state
+from vstain_dask.viewers.neuroglancer import (
+    CLIENT_PATH,
+    Image,
+    plan_view,
+    segment_property_map,
+    viewer_state,
+)
 
 SHAPE = (16, 64, 64)
 CHUNKS = (8, 32, 32)
@@ -83,7 +89,8 @@ def test_state_shows_rgb_ct_labels_uncertainty_and_the_z_plane():
     ct = _image("http://h:1/data/ct.ome.zarr", axes=("z", "y", "x"), shape=(10, 40, 60),
                 window=(1000.0, 3000.0), limits=(0.0, 65535.0))  # fmt: skip
     mask = _image("http://h:1/data/s.ome.zarr/labels/sample", axes=("z", "y", "x"),
-                  shape=(10, 40, 60), segment_colors={1: "#ffc800"})  # fmt: skip
+                  shape=(10, 40, 60), segment_colors={1: "#ffc800"},
+                  segment_properties="http://h:1/properties/s.ome.zarr/labels/sample")  # fmt: skip
     unc = _image("http://h:1/data/s.ome.zarr/uncertainty", axes=("z", "y", "x"),
                  shape=(10, 40, 60), window=(0.0, 64.0), limits=(0.0, 255.0), color="FF00FF")  # fmt: skip
     state = viewer_state(stain, name="s", ct=ct, labels={"sample": mask}, uncertainty=unc)
@@ -114,13 +121,42 @@ def test_state_shows_rgb_ct_labels_uncertainty_and_the_z_plane():
 
     seg = layers["sample"]
     assert seg["type"] == "segmentation"
-    assert seg["source"] == "zarr3://http://h:1/data/s.ome.zarr/labels/sample/"
+    # the labels, and their class names as a second (precomputed segment properties) source
+    assert seg["source"] == ["zarr3://http://h:1/data/s.ome.zarr/labels/sample/",
+                             "precomputed://http://h:1/properties/s.ome.zarr/labels/sample/"]  # fmt: skip
     assert seg["segments"] == ["1"] and seg["segmentColors"] == {"1": "#ffc800"}
+    # without names, the labels alone
+    plain = viewer_state(stain, labels={"m": _image("http://h:1/data/m", axes=("z", "y", "x"),
+                                                    shape=(10, 40, 60))})  # fmt: skip
+    assert plain["layers"][1]["source"] == "zarr3://http://h:1/data/m/"
 
     u = layers["uncertainty"]
     assert u["type"] == "image" and u["visible"] is False
     assert u["shaderControls"]["normalized"]["range"] == [0.0, 64.0]
     assert 'color(default="#ff00ff")' in u["shader"]
+
+
+def test_segment_property_map_of_ngff_image_labels():
+    image_label = {
+        "colors": [{"label-value": 0, "rgba": [0, 0, 0, 0]},
+                   {"label-value": 2, "rgba": [10, 20, 30, 255]},
+                   {"label-value": 7, "rgba": [1, 2, 3, 128]}],
+        "properties": [{"label-value": 7, "tissue": "marrow", "note": "soft"},
+                       {"label-value": 0, "tissue": "air"},
+                       {"label-value": 2, "tissue": "bone", "area": 3.5}],
+    }  # fmt: skip
+    found = segment_property_map(image_label)
+    json.dumps(found)
+    assert found["@type"] == "neuroglancer_segment_properties"
+    # the transparent class (air) is left out; ids in increasing value, as decimal strings
+    assert found["inline"]["ids"] == ["2", "7"]
+    label, note = found["inline"]["properties"]
+    assert label == {"id": "tissue", "type": "label", "values": ["bone", "marrow"]}
+    assert note == {"id": "note", "type": "string", "values": ["", "soft"]}
+    # no names: no map
+    assert segment_property_map({"colors": image_label["colors"]}) is None
+    assert segment_property_map({"properties": [{"label-value": 1, "n": 3}]}) is None
+    assert segment_property_map(None) is None
 
 
 def test_state_of_ngff_04_rgba_and_a_lone_volume():
@@ -169,12 +205,16 @@ def test_plan_finds_ct_labels_and_uncertainty(stains, version):
     assert controls["uncertainty"]["normalized"]["range"] == [0.0, 64.0]
     segs = {layer["name"]: layer for layer in state["layers"] if layer["type"] == "segmentation"}
     assert segs["sample"]["segmentColors"] == {"1": "#ffc800"}  # LabelTable.mask's colour
-    # the phantom CT's tissue map, in its stored class colours
+    assert segs["sample"]["source"][1] == (
+        f"precomputed://http://127.0.0.1:9/properties/{stains[version].name}/labels/sample/"
+    )
+    # the phantom CT's tissue map, in its stored class colours, with its class names
     tissue = zarr.open_group(str(ct / "labels" / "tissue"), mode="r").attrs.asdict()
     colours = (tissue.get("ome") or tissue)["image-label"]["colors"]
-    assert segs["tissue"]["source"] == (
-        f"{kind}://http://127.0.0.1:9/data/ct-{version}.ome.zarr/labels/tissue/"
-    )
+    assert segs["tissue"]["source"] == [
+        f"{kind}://http://127.0.0.1:9/data/ct-{version}.ome.zarr/labels/tissue/",
+        f"precomputed://http://127.0.0.1:9/properties/ct-{version}.ome.zarr/labels/tissue/",
+    ]
     assert segs["tissue"]["segmentColors"] == {
         str(c["label-value"]): "#{:02x}{:02x}{:02x}".format(*c["rgba"][:3])
         for c in colours
@@ -300,6 +340,13 @@ def test_view_serves_the_store_and_stops_on_ctrl_c(stains, version):
         # the client of the neuroglancer package, from the same server
         status, headers, page = _get(f"{view.base}{CLIENT_PATH}")
         assert status == 200 and b"<script" in page
+        # the class names of the sample mask, as neuroglancer's segment property map
+        status, headers, body = _get(f"{view.base}/properties/{out.name}/labels/sample/info")
+        assert status == 200 and headers["Access-Control-Allow-Origin"] == "*"
+        names = json.loads(body)["inline"]
+        assert names["ids"] == ["1"] and names["properties"][0]["values"] == ["sample"]
+        assert _get(f"{view.base}/properties/{out.name}/info")[0] == 404  # not a label image
+        assert _get(f"{view.base}/properties/{out.name}/0/info")[0] == 404  # an array
         # nothing outside the stores
         assert _get(f"{view.base}/data/{out.name}/../../{out.parent.name}")[0] == 404
         assert _get(f"{view.base}/data/other/zarr.json")[0] == 404
@@ -426,6 +473,58 @@ def test_neuroglancer_shows_the_stain_in_colour(stains, version, tmp_path):
     # the channels as separate grey layers, would not give them), and its purple parts
     assert stain > 0.3, f"only {stain:.0%} of the main panel has the stain's colours"
     assert coloured > 0.02, f"only {coloured:.1%} of the main panel is stain-coloured"
+
+
+def _with_panel_open(url: str, layer: str) -> str:
+    """``url`` with ``layer`` shown and its segment list open in the side panel, as a user
+    gets it by clicking the layer and its "Seg." tab."""
+    client, fragment = url.split("#!", 1)
+    state = json.loads(urllib.parse.unquote(fragment))
+    for entry in state["layers"]:
+        if entry["name"] == layer:
+            entry.update(visible=True, tab="segments")
+    state["selectedLayer"] = {"layer": layer, "visible": True}
+    return f"{client}#!{urllib.parse.quote(json.dumps(state), safe='')}"
+
+
+# what the page shows: the names in the open segment list, and neuroglancer's own state
+_SEGMENT_LIST = """JSON.stringify({
+  names: Array.from(document.querySelectorAll('.neuroglancer-segment-list-entry-name'),
+                    e => e.textContent),
+  state: window.viewer.state.toJSON()})"""
+
+
+@pytest.mark.browser
+def test_neuroglancer_lists_the_label_classes_by_name(stains):
+    from _screenshot import evaluate, find_chromium
+
+    if find_chromium() is None:
+        pytest.skip("headless Chromium is not installed (apt-get install chromium)")
+    out = stains["0.5"]
+    tissue = zarr.open_group(str(out.parent / "ct-0.5.ome.zarr/labels/tissue"), mode="r")
+    image_label = tissue.attrs["ome"]["image-label"]
+    shown = {c["label-value"] for c in image_label["colors"] if c["rgba"][3] > 0}
+    names = {p["tissue"] for p in image_label["properties"] if p["label-value"] in shown}
+    colours = {str(c["label-value"]): "#{:02x}{:02x}{:02x}".format(*c["rgba"][:3])
+               for c in image_label["colors"] if c["label-value"] in shown}  # fmt: skip
+    assert len(names) >= 4  # the phantom's tissues: bone, marrow, ...
+
+    with _View(out) as view:
+        page = evaluate(
+            _with_panel_open(view.url, "tissue"), _SEGMENT_LIST, wait=3.0, patience=60.0,
+            size=(1200, 800), until=lambda v: names <= set(json.loads(v)["names"]),
+        )  # fmt: skip
+        code, err = view.stop(signal.SIGINT)
+    assert code in (0, 130) and _port_is_free(view.port), err
+    page = json.loads(page)
+    # the class names, from the label image's metadata, in neuroglancer's segment list
+    assert names <= set(page["names"]), page["names"]
+    assert "air" not in page["names"]  # a transparent class is not listed
+    # neuroglancer kept the stored colours and both sources of the layer
+    layer = next(lr for lr in page["state"]["layers"] if lr["name"] == "tissue")
+    assert layer["segmentColors"] == colours
+    sources = [src if isinstance(src, str) else src["url"] for src in layer["source"]]
+    assert sources[1].startswith("precomputed://") and "/properties/" in sources[1]
 
 
 # -- refusals -----------------------------------------------------------------------------------

@@ -4,10 +4,15 @@ client.
 :func:`viewer_state` is a pure function from the images' metadata (:class:`Image`) to a
 neuroglancer JSON state: the stain in RGB (the channel axis renamed ``c^`` and a shader that
 emits R, G, B), the CT with its stored display window, the labels as segmentation layers in their
-stored colours, the uncertainty in its colour and range, and the xy plane (the z-plane) in the
-main panel. :func:`plan_view` checks an output and describes what it holds; :func:`serve` serves
-the stores (and neuroglancer's own client, shipped inside the ``neuroglancer`` Python package, so
-that viewing needs no internet) over HTTP on 127.0.0.1 until SIGINT or SIGTERM.
+stored colours and with their class names, the uncertainty in its colour and range, and the xy
+plane (the z-plane) in the main panel. :func:`plan_view` checks an output and describes what it
+holds; :func:`serve` serves the stores (and neuroglancer's own client, shipped inside the
+``neuroglancer`` Python package, so that viewing needs no internet) over HTTP on 127.0.0.1 until
+SIGINT or SIGTERM.
+
+The class names reach neuroglancer as a second data source of each segmentation layer: a
+``precomputed://`` segment property map (:func:`segment_property_map`) that the server makes
+from the label image's NGFF ``image-label`` ``properties`` at ``/properties/NAME/.../info``.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ __all__ = [
     "View",
     "bundled_client",
     "plan_view",
+    "segment_property_map",
     "serve",
     "state_url",
     "viewer_state",
@@ -51,6 +57,7 @@ DEFAULT_PORT = 8765
 CLIENT_PATH = "/v/vstain/"
 _TOKEN = "vstain"
 _DATA = "/data/"
+_PROPERTIES = "/properties/"
 _INSTALL_HINT = "pip install 'vstain-dask[view]'"
 
 # metres per unit of the NGFF space units a stain can carry; neuroglancer states use SI units
@@ -82,6 +89,8 @@ class Image:
     limits : the omero (min, max) a contrast slider spans
     color : the omero colour of the first channel, 6 hex digits
     segment_colors : label images: ``{label value: "#rrggbb"}`` of the visible classes
+    segment_properties : label images: the URL of their segment property map (the class
+        names), served as neuroglancer's ``precomputed`` format; None without names
     """
 
     url: str
@@ -95,6 +104,7 @@ class Image:
     limits: tuple[float, float] | None = None
     color: str | None = None
     segment_colors: Mapping[int, str] | None = None
+    segment_properties: str | None = None
 
     @property
     def channels(self) -> int:
@@ -163,7 +173,8 @@ def viewer_state(
     """The neuroglancer state that shows a stain with its CT, labels and uncertainty.
 
     Layers from bottom to top: the CT (grey, its omero window), the stain (RGB, opaque), the
-    labels (segmentation, their stored colours; hidden at first) and the uncertainty (its
+    labels (segmentation, their stored colours, their class names from ``segment_properties``
+    in the segment list and under the cursor; hidden at first) and the uncertainty (its
     colour, alpha from its window; hidden at first). The global dimensions are ordered x, y, z,
     so that the ``xy`` layout's panel is the z-plane; it starts at the centre of the stain,
     zoomed to show its whole xy extent.
@@ -254,10 +265,13 @@ def _intensity_layer(name: str, image: Image, *, color: bool = False) -> dict[st
 
 def _segmentation_layer(name: str, image: Image) -> dict[str, Any]:
     colors = dict(image.segment_colors or {})
+    source: str | list[str] = image.source()
+    if image.segment_properties is not None:  # the class names: a second data source
+        source = [source, f"precomputed://{image.segment_properties.rstrip('/')}/"]
     layer: dict[str, Any] = {
         "type": "segmentation",
         "name": name,
-        "source": image.source(),
+        "source": source,
         "visible": False,
     }
     if colors:
@@ -305,14 +319,12 @@ class View:
         stain_url = f"{data}{names[self.stain]}"
         ct = _describe(self.ct, f"{data}{names[self.ct]}") if self.ct is not None else None
         labels = {
-            name: _describe(self.stain / "labels" / name, f"{stain_url}/labels/{name}")
+            name: _describe_labels(base, names[self.stain], self.stain, name)
             for name in self.labels
         }
         for name in self.ct_labels if self.ct is not None else ():
-            url = f"{data}{names[self.ct]}/labels/{name}"
-            labels[name if name not in labels else f"CT {name}"] = _describe(
-                self.ct / "labels" / name, url
-            )
+            key = name if name not in labels else f"CT {name}"
+            labels[key] = _describe_labels(base, names[self.ct], self.ct, name)
         unc = None
         if self.uncertainty is not None:
             rel = self.uncertainty.relative_to(self.stain).as_posix()
@@ -321,6 +333,17 @@ class View:
             _describe(self.stain, stain_url), name=_stem(self.stain), ct=ct, labels=labels,
             uncertainty=unc,
         )  # fmt: skip
+
+
+def _describe_labels(base: str, store: str, image: Path, name: str) -> Image:
+    """A label image of ``image`` (served as ``store``), with the URL of its class names."""
+    rel = f"{store}/labels/{name}"
+    described = _describe(image / "labels" / name, f"{base.rstrip('/')}{_DATA}{rel}")
+    if _label_property_map(image / "labels" / name) is None:
+        return described
+    return dataclasses.replace(
+        described, segment_properties=f"{base.rstrip('/')}{_PROPERTIES}{rel}"
+    )
 
 
 def _stem(path: Path) -> str:
@@ -524,6 +547,67 @@ def _segment_colors(image_label: Any) -> dict[int, str] | None:
     return out or None
 
 
+def segment_property_map(image_label: Any) -> dict[str, Any] | None:
+    """Neuroglancer's segment property map (``neuroglancer_segment_properties``, inline) of
+    the class names in an NGFF ``image-label``.
+
+    Each class of ``properties`` whose ``colors`` entry is not fully transparent (``outside``
+    of a mask, ``air`` of a phantom: classes meant to be left undrawn) is listed by its label
+    value; its first text property (``tissue``, ``sample``) is its ``label``, the name
+    neuroglancer shows in the segment list and under the cursor; further text properties
+    follow as ``string`` properties.
+
+    Returns
+    -------
+    dict or None
+        The map's ``info`` JSON; None when the image-label names no class.
+    """
+    if not isinstance(image_label, Mapping) or not isinstance(image_label.get("properties"), list):
+        return None
+    hidden = {
+        c.get("label-value")
+        for c in image_label.get("colors") or []
+        if isinstance(c, Mapping) and isinstance(c.get("rgba"), list) and c["rgba"][3:4] == [0]
+    }
+    rows = {}
+    for entry in image_label["properties"]:
+        value = entry.get("label-value") if isinstance(entry, Mapping) else None
+        if isinstance(value, int) and not isinstance(value, bool) and value not in hidden:
+            rows[value] = {
+                k: v for k, v in entry.items() if k != "label-value" and isinstance(v, str)
+            }
+    keys = list(dict.fromkeys(k for texts in rows.values() for k in texts))
+    if not rows or not keys:
+        return None
+    ids = sorted(rows)
+    properties = [
+        {
+            "id": k,
+            "type": "label" if i == 0 else "string",
+            "values": [rows[v].get(k, "") for v in ids],
+        }
+        for i, k in enumerate(keys)
+    ]
+    return {
+        "@type": "neuroglancer_segment_properties",
+        "inline": {"ids": [str(v) for v in ids], "properties": properties},
+    }
+
+
+def _label_property_map(path: Path) -> dict[str, Any] | None:
+    """The segment property map of the label image at ``path``; None if it names no class
+    (or is no label image)."""
+    import zarr
+
+    from vstain_dask.ngff._format import ome_metadata
+
+    try:
+        attrs = _group_attrs(path)
+    except (OSError, ValueError, TypeError, KeyError, zarr.errors.BaseZarrError):
+        return None  # not a zarr group: names no class
+    return segment_property_map(ome_metadata(attrs).get("image-label"))
+
+
 # -- the server ---------------------------------------------------------------------------------
 
 
@@ -649,6 +733,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._file(self.server.client / name if ok else None, body=body)
         elif path.startswith(_DATA):
             self._file(self._store_file(path[len(_DATA) :]), body=body)
+        elif path.startswith(_PROPERTIES) and path.endswith("/info"):
+            self._properties(self._store_file(path[len(_PROPERTIES) : -len("/info")]), body=body)
         else:
             self.send_error(HTTPStatus.NOT_FOUND)
 
@@ -686,6 +772,20 @@ class _Handler(BaseHTTPRequestHandler):
             with path.open("rb") as f:
                 f.seek(start)
                 _copy(f, self.wfile, stop - start)
+
+    def _properties(self, labels: Path | None, *, body: bool) -> None:
+        """The segment property map of a served label image, made from its metadata."""
+        found = _label_property_map(labels) if labels is not None and labels.is_dir() else None
+        if found is None:
+            self.send_error(HTTPStatus.NOT_FOUND)
+            return
+        text = json.dumps(found).encode()
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(text)))
+        self.end_headers()
+        if body:
+            self.wfile.write(text)
 
     def _event_stream(self) -> None:
         self.send_response(HTTPStatus.OK)
