@@ -2,18 +2,26 @@
 
 Made for looking at parts of a stain (computing a region computes only the blocks under it);
 it fuses several axes in 3D blocks only, and writes neither mask nor uncertainty, which the
-job (:func:`vstain_dask.stain.run.run_stain`) does.
+job (:func:`vstain_dask.stain.run.run_stain`) does. It compares the volume's voxel size with
+the model's pixel size as the job does (:func:`vstain_dask.stain.job.check_pixel_size`), and
+brings the volume to the model's size the same way (:func:`vstain_dask.stain.job.stained_grid`),
+lazily.
 """
 
 from __future__ import annotations
+
+import logging
+import warnings
 
 import numpy as np
 
 from vstain_dask.errors import InputError
 from vstain_dask.stain.block import _stain_on_worker
-from vstain_dask.stain.job import _check_ct, _model_ref
+from vstain_dask.stain.job import _check_ct, _model_ref, stained_grid
 from vstain_dask.stain.params import Fusion, StainConfig
 from vstain_dask.stain.plan import Block, plan_blocks
+
+logger = logging.getLogger(__name__)
 
 
 def _block_from_array(raw, block: Block, vol_shape, model_path, model_sha, config):
@@ -30,26 +38,39 @@ def stain(volume, model, *, config: StainConfig | None = None, chunks=None, **op
     Parameters
     ----------
     volume : xarray.DataArray or dask/numpy array, (Z, Y, X) or (Y, X)
-        Raw CT values.
+        Raw CT values. A volume opened by :func:`vstain_dask.ngff.open_volume` carries its
+        voxel size (µm), which is compared with the model's pixel size as ``vstain-dask
+        stain`` does: within 10 % it is stained as it is; beyond, by ``config.resample``:
+        ``"auto"`` (the default) stains it resampled lazily to the model's pixel size in every
+        axis (area averaging where finer, linear interpolation where coarser; the result has
+        that grid's coordinates and ``scale``, and the line that says so is logged at INFO),
+        ``"check"`` refuses, ``"off"`` stains it at its own size with a warning. A model
+        that records no pixel size gives a warning. Other arrays carry no voxel size and are
+        stained as given.
     model : path
         A vstain-dask checkpoint (loaded on each worker, once per process).
     config : StainConfig, optional
-        Or pass its fields as keyword options (``axes="zyx"``, ``step=64``, ...); given as
-        options, ``fusion`` defaults to ``"blocks"``, the only fusion this function does.
+        Or pass its fields as keyword options (``axes="zyx"``, ``step=64``,
+        ``resample="off"``, ...); given as options, ``fusion`` defaults to ``"blocks"``, the
+        only fusion this function does.
     chunks : (int, int, int), optional
-        Output chunks (z, y, x); default: the input's chunks.
+        Output chunks (z, y, x); default: the input's chunks (a resampled volume's: these
+        chunks, or (64, 256, 256), clipped to its grid).
 
     Returns
     -------
     xarray.DataArray
-        (c, z, y, x) uint8 RGB(A) (or (c, y, x) for a slice), dask-backed, nothing computed yet.
+        (c, z, y, x) uint8 RGB(A) (or (c, y, x) for a slice), dask-backed, nothing computed yet;
+        for an OME-Zarr volume, ``attrs["pixel_size"]`` holds the comparison (``model``,
+        ``volume``, ``decision`` and, when resampled, ``resampled``).
 
     Raises
     ------
     InputError
         For several ``axes`` with ``fusion="passes"`` (passes go through 8-bit intermediates
-        on disk), and for ``mask`` or ``uncertainty``, which :func:`run_stain`
-        (``vstain-dask stain``) writes.
+        on disk), for ``mask`` or ``uncertainty``, which :func:`run_stain`
+        (``vstain-dask stain``) writes, and for a voxel size more than 10 % from the model's
+        pixel size with ``resample="check"``.
 
     Notes
     -----
@@ -64,8 +85,8 @@ def stain(volume, model, *, config: StainConfig | None = None, chunks=None, **op
     import xarray as xr
 
     config = _lazy_config(config, options)
-    data, coords, attrs = _unwrap(volume)
-    _check_ct(data)
+    _check_ct(volume)
+    data, coords, attrs = _at_model_size(volume, model, config, chunks)
     if not isinstance(data, da.Array):
         data = da.from_array(np.asarray(data), chunks=chunks or "auto")
     two_d = data.ndim == 2
@@ -92,6 +113,34 @@ def _unwrap(volume) -> tuple:
         attrs = {k: volume.attrs[k] for k in ("scale", "units") if k in volume.attrs}
         return volume.data, coords, attrs
     return volume, {}, {}
+
+
+def _at_model_size(volume, model, config: StainConfig, chunks) -> tuple:
+    """(data, coordinates, attributes) of the volume to stain: an OME-Zarr volume compared
+    with the model's pixel size (:func:`vstain_dask.stain.job.check_pixel_size`: refused,
+    warned about, or resampled lazily to the model's grid); any other array as it is."""
+    import xarray as xr
+
+    data, coords, attrs = _unwrap(volume)
+    if not (isinstance(volume, xr.DataArray) and volume.attrs.get("ngff_version")):
+        return data, coords, attrs
+    grid = stained_grid(volume, model=model, config=config, chunks=chunks)
+    compared = dict(grid.pixel_size)
+    if compared.pop("warning", None):
+        warnings.warn(grid.pixel_size["warning"], UserWarning, stacklevel=3)
+    attrs = {**attrs, "pixel_size": compared}
+    resampled = grid.resampled
+    if resampled is None:
+        return data, coords, attrs
+    logger.info(compared.pop("note"))
+    spatial = resampled.spatial
+    coords = {
+        d: (d, np.arange(n) * spatial["scale"][d] + spatial["translation"][d],
+            volume.coords[d].attrs if d in volume.coords else {})
+        for d, n in zip(resampled.axes, resampled.data.shape, strict=True)
+    }  # fmt: skip
+    attrs["scale"] = {**(attrs.get("scale") or {}), **spatial["scale"]}
+    return resampled.data, coords, attrs
 
 
 def _lazy_config(config: StainConfig | None, options: dict) -> StainConfig:
