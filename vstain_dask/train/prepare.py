@@ -14,9 +14,9 @@ The training stream applies these per crop, on the fly (both are a linear map pe
 crop costs the same either way). Keeping raw data means one copy of the images, the store stays
 comparable with the microscope and scanner files, and a better normalization can be recorded
 later without rewriting pixels. Levels estimated automatically come with their QC figure
-(:mod:`vstain_dask.levels_qc`), ``<pair id>.levels.png`` beside the store. Pairs written without these attributes (for example by
-``vstain-dask phantom-pairs``) are normalized with levels estimated when a dataset is opened
-(:func:`pair_levels`).
+(:mod:`vstain_dask.levels_qc`), ``<pair id>.levels.png`` beside the store. Pairs written
+without these attributes (for example by ``vstain-dask phantom-pairs``) are normalized with
+levels estimated when a dataset is opened (:func:`pair_levels`).
 
 The paper's normalizations (:mod:`vstain_dask.preprocess`): CT scaled so that the mean of bone
 and of the background become 30000 and 10000 (uint16); histology white-balanced from the mean
