@@ -47,10 +47,8 @@ def add_registered_pair(
     on the volume before the search, which stops early when they cannot be trusted), the
     levels ``stain`` finds on the same volume: one small plane holds too few classes for a
     trustworthy estimate, and training and staining then see the same mapping. Estimated
-    levels come with their QC figure (the histogram of the volume's sampled planes with both
-    levels, and the middle plane coloured by the classes that gave them),
-    ``<pair id>.levels.png`` beside the QC picture, whose path the pair records
-    (``normalization.ct_levels_qc``).
+    levels come with their QC figure (of the volume's sampled planes), ``<pair id>.levels.png``
+    beside the QC picture, its path in the pair's ``normalization.ct_levels_qc``.
 
     Returns the registration record with ``pair`` (its id), ``shape``, ``ct_levels`` (the CT
     levels the pair records, with their source and, when estimated, confidence),

@@ -2,10 +2,16 @@
 
 Made for looking at parts of a stain (computing a region computes only the blocks under it);
 it fuses several axes in 3D blocks only, and writes neither mask nor uncertainty, which the
-job (:func:`vstain_dask.stain.run.run_stain`) does. It compares the volume's voxel size with
-the model's pixel size as the job does (:func:`vstain_dask.stain.job.check_pixel_size`), and
-brings the volume to the model's size the same way (:func:`vstain_dask.stain.job.stained_grid`),
-lazily.
+job (:func:`vstain_dask.stain.run.run_stain`) does.
+
+An OME-Zarr volume's voxel size is compared with the model's pixel size as the job does
+(:func:`vstain_dask.stain.job.check_pixel_size`): within 10 % it is stained as it is; beyond,
+by ``config.resample``: ``"auto"`` (the default) stains it resampled lazily to the model's
+pixel size in every axis, as the job does (:func:`vstain_dask.stain.job.stained_grid`: area
+averaging where finer, linear interpolation where coarser; the result has that grid's
+coordinates and ``scale``, and the line that says so is logged at INFO), ``"check"`` refuses
+in one line, ``"off"`` stains it at its own size with a warning. A model that records no
+pixel size gives a warning, and nothing is guessed.
 """
 
 from __future__ import annotations
@@ -38,39 +44,29 @@ def stain(volume, model, *, config: StainConfig | None = None, chunks=None, **op
     Parameters
     ----------
     volume : xarray.DataArray or dask/numpy array, (Z, Y, X) or (Y, X)
-        Raw CT values. A volume opened by :func:`vstain_dask.ngff.open_volume` carries its
-        voxel size (µm), which is compared with the model's pixel size as ``vstain-dask
-        stain`` does: within 10 % it is stained as it is; beyond, by ``config.resample``:
-        ``"auto"`` (the default) stains it resampled lazily to the model's pixel size in every
-        axis (area averaging where finer, linear interpolation where coarser; the result has
-        that grid's coordinates and ``scale``, and the line that says so is logged at INFO),
-        ``"check"`` refuses, ``"off"`` stains it at its own size with a warning. A model
-        that records no pixel size gives a warning. Other arrays carry no voxel size and are
-        stained as given.
+        Raw CT values. The voxel size of a volume opened by :func:`vstain_dask.ngff.open_volume`
+        is checked against the model's pixel size as ``vstain-dask stain`` does (module
+        docstring); other arrays carry none and are stained as given.
     model : path
         A vstain-dask checkpoint (loaded on each worker, once per process).
     config : StainConfig, optional
-        Or pass its fields as keyword options (``axes="zyx"``, ``step=64``,
-        ``resample="off"``, ...); given as options, ``fusion`` defaults to ``"blocks"``, the
-        only fusion this function does.
+        Or pass its fields as keyword options (``axes="zyx"``, ``resample="off"``, ...); given
+        as options, ``fusion`` defaults to ``"blocks"``, the only fusion this function does.
     chunks : (int, int, int), optional
-        Output chunks (z, y, x); default: the input's chunks (a resampled volume's: these
-        chunks, or (64, 256, 256), clipped to its grid).
+        Output chunks (z, y, x); default: the input's (a resampled volume: (64, 256, 256)).
 
     Returns
     -------
     xarray.DataArray
         (c, z, y, x) uint8 RGB(A) (or (c, y, x) for a slice), dask-backed, nothing computed yet;
-        for an OME-Zarr volume, ``attrs["pixel_size"]`` holds the comparison (``model``,
-        ``volume``, ``decision`` and, when resampled, ``resampled``).
+        ``attrs["pixel_size"]``: the comparison, for an OME-Zarr volume.
 
     Raises
     ------
     InputError
         For several ``axes`` with ``fusion="passes"`` (passes go through 8-bit intermediates
         on disk), for ``mask`` or ``uncertainty``, which :func:`run_stain`
-        (``vstain-dask stain``) writes, and for a voxel size more than 10 % from the model's
-        pixel size with ``resample="check"``.
+        (``vstain-dask stain``) writes, and for a size mismatch with ``resample="check"``.
 
     Notes
     -----

@@ -454,10 +454,8 @@ def add_pair(
     Returns
     -------
     dict
-        ``id``, ``shape``, ``normalization`` and ``mask_fraction``. Estimated levels come
-        with their QC figure (the sampled histogram with both levels, the slice coloured by
-        the classes that gave them), ``<pair id>.levels.png`` beside the store, whose path
-        ``normalization["ct_levels_qc"]`` records; it is written once the pair is.
+        ``id``, ``shape``, ``normalization`` and ``mask_fraction``; estimated levels' QC figure
+        is written beside the store once the pair is (``normalization["ct_levels_qc"]``).
     """
     from vstain_dask._validate import keyword_bundles
     from vstain_dask.levels_qc import pending_figure
