@@ -9,7 +9,7 @@ decides the voxel size of the output, or refuses when the user and the file disa
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,8 +68,15 @@ _UNIT_SYMBOLS = {
 
 # 72 and 96 pixels per inch are the screen defaults that writers put in when they know no
 # physical size; 1 pixel per unit is tifffile's placeholder. None is a plausible CT or slide
-# pixel, so they are read as "no size" rather than as 353 µm pixels.
+# pixel, so they are read as "no size" rather than as 353 µm pixels. PNG and JPEG store whole
+# pixels per metre or per centimetre, which can only come near them (2835 per metre is
+# 72.009 dpi, 28 per centimetre 71.12 dpi), hence the tolerance for those.
 _PLACEHOLDER_PPI = (72.0, 96.0)
+_PLACEHOLDER_TOLERANCE = 0.02
+
+#: the coarsest pixel (µm, 25.4 dpi) a PNG or JPEG may state: no microscope image has pixels
+#: of a millimetre, so such a value is a writer's default, not a size to image by
+MAX_IMAGE_PIXEL_UM = 1000.0
 
 _NAMES = {3: "Z,Y,X", 2: "Y,X"}
 
@@ -83,10 +90,15 @@ class FoundSize:
     sizes : µm per spatial axis the file states, keyed by axis name (``"y"``, ``"x"``, and
         ``"z"`` when the file gives a slice spacing)
     source : where it was read, for messages and provenance (``"the OME metadata"``)
+    ignored : why the values are not taken as a pixel size, or None; :func:`resolve_voxel_size`
+        then treats the file as stating none and says why
     """
 
     sizes: Mapping[str, float]
     source: str
+    #: why the file's ``sizes`` are not a pixel size (a screen default, an aspect ratio), for
+    #: messages; None when they are one
+    ignored: str | None = None
 
 
 def um_per(unit: str) -> float | None:
@@ -106,6 +118,14 @@ def found(sizes: Mapping[str, float], source: str) -> FoundSize | None:
     return FoundSize(sizes=clean, source=source)
 
 
+def _screen_default(size_um: float) -> float | None:
+    """72 or 96 when ``size_um`` is the pixel of that many pixels per inch (within 2 %)."""
+    for ppi in _PLACEHOLDER_PPI:
+        if abs(size_um * ppi / UM_PER_UNIT["inch"] - 1) <= _PLACEHOLDER_TOLERANCE:
+            return ppi
+    return None
+
+
 def resolution_size(pixels_per_unit: float, unit_um: float) -> float | None:
     """Pixel size in µm from a resolution in pixels per unit; None for placeholder values."""
     if not (math.isfinite(pixels_per_unit) and pixels_per_unit > 0) or pixels_per_unit == 1:
@@ -113,6 +133,56 @@ def resolution_size(pixels_per_unit: float, unit_um: float) -> float | None:
     if unit_um == UM_PER_UNIT["inch"] and pixels_per_unit in _PLACEHOLDER_PPI:
         return None
     return unit_um / pixels_per_unit
+
+
+def image_resolution(x_per_unit: Any, y_per_unit: Any, unit: str, source: str) -> FoundSize | None:
+    """What a PNG or JPEG resolution field states, in pixels per ``unit`` along x and y.
+
+    Returns None for values that are not positive numbers; a :class:`FoundSize` whose
+    ``ignored`` says why for a screen default (72 or 96 dpi, within 2 %) or a pixel coarser
+    than :data:`MAX_IMAGE_PIXEL_UM`; else the size.
+
+    Parameters
+    ----------
+    x_per_unit, y_per_unit : pixels per ``unit`` along the columns and the rows
+    unit : ``"meter"``, ``"centimeter"`` or ``"inch"``
+    source : the field, for messages (``"the PNG pHYs chunk"``)
+    """
+    try:
+        per = (float(x_per_unit), float(y_per_unit))
+    except (TypeError, ValueError, ZeroDivisionError):  # Pillow's rationals may be 0/0
+        return None
+    if not all(math.isfinite(v) and v > 0 for v in per):
+        return None
+    x, y = (UM_PER_UNIT[unit] / v for v in per)
+    said = f"{source} says {_fmt(per, f'pixels per {unit}')}"
+    source = f"{source} (pixels per {unit})"
+    defaults = {_screen_default(x), _screen_default(y)}
+    if len(defaults) == 1 and None not in defaults:
+        dpi = "" if unit == "inch" else f", {defaults.pop():g} dpi"
+        why = f"{said}{dpi}: a screen default, not a pixel size"
+    elif max(x, y) > MAX_IMAGE_PIXEL_UM:
+        why = (
+            f"{said}, {max(x, y):.4g} µm per pixel: coarser than {MAX_IMAGE_PIXEL_UM:g} µm, "
+            "no microscope's pixel"
+        )
+    else:
+        why = None
+    return FoundSize(sizes={"y": y, "x": x}, source=source, ignored=why)
+
+
+def aspect_only(x: Any, y: Any, source: str) -> FoundSize:
+    """A resolution field without a unit: an aspect ratio, which states no pixel size."""
+    return FoundSize(
+        sizes={}, source=source, ignored=f"{source} gives only an aspect ratio, {x}:{y}"
+    )
+
+
+def first_stated(candidates: Sequence[FoundSize | None]) -> FoundSize | None:
+    """The first size that is one; else the first one ignored (to say why); else None."""
+    present = [c for c in candidates if c is not None]
+    usable = [c for c in present if c.ignored is None]
+    return (usable or present or [None])[0]
 
 
 _SYMBOLS = {"micrometer": "µm", "nanometer": "nm", "millimeter": "mm"}
@@ -183,10 +253,16 @@ def resolve_voxel_size(
     per_um = UM_PER_UNIT[unit]
     if override and given is None:
         raise InputError("--voxel-size-override (voxel_size_override=True) needs --voxel-size")
+    why = f" ({file_size.ignored})" if file_size is not None and file_size.ignored else ""
+    if why:
+        file_size = None
     if given is not None:
         values = _as_tuple(given, n)
         if file_size is None or override:
-            return values, "the command line" if file_size is None else "the command line (forced)"
+            return (
+                values,
+                f"the command line{why}" if file_size is None else "the command line (forced)",
+            )
         for axis, value in zip(axes, values, strict=True):
             stated = file_size.sizes.get(axis)
             if stated is not None and abs(value * per_um - stated) > 0.01 * stated:
@@ -199,7 +275,7 @@ def resolve_voxel_size(
         return values, f"the command line (agrees with {file_size.source})"
     if file_size is None:
         raise InputError(
-            f"{src.name} states no pixel size; give it with --voxel-size (one number or "
+            f"{src.name} states no pixel size{why}; give it with --voxel-size (one number or "
             f"{_NAMES[n]}, in --unit, micrometer by default; voxel_size= in Python)"
         )
     missing = [a for a in axes if a not in file_size.sizes]

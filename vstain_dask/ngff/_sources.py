@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ import dask.array as da
 import numpy as np
 
 from vstain_dask.errors import InputError, VolumeFormatError, VStainError
-from vstain_dask.ngff import _wsi
+from vstain_dask.ngff import _pixel_size, _wsi
 from vstain_dask.ngff._pixel_size import FoundSize
 
 #: TIFF-based files tifffile reads, slides included (BigTIFF, OME-TIFF, Aperio, Hamamatsu)
@@ -591,10 +592,85 @@ def open_tiff_folder(
     )
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# JFIF density units and EXIF/TIFF ResolutionUnit values, as NGFF unit names
+_JFIF_UNITS = {1: "inch", 2: "centimeter"}
+_EXIF_UNITS = {2: "inch", 3: "centimeter"}
+_EXIF_X, _EXIF_Y, _EXIF_UNIT = 282, 283, 296  # XResolution, YResolution, ResolutionUnit
+
+
+def _png_phys(path: Path) -> FoundSize | None:
+    """The pHYs chunk of a PNG: whole pixels per metre along x and y, or an aspect ratio.
+
+    Read from the chunks before the image data (where PNG puts pHYs) rather than from
+    Pillow's ``dpi``, which is that integer converted to inches (and rounded by some Pillow
+    versions): the pixel size is then exactly 10⁶ / (pixels per metre) µm.
+    """
+    with open(path, "rb") as f:
+        if f.read(8) != _PNG_SIGNATURE:
+            return None
+        while len(head := f.read(8)) == 8:
+            length, kind = struct.unpack(">I4s", head)
+            if kind in (b"IDAT", b"IEND"):
+                return None
+            if kind == b"pHYs" and length == 9:
+                x, y, unit = struct.unpack(">IIB", f.read(9))
+                source = "the PNG pHYs chunk"
+                if unit == 1:
+                    return _pixel_size.image_resolution(x, y, "meter", source)
+                return _pixel_size.aspect_only(x, y, source)
+            f.seek(length + 4, os.SEEK_CUR)  # the data and its CRC
+    return None
+
+
+def _exif_resolution(exif: Mapping) -> FoundSize | None:
+    """EXIF ``XResolution``/``YResolution`` in ``ResolutionUnit`` (inch when absent)."""
+    if _EXIF_X not in exif or _EXIF_Y not in exif:
+        return None
+    code = exif.get(_EXIF_UNIT, 2)
+    unit = _EXIF_UNITS.get(code) if isinstance(code, int) else None
+    if unit is None:  # 1: no absolute unit
+        return _pixel_size.aspect_only(exif[_EXIF_X], exif[_EXIF_Y], "the EXIF resolution")
+    return _pixel_size.image_resolution(exif[_EXIF_X], exif[_EXIF_Y], unit, "the EXIF resolution")
+
+
+def _jfif_density(info: Mapping) -> FoundSize | None:
+    """The JFIF header's density, in dots per inch or centimetre, or an aspect ratio."""
+    if "jfif_density" not in info:
+        return None
+    x, y = info["jfif_density"]
+    unit = _JFIF_UNITS.get(info.get("jfif_unit", 0))
+    if unit is None:
+        return _pixel_size.aspect_only(x, y, "the JFIF density")
+    return _pixel_size.image_resolution(x, y, unit, "the JFIF density")
+
+
+def image_pixel_size(path: Path) -> FoundSize | None:
+    """The pixel size a PNG or JPEG states, read from its header (Pillow, as imageio reads
+    them): a PNG's pHYs chunk, then EXIF ``XResolution``/``YResolution`` (a PNG's eXIf chunk,
+    a JPEG's APP1), then a JPEG's JFIF density. Aspect ratios, screen defaults and pixels
+    coarser than a millimetre come back with ``ignored`` set (see
+    :func:`~vstain_dask.ngff._pixel_size.image_resolution`)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:  # reads the header, not the pixels
+            kind, info = im.format, dict(im.info)
+        exif = Image.Exif()
+        if isinstance(info.get("exif"), bytes):  # not im.getexif(): a PNG's decodes the pixels
+            exif.load(info["exif"])
+        png = _png_phys(path) if kind == "PNG" else None
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, struct.error):
+        return None  # imageio has read the file: damaged metadata is no size
+    jfif = _jfif_density(info) if kind in ("JPEG", "MPO") else None  # MPO: a camera's JPEG
+    return _pixel_size.first_stated([png, _exif_resolution(dict(exif)), jfif])
+
+
 def open_image(
     path: Path, *, chunks: tuple[int, ...] | None, default3: int, default2: int
 ) -> OpenedSource:
-    """A 2D image read whole by imageio (PNG, JPEG, ...), such as a histology section."""
+    """A 2D image read whole by imageio (PNG, JPEG, ...), such as a histology section; the
+    pixel size from its header (:func:`image_pixel_size`)."""
     import imageio.v3 as iio
 
     try:
@@ -611,7 +687,9 @@ def open_image(
     spatial_chunks = _clip_chunks(_spatial_shape(shape, rgb_last), chunks, default3, default2)
     d = dask.delayed(_read_image_file, pure=True)(str(path))
     data = da.from_delayed(d, shape=shape, dtype=dt)
-    return _finish(data, spatial_chunks, rgb_last, f"image {path.name}")
+    return _finish(
+        data, spatial_chunks, rgb_last, f"image {path.name}", pixel_size=image_pixel_size(path)
+    )
 
 
 def open_slide(path: Path, *, chunks: tuple[int, ...] | None, default2: int) -> OpenedSource:
