@@ -257,6 +257,95 @@ def test_ct_opens_with_its_window_and_named_tissue_labels(ct_store):
         np.testing.assert_allclose(tissue.colormap.map(value), np.array(rgba) / 255, atol=1e-6)
 
 
+# -- where napari draws the pyramid levels --------------------------------------------------------
+
+
+def _ngff_placement(path: Path) -> dict[str, tuple[float, ...]]:
+    """Level 0's NGFF scale and translation of an image, spatial axes in order."""
+    lv = ngff.open_volume(path)
+    axes = [a for a in lv.dims if a != "c"]
+    return {
+        "scale": tuple(float(lv.attrs["scale"][a]) for a in axes),
+        "translate": tuple(float(lv.attrs["translation"][a]) for a in axes),
+    }
+
+
+def test_every_layer_is_placed_by_level_0s_ngff_transforms(stain, ct_store):
+    for store, images in ((stain, ("stain", "labels/sample", "uncertainty")),
+                          (ct_store, ("ct", "labels/tissue"))):  # fmt: skip
+        layers = _layers(store)
+        for image in images:
+            path = store if image in ("stain", "ct") else store / image
+            _, kwargs, _ = layers[Path(image).name]
+            assert {k: kwargs[k] for k in ("scale", "translate")} == _ngff_placement(path), image
+
+
+def _misplacement(layer, path: Path, level: int) -> np.ndarray:
+    """How far (in the axis unit) napari draws the centres of the first and last voxel of a
+    level from where the level's own NGFF transform puts them, along y and x: (2, 2).
+
+    The layer is sliced in 2D at level ``level`` through the middle of its extent, as napari
+    shows it when zoomed out that far; napari's tile-to-world transform of that slice (its
+    ``tile2data`` of the level, then the layer's scale and translate) places the voxels."""
+    from napari.components import Dims
+
+    extent = layer.extent.world
+    dims = Dims(ndim=3, ndisplay=2, range=[(lo, hi, 1.0) for lo, hi in extent.T],
+                point=tuple(extent.mean(axis=0)))  # fmt: skip
+    layer.data_level = level
+    layer._slice_dims(dims, force=True)
+    lv = ngff.open_volume(path, level=level)
+    scale = np.array([lv.attrs["scale"][a] for a in "zyx"])
+    translation = np.array([lv.attrs["translation"][a] for a in "zyx"])
+    ends = np.array([[0.0, 0.0, 0.0], [0.0, *(np.array(lv.shape[1:]) - 1.0)]])
+    tile_to_world = layer._transforms[:].simplified
+    drawn = np.array([tile_to_world(end) for end in ends])
+    return (drawn - (translation + scale * ends))[:, 1:]
+
+
+@pytest.mark.parametrize("image", ["intensity", "labels"])
+def test_napari_draws_coarse_levels_within_the_documented_offset(tmp_path, image):
+    # napari takes one scale and translate per layer (level 0's) and places level k by its
+    # shape ratio to level 0, ignoring the level's own NGFF transform: a learning test of how
+    # far that puts each level, as the README's viewer section and the reader's notes say
+    from napari.layers import Layer
+
+    shape, scale, origin = (20, 152, 131), (4.0, 2.0, 2.0), (100.0, -20.0, 7.5)
+    vol = np.random.default_rng(0).integers(0, 1000, size=shape, dtype=np.uint16)
+    store = ngff.write_volume(vol, tmp_path / "v.ome.zarr", axes="zyx", scale=scale,
+                              translation=origin, units="micrometer", n_levels=3,
+                              chunks=(10, 64, 64))  # fmt: skip
+    ngff.write_labels(store, "mask", vol > 500)
+    path = store if image == "intensity" else store / "labels" / "mask"
+    data, kwargs, kind = plugin.read_layers(store)[0 if image == "intensity" else 1]
+    assert {k: kwargs[k] for k in ("scale", "translate")} == _ngff_placement(path)
+    layer = Layer.create(data, kwargs, kind)
+    # napari's level factors are the shape ratios to level 0 (131 / 66 along x, not 2)
+    np.testing.assert_allclose(layer.downsample_factors,
+                               np.array(layer.level_shapes[0]) / np.array(layer.level_shapes))  # fmt: skip
+
+    np.testing.assert_allclose(_misplacement(layer, path, 0), 0, atol=1e-9)  # level 0: exact
+    s0 = np.array(scale[1:])
+    for level in (1, 2):
+        f = 2**level
+        n = np.array(layer.level_shapes[level][1:])
+        divides = np.array(shape[1:]) % f == 0  # y (152) divides by 2 and 4, x (131) does not
+        # an averaged voxel belongs at the centre of the f voxels it averages, (f - 1) / 2
+        # level-0 voxels in; napari draws it at the first of them (a label level keeps the
+        # first voxel: right there)
+        offset = (f - 1) / 2 * s0 if image == "intensity" else 0 * s0
+        # where an axis does not divide by f, napari also squeezes the level to level 0's
+        # length: up to (f - 1)(1 - 1/n) level-0 voxels more at the far end
+        squeeze = np.where(divides, 0.0, (f - 1) * (1 - 1 / n) * s0)
+        first, last = _misplacement(layer, path, level)
+        np.testing.assert_allclose(first, -offset, atol=1e-9)
+        np.testing.assert_allclose(last[divides], -offset[divides], atol=1e-9)
+        assert np.all(last[~divides] < -offset[~divides])
+        assert np.all(last >= -offset - squeeze - 1e-9)
+        # in voxels of the level shown: under 1/2 where the axis divides, under 3/2 anywhere
+        assert np.all(np.abs(last) < np.where(divides, 0.5, 1.5) * f * s0)
+
+
 # -- open_in_napari's errors before any window ----------------------------------------------------
 
 

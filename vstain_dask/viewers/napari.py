@@ -32,8 +32,23 @@ What a stain opens as:
 A CT volume opens with its stored omero window as contrast limits and its tissue labels (for a
 phantom) visible at half opacity.
 
-Every layer carries the NGFF scale, translation, units and axis names of level 0; napari places
-the lower levels by their shape ratio to level 0.
+Every layer carries the NGFF scale, translation, units and axis names of level 0, so level 0
+sits exactly where its NGFF transforms put it. napari (0.9) takes one scale and translate per
+layer and places a lower level k itself, voxel j at level-0 voxel j * n0 / nk along each axis
+(n0, nk: the axis' length at level 0 and at level k), ignoring the level's own NGFF transform;
+no layer argument can give a level its own offset. Where that differs from the NGFF placement:
+
+- an averaged level (a stain, a CT, the uncertainty: voxel j is the mean of level-0 voxels
+  j * 2**k to (j + 1) * 2**k - 1, so NGFF puts it (2**k - 1) / 2 level-0 voxels further on)
+  is drawn that far toward the origin: under half a voxel of that level. A label level keeps
+  every 2**k-th voxel, which is where napari draws it;
+- along an axis whose length does not divide by 2**k, nk = ceil(n0 / 2**k) and napari squeezes
+  the level to level 0's length: its far end is drawn up to (2**k - 1) * (1 - 1 / nk) level-0
+  voxels short as well, under one more voxel of that level.
+
+So a coarse level is off by less than 0.5 of its own voxels (1.5 at the far end of an axis
+that does not divide), and only while napari shows it: in 2D when zoomed out that far, and in
+3D, which shows the coarsest level. Level 0 (2D zoomed in) is exact.
 """
 
 from __future__ import annotations
