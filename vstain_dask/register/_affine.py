@@ -19,7 +19,6 @@ from vstain_dask.register._search import (
     SearchSettings,
     distortion_of,
     fixed_image,
-    footprint_box,
     mi_method,
     tissue_mask,
 )
@@ -37,19 +36,9 @@ def _image2d(array: np.ndarray, section: SectionLevel):
 
 def ct_on_plane(pyramid: CTPyramid, cand: Candidate, section: SectionLevel, level: int = 0):
     """The CT sampled on the section's (flipped) grid under ``cand``, and where it exists."""
-    import SimpleITK as sitk
-
-    voxel = float(min(pyramid.grid(level).scale))
-    low, high = footprint_box(cand, section, margin=4 * voxel, tissue_only=False)
-    ct = pyramid.read(level, low, high)
     ref, _ = fixed_image(section, cand.placement, cand.flip)
-    t = cand.transform()
-    values = sitk.Resample(ct, ref, t, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-    ones = sitk.Image(ct.GetSize(), sitk.sitkUInt8) + 1
-    ones.CopyInformation(ct)
-    inside = sitk.Resample(ones, ref, t, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-    # the crop covers the whole section with a margin, so its border is the CT's border
-    return sitk.GetArrayFromImage(values)[0], sitk.GetArrayFromImage(inside)[0].astype(bool)
+    values, inside = pyramid.resample(level, ref, cand.transform())
+    return values[0], inside[0]
 
 
 def _start_at(t, cand: Candidate) -> None:

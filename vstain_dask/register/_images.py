@@ -18,6 +18,9 @@ from vstain_dask.register._geometry import to_sitk
 
 #: CT levels at most this many voxels along their longest axis are read whole
 COARSE_VOXELS = 64
+#: the most CT voxels read at once around a plane (float32: 128 MiB); larger regions are
+#: resampled strip by strip onto the plane's own grid
+CROP_VOXELS = 1 << 25
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +99,78 @@ class CTPyramid:
         img.SetSpacing(to_sitk(g.scale))
         img.SetOrigin(to_sitk(g.translation + g.scale * start))
         return img
+
+    def box_voxels(self, level: int, low: np.ndarray, high: np.ndarray) -> int:
+        """How many voxels :meth:`read` of the box [low, high] at ``level`` would hold."""
+        g = self.grid(level)
+        lo = np.clip(np.floor((low - g.translation) / g.scale), 0, np.array(g.shape) - 1)
+        hi = np.clip(np.ceil((high - g.translation) / g.scale) + 1, lo + 1, g.shape)
+        return int(np.prod(hi - lo))
+
+    def resample(self, level: int, ref, transform=None) -> tuple[np.ndarray, np.ndarray]:
+        """The CT at ``level`` resampled (linearly) on the grid of the SimpleITK image ``ref``
+        through ``transform`` (``ref``'s physical points → the CT's; None: the same points),
+        and where the CT exists, as float32 and bool arrays of ``ref``'s shape.
+
+        ``ref``'s grid is cut into strips along its longest array axis, each resampled from a
+        crop of the CT just holding it, so at most about :data:`CROP_VOXELS` are read at once
+        however large or oblique the grid.
+        """
+        import SimpleITK as sitk
+
+        size = np.array(ref.GetSize())[::-1]  # array order
+        axis = int(np.argmax(size))
+        whole = self.box_voxels(level, *self._box(level, ref, transform, 0, size[axis], axis))
+        strips = max(1, -(-whole // CROP_VOXELS))
+        bounds = np.linspace(0, size[axis], strips + 1).astype(int)
+        values = np.zeros(size, dtype=np.float32)
+        inside = np.zeros(size, dtype=bool)
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+            if b <= a:
+                continue
+            sub = _sub_grid(ref, axis, a, b)
+            ct = self.read(level, *self._box(level, ref, transform, a, b, axis))
+            t = transform if transform is not None else sitk.Transform(3, sitk.sitkIdentity)
+            part = sitk.Resample(ct, sub, t, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+            ones = sitk.Image(ct.GetSize(), sitk.sitkUInt8) + 1
+            ones.CopyInformation(ct)
+            got = sitk.Resample(ones, sub, t, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+            sl = [slice(None)] * 3
+            sl[axis] = slice(a, b)
+            values[tuple(sl)] = sitk.GetArrayFromImage(part)
+            inside[tuple(sl)] = sitk.GetArrayFromImage(got) > 0
+        return values, inside
+
+    def _box(self, level: int, ref, transform, a: int, b: int, axis: int):
+        """Physical box (z, y, x) of the CT holding rows ``a..b-1`` (array ``axis``) of
+        ``ref``'s grid mapped through ``transform``, one voxel of ``level`` around."""
+        size = np.array(ref.GetSize())[::-1]
+        corners = []
+        for k in range(8):
+            idx = [(size[i] - 1) * ((k >> i) & 1) for i in range(3)]
+            idx[axis] = (b - 1) if (k >> axis) & 1 else a
+            p = ref.TransformContinuousIndexToPhysicalPoint(tuple(float(i) for i in idx[::-1]))
+            if transform is not None:
+                p = transform.TransformPoint(p)
+            corners.append(np.asarray(p, dtype=np.float64)[::-1])
+        corners = np.array(corners)
+        pad = self.grid(level).scale
+        return corners.min(axis=0) - pad, corners.max(axis=0) + pad
+
+
+def _sub_grid(ref, axis: int, a: int, b: int):
+    """The grid of ``ref`` restricted to indices ``a..b-1`` along array ``axis``."""
+    import SimpleITK as sitk
+
+    size = list(ref.GetSize())
+    start = [0, 0, 0]
+    start[2 - axis] = a
+    size[2 - axis] = b - a
+    sub = sitk.Image([int(v) for v in size], sitk.sitkUInt8)
+    sub.SetSpacing(ref.GetSpacing())
+    sub.SetDirection(ref.GetDirection())
+    sub.SetOrigin(ref.TransformIndexToPhysicalPoint([int(v) for v in start]))
+    return sub
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,9 +28,11 @@ import time
 import numpy as np
 
 from vstain_dask.register._geometry import Placement, apply, from_sitk, matrix_from_sitk, to_sitk
-from vstain_dask.register._images import CTPyramid, SectionLevel
+from vstain_dask.register._images import CROP_VOXELS, CTPyramid, SectionLevel
 
 _AXIS_INDEX = {"z": 0, "y": 1, "x": 2}
+#: sections with more tissue pixels than this are scored on a regular sample of about this many
+MAX_SAMPLES = 1 << 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,15 +144,35 @@ def tissue_mask(grey: np.ndarray) -> np.ndarray:
     return grey > min(float(threshold_otsu(grey)), 20.0)
 
 
-def mi_method(settings: SearchSettings, fixed_mask):
+@dataclasses.dataclass(frozen=True)
+class MovingCT:
+    """The CT as a slab on a pose's own (oblique) grid, and where the CT exists in it."""
+
+    image: object  # SimpleITK image
+    mask: object  # SimpleITK uint8 image, same grid
+
+
+def _moving(ct):
+    """The moving image and its mask (None: all of it) of a CT crop or :class:`MovingCT`."""
+    return (ct.image, ct.mask) if isinstance(ct, MovingCT) else (ct, None)
+
+
+def mi_method(settings: SearchSettings, fixed_mask, moving_mask=None):
     """A SimpleITK registration scoring Mattes MI over all of the fixed image's mask (random
-    sampling made the coarse grid's ranking noisy enough to pick wrong poses), linear
-    interpolation."""
+    sampling made the coarse grid's ranking noisy enough to pick wrong poses), or, past
+    :data:`MAX_SAMPLES` tissue pixels, over a regular sample of that many (seeded: the same
+    points every time), linear interpolation."""
     import SimpleITK as sitk
 
     reg = sitk.ImageRegistrationMethod()
     reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=settings.bins)
     reg.SetMetricFixedMask(fixed_mask)
+    if moving_mask is not None:
+        reg.SetMetricMovingMask(moving_mask)
+    tissue = int(np.count_nonzero(sitk.GetArrayViewFromImage(fixed_mask)))
+    if tissue > MAX_SAMPLES:
+        reg.SetMetricSamplingStrategy(reg.REGULAR)
+        reg.SetMetricSamplingPercentage(MAX_SAMPLES / tissue, 1)
     reg.SetInterpolator(sitk.sitkLinear)
     return reg
 
@@ -168,7 +190,8 @@ def _exhaustive(ct, section: SectionLevel, cand: Candidate, settings, steps, sca
     import SimpleITK as sitk
 
     fixed, mask = fixed_image(section, cand.placement, cand.flip, cand.distortion)
-    reg = mi_method(settings, mask)
+    image, moving_mask = _moving(ct)
+    reg = mi_method(settings, mask, moving_mask)
     reg.SetOptimizerAsExhaustive([int(n) for n in steps], stepLength=1.0)
     reg.SetOptimizerScales([float(s) for s in scales])
     reg.SetInitialTransform(cand.transform(), inPlace=True)
@@ -177,7 +200,7 @@ def _exhaustive(ct, section: SectionLevel, cand: Candidate, settings, steps, sca
         sitk.sitkIterationEvent,
         lambda: samples.append((reg.GetMetricValue(), tuple(reg.GetOptimizerPosition()))),
     )
-    reg.Execute(fixed, ct)
+    reg.Execute(fixed, image)
     return [(m, p) for m, p in samples if math.isfinite(m)]
 
 
@@ -215,7 +238,7 @@ def tilt_search(
             steps[k] = n
             scales[k] = math.radians(settings.tilt_step)
     steps[depth] = 2
-    scales[depth] = float(np.mean(ct.GetSpacing()))
+    scales[depth] = float(np.mean(_moving(ct)[0].GetSpacing()))
     samples = sorted(_exhaustive(ct, section, cand, settings, steps, scales), key=lambda s: s[0])
     return [dataclasses.replace(cand, params=p, metric=m) for m, p in samples[:starts]]
 
@@ -245,7 +268,8 @@ def _descent(settings: SearchSettings, mask, fixed, ct, transform) -> tuple[floa
     """Run SimpleITK's regular-step gradient descent on ``transform`` (in place)."""
     import SimpleITK as sitk
 
-    reg = mi_method(settings, mask)
+    image, moving_mask = _moving(ct)
+    reg = mi_method(settings, mask, moving_mask)
     reg.SetOptimizerAsRegularStepGradientDescent(
         learningRate=2.0, minStep=1e-3, numberOfIterations=settings.iterations,
         gradientMagnitudeTolerance=1e-8, relaxationFactor=0.6,
@@ -254,8 +278,8 @@ def _descent(settings: SearchSettings, mask, fixed, ct, transform) -> tuple[floa
     reg.SetInitialTransform(transform, inPlace=True)
     history: list[float] = []
     reg.AddCommand(sitk.sitkIterationEvent, lambda: history.append(reg.GetMetricValue()))
-    reg.Execute(fixed, ct)
-    return float(reg.MetricEvaluate(fixed, ct)), history
+    reg.Execute(fixed, image)
+    return float(reg.MetricEvaluate(fixed, image)), history
 
 
 def distortion_of(d) -> float:
@@ -380,15 +404,17 @@ def refine(
     would drop out of the metric and flatter the pose); the result is scored on a crop
     around itself, the same way for every pose compared."""
     t0 = time.perf_counter()
-    first = True
+    previous = None
     for level in range(pyramid.coarse_level() - 1, -1, -1):
         voxel = float(min(pyramid.grid(level).scale))
         section = section_at(voxel)
-        span = settings.max_tilt if first else 2 * settings.tilt_step
-        first = False
-        low, high = footprint_box(cand, section, margin=8 * voxel, tilt=span)
-        ct = pyramid.read(level, low, high)
-        starts = tilt_search(ct, section, cand, settings, span, settings.starts)
+        span, n_starts = settings.max_tilt, settings.starts
+        if previous is not None:  # the pose is known to about a voxel of the level before
+            span = min(2 * settings.tilt_step, _tilt_within(section, cand, 2 * previous))
+            n_starts = min(settings.starts, 3)
+        previous = voxel
+        ct = region(pyramid, level, cand, section, margin=8 * voxel, tilt=span)
+        starts = tilt_search(ct, section, cand, settings, span, n_starts)
         tried = [descend(ct, section, c, settings) for c in [cand, *starts]]
         cand = min(tried, key=lambda c: c.metric)
         cand = dataclasses.replace(cand, metric=score(pyramid, level, section, cand, settings))
@@ -399,25 +425,60 @@ def refine(
     return cand
 
 
+def _tilt_within(section: SectionLevel, cand: Candidate, offset: float) -> float:
+    """The tilt (degrees) that moves the section's farthest tissue point ``offset`` µm off the
+    plane of ``cand``."""
+    pts = _footprint_points(cand, section, tissue_only=True)
+    reach = 0.5 * float(np.linalg.norm(np.ptp(pts, axis=0)))
+    return math.degrees(math.atan2(offset, max(reach, offset)))
+
+
 def score(pyramid: CTPyramid, level: int, section: SectionLevel, cand: Candidate, settings):
     """Mattes MI of ``cand`` at ``level``, on a crop 8 voxels around its own footprint."""
     voxel = float(min(pyramid.grid(level).scale))
-    low, high = footprint_box(cand, section, margin=8 * voxel)
+    image, moving_mask = _moving(region(pyramid, level, cand, section, margin=8 * voxel))
     fixed, mask = fixed_image(section, cand.placement, cand.flip, cand.distortion)
-    reg = mi_method(settings, mask)
+    reg = mi_method(settings, mask, moving_mask)
     reg.SetInitialTransform(cand.transform())
-    return float(reg.MetricEvaluate(fixed, pyramid.read(level, low, high)))
+    return float(reg.MetricEvaluate(fixed, image))
 
 
-def footprint_box(
-    cand: Candidate,
-    section: SectionLevel,
-    margin: float,
-    tissue_only: bool = True,
-    tilt: float = 0.0,
+def region(
+    pyramid: CTPyramid, level: int, cand: Candidate, section: SectionLevel, margin, tilt=0.0
 ):
-    """Physical box (z, y, x) of the CT holding the section's tissue (or its whole image)
-    under ``cand``, and under any pose tilted from it by up to ``tilt`` degrees."""
+    """The CT that poses near ``cand`` (tilted up to ``tilt`` degrees) are scored on: a crop of
+    ``level`` around the section's footprint, ``margin`` µm wider; or, where that crop would
+    pass :data:`CROP_VOXELS` (a large or oblique plane), a :class:`MovingCT` slab on the plane's
+    own grid, just as thick as the tilts need, read strip by strip."""
+    low, high = footprint_box(cand, section, margin=margin, tilt=tilt)
+    if pyramid.box_voxels(level, low, high) <= CROP_VOXELS:
+        return pyramid.read(level, low, high)
+    import SimpleITK as sitk
+
+    voxel = float(min(pyramid.grid(level).scale))
+    q = _footprint_points(cand, section, tissue_only=True, on_plane=False)
+    q_lo, q_hi = q.min(axis=0) - margin, q.max(axis=0) + margin
+    reach = 0.5 * float(np.linalg.norm(q_hi - q_lo)) * math.sin(math.radians(tilt))
+    half = int(math.ceil((margin + reach) / voxel))
+    m = cand.section_to_plane()
+    u, v, n = m[:3, 0], m[:3, 1], m[:3, 2]
+    size = np.ceil((q_hi - q_lo) / voxel).astype(int) + 1
+    ref = sitk.Image([int(size[1]), int(size[0]), 2 * half + 1], sitk.sitkUInt8)
+    ref.SetSpacing((voxel,) * 3)
+    ref.SetDirection(tuple(float(a) for a in np.column_stack(
+        [to_sitk(v), to_sitk(u), to_sitk(n)]).ravel()))  # fmt: skip
+    ref.SetOrigin(to_sitk(apply(m, q_lo[None])[0] - n * half * voxel))
+    values, inside = pyramid.resample(level, ref)
+    image = sitk.GetImageFromArray(values)
+    image.CopyInformation(ref)
+    mask = sitk.GetImageFromArray(inside.astype(np.uint8))
+    mask.CopyInformation(ref)
+    return MovingCT(image, mask)
+
+
+def _footprint_points(cand: Candidate, section: SectionLevel, tissue_only: bool, on_plane=True):
+    """The section's tissue pixels (or its image's corners) as section µm (after the flip),
+    or, ``on_plane``, as CT points (z, y, x) under ``cand``."""
     rows = np.array([], dtype=int)
     if tissue_only:
         grey = section.contrast()
@@ -430,7 +491,19 @@ def footprint_box(
             section.origin[1] + section.spacing[1] * cols,
         ]
     )
-    pts = apply(cand.section_to_plane(), q)
+    return apply(cand.section_to_plane(), q) if on_plane else q
+
+
+def footprint_box(
+    cand: Candidate,
+    section: SectionLevel,
+    margin: float,
+    tissue_only: bool = True,
+    tilt: float = 0.0,
+):
+    """Physical box (z, y, x) of the CT holding the section's tissue (or its whole image)
+    under ``cand``, and under any pose tilted from it by up to ``tilt`` degrees."""
+    pts = _footprint_points(cand, section, tissue_only)
     low, high = pts.min(axis=0), pts.max(axis=0)
     reach = 0.5 * float(np.linalg.norm(high - low)) * math.sin(math.radians(tilt))
     return low - margin - reach, high + margin + reach
