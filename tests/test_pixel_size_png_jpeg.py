@@ -239,25 +239,21 @@ def test_register_takes_a_png_sections_pixel_size_from_its_phys_chunk(phantom, t
     assert mean <= 3 * 5.0, f"mean error {mean:.1f} µm"
 
 
-def test_register_refuses_a_png_section_without_a_size_and_writes_no_pair(phantom, tmp_path):
+def test_register_refuses_a_png_section_without_a_size_or_with_another_and_writes_no_pair(
+    phantom, tmp_path
+):
     volume, _, png = phantom
     with Image.open(png) as im:
         im.save(tmp_path / "bare.png")  # the same pixels, no pHYs chunk
     store = tmp_path / "pairs.zarr"
-    assert_one_line_error(
+    err = assert_one_line_error(
         _register(volume, tmp_path / "bare.png", store), "bare.png states no pixel size"
     )
-    assert not store.exists()
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="register passes --section-pixel-size to the import as voxel_size, whose refusal "
-    "names import's --voxel-size; register is to name its own option",
-)
-def test_register_names_its_own_option_when_a_png_section_states_no_size(phantom, tmp_path):
-    volume, _, png = phantom
-    with Image.open(png) as im:
-        im.save(tmp_path / "bare.png")
-    err = assert_one_line_error(_register(volume, tmp_path / "bare.png", tmp_path / "p.zarr"))
+    # register's own option, not import's
     assert "--section-pixel-size" in err and "--voxel-size" not in err, err
+    assert not store.exists()
+    err = assert_one_line_error(
+        _register(volume, png, store, "--section-pixel-size", "3"), "--section-pixel-size 3"
+    )
+    assert "vstain-dask import --voxel-size-override" in err, err
+    assert not store.exists()

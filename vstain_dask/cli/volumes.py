@@ -39,7 +39,8 @@ class _FloatTuple(click.ParamType):
     default=None,
     type=_FloatTuple(),
     help="Voxel size in --unit: one number, or Z,Y,X (Y,X for 2D images). Default: the size "
-    "the file states (OME, Aperio MPP, ImageJ, TIFF resolution tags, OME-Zarr scale); "
+    "the file states (OME, Aperio MPP, ImageJ, TIFF resolution tags, PNG pHYs, JPEG JFIF/EXIF, "
+    "OME-Zarr scale); "
     "checked against it when both exist.",
 )
 @click.option(

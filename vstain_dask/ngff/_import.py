@@ -186,7 +186,8 @@ def import_volume(
 
     The voxel size is the one the file states (OME ``PhysicalSize*``, Aperio ``MPP``, ImageJ
     unit and spacing, TIFF resolution tags in pixels per inch or cm, an OME-Zarr scale, the
-    ``openslide.mpp-*`` properties) unless ``voxel_size`` is given; a given size more than
+    ``openslide.mpp-*`` properties, a PNG's ``pHYs`` chunk, a JPEG's JFIF density or EXIF
+    resolution) unless ``voxel_size`` is given; a given size more than
     1 % from the file's is refused unless ``voxel_size_override``.
 
     Parameters

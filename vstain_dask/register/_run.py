@@ -95,8 +95,23 @@ def _open_section(path: Path, config: RegisterConfig, workdir: Path) -> Section:
     if not path.exists():
         raise InputError(f"section {path} does not exist")
     out = workdir / "section.ome.zarr"
-    ngff.import_volume(path, out, voxel_size=config.section_pixel_size)
+    try:
+        ngff.import_volume(path, out, voxel_size=config.section_pixel_size)
+    except InputError as e:
+        raise InputError(_register_options(str(e))) from None
     return Section(out)
+
+
+def _register_options(message: str) -> str:
+    """An import's message about the section's pixel size, in register's options."""
+    import re
+
+    message = message.replace(
+        "add --voxel-size-override to use yours",
+        "import the section with `vstain-dask import --voxel-size-override` and register that",
+    )
+    message = re.sub(r"--voxel-size \([^)]*\)", "--section-pixel-size (µm)", message)
+    return re.sub(r"--voxel-size(?![-\w])", "--section-pixel-size", message)
 
 
 def _starts(pyramid: CTPyramid, section: SectionLevel, config: RegisterConfig) -> list[Candidate]:
