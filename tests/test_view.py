@@ -487,11 +487,25 @@ def _with_panel_open(url: str, layer: str) -> str:
     return f"{client}#!{urllib.parse.quote(json.dumps(state), safe='')}"
 
 
-# what the page shows: the names in the open segment list, and neuroglancer's own state
-_SEGMENT_LIST = """JSON.stringify({
-  names: Array.from(document.querySelectorAll('.neuroglancer-segment-list-entry-name'),
-                    e => e.textContent),
-  state: window.viewer.state.toJSON()})"""
+# what the page shows: the names in the open segment list, each layer's value under the mouse
+# at the main panel's centre (in the layer bar), and neuroglancer's own state
+_SEGMENT_LIST = """(() => {
+  const panel = document.querySelector('.neuroglancer-rendered-data-panel');
+  const box = panel.getBoundingClientRect();
+  panel.dispatchEvent(new MouseEvent('mousemove', {bubbles: true,
+    clientX: box.left + box.width / 2, clientY: box.top + box.height / 2}));
+  const text = selector => Array.from(document.querySelectorAll(selector), e => e.textContent);
+  return JSON.stringify({
+    names: text('.neuroglancer-segment-list-entry-name'),
+    layers: text('.neuroglancer-layer-item-label'),
+    values: text('.neuroglancer-layer-item-value'),
+    state: window.viewer.state.toJSON()});
+})()"""
+
+
+def _listed_and_hovered(value: str, names: set[str]) -> bool:
+    page = json.loads(value)
+    return names <= set(page["names"]) and any(any(c.isalpha() for c in v) for v in page["values"])
 
 
 @pytest.mark.browser
@@ -512,7 +526,7 @@ def test_neuroglancer_lists_the_label_classes_by_name(stains):
     with _View(out) as view:
         page = evaluate(
             _with_panel_open(view.url, "tissue"), _SEGMENT_LIST, wait=3.0, patience=60.0,
-            size=(1200, 800), until=lambda v: names <= set(json.loads(v)["names"]),
+            size=(1200, 800), until=lambda v: _listed_and_hovered(v, names),
         )  # fmt: skip
         code, err = view.stop(signal.SIGINT)
     assert code in (0, 130) and _port_is_free(view.port), err
@@ -520,6 +534,11 @@ def test_neuroglancer_lists_the_label_classes_by_name(stains):
     # the class names, from the label image's metadata, in neuroglancer's segment list
     assert names <= set(page["names"]), page["names"]
     assert "air" not in page["names"]  # a transparent class is not listed
+    # under the mouse, the tissue layer shows the class there by id and name
+    hovered = dict(zip(page["layers"], page["values"], strict=True))["tissue"]
+    value, name = hovered.split(" ", 1)
+    by_value = {str(p["label-value"]): p["tissue"] for p in image_label["properties"]}
+    assert name == by_value[value], hovered
     # neuroglancer kept the stored colours and both sources of the layer
     layer = next(lr for lr in page["state"]["layers"] if lr["name"] == "tissue")
     assert layer["segmentColors"] == colours
