@@ -33,6 +33,9 @@ from vstain_dask.register._images import CROP_VOXELS, CTPyramid, SectionLevel
 _AXIS_INDEX = {"z": 0, "y": 1, "x": 2}
 #: sections with more tissue pixels than this are scored on a regular sample of about this many
 MAX_SAMPLES = 1 << 16
+#: past this many voxels the CT's gradient is taken at the sampled points only, not as a whole
+#: gradient image (three float64 per voxel: 0.8 GB for a 32M-voxel crop)
+GRADIENT_IMAGE_VOXELS = 1 << 22
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,18 +160,24 @@ def _moving(ct):
     return (ct.image, ct.mask) if isinstance(ct, MovingCT) else (ct, None)
 
 
-def mi_method(settings: SearchSettings, fixed_mask, moving_mask=None):
+def mi_method(settings: SearchSettings, fixed_mask, moving=None):
     """A SimpleITK registration scoring Mattes MI over all of the fixed image's mask (random
     sampling made the coarse grid's ranking noisy enough to pick wrong poses), or, past
     :data:`MAX_SAMPLES` tissue pixels, over a regular sample of that many (seeded: the same
-    points every time), linear interpolation."""
+    points every time), linear interpolation. ``moving`` (a CT crop or :class:`MovingCT`):
+    its mask is used, and past :data:`GRADIENT_IMAGE_VOXELS` its gradient is taken at the
+    sampled points only."""
     import SimpleITK as sitk
 
     reg = sitk.ImageRegistrationMethod()
     reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=settings.bins)
     reg.SetMetricFixedMask(fixed_mask)
-    if moving_mask is not None:
-        reg.SetMetricMovingMask(moving_mask)
+    if moving is not None:
+        image, moving_mask = _moving(moving)
+        if moving_mask is not None:
+            reg.SetMetricMovingMask(moving_mask)
+        if int(np.prod(image.GetSize())) > GRADIENT_IMAGE_VOXELS:
+            reg.SetMetricUseMovingImageGradientFilter(False)
     tissue = int(np.count_nonzero(sitk.GetArrayViewFromImage(fixed_mask)))
     if tissue > MAX_SAMPLES:
         reg.SetMetricSamplingStrategy(reg.REGULAR)
@@ -190,8 +199,8 @@ def _exhaustive(ct, section: SectionLevel, cand: Candidate, settings, steps, sca
     import SimpleITK as sitk
 
     fixed, mask = fixed_image(section, cand.placement, cand.flip, cand.distortion)
-    image, moving_mask = _moving(ct)
-    reg = mi_method(settings, mask, moving_mask)
+    image = _moving(ct)[0]
+    reg = mi_method(settings, mask, ct)
     reg.SetOptimizerAsExhaustive([int(n) for n in steps], stepLength=1.0)
     reg.SetOptimizerScales([float(s) for s in scales])
     reg.SetInitialTransform(cand.transform(), inPlace=True)
@@ -268,8 +277,8 @@ def _descent(settings: SearchSettings, mask, fixed, ct, transform) -> tuple[floa
     """Run SimpleITK's regular-step gradient descent on ``transform`` (in place)."""
     import SimpleITK as sitk
 
-    image, moving_mask = _moving(ct)
-    reg = mi_method(settings, mask, moving_mask)
+    image = _moving(ct)[0]
+    reg = mi_method(settings, mask, ct)
     reg.SetOptimizerAsRegularStepGradientDescent(
         learningRate=2.0, minStep=1e-3, numberOfIterations=settings.iterations,
         gradientMagnitudeTolerance=1e-8, relaxationFactor=0.6,
@@ -436,9 +445,10 @@ def _tilt_within(section: SectionLevel, cand: Candidate, offset: float) -> float
 def score(pyramid: CTPyramid, level: int, section: SectionLevel, cand: Candidate, settings):
     """Mattes MI of ``cand`` at ``level``, on a crop 8 voxels around its own footprint."""
     voxel = float(min(pyramid.grid(level).scale))
-    image, moving_mask = _moving(region(pyramid, level, cand, section, margin=8 * voxel))
+    ct = region(pyramid, level, cand, section, margin=8 * voxel)
+    image = _moving(ct)[0]
     fixed, mask = fixed_image(section, cand.placement, cand.flip, cand.distortion)
-    reg = mi_method(settings, mask, moving_mask)
+    reg = mi_method(settings, mask, ct)
     reg.SetInitialTransform(cand.transform())
     return float(reg.MetricEvaluate(fixed, image))
 
