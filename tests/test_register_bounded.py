@@ -1,7 +1,7 @@
-"""Registration reads the CT in bounded pieces: strip by strip, or as a slab along the plane.
+"""Registration reads the CT in bounded pieces: block by block, or as a slab along the plane.
 
 A 1536³ CT with a tilted section would need gigabytes as one axis-aligned crop around the
-plane; ``CTPyramid.resample`` reads it strip by strip and the search scores large planes on an
+plane; ``CTPyramid.resample`` reads it block by block and the search scores large planes on an
 oblique slab just as thick as its tilts need. These tests force the bounded paths on a small
 phantom (a tiny read budget) and compare them with the whole-crop reads they replace.
 """
@@ -63,15 +63,26 @@ def _true_pose(place: Placement, truth, pixel: float) -> Candidate:
     return cand
 
 
-def test_strips_resample_exactly_what_one_crop_does(scene, monkeypatch):
+def test_blocks_resample_exactly_what_one_crop_does_reading_at_most_the_budget(scene, monkeypatch):
     pyramid, section, cand = scene
     ref, _ = fixed_image(section, cand.placement, cand.flip)
     whole, whole_in = pyramid.resample(0, ref, cand.transform())
     assert whole_in.mean() > 0.3 and whole[whole_in].std() > 0  # the plane shows the specimen
-    monkeypatch.setattr(_images, "CROP_VOXELS", 2000)  # dozens of strips
-    strips, strips_in = pyramid.resample(0, ref, cand.transform())
-    np.testing.assert_array_equal(strips_in, whole_in)
-    np.testing.assert_array_equal(strips, whole)
+    # the plane is turned 30° in plane and tilted: a strip of it would span the whole box
+    reads = []
+    read = CTPyramid.read
+
+    def counted(self, level, low=None, high=None):
+        img = read(self, level, low, high)
+        reads.append(int(np.prod(img.GetSize())))
+        return img
+
+    monkeypatch.setattr(CTPyramid, "read", counted)
+    monkeypatch.setattr(_images, "CROP_VOXELS", 3000)
+    blocks, blocks_in = pyramid.resample(0, ref, cand.transform())
+    assert len(reads) > 10 and max(reads) <= 3000, reads
+    np.testing.assert_array_equal(blocks_in, whole_in)
+    np.testing.assert_array_equal(blocks, whole)
 
 
 def test_a_slab_scores_poses_like_the_crop(scene, monkeypatch):

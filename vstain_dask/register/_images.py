@@ -19,7 +19,7 @@ from vstain_dask.register._geometry import to_sitk
 #: CT levels at most this many voxels along their longest axis are read whole
 COARSE_VOXELS = 64
 #: the most CT voxels read at once around a plane (float32: 128 MiB); larger regions are
-#: resampled strip by strip onto the plane's own grid
+#: resampled block by block onto the plane's own grid
 CROP_VOXELS = 1 << 25
 
 
@@ -112,44 +112,45 @@ class CTPyramid:
         through ``transform`` (``ref``'s physical points → the CT's; None: the same points),
         and where the CT exists, as float32 and bool arrays of ``ref``'s shape.
 
-        ``ref``'s grid is cut into strips along its longest array axis, each resampled from a
-        crop of the CT just holding it, so at most about :data:`CROP_VOXELS` are read at once
-        however large or oblique the grid.
+        ``ref``'s grid is halved along its longest side until the CT box holding each block
+        has at most :data:`CROP_VOXELS`, and each block is resampled from a crop just holding
+        it: however large, oblique or turned the grid, no more is read at once. (Strips are
+        not enough: a strip of a plane turned 45° in the CT's axes spans its whole box.)
         """
         import SimpleITK as sitk
 
         size = np.array(ref.GetSize())[::-1]  # array order
-        axis = int(np.argmax(size))
-        whole = self.box_voxels(level, *self._box(level, ref, transform, 0, size[axis], axis))
-        strips = max(1, -(-whole // CROP_VOXELS))
-        bounds = np.linspace(0, size[axis], strips + 1).astype(int)
         values = np.zeros(size, dtype=np.float32)
         inside = np.zeros(size, dtype=bool)
-        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
-            if b <= a:
+        t = transform if transform is not None else sitk.Transform(3, sitk.sitkIdentity)
+        blocks = [(np.zeros(3, dtype=int), size)]
+        while blocks:
+            lo, hi = blocks.pop()
+            low, high = self._box(level, ref, transform, lo, hi)
+            if self.box_voxels(level, low, high) > CROP_VOXELS and (hi - lo).max() > 1:
+                ax = int(np.argmax(hi - lo))
+                mid = (lo[ax] + hi[ax]) // 2
+                blocks += [(lo, np.where(np.arange(3) == ax, mid, hi))]
+                blocks += [(np.where(np.arange(3) == ax, mid, lo), hi)]
                 continue
-            sub = _sub_grid(ref, axis, a, b)
-            ct = self.read(level, *self._box(level, ref, transform, a, b, axis))
-            t = transform if transform is not None else sitk.Transform(3, sitk.sitkIdentity)
+            sub = _sub_grid(ref, lo, hi)
+            ct = self.read(level, low, high)
             part = sitk.Resample(ct, sub, t, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
             ones = sitk.Image(ct.GetSize(), sitk.sitkUInt8) + 1
             ones.CopyInformation(ct)
             got = sitk.Resample(ones, sub, t, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-            sl = [slice(None)] * 3
-            sl[axis] = slice(a, b)
-            values[tuple(sl)] = sitk.GetArrayFromImage(part)
-            inside[tuple(sl)] = sitk.GetArrayFromImage(got) > 0
+            sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+            values[sl] = sitk.GetArrayFromImage(part)
+            inside[sl] = sitk.GetArrayFromImage(got) > 0
         return values, inside
 
-    def _box(self, level: int, ref, transform, a: int, b: int, axis: int):
-        """Physical box (z, y, x) of the CT holding rows ``a..b-1`` (array ``axis``) of
+    def _box(self, level: int, ref, transform, lo: np.ndarray, hi: np.ndarray):
+        """Physical box (z, y, x) of the CT holding the block ``lo..hi-1`` (array indices) of
         ``ref``'s grid mapped through ``transform``, one voxel of ``level`` around."""
-        size = np.array(ref.GetSize())[::-1]
         corners = []
         for k in range(8):
-            idx = [(size[i] - 1) * ((k >> i) & 1) for i in range(3)]
-            idx[axis] = (b - 1) if (k >> axis) & 1 else a
-            p = ref.TransformContinuousIndexToPhysicalPoint(tuple(float(i) for i in idx[::-1]))
+            idx = [float(hi[i] - 1 if (k >> i) & 1 else lo[i]) for i in range(3)]
+            p = ref.TransformContinuousIndexToPhysicalPoint(idx[::-1])
             if transform is not None:
                 p = transform.TransformPoint(p)
             corners.append(np.asarray(p, dtype=np.float64)[::-1])
@@ -158,18 +159,14 @@ class CTPyramid:
         return corners.min(axis=0) - pad, corners.max(axis=0) + pad
 
 
-def _sub_grid(ref, axis: int, a: int, b: int):
-    """The grid of ``ref`` restricted to indices ``a..b-1`` along array ``axis``."""
+def _sub_grid(ref, lo: np.ndarray, hi: np.ndarray):
+    """The grid of ``ref`` restricted to the block ``lo..hi-1`` (array indices)."""
     import SimpleITK as sitk
 
-    size = list(ref.GetSize())
-    start = [0, 0, 0]
-    start[2 - axis] = a
-    size[2 - axis] = b - a
-    sub = sitk.Image([int(v) for v in size], sitk.sitkUInt8)
+    sub = sitk.Image([int(v) for v in (hi - lo)[::-1]], sitk.sitkUInt8)
     sub.SetSpacing(ref.GetSpacing())
     sub.SetDirection(ref.GetDirection())
-    sub.SetOrigin(ref.TransformIndexToPhysicalPoint([int(v) for v in start]))
+    sub.SetOrigin(ref.TransformIndexToPhysicalPoint([int(v) for v in lo[::-1]]))
     return sub
 
 

@@ -459,7 +459,7 @@ def region(
     """The CT that poses near ``cand`` (tilted up to ``tilt`` degrees) are scored on: a crop of
     ``level`` around the section's footprint, ``margin`` µm wider; or, where that crop would
     pass :data:`CROP_VOXELS` (a large or oblique plane), a :class:`MovingCT` slab on the plane's
-    own grid, just as thick as the tilts need, read strip by strip."""
+    own grid, just as thick as the tilts need, read block by block."""
     low, high = footprint_box(cand, section, margin=margin, tilt=tilt)
     if pyramid.box_voxels(level, low, high) <= CROP_VOXELS:
         return pyramid.read(level, low, high)
