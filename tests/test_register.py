@@ -138,6 +138,21 @@ def test_register_refuses_a_section_of_nothing_in_the_ct(volume, tmp_path):
     assert len(r.output.strip().splitlines()) == 1 and not store.exists()
 
 
+def test_register_refuses_a_section_wider_than_the_ct_in_one_line(volume, tmp_path):
+    # 1 mm of noise against a CT plane of 0.48 × 0.64 mm: no pose keeps most of it inside
+    noise = np.random.default_rng(1).integers(60, 200, (500, 500, 3), dtype=np.uint8)
+    sec = tmp_path / "wide.ome.tif"
+    tifffile.imwrite(sec, noise, photometric="rgb",
+                     metadata={"axes": "YXS", "PhysicalSizeX": 2.0, "PhysicalSizeY": 2.0})  # fmt: skip
+    store = tmp_path / "pairs.zarr"
+    r = CliRunner().invoke(main, ["register", str(volume), str(sec), "-o", str(store),
+                                  "--material", "mg", "--sample", "S1", "--axis", "y",
+                                  "--flip", "no"])  # fmt: skip
+    assert r.exit_code == 3, r.output
+    assert "larger than the CT's field of view" in r.output
+    assert len(r.output.strip().splitlines()) == 1 and not store.exists()
+
+
 def test_register_refuses_a_scan_without_trustworthy_levels_before_searching(tmp_path):
     flat = tmp_path / "flat.ome.zarr"
     ngff.write_volume(np.full((16, 80, 80), 7000, np.uint16), flat, axes="zyx",

@@ -232,6 +232,11 @@ def _register(pyramid: CTPyramid, sec: Section, config: RegisterConfig) -> dict[
     extent = pyramid.grid(0).high - pyramid.grid(0).low
     depth_range = config.depth_window if config.init_depth is not None else float(max(extent)) / 2.0
     found = coarse_search(pyramid, section_at, starts, config.search, depth_range, search)
+    if not found:
+        raise RegistrationError(
+            f"no pose keeps {config.search.min_overlap:.0%} of the section's tissue inside the "
+            "CT: the section is larger than the CT's field of view, or shows another specimen"
+        )
     refined = _refine_distinct(pyramid, section_at, found, config.search, search)
     best = refined[0]
     conf = _confidence(refined if len(refined) > 1 else found, section_c, coarse_voxel)
