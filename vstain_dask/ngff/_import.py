@@ -147,6 +147,8 @@ class _Grid:
 
 # long: the docstring is the reference of every source format and option; the body is a short
 # sequence of calls
+# Over 80 lines for its docstring (every source and option a user meets, in one place); the
+# body is a dozen calls, one per step.
 def import_volume(
     source: str | os.PathLike,
     out: str | os.PathLike,

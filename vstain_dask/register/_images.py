@@ -86,13 +86,8 @@ class CTPyramid:
         import SimpleITK as sitk
 
         g = self.grid(level)
-        start = np.zeros(3, dtype=int)
-        stop = np.array(g.shape)
-        if low is not None:
-            start = np.clip(np.floor((low - g.translation) / g.scale).astype(int), 0, stop - 1)
-            stop = np.clip(
-                np.ceil((high - g.translation) / g.scale).astype(int) + 1, start + 1, stop
-            )
+        start, stop = (0, np.array(g.shape)) if low is None else self._indices(level, low, high)
+        start = np.zeros(3, dtype=int) + start
         sl = tuple(slice(int(a), int(b)) for a, b in zip(start, stop, strict=True))
         data = np.asarray(self.levels[level].data[sl], dtype=np.float32)
         img = sitk.GetImageFromArray(data)
@@ -100,12 +95,18 @@ class CTPyramid:
         img.SetOrigin(to_sitk(g.translation + g.scale * start))
         return img
 
+    def _indices(self, level: int, low: np.ndarray, high: np.ndarray):
+        """Start and stop voxel indices of ``level`` holding the physical box [low, high]."""
+        g = self.grid(level)
+        shape = np.array(g.shape)
+        start = np.clip(np.floor((low - g.translation) / g.scale).astype(int), 0, shape - 1)
+        stop = np.clip(np.ceil((high - g.translation) / g.scale).astype(int) + 1, start + 1, shape)
+        return start, stop
+
     def box_voxels(self, level: int, low: np.ndarray, high: np.ndarray) -> int:
         """How many voxels :meth:`read` of the box [low, high] at ``level`` would hold."""
-        g = self.grid(level)
-        lo = np.clip(np.floor((low - g.translation) / g.scale), 0, np.array(g.shape) - 1)
-        hi = np.clip(np.ceil((high - g.translation) / g.scale) + 1, lo + 1, g.shape)
-        return int(np.prod(hi - lo))
+        start, stop = self._indices(level, low, high)
+        return int(np.prod(stop - start))
 
     def resample(self, level: int, ref, transform=None) -> tuple[np.ndarray, np.ndarray]:
         """The CT at ``level`` resampled (linearly) on the grid of the SimpleITK image ``ref``

@@ -437,7 +437,7 @@ def refine(
 def _tilt_within(section: SectionLevel, cand: Candidate, offset: float) -> float:
     """The tilt (degrees) that moves the section's farthest tissue point ``offset`` µm off the
     plane of ``cand``."""
-    pts = _footprint_points(cand, section, tissue_only=True)
+    pts = apply(cand.section_to_plane(), _footprint_points(cand, section))
     reach = 0.5 * float(np.linalg.norm(np.ptp(pts, axis=0)))
     return math.degrees(math.atan2(offset, max(reach, offset)))
 
@@ -460,17 +460,17 @@ def region(
     ``level`` around the section's footprint, ``margin`` µm wider; or, where that crop would
     pass :data:`CROP_VOXELS` (a large or oblique plane), a :class:`MovingCT` slab on the plane's
     own grid, just as thick as the tilts need, read block by block."""
-    low, high = footprint_box(cand, section, margin=margin, tilt=tilt)
+    q = _footprint_points(cand, section)
+    m = cand.section_to_plane()
+    low, high = _box_around(apply(m, q), margin, tilt)
     if pyramid.box_voxels(level, low, high) <= CROP_VOXELS:
         return pyramid.read(level, low, high)
     import SimpleITK as sitk
 
     voxel = float(min(pyramid.grid(level).scale))
-    q = _footprint_points(cand, section, tissue_only=True, on_plane=False)
     q_lo, q_hi = q.min(axis=0) - margin, q.max(axis=0) + margin
     reach = 0.5 * float(np.linalg.norm(q_hi - q_lo)) * math.sin(math.radians(tilt))
     half = int(math.ceil((margin + reach) / voxel))
-    m = cand.section_to_plane()
     u, v, n = m[:3, 0], m[:3, 1], m[:3, 2]
     size = np.ceil((q_hi - q_lo) / voxel).astype(int) + 1
     ref = sitk.Image([int(size[1]), int(size[0]), 2 * half + 1], sitk.sitkUInt8)
@@ -486,13 +486,11 @@ def region(
     return MovingCT(image, mask)
 
 
-def _footprint_points(cand: Candidate, section: SectionLevel, tissue_only: bool, on_plane=True):
-    """The section's tissue pixels (or its image's corners) as section µm (after the flip),
-    or, ``on_plane``, as CT points (z, y, x) under ``cand``."""
-    rows = np.array([], dtype=int)
-    if tissue_only:
-        grey = section.contrast()
-        rows, cols = np.nonzero(tissue_mask(grey[:, ::-1] if cand.flip else grey))
+def _footprint_points(cand: Candidate, section: SectionLevel) -> np.ndarray:
+    """The section's tissue pixels (its image's corners where it shows none) as section µm
+    (after the flip)."""
+    grey = section.contrast()
+    rows, cols = np.nonzero(tissue_mask(grey[:, ::-1] if cand.flip else grey))
     if rows.size == 0:
         rows, cols = np.array([0, section.shape[0] - 1]), np.array([0, section.shape[1] - 1])
     q = np.column_stack(
@@ -501,19 +499,12 @@ def _footprint_points(cand: Candidate, section: SectionLevel, tissue_only: bool,
             section.origin[1] + section.spacing[1] * cols,
         ]
     )
-    return apply(cand.section_to_plane(), q) if on_plane else q
+    return q
 
 
-def footprint_box(
-    cand: Candidate,
-    section: SectionLevel,
-    margin: float,
-    tissue_only: bool = True,
-    tilt: float = 0.0,
-):
-    """Physical box (z, y, x) of the CT holding the section's tissue (or its whole image)
-    under ``cand``, and under any pose tilted from it by up to ``tilt`` degrees."""
-    pts = _footprint_points(cand, section, tissue_only)
+def _box_around(pts: np.ndarray, margin: float, tilt: float = 0.0):
+    """Physical box (z, y, x) holding the CT points ``pts`` (a section's footprint under a
+    pose) ``margin`` µm wider, and as placed by any pose tilted from it up to ``tilt`` degrees."""
     low, high = pts.min(axis=0), pts.max(axis=0)
     reach = 0.5 * float(np.linalg.norm(high - low)) * math.sin(math.radians(tilt))
     return low - margin - reach, high + margin + reach
