@@ -116,10 +116,34 @@ class Artefacts:
         )
 
 
-def _pixel_grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+@dataclasses.dataclass(frozen=True)
+class Window:
+    """Where the pixels being rendered lie in the whole image.
+
+    Every artefact and texture is a function of the pixel's place in the whole image (and of
+    the whole image's size, which scales the cracks, the uneven staining and the
+    illumination), so a window renders the same bytes as the same pixels of the whole image;
+    only the optical blur and the cells lining vessels reach across pixels (see
+    :func:`margin`).
+    """
+
+    row: int
+    col: int
+    shape: tuple[int, int]  # (H, W) of the whole image
+
+
+def margin(session: Session) -> int:
+    """Pixels at a window's inner edges that :func:`render` gets wrong: the blur's reach
+    (scipy's radius, ``int(4 sigma + 0.5)``) plus the one pixel of the vessels' rim. Render a
+    window this much larger (within the image) and crop it to get exact pixels."""
+    return int(4.0 * session.blur + 0.5) + 1
+
+
+def _pixel_grid(window: Window, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows (h, 1) and columns (1, w) of the window's pixels in the whole image."""
     return (
-        np.arange(h, dtype=np.float32).reshape(-1, 1),
-        np.arange(w, dtype=np.float32).reshape(1, -1),
+        np.arange(window.row, window.row + h, dtype=np.float32).reshape(-1, 1),
+        np.arange(window.col, window.col + w, dtype=np.float32).reshape(1, -1),
     )
 
 
@@ -139,6 +163,7 @@ def render(
     artefacts: Artefacts,
     vox: float,
     key: int,
+    window: Window | None = None,
 ) -> np.ndarray:
     """Toluidine-blue-like RGB image of a section.
 
@@ -151,31 +176,41 @@ def render(
         ``n_deg``, ``n_shape``).
     vox : float
         One pixel in design µm (sets the physical scale of lamellae and cells).
+    window : :class:`Window` or None
+        Where ``labels`` lie in the whole image; None: they are the whole image. Pixels
+        within :func:`margin` of an edge of the window inside the image are not exact.
 
     Returns
     -------
     (Y, X, 3) uint8, R, G, B.
     """
-    h, w = labels.shape
-    i, j = _pixel_grid(h, w)
+    window = window or Window(0, 0, labels.shape)
+    i, j = _pixel_grid(window, *labels.shape)
+    size = window.shape
     k = [derive_key(key, n) for n in range(16)]
-    density, marrow, fibrous = _stain_density(labels, fields, (i, j), k, vox)
+    density, marrow, fibrous = _stain_density(labels, fields, (i, j), k, vox, size)
     od = _tissue_od(labels, fields, density, (marrow, fibrous), (i, j), k, vox)
-    od = _cracks(od, labels, artefacts, i, j, h, w)
-    od = _saw_marks(od, artefacts, i, j, labels)
+    od = _cracks(od, labels, artefacts, i, j, size)
+    od = _saw_marks(od, artefacts, i, j, size)
     od = _droplets(od, artefacts, i, j)
-    return _photograph(od, session, (i, j), k)
+    return _photograph(od, session, (i, j), k, size)
 
 
 def _stain_density(
-    labels: np.ndarray, fields: dict[str, np.ndarray], grid: tuple, k: list[int], px_um: float
+    labels: np.ndarray,
+    fields: dict[str, np.ndarray],
+    grid: tuple,
+    k: list[int],
+    px_um: float,
+    size: tuple[int, int],
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """How densely each pixel takes up the stain (1 = the tissue's colour), and where the
-    marrow and the fibrous soft tissue are. ``px_um``: design µm per pixel."""
+    marrow and the fibrous soft tissue are. ``px_um``: design µm per pixel; ``size``: the
+    whole image's (H, W)."""
     T = Tissue
     i, j = grid
-    h, w = labels.shape
-    density = np.ones((h, w), dtype=np.float32)
+    h, w = size
+    density = np.ones(labels.shape, dtype=np.float32)
     # uneven staining at two scales
     density *= 1.0 + 0.10 * value_noise((i, j), cell=max(40.0, 0.12 * max(h, w)), key=k[0])
     density *= 1.0 + 0.05 * value_noise((i, j), cell=6.0, key=k[1])
@@ -246,13 +281,16 @@ def _tissue_od(
     return od
 
 
-def _photograph(od: np.ndarray, session: Session, grid: tuple, k: list[int]) -> np.ndarray:
+def _photograph(
+    od: np.ndarray, session: Session, grid: tuple, k: list[int], size: tuple[int, int]
+) -> np.ndarray:
     """The slide under the microscope: stain session, optical blur, uneven illumination and
-    camera noise turn optical density into (Y, X, 3) uint8 RGB."""
+    camera noise turn optical density into (Y, X, 3) uint8 RGB. ``size``: the whole image's
+    (H, W), which the illumination spans."""
     import scipy.ndimage as ndi
 
     i, j = grid
-    h, w = od.shape[:2]
+    h, w = size
     gain = np.array(session.channel_gain, dtype=np.float32) * np.float32(session.density)
     rgb = np.exp(-od * gain)
     rgb *= np.array(session.white, dtype=np.float32)
@@ -268,14 +306,14 @@ def _photograph(od: np.ndarray, session: Session, grid: tuple, k: list[int]) -> 
     return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
 
 
-def _cracks(od, labels, art: Artefacts, i, j, h, w) -> np.ndarray:
+def _cracks(od, labels, art: Artefacts, i, j, size: tuple[int, int]) -> np.ndarray:
     """Thin tears in the section: the tissue is missing, the glass shows (white)."""
     T = Tissue
     tissue = labels != T.AIR
     tissue &= labels != T.EMBEDDING
     tissue &= labels != T.HOLDER
     tissue &= labels != T.SCREW  # metal does not tear
-    size = max(h, w)
+    size = max(size)
     out = od
     for c in range(art.cracks):
         kc = derive_key(art.crack_key, c)
@@ -290,8 +328,9 @@ def _cracks(od, labels, art: Artefacts, i, j, h, w) -> np.ndarray:
     return out
 
 
-def _saw_marks(od, art: Artefacts, i, j, labels) -> np.ndarray:
-    """Parallel bands from sawing and grinding, plus a few straight scratches."""
+def _saw_marks(od, art: Artefacts, i, j, size: tuple[int, int]) -> np.ndarray:
+    """Parallel bands from sawing and grinding, plus a few straight scratches across the
+    whole image of ``size`` (H, W)."""
     c, s = math.cos(art.saw_angle), math.sin(art.saw_angle)
     t = i * c + j * s
     wobble = value_noise((i, j), cell=40.0, key=derive_key(art.crack_key, 99))
@@ -299,7 +338,7 @@ def _saw_marks(od, art: Artefacts, i, j, labels) -> np.ndarray:
     od *= band[..., None]
     for angle, offset, strength in art.scratches:
         c, s = math.cos(angle), math.sin(angle)
-        h, w = labels.shape
+        h, w = size
         d = np.abs((i - h / 2) * c + (j - w / 2) * s - offset)
         od += (strength * np.exp(-(d**2) / 0.8))[..., None] * np.float32(0.5)
     return od

@@ -21,8 +21,8 @@ import numpy as np
 
 from vstain_dask._validate import check_int
 from vstain_dask.errors import InputError, VolumeFormatError
-from vstain_dask.phantom._anatomy import Frame, Points, evaluate, specimen
-from vstain_dask.phantom._histology import Artefacts, Session, render
+from vstain_dask.phantom._anatomy import Frame, Points, Specimen, evaluate, specimen
+from vstain_dask.phantom._histology import Artefacts, Session, Window, margin, render
 from vstain_dask.phantom._noise import derive_key
 from vstain_dask.phantom._volume import GENERATOR_VERSION
 
@@ -32,8 +32,13 @@ __all__ = ["SectionCut", "phantom_section", "read_section_truth", "write_phantom
 #: normal to each
 _PLANE_AXES = {"z": (1, 2), "y": (0, 2), "x": (0, 1)}
 _AXIS_INDEX = {"z": 0, "y": 1, "x": 2}
-#: the largest section rendered in one piece (it is held in memory while rendered)
+#: the largest section :func:`phantom_section` returns in memory (the writer streams any size)
 MAX_SECTION_PIXELS = 6000 * 6000
+#: the largest side, in pixels, :func:`write_phantom_section` writes (beyond any slide scanned)
+MAX_SECTION_SIDE = 100_000
+#: (rows, columns) of the blocks a section is rendered in: the specimen's evaluation takes
+#: about 200 bytes a pixel, so a block needs about 200 MB whatever the section's size
+BLOCK = (1024, 1024)
 #: the key of the truth record in the OME-XML image description
 TRUTH_KEY = "vstain_section_truth"
 
@@ -200,40 +205,47 @@ def section_matrix(
     return m
 
 
-def phantom_section(volume: str | os.PathLike, cut: SectionCut) -> dict[str, Any]:
-    """Render a histology section of a phantom volume's specimen.
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """A section to render: its size, where its pixels lie in the CT, and what stains them."""
 
-    Parameters
-    ----------
-    volume : a phantom OME-Zarr (``vstain-dask phantom``)
-    cut : :class:`SectionCut`
+    vol: _Volume
+    cut: SectionCut
+    shape: tuple[int, int]
+    matrix: np.ndarray  # section_to_ct
+    frame: Frame
+    specimen: Specimen
+    session: Session
+    artefacts: Artefacts
+    key: int
 
-    Returns
-    -------
-    dict
-        ``image`` (H, W, 3) uint8 RGB, ``section_to_ct`` (4, 4) float64, ``inside`` (H, W)
-        bool (pixels whose point lies inside the CT's field of view), ``truth`` (the record
-        written into the file).
-    """
+
+def _plan(volume: str | os.PathLike, cut: SectionCut) -> _Plan:
     vol = _open_phantom(volume)
     basis = plane_basis(cut.axis, cut.tilt)
     a = _slide_map(cut)
     shape, centre = _canvas(vol, cut, basis, a)
-    if shape[0] * shape[1] > MAX_SECTION_PIXELS:
+    if max(shape) > MAX_SECTION_SIDE:
         raise InputError(
-            f"a {shape[0]}×{shape[1]} section is larger than this renderer holds in memory "
-            f"({MAX_SECTION_PIXELS // 10**6} Mpx): give a coarser --pixel-size or a smaller --fov"
+            f"a {shape[0]}×{shape[1]} section is over {MAX_SECTION_SIDE} pixels a side: give "
+            "a coarser --pixel-size or a smaller --fov"
         )
+    attrs = vol.attrs
+    frame = Frame(tuple(attrs["shape"]), float(attrs["voxel_size"]))
+    sp = specimen(int(attrs["seed"]), str(attrs["material"]), frame.vox)
+    rng = np.random.default_rng([cut.seed, 5])
+    key = derive_key(int(attrs["seed"]), cut.seed, 53)
+    session = Session.draw(rng, derive_key(key, 1))
+    art = Artefacts.draw(rng, derive_key(key, 2), shape)
     m = section_matrix(shape, centre, basis, a, cut.pixel_size)
-    rows = np.arange(shape[0], dtype=np.float64).reshape(-1, 1, 1)
-    cols = np.arange(shape[1], dtype=np.float64).reshape(1, -1, 1)
-    phys = m[:3, 0] * rows + m[:3, 1] * cols + m[:3, 3]  # (H, W, 3) µm
-    lo, hi = vol.extent
-    inside = np.all((phys >= lo - vol.scale / 2) & (phys <= hi + vol.scale / 2), axis=-1)
-    image = _render(vol, cut, phys, shape)
-    image[~inside] = 255  # glass beyond the scanned block
-    truth = {
-        "section_to_ct": [[round(float(v), 9) for v in r] for r in m],
+    return _Plan(vol, cut, shape, m, frame, sp, session, art, key)
+
+
+def _truth(plan: _Plan) -> dict[str, Any]:
+    """The record written into the file: the true ``section_to_ct`` and how it was cut."""
+    cut = plan.cut
+    return {
+        "section_to_ct": [[round(float(v), 9) for v in r] for r in plan.matrix],
         "axis": cut.axis,
         "tilt": list(cut.tilt),
         "rotate": cut.rotate,
@@ -243,79 +255,223 @@ def phantom_section(volume: str | os.PathLike, cut: SectionCut) -> dict[str, Any
         "fov": cut.fov,
         "pixel_size": cut.pixel_size,
         "seed": cut.seed,
-        "volume": {"material": vol.attrs.get("material"), "seed": vol.attrs.get("seed")},
+        "volume": {"material": plan.vol.attrs.get("material"), "seed": plan.vol.attrs.get("seed")},
     }
-    return {"image": image, "section_to_ct": m, "inside": inside, "truth": truth}
 
 
-def _render(vol: _Volume, cut: SectionCut, phys: np.ndarray, shape) -> np.ndarray:
-    """Toluidine-blue RGB of the specimen at physical points ``phys`` (H, W, 3)."""
-    attrs = vol.attrs
-    frame = Frame(tuple(attrs["shape"]), float(attrs["voxel_size"]))
-    sp = specimen(int(attrs["seed"]), str(attrs["material"]), frame.vox)
+def _blocks(rows: tuple[int, int], cols: tuple[int, int], block: tuple[int, int]):
+    """(r0, r1, c0, c1) of the blocks of at most ``block`` pixels that cover rows × cols."""
+    for r0 in range(rows[0], rows[1], block[0]):
+        for c0 in range(cols[0], cols[1], block[1]):
+            yield r0, min(rows[1], r0 + block[0]), c0, min(cols[1], c0 + block[1])
+
+
+def _render_window(plan: _Plan, r0: int, r1: int, c0: int, c1: int):
+    """RGB (uint8) and ``inside`` (bool) of the section's pixels [r0, r1) × [c0, c1), the
+    same bytes as those pixels of a render of the whole section: the window is rendered with
+    the blur's margin (within the section) and cropped."""
+    h, w = plan.shape
+    pad = margin(plan.session)
+    er, ec = max(0, r0 - pad), max(0, c0 - pad)
+    rows = np.arange(er, min(h, r1 + pad), dtype=np.float64).reshape(-1, 1, 1)
+    cols = np.arange(ec, min(w, c1 + pad), dtype=np.float64).reshape(1, -1, 1)
+    m = plan.matrix
+    phys = m[:3, 0] * rows + m[:3, 1] * cols + m[:3, 3]  # (h', w', 3) µm
+    rgb = _stain(plan, phys, Window(er, ec, plan.shape))
+    crop = (slice(r0 - er, r1 - er), slice(c0 - ec, c1 - ec))
+    rgb, phys = np.ascontiguousarray(rgb[crop]), phys[crop]
+    lo, hi = plan.vol.extent
+    half = plan.vol.scale / 2
+    inside = np.all((phys >= lo - half) & (phys <= hi + half), axis=-1)
+    rgb[~inside] = 255  # glass beyond the scanned block
+    return rgb, inside
+
+
+def _stain(plan: _Plan, phys: np.ndarray, window: Window) -> np.ndarray:
+    """Toluidine-blue RGB of the specimen at physical points ``phys`` (h, w, 3), the pixels
+    of ``window`` of the section."""
+    vol, frame = plan.vol, plan.frame
     n = np.array(vol.shape, dtype=np.float64)
     design = ((phys - vol.translation) / vol.scale + 0.5 - n / 2.0) * frame.vox
     pts = Points(design[..., 0], design[..., 1], design[..., 2])
-    sample = evaluate(sp, pts, attenuation=False, fields=True)
-    rng = np.random.default_rng([cut.seed, 5])
-    key = derive_key(int(attrs["seed"]), cut.seed, 53)
-    session = Session.draw(rng, derive_key(key, 1))
-    art = Artefacts.draw(rng, derive_key(key, 2), shape)
-    vox = cut.pixel_size / frame.scale  # one section pixel in design µm
+    sample = evaluate(plan.specimen, pts, attenuation=False, fields=True)
     return render(
         sample.labels,
         sample.fields,
-        session=session,
-        artefacts=art,
-        vox=vox,
-        key=derive_key(key, 3),
+        session=plan.session,
+        artefacts=plan.artefacts,
+        vox=plan.cut.pixel_size / frame.scale,  # one section pixel in design µm
+        key=derive_key(plan.key, 3),
+        window=window,
     )
 
 
-def write_phantom_section(
-    volume: str | os.PathLike, out: str | os.PathLike, cut: SectionCut, *, overwrite: bool = False
+def phantom_section(
+    volume: str | os.PathLike, cut: SectionCut, *, block: tuple[int, int] = BLOCK
 ) -> dict[str, Any]:
-    """Write :func:`phantom_section` as a tiled, pyramidal OME-TIFF, the way slide scanners do.
+    """Render a histology section of a phantom volume's specimen, in memory.
+
+    Parameters
+    ----------
+    volume : a phantom OME-Zarr (``vstain-dask phantom``)
+    cut : :class:`SectionCut`
+    block : (rows, cols)
+        Rendered this many pixels at a time; the pixels do not depend on it.
+
+    Returns
+    -------
+    dict
+        ``image`` (H, W, 3) uint8 RGB, ``section_to_ct`` (4, 4) float64, ``inside`` (H, W)
+        bool (pixels whose point lies inside the CT's field of view), ``truth`` (the record
+        written into the file).
+    """
+    plan = _plan(volume, cut)
+    h, w = plan.shape
+    if h * w > MAX_SECTION_PIXELS:
+        raise InputError(
+            f"a {h}×{w} section is larger than phantom_section returns in memory "
+            f"({MAX_SECTION_PIXELS // 10**6} Mpx): write it with write_phantom_section "
+            "(`vstain-dask phantom-section`), which streams it"
+        )
+    image = np.empty((h, w, 3), dtype=np.uint8)
+    inside = np.empty((h, w), dtype=bool)
+    for r0, r1, c0, c1 in _blocks((0, h), (0, w), block):
+        image[r0:r1, c0:c1], inside[r0:r1, c0:c1] = _render_window(plan, r0, r1, c0, c1)
+    return {"image": image, "section_to_ct": plan.matrix, "inside": inside, "truth": _truth(plan)}
+
+
+def _level_shapes(shape: tuple[int, int]) -> list[tuple[int, int]]:
+    """(H, W) of level 0 and of each 2× sub-resolution down to one under 256 pixels a side."""
+    shapes = [shape]
+    while min(shapes[-1]) >= 256:
+        h, w = shapes[-1]
+        shapes.append(((h + 1) // 2, (w + 1) // 2))
+    return shapes
+
+
+def _halve(level: np.ndarray) -> np.ndarray:
+    """The next pyramid level of (h, w, 3) uint8: means of 2×2 pixels rounded half to even,
+    an odd last row or column averaged with zeros, i.e. exactly
+    ``np.rint(skimage.transform.downscale_local_mean(level, (2, 2, 1)))``, in integers (no
+    float64 copy of a strip)."""
+    pad = ((0, level.shape[0] % 2), (0, level.shape[1] % 2), (0, 0))
+    if any(p[1] for p in pad):
+        level = np.pad(level, pad)
+    s = level[0::2, 0::2].astype(np.uint16)
+    s += level[1::2, 0::2]
+    s += level[0::2, 1::2]
+    s += level[1::2, 1::2]
+    # s = 4q + r: r < 2 → q, r = 3 → q + 1, r = 2 → the even of q and q + 1
+    return ((s + 1 + ((s >> 2) & 1)) >> 2).astype(np.uint8)
+
+
+def _tiles(band: np.ndarray):
+    """256×256 tiles of rows of pixels, row by row (edge tiles smaller: tifffile pads them)."""
+    for r0 in range(0, band.shape[0], 256):
+        for c0 in range(0, band.shape[1], 256):
+            yield band[r0 : r0 + 256, c0 : c0 + 256]
+
+
+def _strip_rows(block_rows: int, levels: int) -> int:
+    """Rows of level 0 written at a time: the block's rows rounded up to a multiple of the
+    256-pixel TIFF tiles and of 2**``levels`` (the sub-resolutions), so that every strip but
+    the last halves exactly into the next level's strip."""
+    unit = max(256, 2**levels)
+    return -(-block_rows // unit) * unit
+
+
+def _level0_tiles(plan: _Plan, scratch: list[Path], block: tuple[int, int]):
+    """Level 0's tiles, rendered a strip of rows at a time; each strip's sub-resolutions are
+    appended to the raw files ``scratch`` (levels 1, 2, …) before its tiles go out (the writer
+    stops asking after the last tile)."""
+    h, w = plan.shape
+    rows = _strip_rows(block[0], len(scratch))
+    for r0 in range(0, h, rows):
+        r1 = min(h, r0 + rows)
+        level0 = np.empty((r1 - r0, w, 3), dtype=np.uint8)
+        for a0, a1, c0, c1 in _blocks((r0, r1), (0, w), block):
+            level0[a0 - r0 : a1 - r0, c0:c1] = _render_window(plan, a0, a1, c0, c1)[0]
+        level = level0
+        for path in scratch:
+            level = _halve(level)
+            with open(path, "ab") as f:
+                level.tofile(f)
+        yield from _tiles(level0)
+
+
+def _scratch_tiles(path: Path, shape: tuple[int, int]):
+    """The tiles of a level held in a raw (h, w, 3) uint8 file, read 256 rows at a time."""
+    h, w = shape
+    for r0 in range(0, h, 256):
+        n = min(256, h - r0)
+        band = np.fromfile(path, dtype=np.uint8, count=n * w * 3, offset=r0 * w * 3)
+        yield from _tiles(band.reshape(n, w, 3))
+
+
+def write_phantom_section(
+    volume: str | os.PathLike,
+    out: str | os.PathLike,
+    cut: SectionCut,
+    *,
+    overwrite: bool = False,
+    block: tuple[int, int] = BLOCK,
+) -> dict[str, Any]:
+    """Write a section (:func:`phantom_section`'s image) as a tiled, pyramidal OME-TIFF, the
+    way slide scanners do, in bounded memory whatever its size.
 
     Level 0 is tiled 256×256 (zlib), with sub-resolutions (2× steps) as SubIFDs, the pixel size
     in the OME metadata (``PhysicalSizeX/Y``, µm) and in the TIFF resolution tags, and the truth
-    record (:func:`read_section_truth`) as JSON in the OME image description.
+    record (:func:`read_section_truth`) as JSON in the OME image description. Level 0 is
+    rendered in blocks of ``block`` pixels and written a strip of blocks at a time.
+    A TIFF holds the sub-resolutions after level 0, so each strip's halvings go to raw
+    scratch files beside ``out`` (a third of level 0's bytes in all), written into the TIFF
+    from there band by band: nothing holds a whole level, and no pixel is rendered twice.
 
     Returns
     -------
     dict
         The truth record, with ``path`` and ``shape`` (H, W).
     """
+    import tempfile
+
     import tifffile
-    from skimage.transform import downscale_local_mean
 
     out = Path(out)
     if out.exists() and not overwrite:
         raise InputError(f"{out} exists: give --overwrite to replace it")
-    result = phantom_section(volume, cut)
-    image = result["image"]
-    levels = [image]
-    while min(levels[-1].shape[:2]) >= 256:
-        levels.append(np.rint(downscale_local_mean(levels[-1], (2, 2, 1))).astype(np.uint8))
-    truth = dict(result["truth"], shape=list(image.shape[:2]))
-    ps = cut.pixel_size
+    if not out.parent.is_dir():
+        raise InputError(f"{out.parent} is not a folder: create it first")
+    plan = _plan(volume, cut)
+    shapes = _level_shapes(plan.shape)
+    truth = dict(_truth(plan), shape=list(plan.shape))
     meta = {
         "axes": "YXS",
-        "PhysicalSizeX": ps,
+        "PhysicalSizeX": cut.pixel_size,
         "PhysicalSizeXUnit": "µm",
-        "PhysicalSizeY": ps,
+        "PhysicalSizeY": cut.pixel_size,
         "PhysicalSizeYUnit": "µm",
         "Description": json.dumps({TRUTH_KEY: truth}),
     }
     tmp = out.with_name(out.name + ".partial")
-    opts = {"photometric": "rgb", "tile": (256, 256), "compression": "zlib"}
-    with tifffile.TiffWriter(tmp, bigtiff=image.nbytes > 2**31, ome=True) as tif:
-        res = (1e4 / ps, 1e4 / ps)
-        tif.write(image, subifds=len(levels) - 1, resolution=res, resolutionunit="CENTIMETER",
-                  metadata=meta, **opts)  # fmt: skip
-        for k, level in enumerate(levels[1:], start=1):
-            r = (1e4 / (ps * 2**k), 1e4 / (ps * 2**k))
-            tif.write(level, subfiletype=1, resolution=r, resolutionunit="CENTIMETER", **opts)
+    opts = {"photometric": "rgb", "tile": (256, 256), "compression": "zlib", "dtype": np.uint8}
+    res = [(1e4 / (cut.pixel_size * 2**k),) * 2 for k in range(len(shapes))]
+    # all levels uncompressed: 4/3 of level 0's 3 bytes a pixel
+    big = 4 * plan.shape[0] * plan.shape[1] > 2**31
+    try:
+        with (
+            tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.levels-") as tdir,
+            tifffile.TiffWriter(tmp, bigtiff=big, ome=True) as tif,
+        ):
+            scratch = [Path(tdir) / f"{k}.raw" for k in range(1, len(shapes))]
+            tif.write(_level0_tiles(plan, scratch, block), shape=(*plan.shape, 3),
+                      subifds=len(shapes) - 1, resolution=res[0], resolutionunit="CENTIMETER",
+                      metadata=meta, **opts)  # fmt: skip
+            for k, path in enumerate(scratch, start=1):
+                tif.write(_scratch_tiles(path, shapes[k]), shape=(*shapes[k], 3), subfiletype=1,
+                          resolution=res[k], resolutionunit="CENTIMETER", **opts)  # fmt: skip
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, out)
     return dict(truth, path=str(out))
 
