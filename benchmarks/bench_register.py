@@ -5,13 +5,15 @@ of up to ``--max-tilt`` degrees about each in-plane axis, any in-plane rotation,
 shear up to 3 %, compression up to 2 %, every other one a partial field of view of 70 %) and
 written as pyramidal OME-TIFFs, the way ``vstain-dask phantom-section`` writes them. Each is
 registered with ``--axis y`` (the cuts' axis) and scored against its true ``section_to_ct``:
-the mean and max distance over the section's pixels, in µm and in CT voxels. Refusals (no trusted
-plane, exit 3 on the command line) are counted, not scored; a plane found with a mean error over
-5 voxels is counted as wrong.
+the mean and max distance over the section's pixels, in µm and in CT voxels, and the mean split
+into its part along the true plane (which CT pixel each section pixel is paired with) and across
+it (the plane's depth and tilt). Refusals (no trusted plane, exit 3 on the command line) are
+counted, not scored; a plane found with a mean error over 5 voxels is counted as wrong.
 
-Reported per section: the cut, the outcome, the errors, the margin over another pose, the
-seconds and the peak RSS of the registration; then the errors of those found, how many are
-within 2 voxels, the refusals and the wrong ones.
+Reported per section: the cut, the outcome, the errors, how far across the plane ``register``
+says another pose scores as well (``doubt``), the margin over another pose, the seconds and the
+peak RSS of the registration; then the errors of those found, how many are within 2 voxels (in
+all and along the plane), the refusals and the wrong ones.
 
 Default: a 96 × 192 × 192 phantom at 5 µm, 6 sections at 2 µm (a few minutes on 2 cores).
 ``--full``: 256 × 768 × 768, 12 sections at 0.88 µm::
@@ -64,8 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-_COLUMNS = ("tilt", "rotate", "flip", "shear", "fov", "outcome", "mean_voxels", "max_um", "mi",
-            "margin", "seconds", "peak_rss_mib")  # fmt: skip
+_COLUMNS = ("tilt", "rotate", "flip", "shear", "fov", "outcome", "mean_voxels", "in_plane_voxels",
+            "off_plane_voxels", "doubt_voxels", "max_um", "mi", "margin", "seconds",
+            "peak_rss_mib")  # fmt: skip
 #: an accepted plane further off than this (mean, CT voxels) is a wrong answer
 WRONG_VOXELS = 5.0
 
@@ -93,6 +96,7 @@ def _one(volume: Path, path: Path, cut) -> dict:
     from vstain_dask.register import (
         RegisterConfig,
         RegistrationError,
+        plane_errors,
         register_section,
         score_against_truth,
     )
@@ -117,10 +121,14 @@ def _one(volume: Path, path: Path, cut) -> dict:
     row["peak_rss_mib"] = round(mem.get("peak_rss_mib", 0.0))
     if record is not None:
         mean, worst = score_against_truth(record, truth["section_to_ct"])
+        within, across = plane_errors(record, truth["section_to_ct"])
         voxel = record["ct_voxel_size"]
+        conf = record["confidence"]
         row.update(outcome="found", mean_um=round(mean, 1), max_um=round(worst, 1),
-                   mean_voxels=round(mean / voxel, 2), mi=round(-record["metric"], 3),
-                   margin=round(record["confidence"]["margin"], 3))  # fmt: skip
+                   mean_voxels=round(mean / voxel, 2), in_plane_voxels=round(within / voxel, 2),
+                   off_plane_voxels=round(across / voxel, 2),
+                   doubt_voxels=round(conf["off_plane_um"] / voxel, 1),
+                   mi=round(-record["metric"], 3), margin=round(conf["margin"], 3))  # fmt: skip
     return row
 
 
@@ -135,6 +143,8 @@ def _summary(rows: list[dict]) -> dict:
         "mean_voxels_found": " ".join(f"{e:.2f}" for e in errors),
         "median_mean_voxels": round(statistics.median(errors), 2) if errors else None,
         "within_2_voxels": sum(e <= 2 for e in errors),
+        "in_plane_within_2_voxels": sum(r["in_plane_voxels"] <= 2 for r in found),
+        "in_plane_voxels_found": " ".join(f"{r['in_plane_voxels']:.2f}" for r in found),
         "median_seconds": statistics.median(r["seconds"] for r in rows),
         "max_peak_rss_mib": max(r["peak_rss_mib"] for r in rows),
     }

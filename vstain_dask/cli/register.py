@@ -75,10 +75,19 @@ def register(ct, section, store, material, sample, pair_id, section_pixel_size, 
         f"({record['shape'][0]}x{record['shape'][1]} at {record['ct_voxel_size']:g} µm); cut normal "
         f"to {record['axis']}{', mirrored' if record['flip'] else ''}; mutual information "
         f"{-record['metric']:.3f} (margin {record['confidence']['margin']:.0%} over another pose)"
+        f"{_off_plane(record['confidence'])}"
         f"{'' if aff['used'] else ', no affine refinement (' + aff['reason'] + ')'}; "
         f"CT levels bone/background {levels}; {record['seconds']['total']:.0f} s; "
         f"QC {record['qc']}"
     )
+
+
+def _off_plane(confidence: dict) -> str:
+    """What the command says about a plane whose depth and tilt are in doubt."""
+    off = confidence.get("off_plane_um", 0.0)
+    if not off:
+        return ""
+    return f"; depth and tilt known to about {off:.0f} µm (a plane that far across scores as well)"
 
 
 @click.command("phantom-section", context_settings=_HELP)

@@ -10,6 +10,7 @@ record (``vstain-dask register``).
 from vstain_dask.register._run import (
     RegisterConfig,
     RegistrationError,
+    plane_errors,
     register_section,
     score_against_truth,
 )
@@ -19,6 +20,7 @@ __all__ = [
     "RegisterConfig",
     "RegistrationError",
     "SearchSettings",
+    "plane_errors",
     "register_section",
     "score_against_truth",
 ]

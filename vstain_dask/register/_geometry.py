@@ -97,9 +97,32 @@ def apply(m: np.ndarray, points: np.ndarray) -> np.ndarray:
     return p @ m[:3, :3].T + m[:3, 3]
 
 
+def _pixel_points(shape: tuple[int, int], step: int) -> np.ndarray:
+    """Every ``step``-th pixel (row, col) of an image of ``shape``, as (N, 2) floats."""
+    rows, cols = np.meshgrid(np.arange(0, shape[0], step), np.arange(0, shape[1], step))
+    return np.column_stack([rows.ravel(), cols.ravel()]).astype(np.float64)
+
+
 def mean_error(found: np.ndarray, truth: np.ndarray, shape: tuple[int, int], step: int = 8):
     """Mean and max distance (µm) between two section_to_ct maps over the section's pixels."""
-    rows, cols = np.meshgrid(np.arange(0, shape[0], step), np.arange(0, shape[1], step))
-    px = np.column_stack([rows.ravel(), cols.ravel()]).astype(np.float64)
+    px = _pixel_points(shape, step)
     d = np.linalg.norm(apply(found, px) - apply(truth, px), axis=1)
     return float(d.mean()), float(d.max())
+
+
+def split_distance(ref: np.ndarray, other: np.ndarray, points: np.ndarray):
+    """Mean distance (µm) between where two maps of the section put ``points``: along the
+    plane of ``ref`` (which CT pixel of the plane a section pixel shows) and across it (how
+    deep and how tilted the plane is)."""
+    d = apply(other, points) - apply(ref, points)
+    normal = np.cross(ref[:3, 0], ref[:3, 1])
+    normal = normal / np.linalg.norm(normal)
+    across = d @ normal
+    within = np.linalg.norm(d - np.outer(across, normal), axis=1)
+    return float(within.mean()), float(np.abs(across).mean())
+
+
+def split_error(found: np.ndarray, truth: np.ndarray, shape: tuple[int, int], step: int = 8):
+    """:func:`split_distance` of two section_to_ct maps over the section's pixels, along and
+    across the true plane."""
+    return split_distance(truth, found, _pixel_points(shape, step))

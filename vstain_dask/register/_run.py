@@ -14,7 +14,16 @@ import numpy as np
 
 from vstain_dask.errors import InputError, VStainError
 from vstain_dask.register._affine import AffineResult, fit_affine
-from vstain_dask.register._geometry import AXES, Placement, flip_matrix, mean_error, pixel_matrix
+from vstain_dask.register._geometry import (
+    AXES,
+    Placement,
+    apply,
+    flip_matrix,
+    mean_error,
+    pixel_matrix,
+    split_distance,
+    split_error,
+)
 from vstain_dask.register._images import CTPyramid, Section, SectionLevel
 from vstain_dask.register._search import (
     Candidate,
@@ -55,7 +64,12 @@ class RegisterConfig:
     min_mi : float
         The least mutual information (nats, Mattes) the final plane must reach.
     min_margin : float
-        How much better (relative) the best start must be than the best start at another pose.
+        How much better (relative) the best pose must be than the best pose that puts the
+        section elsewhere in the plane.
+    max_off_plane : float
+        How far (CT voxels, mean over the section) the plane's depth and tilt may be in doubt:
+        a pose this far across the plane from the best that maps the section onto the same
+        pixels of it and scores within ``min_margin`` refuses the search.
     """
 
     axis: str = "auto"
@@ -66,6 +80,7 @@ class RegisterConfig:
     section_pixel_size: float | None = None
     min_mi: float = 0.25
     min_margin: float = 0.12
+    max_off_plane: float = 10.0
     search: SearchSettings = SearchSettings()
 
     def __post_init__(self) -> None:
@@ -73,7 +88,7 @@ class RegisterConfig:
             raise InputError(f"--axis must be auto, z, y or x, got {self.axis!r}")
         if self.flip not in ("auto", "yes", "no"):
             raise InputError(f"--flip must be auto, yes or no, got {self.flip!r}")
-        for name in ("depth_window", "section_pixel_size"):
+        for name in ("depth_window", "section_pixel_size", "max_off_plane"):
             v = getattr(self, name)
             if v is not None and not (math.isfinite(v) and v > 0):
                 raise InputError(f"{name.replace('_', '-')} must be a positive number, got {v}")
@@ -137,8 +152,6 @@ def _pose_distance(a: Candidate, b: Candidate, section: SectionLevel) -> float:
     h, w = section.shape
     px = np.array([[0, 0], [0, w - 1], [h - 1, 0], [h - 1, w - 1], [h / 2, w / 2]], float)
     q = section.origin + section.spacing * px
-    from vstain_dask.register._geometry import apply
-
     return float(
         np.linalg.norm(
             apply(a.section_to_plane(), q) - apply(b.section_to_plane(), q), axis=1
@@ -157,17 +170,59 @@ def _distinct(found: list[Candidate], section: SectionLevel, voxel: float, n: in
     return keep
 
 
-def _confidence(ranked: list[Candidate], section: SectionLevel, voxel: float) -> dict[str, Any]:
-    """The best pose's metric against the best pose elsewhere (≥ 4 ``voxel`` away); none
-    elsewhere counts as MI 0."""
+def _confidence(
+    ranked: list[Candidate], section: SectionLevel, voxel: float, fine: SectionLevel, config
+) -> dict[str, Any]:
+    """The best pose's metric against the best pose that puts the section elsewhere (≥ 4
+    ``voxel`` away, and more than :data:`SAME_IN_PLANE` finest voxels apart along the best
+    plane); none elsewhere counts as MI 0.
+
+    A pose that differs from the best only across the plane (deeper, or tilted about a line
+    through the section) is not another answer: it maps the section's pixels onto the same
+    CT pixels in the plane, and a specimen that hardly changes along the plane's normal (a
+    long bone cut across its axis) scores it almost as high. Those within ``min_margin`` of the
+    best say how well the plane's depth and tilt are known: ``off_plane_um``, the largest mean
+    distance across the plane between the best and any of them (0 when none)."""
     best = ranked[0]
-    other = next((c for c in ranked[1:] if _pose_distance(best, c, section) > 4 * voxel), None)
-    runner = other.metric if other is not None else 0.0
-    margin = (runner - best.metric) / abs(best.metric) if best.metric else 0.0
-    return {"best": best.metric, "runner_up": runner, "margin": margin}
+    points = _tissue_points(fine)
+    fine_voxel = float(min(fine.spacing))
+    ref = best.section_to_ct(fine.col_mid())
+    runner, off_plane = None, [0.0]
+    for c in ranked[1:]:
+        if _pose_distance(best, c, section) <= 4 * voxel:
+            continue
+        within, across = split_distance(ref, c.section_to_ct(fine.col_mid()), points)
+        if within > SAME_IN_PLANE * fine_voxel:
+            runner = c if runner is None else runner
+        elif _relative(c.metric, best.metric) < config.min_margin:
+            off_plane.append(across)
+    runner_metric = runner.metric if runner is not None else 0.0
+    return {
+        "best": best.metric,
+        "runner_up": runner_metric,
+        "margin": _relative(runner_metric, best.metric),
+        "off_plane_um": round(max(off_plane), 2),
+    }
 
 
-def _check_trusted(conf: dict, final_metric: float, config: RegisterConfig) -> None:
+#: poses that put the section's pixels within this many finest CT voxels of each other along
+#: the plane (mean) are the same answer in the plane
+SAME_IN_PLANE = 2.0
+
+
+def _relative(metric: float, best: float) -> float:
+    """How much worse ``metric`` is than ``best`` (negated MIs), relative to ``best``."""
+    return (metric - best) / abs(best) if best else 0.0
+
+
+def _tissue_points(section: SectionLevel, n: int = 2000) -> np.ndarray:
+    """About ``n`` of the section's tissue pixels as section µm, as imaged (before any flip)."""
+    rows, cols = np.nonzero(tissue_mask(section.contrast()))
+    step = max(1, rows.size // n)
+    return section.origin + section.spacing * np.column_stack([rows[::step], cols[::step]])
+
+
+def _check_trusted(conf: dict, final_metric: float, config: RegisterConfig, voxel: float) -> None:
     mi = -final_metric
     if mi < config.min_mi:
         raise RegistrationError(
@@ -179,6 +234,13 @@ def _check_trusted(conf: dict, final_metric: float, config: RegisterConfig) -> N
             f"the section matches several planes of the CT almost equally (best "
             f"{-conf['best']:.3f}, another pose {-conf['runner_up']:.3f}): give --axis, "
             "--flip or --init-z to narrow the search"
+        )
+    if conf["off_plane_um"] > config.max_off_plane * voxel:
+        raise RegistrationError(
+            f"the section's depth and tilt are not determined: a plane {conf['off_plane_um']:.0f} "
+            f"µm away (mean, over {config.max_off_plane:g} CT voxels) matches it almost as well "
+            f"(mutual information within {config.min_margin:.0%}); give --init-z to narrow "
+            "the search"
         )
 
 
@@ -239,9 +301,10 @@ def _register(pyramid: CTPyramid, sec: Section, config: RegisterConfig) -> dict[
         )
     refined = _refine_distinct(pyramid, section_at, found, config.search, search)
     best = refined[0]
-    conf = _confidence(refined if len(refined) > 1 else found, section_c, coarse_voxel)
-    _check_trusted(conf, best.metric, config)
     fine = section_at(pyramid.voxel_size)
+    ranked = refined if len(refined) > 1 else found
+    conf = _confidence(ranked, section_c, coarse_voxel, fine, config)
+    _check_trusted(conf, best.metric, config, pyramid.voxel_size)
     affine = AffineResult(np.eye(4), best.metric, best.metric, False, "not asked", ())
     if config.affine:
         t = time.perf_counter()
@@ -297,6 +360,7 @@ def _settings(config: RegisterConfig) -> dict[str, Any]:
         "init_depth": config.init_depth,
         "min_mi": config.min_mi,
         "min_margin": config.min_margin,
+        "max_off_plane": config.max_off_plane,
     }
 
 
@@ -313,3 +377,10 @@ def score_against_truth(record: dict, truth: np.ndarray) -> tuple[float, float]:
     """Mean and max error (µm) of ``record``'s map against a true ``section_to_ct``."""
     shape = tuple(record["section_shape"])
     return mean_error(np.array(record["section_to_ct"]), np.asarray(truth), shape)
+
+
+def plane_errors(record: dict, truth: np.ndarray) -> tuple[float, float]:
+    """Mean error (µm) of ``record``'s map against a true ``section_to_ct``, along the true
+    plane (the pair's pixel correspondence) and across it (the plane's depth and tilt)."""
+    shape = tuple(record["section_shape"])
+    return split_error(np.array(record["section_to_ct"]), np.asarray(truth), shape)

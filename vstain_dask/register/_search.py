@@ -27,7 +27,15 @@ import time
 
 import numpy as np
 
-from vstain_dask.register._geometry import Placement, apply, from_sitk, matrix_from_sitk, to_sitk
+from vstain_dask.register._geometry import (
+    Placement,
+    affine4,
+    apply,
+    flip_matrix,
+    from_sitk,
+    matrix_from_sitk,
+    to_sitk,
+)
 from vstain_dask.register._images import CROP_VOXELS, CTPyramid, SectionLevel
 
 _AXIS_INDEX = {"z": 0, "y": 1, "x": 2}
@@ -95,6 +103,13 @@ class Candidate:
     def section_to_plane(self) -> np.ndarray:
         """4×4: section µm (row, col, w) (after the flip) → CT (z, y, x)."""
         return self.rigid_matrix() @ self.placement.matrix()
+
+    def section_to_ct(self, col_mid: float) -> np.ndarray:
+        """4×4: section µm (row, col, w) as imaged (before the flip about ``col_mid``) → CT
+        (z, y, x), through the flip and the section's distortion."""
+        d = np.reshape(self.distortion, (2, 2))
+        q = np.asarray(self.placement.q_mid, dtype=np.float64)
+        return self.section_to_plane() @ affine4(d, q - d @ q) @ flip_matrix(self.flip, col_mid)
 
 
 def fixed_image(section: SectionLevel, placement: Placement, flip: bool, distortion=None):

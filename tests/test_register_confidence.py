@@ -1,0 +1,108 @@
+"""When ``register`` trusts a plane: poses elsewhere in the plane compete, poses across it do not.
+
+A long bone cut across its axis hardly changes along the cut's normal, so a plane a few voxels
+deeper or tilted about a line through the section scores almost as high as the true one; it
+pairs each section pixel with the same CT pixel of the plane. Such a pose says how well the
+plane's depth and tilt are known (``off_plane_um``); only a pose that puts the section elsewhere
+in the plane is another answer that can refuse the search.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+
+from vstain_dask.register import RegisterConfig, RegistrationError
+from vstain_dask.register._geometry import Placement, apply, split_distance, split_error
+from vstain_dask.register._images import SectionLevel
+from vstain_dask.register._run import _check_trusted, _confidence
+from vstain_dask.register._search import Candidate
+
+
+def _section_map(scale: float = 2.0) -> np.ndarray:
+    """section_to_ct of an untilted cut normal to y: rows along z, columns along x."""
+    m = np.eye(4)
+    m[:3, :3] = [[scale, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, scale, 0.0]]
+    m[:3, 3] = [10.0, 300.0, 20.0]
+    return m
+
+
+def test_a_shift_splits_into_its_parts_along_and_across_the_plane():
+    ref = _section_map()
+    other = ref.copy()
+    other[:3, 3] += [0.0, 3.0, 4.0]  # 3 µm deeper (y), 4 µm along the columns (x)
+    within, across = split_error(other, ref, (50, 60))
+    assert within == pytest.approx(4.0) and across == pytest.approx(3.0)
+
+
+def test_a_tilt_moves_the_section_across_the_plane_by_its_lever_arm():
+    ref = _section_map()
+    angle = math.radians(8.0)
+    centre = apply(ref, np.array([[25.0, 30.0]]))[0]
+    # the plane turned about its row direction (z) through the section's centre
+    rot = np.array([[1, 0, 0], [0, math.cos(angle), -math.sin(angle)],
+                    [0, math.sin(angle), math.cos(angle)]])  # fmt: skip
+    turn = np.eye(4)
+    turn[:3, :3] = rot
+    turn[:3, 3] = centre - rot @ centre
+    px = np.array([[r, c] for r in range(0, 50, 5) for c in range(0, 60, 5)], dtype=float)
+    within, across = split_distance(ref, turn @ ref, px)
+    lever = np.abs(px[:, 1] - 30.0) * 2.0  # µm from the turning line
+    assert across == pytest.approx(np.mean(lever * math.sin(angle)))
+    assert within == pytest.approx(np.mean(lever * (1 - math.cos(angle))))
+
+
+@pytest.fixture
+def poses():
+    """A section (a tissue disc on glass at 5 µm) and the best pose found for it."""
+    rgb = np.full((60, 80, 3), 255, dtype=np.uint8)
+    rows, cols = np.ogrid[:60, :80]
+    rgb[(rows - 30) ** 2 + (cols - 40) ** 2 < 25**2] = (90, 60, 140)
+    section = SectionLevel(rgb, np.array([5.0, 5.0]), np.array([0.0, 0.0]))
+    place = Placement.untilted("y", np.array([200.0, 200.0, 200.0]), np.array([150.0, 200.0]))
+    return section, Candidate("y", False, place, (0.0,) * 6, metric=-0.90)
+
+
+def _moved(best: Candidate, metric: float, *, across=0.0, along=0.0) -> Candidate:
+    # Euler parameters: three angles, then the translation in SimpleITK's (x, y, z) order;
+    # the cut is normal to y, so y moves the plane across and x along it
+    return dataclasses.replace(best, params=(0.0, 0.0, 0.0, along, across, 0.0), metric=metric)
+
+
+def test_a_deeper_plane_scoring_as_well_is_the_same_answer_with_its_doubt(poses):
+    section, best = poses
+    deeper = _moved(best, -0.89, across=25.0)  # 1 % below the best
+    elsewhere = _moved(best, -0.70, along=30.0)
+    config = RegisterConfig()
+    conf = _confidence([best, deeper, elsewhere], section, 5.0, section, config)
+    assert conf["off_plane_um"] == pytest.approx(25.0, abs=0.01)
+    assert conf["runner_up"] == -0.70
+    assert conf["margin"] == pytest.approx(0.2 / 0.9)
+    _check_trusted(conf, best.metric, config, 5.0)  # trusted: nothing raised
+
+
+def test_a_pose_elsewhere_in_the_plane_scoring_as_well_refuses_the_search(poses):
+    section, best = poses
+    elsewhere = _moved(best, -0.88, along=30.0)
+    config = RegisterConfig()
+    conf = _confidence([best, elsewhere], section, 5.0, section, config)
+    assert conf["off_plane_um"] == 0.0 and conf["runner_up"] == -0.88
+    with pytest.raises(RegistrationError, match="several planes of the CT almost equally"):
+        _check_trusted(conf, best.metric, config, 5.0)
+
+
+def test_a_plane_whose_depth_is_not_determined_is_refused_in_one_line(poses):
+    section, best = poses
+    far = _moved(best, -0.89, across=80.0)  # 16 voxels deeper, 1 % below the best
+    config = RegisterConfig()
+    conf = _confidence([best, far], section, 5.0, section, config)
+    assert conf["off_plane_um"] == pytest.approx(80.0, abs=0.01)
+    with pytest.raises(RegistrationError) as e:
+        _check_trusted(conf, best.metric, config, 5.0)
+    assert "depth and tilt are not determined" in str(e.value) and "--init-z" in str(e.value)
+    assert "\n" not in str(e.value)
+    # a looser bound accepts it, the doubt recorded
+    _check_trusted(conf, best.metric, RegisterConfig(max_off_plane=20.0), 5.0)
