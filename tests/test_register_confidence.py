@@ -102,7 +102,9 @@ def test_a_plane_whose_depth_is_not_determined_is_refused_in_one_line(poses):
     assert conf["off_plane_um"] == pytest.approx(80.0, abs=0.01)
     with pytest.raises(RegistrationError) as e:
         _check_trusted(conf, best.metric, config, 5.0)
-    assert "depth and tilt are not determined" in str(e.value) and "--init-z" in str(e.value)
+    message = str(e.value)
+    assert "depth and tilt are not determined" in message and "80 µm" in message
+    assert "--init-z" in message and "--max-off-plane" in message
     assert "\n" not in str(e.value)
     # a looser bound accepts it, the doubt recorded
     _check_trusted(conf, best.metric, RegisterConfig(max_off_plane=20.0), 5.0)

@@ -27,6 +27,9 @@ _HELP = {"help_option_names": ["-h", "--help"]}
               help="Search near this position along --axis (µm, the CT's coordinates).")  # fmt: skip
 @click.option("--flip", type=click.Choice(["auto", "yes", "no"]), default="auto",
               show_default=True, help="Is the section mirrored (mounted face down)?")  # fmt: skip
+@click.option("--max-off-plane", type=click.FloatRange(min=0, min_open=True), default=10.0,
+              show_default=True, help="Refuse when a plane this many CT voxels deeper or "
+              "tilted (mean) scores as well as the best.")  # fmt: skip
 @click.option("--affine/--no-affine", default=True, show_default=True,
               help="Refine the section's sectioning scale and shear after the plane.")  # fmt: skip
 @click.option("--qc", type=click.Path(path_type=Path),
@@ -36,7 +39,7 @@ _HELP = {"help_option_names": ["-h", "--help"]}
 @click.option("--json", "as_json", is_flag=True, help="Print the registration record as JSON.")
 @click.option("--overwrite", is_flag=True, help="Replace a pair with the same id.")
 def register(ct, section, store, material, sample, pair_id, section_pixel_size, axis, init_depth,
-             flip, affine, qc, ct_levels, as_json, overwrite):  # fmt: skip
+             flip, max_off_plane, affine, qc, ct_levels, as_json, overwrite):  # fmt: skip
     """Find the plane of CT that a histology SECTION shows, and add the pair to PAIRS.zarr.
 
     SECTION is a whole-slide image (any file `vstain-dask import` reads) or its 2D RGB
@@ -46,7 +49,9 @@ def register(ct, section, store, material, sample, pair_id, section_pixel_size, 
     section's affine distortion once more on the found plane. The pair (CT plane and registered
     histology at the CT's pixel size, cropped to the common field of view) gets the
     registration record in its attributes (`registration`: `section_to_ct` and the metric).
-    Exits 3 without writing a pair when no plane is trusted.
+    Exits 3 without writing a pair when no plane is trusted: another pose that puts the
+    section elsewhere in the plane scores almost as high, or the plane's depth and tilt are in
+    doubt by more than --max-off-plane (a specimen that hardly changes along the cut's normal).
     """
     from vstain_dask.cli._options import parse_ct_levels
     from vstain_dask.register import RegisterConfig
@@ -55,7 +60,7 @@ def register(ct, section, store, material, sample, pair_id, section_pixel_size, 
 
     config = RegisterConfig(
         axis=axis, flip=flip, init_depth=init_depth, affine=affine,
-        section_pixel_size=section_pixel_size,
+        section_pixel_size=section_pixel_size, max_off_plane=max_off_plane,
     )  # fmt: skip
     record = add_registered_pair(
         ct, section, store, config=config, material=material.lower(), sample=sample,

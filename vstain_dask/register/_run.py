@@ -240,7 +240,7 @@ def _check_trusted(conf: dict, final_metric: float, config: RegisterConfig, voxe
             f"the section's depth and tilt are not determined: a plane {conf['off_plane_um']:.0f} "
             f"µm away (mean, over {config.max_off_plane:g} CT voxels) matches it almost as well "
             f"(mutual information within {config.min_margin:.0%}); give --init-z to narrow "
-            "the search"
+            "the search, or a larger --max-off-plane to accept it"
         )
 
 
