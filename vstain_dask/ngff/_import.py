@@ -33,7 +33,14 @@ from vstain_dask.ngff._create import (
     _VolumeSpec,
     check_output,
 )
-from vstain_dask.ngff._pixel_size import FoundSize, found, resolve_voxel_size, um_per
+from vstain_dask.ngff._pixel_size import (
+    IMPORT_OPTIONS,
+    FoundSize,
+    SizeOptionNames,
+    found,
+    resolve_voxel_size,
+    um_per,
+)
 from vstain_dask.ngff._pyramid import _align, _pyramid_graph
 from vstain_dask.ngff._read import open_volume, update_provenance
 from vstain_dask.ngff._resample import resample_to_size
@@ -120,12 +127,14 @@ class _ReadOptions:
 @dataclass(frozen=True)
 class _SizeOptions:
     """The voxel size :func:`import_volume` is given (``voxel_size`` in ``unit``, used over the
-    file's with ``voxel_size_override``) and the one it resamples to (``voxel_size_out``)."""
+    file's with ``voxel_size_override``), the one it resamples to (``voxel_size_out``), and
+    how its refusals name these options (``size_option_names``)."""
 
     voxel_size: float | Sequence[float] | None = None
     unit: str = "micrometer"
     voxel_size_override: bool = False
     voxel_size_out: float | Sequence[float] | None = None
+    size_option_names: SizeOptionNames = IMPORT_OPTIONS
 
 
 @dataclass(frozen=True)
@@ -206,6 +215,10 @@ def import_volume(
         block; the output's scale is this size exactly and its ``floor(n * voxel_size /
         voxel_size_out)`` pixels per axis each average a whole output pixel's area of the
         input. The file's own pyramid levels are then not used. None keeps the input's size
+    size_option_names : how a refusal about the voxel size names the options that give it
+        (a :class:`~vstain_dask.ngff._pixel_size.SizeOptionNames`); the ``import`` command's
+        (``--voxel-size``, ``--voxel-size-override``) by default, another command's when it
+        imports a file under options of its own
     dataset : the dataset of an HDF5 source (``/exchange/data``); None picks the only 3D one
     shape : (Z, Y, X) or (Y, X) of a raw file; for other sources, checked if given
     dtype : element type of a raw file, e.g. ``uint16`` or ``>u2``; for other sources,
@@ -284,6 +297,7 @@ def _output_grid(src: Path, opened: _sources.OpenedSource, sizes: _SizeOptions) 
         axes=opened.axes.replace("c", ""),
         src=src,
         override=sizes.voxel_size_override,
+        options=sizes.size_option_names,
     )
     if sizes.voxel_size_out is None:
         return _Grid(opened.data, voxel, voxel_source, None, opened.levels, None)

@@ -201,6 +201,42 @@ def describe(voxel: tuple[float, ...], unit: str, source: str) -> str:
     return f"{word} {_fmt(voxel, unit)} from {source}"
 
 
+@dataclass(frozen=True)
+class SizeOptionNames:
+    """How a command's messages about a pixel size name its options.
+
+    The defaults are the ``import`` command's; a command that reads a file through
+    :func:`~vstain_dask.ngff.import_volume` under options of its own passes its names, so its
+    refusals tell a user what to type in that command.
+
+    Attributes
+    ----------
+    size : the option that gives the size (``"--voxel-size"``)
+    value : what the option takes, when one size is asked for; ``{axes}`` becomes the spatial
+        axes (``"Z,Y,X"``)
+    every_axis : what the option takes, when the size of every axis is asked for; ``{axes}``
+        as in ``value``
+    override : the option that uses the given size over the file's, or None when the command
+        has none (then ``instead`` says what to do)
+    instead : what to do to use the given size over the file's, without ``override``
+    """
+
+    size: str = "--voxel-size"
+    value: str = "one number or {axes}, in --unit, micrometer by default; voxel_size= in Python"
+    every_axis: str = "{axes}"
+    override: str | None = "--voxel-size-override"
+    instead: str = ""
+
+    def use_yours(self) -> str:
+        """How to use the given size over the file's: ``"add --voxel-size-override to use yours"``."""
+        if self.override is None:
+            return self.instead
+        return f"add {self.override} to use yours"
+
+
+IMPORT_OPTIONS = SizeOptionNames()
+
+
 def _as_tuple(voxel_size: Any, n_spatial: int) -> tuple[float, ...]:
     names = _NAMES[n_spatial]
     if isinstance(voxel_size, int | float) and not isinstance(voxel_size, bool):
@@ -229,6 +265,7 @@ def resolve_voxel_size(
     axes: str,
     src: Path,
     override: bool = False,
+    options: SizeOptionNames = IMPORT_OPTIONS,
 ) -> tuple[tuple[float, ...], str]:
     """The output voxel size in ``unit`` and where it came from.
 
@@ -244,6 +281,7 @@ def resolve_voxel_size(
     axes : spatial axes of the output, ``"zyx"`` or ``"yx"``
     src : the input, for messages
     override : use ``given`` even where the file says otherwise
+    options : how the messages name the options (the import command's by default)
 
     Returns
     -------
@@ -251,8 +289,9 @@ def resolve_voxel_size(
     """
     n = len(axes)
     per_um = UM_PER_UNIT[unit]
+    o = options
     if override and given is None:
-        raise InputError("--voxel-size-override (voxel_size_override=True) needs --voxel-size")
+        raise InputError(f"{o.override} (voxel_size_override=True) needs {o.size}")
     why = f" ({file_size.ignored})" if file_size is not None and file_size.ignored else ""
     if why:
         file_size = None
@@ -268,22 +307,37 @@ def resolve_voxel_size(
             if stated is not None and abs(value * per_um - stated) > 0.01 * stated:
                 shown = tuple(file_size.sizes[a] / per_um for a in axes if a in file_size.sizes)
                 raise InputError(
-                    f"--voxel-size {_fmt(values, unit)} was given but {src.name} says "
-                    f"{_fmt(shown, unit)} ({file_size.source}); drop --voxel-size to use the "
-                    "file's, or add --voxel-size-override to use yours"
+                    f"{o.size} {_fmt(values, unit)} was given but {src.name} says "
+                    f"{_fmt(shown, unit)} ({file_size.source}); drop {o.size} to use the "
+                    f"file's, or {o.use_yours()}"
                 )
         return values, f"the command line (agrees with {file_size.source})"
+    return _files_size(file_size, axes=axes, unit=unit, src=src, why=why, options=o)
+
+
+def _files_size(
+    file_size: FoundSize | None,
+    *,
+    axes: str,
+    unit: str,
+    src: Path,
+    why: str,
+    options: SizeOptionNames,
+) -> tuple[tuple[float, ...], str]:
+    """The file's size in ``unit`` on every axis of ``axes``, when none is given; else the
+    refusal that names ``options`` (``why`` says why a size the file has was not taken)."""
+    names = _NAMES[len(axes)]
     if file_size is None:
         raise InputError(
-            f"{src.name} states no pixel size{why}; give it with --voxel-size (one number or "
-            f"{_NAMES[n]}, in --unit, micrometer by default; voxel_size= in Python)"
+            f"{src.name} states no pixel size{why}; give it with {options.size} "
+            f"({options.value.format(axes=names)})"
         )
     missing = [a for a in axes if a not in file_size.sizes]
     if missing:
         have = ",".join(a.upper() for a in axes if a in file_size.sizes)
         raise InputError(
             f"{src.name} gives the {have} pixel size ({file_size.source}) but no "
-            f"{','.join(a.upper() for a in missing)} spacing; give all with --voxel-size "
-            f"({_NAMES[n]})"
+            f"{','.join(a.upper() for a in missing)} spacing; give all with {options.size} "
+            f"({options.every_axis.format(axes=names)})"
         )
-    return tuple(file_size.sizes[a] / per_um for a in axes), file_size.source
+    return tuple(file_size.sizes[a] / UM_PER_UNIT[unit] for a in axes), file_size.source

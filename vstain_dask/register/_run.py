@@ -101,8 +101,10 @@ class RegisterConfig:
 
 
 def _open_section(path: Path, config: RegisterConfig, workdir: Path) -> Section:
-    """The section as an OME-Zarr: as given, or a whole-slide image imported into ``workdir``."""
+    """The section as an OME-Zarr: as given, or a whole-slide image imported into ``workdir``,
+    its refusals about the pixel size naming register's ``--section-pixel-size``."""
     from vstain_dask import ngff
+    from vstain_dask.ngff._pixel_size import SizeOptionNames
 
     is_zarr = path.is_dir() and any((path / f).exists() for f in ("zarr.json", ".zattrs"))
     if is_zarr:
@@ -110,23 +112,16 @@ def _open_section(path: Path, config: RegisterConfig, workdir: Path) -> Section:
     if not path.exists():
         raise InputError(f"section {path} does not exist")
     out = workdir / "section.ome.zarr"
-    try:
-        ngff.import_volume(path, out, voxel_size=config.section_pixel_size)
-    except InputError as e:
-        raise InputError(_register_options(str(e))) from None
-    return Section(out)
-
-
-def _register_options(message: str) -> str:
-    """An import's message about the section's pixel size, in register's options."""
-    import re
-
-    message = message.replace(
-        "add --voxel-size-override to use yours",
-        "import the section with `vstain-dask import --voxel-size-override` and register that",
+    names = SizeOptionNames(
+        size="--section-pixel-size",
+        value="µm",
+        every_axis="µm",
+        override=None,
+        instead="import the section with `vstain-dask import --voxel-size-override` and "
+        "register that",
     )
-    message = re.sub(r"--voxel-size \([^)]*\)", "--section-pixel-size (µm)", message)
-    return re.sub(r"--voxel-size(?![-\w])", "--section-pixel-size", message)
+    ngff.import_volume(path, out, voxel_size=config.section_pixel_size, size_option_names=names)
+    return Section(out)
 
 
 def _starts(pyramid: CTPyramid, section: SectionLevel, config: RegisterConfig) -> list[Candidate]:
