@@ -108,3 +108,21 @@ def test_a_plane_whose_depth_is_not_determined_is_refused_in_one_line(poses):
     assert "\n" not in str(e.value)
     # a looser bound accepts it, the doubt recorded
     _check_trusted(conf, best.metric, RegisterConfig(max_off_plane=20.0), 5.0)
+
+
+def test_a_pose_leaving_tissue_off_the_ct_competes_with_what_it_matched(poses):
+    # mutual information is taken over the tissue inside the CT only: a pose near a face of
+    # the volume that keeps 75 % of the section inside scores its MI on that 75 %, and counts
+    # as 75 % of it against a pose that keeps all of it inside
+    section, best = poses
+    edge = dataclasses.replace(_moved(best, -0.87, along=30.0), inside=0.75)
+    conf = _confidence([best, edge], section, 5.0, section, RegisterConfig())
+    assert conf["runner_up"] == pytest.approx(-0.87 * 0.75)
+    assert conf["margin"] == pytest.approx((0.90 - 0.87 * 0.75) / 0.90)
+    assert conf["tissue_inside"] == 1.0
+    _check_trusted(conf, best.metric, RegisterConfig(), 5.0)  # trusted: nothing raised
+    # kept whole inside, the same MI is another answer within the margin
+    whole = dataclasses.replace(edge, inside=1.0)
+    conf = _confidence([best, whole], section, 5.0, section, RegisterConfig())
+    with pytest.raises(RegistrationError, match="several planes"):
+        _check_trusted(conf, best.metric, RegisterConfig(), 5.0)

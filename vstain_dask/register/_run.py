@@ -168,9 +168,10 @@ def _distinct(found: list[Candidate], section: SectionLevel, voxel: float, n: in
 def _confidence(
     ranked: list[Candidate], section: SectionLevel, voxel: float, fine: SectionLevel, config
 ) -> dict[str, Any]:
-    """The best pose's metric against the best pose that puts the section elsewhere (≥ 4
-    ``voxel`` away, and more than :data:`SAME_IN_PLANE` finest voxels apart along the best
-    plane); none elsewhere counts as MI 0.
+    """The best pose against the best pose that puts the section elsewhere (≥ 4 ``voxel``
+    away, and more than :data:`SAME_IN_PLANE` finest voxels apart along the best plane), by
+    their metrics weighted by the share of the section's tissue inside the CT
+    (:attr:`Candidate.weighted`); none elsewhere counts as 0.
 
     A pose that differs from the best only across the plane (deeper, or tilted about a line
     through the section) is not another answer: it maps the section's pixels onto the same
@@ -189,14 +190,15 @@ def _confidence(
         within, across = split_distance(ref, c.section_to_ct(fine.col_mid()), points)
         if within > SAME_IN_PLANE * fine_voxel:
             runner = c if runner is None else runner
-        elif _relative(c.metric, best.metric) < config.min_margin:
+        elif _relative(c.weighted, best.weighted) < config.min_margin:
             off_plane.append(across)
-    runner_metric = runner.metric if runner is not None else 0.0
+    runner_metric = runner.weighted if runner is not None else 0.0
     return {
-        "best": best.metric,
+        "best": best.weighted,
         "runner_up": runner_metric,
-        "margin": _relative(runner_metric, best.metric),
+        "margin": _relative(runner_metric, best.weighted),
         "off_plane_um": round(max(off_plane), 2),
+        "tissue_inside": round(best.inside, 3),
     }
 
 
@@ -343,7 +345,7 @@ def _refine_distinct(pyramid, section_at, found, settings, search) -> list[Candi
     section = section_at(coarse_voxel)
     hypotheses = _distinct(found, section, coarse_voxel, settings.hypotheses)
     refined = [refine(pyramid, section_at, c, settings, search) for c in hypotheses]
-    return sorted(refined, key=lambda c: c.metric)
+    return sorted(refined, key=lambda c: c.weighted)
 
 
 def _settings(config: RegisterConfig) -> dict[str, Any]:

@@ -80,6 +80,16 @@ class Candidate:
     #: the section's in-plane distortion D (2×2, row-major on (row, col) µm, after the flip):
     #: the plane shows section point q at ``q_mid + D (q - q_mid)``
     distortion: tuple[float, ...] = (1.0, 0.0, 0.0, 1.0)
+    #: the share of the section's tissue the pose keeps inside the CT's box
+    inside: float = 1.0
+
+    @property
+    def weighted(self) -> float:
+        """The metric with the tissue outside the CT counted as unmatched: poses are compared
+        by it. Mutual information is taken over the tissue inside only, so a pose that leaves
+        a quarter of the section off the CT (near a face of the volume) would otherwise score
+        as if that quarter had matched."""
+        return self.metric * self.inside
 
     def transform(self):
         import SimpleITK as sitk
@@ -413,9 +423,10 @@ def coarse_search(
         ]
         for m, p in distinct(samples, settings, cand.axis, 4 * voxel, settings.starts):
             c = descend(ct, section, dataclasses.replace(cand, params=p, metric=m), settings)
-            if inside(c.params) >= settings.min_overlap:
-                found.append(c)
-    found.sort(key=lambda c: c.metric)
+            share = inside(c.params)
+            if share >= settings.min_overlap:
+                found.append(dataclasses.replace(c, inside=share))
+    found.sort(key=lambda c: c.weighted)
     record.seconds["coarse"] = round(time.perf_counter() - t0, 2)
     return found
 
@@ -443,6 +454,9 @@ def refine(
         cand = min(tried, key=lambda c: c.metric)
         cand = dataclasses.replace(cand, metric=score(pyramid, level, section, cand, settings))
         record.levels.append({"level": level, "voxel_size": voxel, "metric": cand.metric})
+    if previous is not None:  # the final pose's share of tissue inside the CT
+        inside = Overlap(section_at(previous), cand, pyramid.grid(0))
+        cand = dataclasses.replace(cand, inside=inside(cand.params))
     record.seconds["refine"] = round(
         record.seconds.get("refine", 0.0) + time.perf_counter() - t0, 2
     )
