@@ -215,8 +215,8 @@ def test_pipeline_keeps_an_earlier_pipeline_and_refuses_its_options_alone(tmp_pa
 def test_a_failing_pipeline_step_is_named_in_one_line(tmp_path):
     from vstain_dask.demo import PipelineConfig, PipelineStepError, run_pipeline
 
-    # a section too fine to render (over 6000 pixels a side) fails the second step
-    config = PipelineConfig(shape=(32, 32, 32), sections=1, section_pixel_size=0.02)
+    # a section too fine to write (over 100 000 pixels a side) fails the second step
+    config = PipelineConfig(shape=(32, 32, 32), sections=1, section_pixel_size=0.001)
     with pytest.raises(PipelineStepError) as e:
         run_pipeline(tmp_path, config)
     message = str(e.value)
