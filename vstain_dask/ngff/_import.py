@@ -154,8 +154,6 @@ class _Grid:
     resampled: dict | None
 
 
-# long: the docstring is the reference of every source format and option; the body is a short
-# sequence of calls
 # Over 80 lines for its docstring (every source and option a user meets, in one place); the
 # body is a dozen calls, one per step.
 def import_volume(

@@ -32,6 +32,7 @@ from vstain_dask.register._search import (
     coarse_search,
     refine,
     tissue_mask,
+    tissue_points,
 )
 
 __all__ = ["RegisterConfig", "RegistrationError", "register_section"]
@@ -180,7 +181,7 @@ def _confidence(
     best say how well the plane's depth and tilt are known: ``off_plane_um``, the largest mean
     distance across the plane between the best and any of them (0 when none)."""
     best = ranked[0]
-    points = _tissue_points(fine)
+    points = tissue_points(fine, False, 2000)
     fine_voxel = float(min(fine.spacing))
     ref = best.section_to_ct(fine.col_mid())
     runner, off_plane = None, [0.0]
@@ -210,13 +211,6 @@ SAME_IN_PLANE = 2.0
 def _relative(metric: float, best: float) -> float:
     """How much worse ``metric`` is than ``best`` (negated MIs), relative to ``best``."""
     return (metric - best) / abs(best) if best else 0.0
-
-
-def _tissue_points(section: SectionLevel, n: int = 2000) -> np.ndarray:
-    """About ``n`` of the section's tissue pixels as section µm, as imaged (before any flip)."""
-    rows, cols = np.nonzero(tissue_mask(section.contrast()))
-    step = max(1, rows.size // n)
-    return section.origin + section.spacing * np.column_stack([rows[::step], cols[::step]])
 
 
 def _check_trusted(conf: dict, final_metric: float, config: RegisterConfig, voxel: float) -> None:

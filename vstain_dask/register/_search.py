@@ -379,10 +379,7 @@ class Overlap:
     """The fraction of the section's tissue that a pose puts inside the CT's box."""
 
     def __init__(self, section: SectionLevel, cand: Candidate, box) -> None:
-        grey = section.contrast()
-        rows, cols = np.nonzero(tissue_mask(grey[:, ::-1] if cand.flip else grey))
-        step = max(1, rows.size // 400)
-        q = section.origin + section.spacing * np.column_stack([rows[::step], cols[::step]])
+        q = tissue_points(section, cand.flip, 400)
         self.points = apply(cand.placement.matrix(), q)  # on the placed plane, (z, y, x)
         self.cand = cand
         self.low = box.low - box.scale / 2
@@ -518,17 +515,19 @@ def region(
 def _footprint_points(cand: Candidate, section: SectionLevel) -> np.ndarray:
     """The section's tissue pixels (its image's corners where it shows none) as section µm
     (after the flip)."""
-    grey = section.contrast()
-    rows, cols = np.nonzero(tissue_mask(grey[:, ::-1] if cand.flip else grey))
-    if rows.size == 0:
-        rows, cols = np.array([0, section.shape[0] - 1]), np.array([0, section.shape[1] - 1])
-    q = np.column_stack(
-        [
-            section.origin[0] + section.spacing[0] * rows,
-            section.origin[1] + section.spacing[1] * cols,
-        ]
-    )
+    q = tissue_points(section, cand.flip)
+    if q.shape[0] == 0:
+        q = section.origin + section.spacing * np.array([[0, 0], np.subtract(section.shape, 1)])
     return q
+
+
+def tissue_points(section: SectionLevel, flip: bool, n: int | None = None) -> np.ndarray:
+    """The section's tissue pixels as section µm (after the flip when ``flip``): all, or every
+    k-th of them, about ``n``."""
+    grey = section.contrast()
+    rows, cols = np.nonzero(tissue_mask(grey[:, ::-1] if flip else grey))
+    step = max(1, rows.size // n) if n else 1
+    return section.origin + section.spacing * np.column_stack([rows[::step], cols[::step]])
 
 
 def _box_around(pts: np.ndarray, margin: float, tilt: float = 0.0):
