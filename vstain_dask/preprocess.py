@@ -188,7 +188,12 @@ class CTLevelRules:
        container's radius) or one holding most of its class and followed by a darker one
        is a wall (the holder) and is skipped; the first other layer is the medium. When
        bone comes first, the field is tried; when it comes first there too, there is no
-       background and the estimate is refused.
+       background and the estimate is refused. A medium found from the field's edge is
+       refused when more than 90 % of it lies inside the bone's convex hull (marrow: the
+       field is inside the sample), and when the outer air is in view with no wall between
+       it and the medium and no circle around the field (arcs in at least 6 of 16 sectors)
+       that shows a container (the sample's outer layer in air, or a block of medium in
+       air: either could be the background).
     4. *No bone.* The bone must stand above the medium at least 1.5 times as far as the
        holder wall or the outer air does (their contrasts are small next to bone's), and 2 %
        of the metal's height; else the estimate is refused.
@@ -196,8 +201,8 @@ class CTLevelRules:
        refused.
 
     The spatial cues assume the sample inside a holder tube or a medium cylinder, or in
-    air, seen across the tube; a sample whose outer layer is thick soft tissue with no
-    medium in view, or a scan inside the sample, is outside them. Check the QC figure
+    air, seen across the tube; a field whose edge is all soft tissue, with no medium, air or
+    marrow in view, is outside them (the soft tissue is taken for the medium). Check the QC figure
     (:func:`vstain_dask.levels_qc.write_levels_qc`), and where the cues do not hold pass
     ``material``, a ``mask`` of the sample, or measure regions with :func:`levels_from_rois`.
 
@@ -766,7 +771,35 @@ def _find_medium(lab, valid, modes, bone: int):
         if found is None:
             return None
     air = 0 if outer.any() and found[0].mode != 0 else None
+    # a circle seen in arcs around the field (not one arc) is a container's, a wall or not
+    circular = any(c is not None and c[3] >= 0.375 for c in circles)
+    _check_field_medium(lab, modes, found, None if circular else air, bone)
     return (*found, air, "field", depth)
+
+
+def _check_field_medium(lab, modes, found, air: int | None, bone: int) -> None:
+    """Refuse a medium that the field's edge does not tell apart: one lying inside the bone
+    (marrow, in a field inside the sample), or one that the outer ``air`` (when its boundary
+    is not a container's circle) meets with no wall between them (the sample's outer layer in air, or a
+    block of medium in air)."""
+    (layer, walls), medium = found, modes[found[0].mode]
+    min_size = _default_min_size(lab.shape[1:])
+    inside = sum(
+        int((_convex_hull(_remove_small(plane == bone, min_size)) & (plane == layer.mode)).sum())
+        for plane in lab
+    )
+    # a medium fills the pores of trabecular bone too, but it also surrounds the bone
+    if inside > 0.9 * (lab == layer.mode).sum():
+        raise InputError(
+            f"ct: no background in view: the class at the field's edge ({medium.level:.6g}) "
+            "lies inside the bone (marrow: the field is inside the sample?)"
+        )
+    if air is not None and not walls:
+        raise InputError(
+            f"ct: the background is ambiguous: the outer air ({modes[air].level:.6g}) meets "
+            f"the layer at the field's edge ({medium.level:.6g}) with no wall between them, "
+            "so either can surround the sample (a sample in air, or in a block of medium)"
+        )
 
 
 def _beside_bone(lab, depth, modes, bone: int) -> tuple[_Layer, list[int]] | None:
