@@ -122,7 +122,7 @@ def bad(tmp_path_factory, ct, model_path):
         "tile beyond memory": (
             [str(src), *m, "--tile", "100000", "--step", "64"],
             2,
-            "--tile 100000 needs about",
+            "--tile 100000 (tile=) needs about",
         ),
         "truncated checkpoint": ([str(src), "--model", str(d / "truncated.pt")], 2, "truncated.pt"),
         "foreign file as checkpoint": (

@@ -409,7 +409,8 @@ def test_a_constant_volume_asks_for_ct_levels(tmp_path):
     assert error.startswith(f"error: could not estimate the CT levels of {src}: ")
     assert error.endswith(
         "give them with --ct-levels BONE,BACKGROUND (the raw grey values of bone and of the "
-        "embedding), or --ct-levels none for a volume already normalized"
+        "embedding; ct_levels=(bone, background) in Python), or --ct-levels none "
+        "(ct_levels='none') for a volume already normalized"
     )
     assert "levels_from_rois" not in error and not (tmp_path / "o.zarr").exists()
 

@@ -390,8 +390,8 @@ def _size_mismatch(volume: dict[str, float], model_size: float, resample: Resamp
             f"the volume's voxel size ({_sizes_text(volume)}) differs from the model's pixel "
             f"size ({model_size:g} µm) by more than {PIXEL_SIZE_TOLERANCE:.0%}; resample the "
             f"volume to the model's size (`vstain-dask import ... --voxel-size-out "
-            f"{model_size:g}`, or --resample auto during the stain), or pass --resample off to "
-            "stain it at its own size"
+            f"{model_size:g}`, or --resample auto, resample='auto' in Python, during the "
+            "stain), or pass --resample off (resample='off') to stain it at its own size"
         )
     return (
         f"staining at the volume's voxel size ({_sizes_text(volume)}), which differs from the "
@@ -493,7 +493,9 @@ def _check_output_path(source: Path, output: Path, *, resume: bool, overwrite: b
     if out_res == src_res or src_res in out_res.parents:
         raise InputError(f"output {output} is inside the input {source}; choose another path")
     if resume and overwrite:
-        raise InputError("choose either --resume or --overwrite, not both")
+        raise InputError(
+            "choose either --resume or --overwrite (resume=True or overwrite=True), not both"
+        )
     if overwrite and output.is_symlink():
         raise InputError(
             f"{output} is a symbolic link (to {os.readlink(output)}); --overwrite replaces "
@@ -506,7 +508,8 @@ def _check_output_path(source: Path, output: Path, *, resume: bool, overwrite: b
         raise InputError(f"the output folder {parent} is not writable")
     if output.exists() and not (overwrite or resume):
         raise OutputExistsError(
-            f"{output} exists; use --overwrite to replace it or --resume to continue it"
+            f"{output} exists; use --overwrite (overwrite=True) to replace it or --resume "
+            "(resume=True) to continue it"
         )
 
 

@@ -124,15 +124,16 @@ def _checked_plan(shape: Sequence[int], chunks: Sequence[int], config: StainConf
     n = math.prod(math.ceil(s / b) for s, b in zip(shape, block, strict=True))
     if n > 100_000:
         raise InputError(
-            f"--block {','.join(map(str, block))} cuts the volume into {n:,} blocks; use a "
-            f"block of at least a tile ({config.tile}) across, or leave --block out for the "
+            f"--block {','.join(map(str, block))} (block=) cuts the volume into {n:,} blocks; "
+            f"use a block of at least a tile ({config.tile}) across, or leave it out for the "
             "default"
         )
     blocks = plan_blocks(shape, chunks, config)
     factor = recompute_factor(shape, blocks, config)
     if factor > MAX_RECOMPUTE:
         raise InputError(
-            f"--block {','.join(map(str, block))} makes every tile be computed {factor:.0f} times "
+            f"--block {','.join(map(str, block))} (block=) makes every tile be computed "
+            f"{factor:.0f} times "
             f"over (blocks smaller than the tiles' reach; at most {MAX_RECOMPUTE:g} is allowed): "
             "use a larger --block, or leave it out for the default"
         )
@@ -184,9 +185,9 @@ def check_memory(
     need = max(task_memory(b, config, width=width, device=device) for b in blocks)
     if need > available:
         raise InputError(
-            f"one block with --tile {config.tile} needs about {format_bytes(need)}, more than the "
-            f"{format_bytes(available)} a worker has: use a smaller --tile (the model's is "
-            "usually 256), --batch-size or --block"
+            f"one block with --tile {config.tile} (tile=) needs about {format_bytes(need)}, more "
+            f"than the {format_bytes(available)} a worker has: use a smaller --tile (the model's "
+            "is usually 256), --batch-size (batch_size=) or --block (block=)"
         )
 
 

@@ -77,8 +77,8 @@ def resolve_levels(source, model, ct_levels, *, qc=None):
         raise InputError(
             f"could not estimate the CT levels of {source}: {e}; measure bone and the "
             "embedding in two regions (ROIs) and give them with --ct-levels BONE,BACKGROUND "
-            "(the raw grey values of bone and of the embedding), or --ct-levels none for a "
-            "volume already normalized"
+            "(the raw grey values of bone and of the embedding; ct_levels=(bone, background) "
+            "in Python), or --ct-levels none (ct_levels='none') for a volume already normalized"
         ) from e
 
 
