@@ -125,7 +125,7 @@ def test_register_finds_a_rotated_mirrored_sheared_section(volume, tmp_path):
 def test_register_refuses_a_section_of_nothing_in_the_ct(volume, tmp_path):
     rng = np.random.default_rng(0)
     # 300 µm of noise, about half the CT's width: a partial field of view is searched as a
-    # whole one is, and a quarter of the pixels takes less than half the search's time
+    # whole one is; no pose matches it even on the coarse level, where the search stops
     noise = rng.integers(60, 200, (150, 150, 3), dtype=np.uint8)
     sec = tmp_path / "noise.ome.tif"
     tifffile.imwrite(sec, noise, photometric="rgb",
@@ -134,12 +134,14 @@ def test_register_refuses_a_section_of_nothing_in_the_ct(volume, tmp_path):
     r = CliRunner().invoke(main, ["register", str(volume), str(sec), "-o", str(store),
                                   "--material", "mg", "--sample", "S1", "--axis", "y"])  # fmt: skip
     assert r.exit_code == 3, r.output
-    assert "no plane of the CT matches the section" in r.output or "several planes" in r.output
+    assert "no plane of the CT matches the section" in r.output
+    assert "best pose on the coarse level reaches mutual information" in r.output
     assert len(r.output.strip().splitlines()) == 1 and not store.exists()
 
 
 def test_register_refuses_a_section_wider_than_the_ct_in_one_line(volume, tmp_path):
-    # 1 mm of noise against a CT plane of 0.48 × 0.64 mm: no pose keeps most of it inside
+    # 1 mm² of noise, all of it tissue, against a CT of 0.48 × 0.64 × 0.64 mm: no cut through
+    # the CT could keep 70 % of it inside, refused before any search
     noise = np.random.default_rng(1).integers(60, 200, (500, 500, 3), dtype=np.uint8)
     sec = tmp_path / "wide.ome.tif"
     tifffile.imwrite(sec, noise, photometric="rgb",
@@ -150,6 +152,7 @@ def test_register_refuses_a_section_wider_than_the_ct_in_one_line(volume, tmp_pa
                                   "--flip", "no"])  # fmt: skip
     assert r.exit_code == 3, r.output
     assert "larger than the CT's field of view" in r.output
+    assert "its tissue covers 1 mm², no cut through the CT more than 0.626 mm²" in r.output
     assert len(r.output.strip().splitlines()) == 1 and not store.exists()
 
 

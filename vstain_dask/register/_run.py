@@ -284,12 +284,11 @@ def _register(pyramid: CTPyramid, sec: Section, config: RegisterConfig) -> dict[
     starts = _starts(pyramid, section_c, config)
     extent = pyramid.grid(0).high - pyramid.grid(0).low
     depth_range = config.depth_window if config.init_depth is not None else float(max(extent)) / 2.0
+    _check_fits(pyramid, section_c, config.search.min_overlap)
     found = coarse_search(pyramid, section_at, starts, config.search, depth_range, search)
     if not found:
-        raise RegistrationError(
-            f"no pose keeps {config.search.min_overlap:.0%} of the section's tissue inside the "
-            "CT: the section is larger than the CT's field of view, or shows another specimen"
-        )
+        raise _outside(config.search.min_overlap)
+    _check_coarse(found, config, search)
     refined = _refine_distinct(pyramid, section_at, found, config.search, search)
     best = refined[0]
     fine = section_at(pyramid.voxel_size)
@@ -325,11 +324,57 @@ def _register(pyramid: CTPyramid, sec: Section, config: RegisterConfig) -> dict[
         "ct_voxel_size": pyramid.voxel_size,
         "settings": _settings(config),
         "grid_points": search.grid_points,
+        "coarse_mi": search.coarse_mi,
         "levels": search.levels,
         "seconds": dict(search.seconds),
         "_curve": list(best.history) + list(affine.history),
         "_plane": (best, affine, fine),
     }
+
+
+def _outside(min_overlap: float, why: str = "") -> RegistrationError:
+    return RegistrationError(
+        f"no pose keeps {min_overlap:.0%} of the section's tissue inside the CT: the section is "
+        f"larger than the CT's field of view, or shows another specimen{why}"
+    )
+
+
+def _check_fits(pyramid: CTPyramid, section: SectionLevel, min_overlap: float) -> None:
+    """Refuse, before any search, a section whose tissue is too large for ``min_overlap`` of it
+    to lie inside any plane of the CT, however placed.
+
+    The tissue pixels a pose keeps inside the CT's box (grown by half a CT voxel, as the
+    overlap is counted) cover, as squares, no more than the plane's cut through that box grown
+    by half a pixel's diagonal; and a plane cut through a box has at most the area
+    sqrt(F1² + F2² + F3²) of its faces F (its projections on the three faces lie within them,
+    each shrunk by the normal's component there)."""
+    grey = section.contrast()
+    area = float(np.count_nonzero(tissue_mask(grey))) * float(np.prod(section.spacing))
+    g = pyramid.grid(0)
+    grow = g.scale / 2 + float(np.hypot(*section.spacing)) / 2
+    side = g.high - g.low + 2 * grow
+    faces = np.array([side[1] * side[2], side[0] * side[2], side[0] * side[1]])
+    largest = float(np.sqrt(np.sum(faces**2)))
+    if area * min_overlap > largest:
+        raise _outside(
+            min_overlap,
+            f" (its tissue covers {area / 1e6:.3g} mm², no cut through the CT more than "
+            f"{largest / 1e6:.3g} mm²)",
+        )
+
+
+def _check_coarse(found: list[Candidate], config: RegisterConfig, search) -> None:
+    """Refuse, before refining, a section whose best pose at the coarse level is already below
+    ``config.min_mi``: mutual information reads higher there than on the finest level (fewer,
+    smoother pixels, and the best of the whole grid), so no refined pose would reach it."""
+    best = max(-c.metric for c in found)
+    search.coarse_mi = round(best, 4)
+    if best < config.min_mi:
+        raise RegistrationError(
+            f"no plane of the CT matches the section: the best pose on the coarse level reaches "
+            f"mutual information {best:.3f}, below {config.min_mi} that the final plane needs "
+            "(wrong CT or section)"
+        )
 
 
 def _refine_distinct(pyramid, section_at, found, settings, search) -> list[Candidate]:

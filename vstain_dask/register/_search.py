@@ -371,6 +371,7 @@ class SearchRecord:
     """What the search did, for the registration record and the QC picture."""
 
     grid_points: int = 0
+    coarse_mi: float | None = None  # the best pose's mutual information on the coarse level
     levels: list[dict] = dataclasses.field(default_factory=list)
     seconds: dict = dataclasses.field(default_factory=dict)
 
