@@ -211,6 +211,25 @@ def test_phantoms_estimate_right_with_a_high_confidence(material):
     assert (levels.metal_threshold is not None) == (material == "ti")
 
 
+@pytest.mark.parametrize("axis", ["y", "x"])
+@pytest.mark.parametrize("material", ["ti", "mg", "peek"])
+def test_phantoms_seen_along_the_screw_estimate_right(material, axis):
+    # planes along the screw, as the slices of a scan show a screw set across the bone: the
+    # former rules took a Ti screw seen so for bone (46 600 for 17 100)
+    ct, labels = phantom_volume((96, 96, 96), material=material, seed=3, chunks=(48, 96, 96))
+    raw, labels = np.asarray(ct), np.asarray(labels)
+    # the truth as the end-on test takes it, whichever way the volume is sliced
+    plane = np.zeros((3, 3, 3), bool)
+    plane[1] = True
+    bone = raw[ndi.binary_erosion(labels == Tissue.CORTICAL_BONE, plane)].astype(float).mean()
+    medium = raw[ndi.binary_erosion(labels == Tissue.EMBEDDING, plane)].astype(float).mean()
+    order = (1, 0, 2) if axis == "y" else (2, 1, 0)
+    levels = estimate_ct_levels(np.ascontiguousarray(raw.transpose(order)))  # no hint
+    assert abs(levels.bone / bone - 1) < 0.05, levels.describe()
+    assert abs(levels.background / medium - 1) < 0.05, levels.describe()
+    assert (levels.metal_threshold is not None) == (material == "ti")
+
+
 # -- the stain refuses in one line -----------------------------------------------------------------
 
 
@@ -230,3 +249,24 @@ def test_stain_with_auto_levels_refuses_an_ambiguous_volume_in_one_line(tmp_path
     assert "give them with --ct-levels BONE,BACKGROUND" in error and "(ROIs)" in error
     assert "Traceback" not in r.stderr
     assert not out.exists() and not (tmp_path / "o.levels.png").exists()
+
+
+def test_the_levels_bench_counts_every_estimate(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_ct_levels.py"
+    spec = importlib.util.spec_from_file_location("_bench_ct_levels", script)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "levels.json"
+    assert bench.main(["--sizes", "64", "--seeds", "1", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["complete"] is True
+    rows = data["results"]["estimates"]
+    assert len(rows) == 9  # three materials, three ways of slicing
+    assert {r["outcome"] for r in rows} <= {"right", "wrong", "refused"}
+    total = next(s for s in data["results"]["summary"] if s["view"] == "all")
+    assert total["estimates"] == 9
+    assert total["right"] + total["wrong"] + total["refused"] == 9
+    assert "right  wrong  refused" in capsys.readouterr().out

@@ -172,11 +172,13 @@ class CTLevelRules:
 
     1. *Metal.* The top class is a metal screw when it stands above the next class by at
        least half that one's height above the lowest, forms one solid blob in the planes
-       that show it (solidity after a 5x5 closing at least 0.75, 0.6 with
-       ``material="ti"``: a screw seen end-on or lengthwise, not a bone's ring or network),
-       and either gathers on the axis (its mean distance from the
-       plane's centre at most 0.6 times the next class's), or stands ``metal_factor`` times
-       farther above, or ``material="ti"`` was given. With ``"mg"`` or ``"peek"`` nothing
+       that show it (solidity after a 5x5 closing at least 0.75; 0.6 with
+       ``material="ti"`` or along a line: a screw seen end-on or lengthwise, not a bone's
+       ring or network), and either gathers on the axis (its mean distance from the plane's
+       centre at most 0.6 times the bulk's), or lies along a line through the centre (its
+       mean distance from the nearest such line at most 0.22 times the bulk's: a screw cut
+       lengthwise) over a next class at least a third as high, or stands ``metal_factor``
+       times farther above, or ``material="ti"`` was given. With ``"mg"`` or ``"peek"`` nothing
        is metal (Mg is about as bright as bone, PEEK darker). The classes are found again
        without it.
     2. *Bone* is the brightest class left holding at least ``3 * min_fraction`` of the
@@ -629,6 +631,21 @@ def _compact(lab: np.ndarray, i: int, least: float = 0.75) -> bool:
     return total > 0 and weighted / total >= least
 
 
+def _line_offset(lab: np.ndarray, i: int) -> float:
+    """The mean distance of class ``i``'s pixels from the line through the plane's centre
+    that they lie nearest to (36 directions tried), in the units of :attr:`_Mode.radius`: a
+    screw cut lengthwise lies along such a line, a bone's ring or bands do not."""
+    ny, nx = lab.shape[1:]
+    _, y, x = np.nonzero(lab == i)
+    if y.size == 0:
+        return math.inf
+    step = max(1, y.size // 20_000)  # a regular subset bounds the work
+    y, x = y[::step], x[::step]
+    py, px = (y + 0.5 - ny / 2) / (ny / 2), (x + 0.5 - nx / 2) / (nx / 2)
+    theta = np.linspace(0.0, np.pi, 36, endpoint=False)
+    return float(np.abs(np.outer(np.cos(theta), px) - np.outer(np.sin(theta), py)).mean(1).min())
+
+
 def _metal(modes: list[_Mode], lab: np.ndarray, hint: Material | None, rules) -> int | None:
     """Rule 1 of :class:`CTLevelRules`: the index of the substantial class under the metal
     (everything above it is metal, with the partial volume at the metal's edge), or None."""
@@ -643,10 +660,14 @@ def _metal(modes: list[_Mode], lab: np.ndarray, hint: Material | None, rules) ->
     bulk = [m for m in modes[1:-1] if math.isfinite(m.radius)]
     spread = sum(m.radius * m.fraction for m in bulk) / max(sum(m.fraction for m in bulk), 1e-12)
     central = top.radius <= 0.6 * spread
-    if not (central or hint is Material.TI or gap_top >= rules.metal_factor * gap_low):
+    # cut lengthwise: along a line through the centre, over a class a third as bright (bone,
+    # not the soft tissue under a bone class)
+    on_line = _line_offset(lab, len(modes) - 1) <= 0.22 * spread
+    if not (central or (on_line and gap_top <= 3 * gap_low) or hint is Material.TI
+            or gap_top >= rules.metal_factor * gap_low):  # fmt: skip
         return None
     # a screw cut lengthwise, head and shaft, is less solid than one seen end-on
-    least = 0.6 if hint is Material.TI else 0.75
+    least = 0.6 if hint is Material.TI or on_line else 0.75
     return under if _compact(lab, len(modes) - 1, least) else None
 
 
