@@ -230,6 +230,28 @@ def test_phantoms_seen_along_the_screw_estimate_right(material, axis):
     assert (levels.metal_threshold is not None) == (material == "ti")
 
 
+def test_a_holder_lying_along_the_planes_is_seen_across_them(tmp_path):
+    # this phantom's holder tube fills the field: in planes along the tube its wall is cut by
+    # the field, and the air outside it was taken for the background (19 % low)
+    ct, labels = phantom_volume((96, 96, 96), material="mg", seed=2, chunks=(48, 96, 96))
+    raw, labels = np.asarray(ct), np.asarray(labels)
+    plane = np.zeros((3, 3, 3), bool)
+    plane[1] = True
+    bone = raw[ndi.binary_erosion(labels == Tissue.CORTICAL_BONE, plane)].astype(float).mean()
+    medium = raw[ndi.binary_erosion(labels == Tissue.EMBEDDING, plane)].astype(float).mean()
+    along = np.ascontiguousarray(raw.transpose(1, 0, 2))
+    qc = tmp_path / "levels.png"
+    levels = estimate_ct_levels(along, qc=qc)
+    assert abs(levels.bone / bone - 1) < 0.05, levels.describe()
+    assert abs(levels.background / medium - 1) < 0.05, levels.describe()
+    # read across the tube, where the holder is a ring with air around it
+    assert levels.basis["axis"] in ("y", "x") and levels.basis["container"] == "circle"
+    assert "air" in levels.basis["found"] and qc.stat().st_size > 0
+    # with a mask the field is the user's: planes normal to Z only
+    masked = estimate_ct_levels(along, mask=np.ones(along.shape, bool))
+    assert masked.basis["axis"] == "z"
+
+
 # -- the stain refuses in one line -----------------------------------------------------------------
 
 

@@ -143,6 +143,8 @@ def _plane(ax, evidence) -> None:
     for code, name in enumerate(LEVEL_ROLES):
         overlay[roles[mid] == code] = ROLE_COLOURS[name]
     ax.imshow(overlay, interpolation="nearest")
-    ax.set_title(f"plane z = {planes.z[mid]} (every {planes.factor} px), classes by role",
-                 fontsize=9)  # fmt: skip
+    ax.set_title(
+        f"plane {planes.axis} = {planes.z[mid]} (every {planes.factor} px), classes by role",
+        fontsize=9,
+    )
     ax.set_axis_off()

@@ -195,7 +195,10 @@ class CTLevelRules:
        field is inside the sample), and when the outer air is in view with no wall between
        it and the medium and no circle around the field (arcs in at least 6 of 16 sectors)
        that shows a container (the sample's outer layer in air, or a block of medium in
-       air: either could be the background).
+       air: either could be the background). A 3D volume whose planes normal to Z show no
+       container and neither air nor a wall (a holder tube lying along them) is sampled
+       across Y and X as well, and their estimate is taken where they show the holder's
+       ring with air or a wall around it.
     4. *No bone.* The bone must stand above the medium at least 1.5 times as far as the
        holder wall or the outer air does (their contrasts are small next to bone's), and 2 %
        of the metal's height; else the estimate is refused.
@@ -365,7 +368,8 @@ class _Planes(NamedTuple):
     denoised: np.ndarray  # (P, y, x) their 3x3 medians (or the values again)
     valid: np.ndarray  # (P, y, x) bool: in the field, in the mask, finite, not padding
     factor: int
-    z: tuple[int, ...]  # the planes' Z indices
+    z: tuple[int, ...]  # the planes' indices along ``axis``
+    axis: str = "z"  # the volume's axis the planes are normal to
 
 
 def _even(n: int, k: int) -> np.ndarray:
@@ -481,7 +485,8 @@ def _coarsened(planes: _Planes, denoise: bool) -> _Planes:
     counts = np.pad(valid, pad).reshape(shape).sum(axis=(2, 4))
     valid = counts >= 0.5 * g * g
     values = np.where(valid, sums / np.maximum(counts, 1), np.nan)
-    return _Planes(values, _denoised(values, valid, denoise), valid, planes.factor * g, planes.z)
+    return _Planes(values, _denoised(values, valid, denoise), valid, planes.factor * g, planes.z,
+                   planes.axis)  # fmt: skip
 
 
 def _denoised(values: np.ndarray, valid: np.ndarray, denoise: bool) -> np.ndarray:
@@ -1017,6 +1022,7 @@ def _basis(parts: dict[str, float], found: dict[str, float], planes: _Planes, co
         "found": {k: round(float(v), 6) for k, v in found.items()},
         "container": container,
         "planes": [int(z) for z in planes.z],
+        "axis": planes.axis,
         "reduction": int(planes.factor),
     }
 
@@ -1079,7 +1085,10 @@ def estimate_ct_levels(
         Only voxels where it is True are sampled (numpy or dask).
     sample, max_chunks : int
         About how many values are kept, and at most how many chunks of a dask array they are
-        read from (the chunks of one plane are always read).
+        read from (the chunks of one plane are always read). Where the planes normal to Z show
+        no container and neither air nor a wall around the sample (a holder tube lying along
+        them), planes normal to Y and then X are read the same way, and their estimate is taken
+        when they show the holder's ring (not with a ``mask``).
     material : str, optional
         Implant material, when known (a ``Material`` enum member works too); only the
         presets ``"mg"``, ``"ti"`` and ``"peek"`` change the rules, other names are accepted.
@@ -1107,10 +1116,10 @@ def estimate_ct_levels(
     hint = material_preset(material)
     if mask is not None:
         mask = _as_mask(mask, data.shape, "mask")
-    planes = _read_planes(
-        data, mask, sample=int(sample), max_chunks=int(max_chunks), denoise=bool(rules.denoise)
-    )
-    evidence = _levels_from_planes(planes, data.dtype, hint, rules)
+    read = functools.partial(_read_planes, sample=int(sample), max_chunks=int(max_chunks),
+                             denoise=bool(rules.denoise))  # fmt: skip
+    evidence = _across(data, mask, read, _levels_from_planes(read(data, mask), data.dtype, hint,
+                                                             rules), hint, rules)  # fmt: skip
     levels = evidence.levels
     if levels.confidence < rules.min_confidence:
         weak = ", ".join(f"{k} {v:.2f}" for k, v in levels.basis["parts"].items() if v < 1)
@@ -1124,6 +1133,29 @@ def estimate_ct_levels(
 
         write_levels_qc(qc, evidence)
     return levels
+
+
+def _across(data, mask, read, evidence: _Evidence, hint, rules) -> _Evidence:
+    """``evidence`` from planes normal to Z, or, where those show no container and nothing to
+    confirm the levels (a holder tube lying along them, its wall cut by the field), the
+    evidence of planes normal to Y or X where those show a container's circle and the air or
+    wall around it. Not with a ``mask``: its edge is the field's by the user's choice."""
+    basis = evidence.levels.basis
+    seen = {"air", "holder wall"} & set(basis["found"])
+    if data.ndim != 3 or mask is not None or basis["container"] != "field" or seen:
+        return evidence
+    for axis, order in (("y", (1, 0, 2)), ("x", (2, 1, 0))):
+        if data.shape[order[0]] < 16:
+            continue
+        planes = read(data.transpose(order), None)
+        try:
+            other = _levels_from_planes(planes._replace(axis=axis), data.dtype, hint, rules)
+        except InputError:
+            continue
+        found = other.levels.basis["found"]
+        if other.levels.basis["container"] == "circle" and {"air", "holder wall"} & set(found):
+            return other
+    return evidence
 
 
 def _roi_selection(roi: Any, data: np.ndarray | da.Array, name: str) -> Any:
