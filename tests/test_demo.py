@@ -17,7 +17,7 @@ from vstain_dask.phantom import phantom_volume
 from vstain_dask.phantom._anatomy import Tissue
 from vstain_dask.stain import default_model_path
 
-SHAPE = (8, 192, 192)
+SHAPE = (8, 128, 128)
 
 
 def _demo(*args: str, cwd: Path) -> subprocess.CompletedProcess:
