@@ -44,7 +44,9 @@ def test_the_whole_gpu_run_at_toy_sizes_on_the_cpu(tmp_path):
     assert len(f["tests"]["skipped"]) >= 5
     assert f["ceilings"]["matmul_tflops"] > 0 and f["ceilings"]["copy_tb_s"] > 0
     # the stains ran end to end on the volumes the input step made
-    assert f["fast-z"]["shape"] == [8, 256, 256] and f["fast-z"]["tiles"] == 8
+    # 64² planes in 64² tiles at the toy size: one tile a plane, as 256² ones were before
+    assert f["fast-z"]["shape"] == [8, 64, 64] and f["fast-z"]["tiles"] == 8
+    assert f["fast-z"]["config"]["tile"] == 64 and f["fast-z"]["config"]["step"] == 48
     assert f["paper-slab"]["tiles"] == 4 * 1 and f["paper-slab"]["est_1536_s"] > 0
     assert f["fusion"]["tiles_ratio"] == pytest.approx(3.0)
     assert f["train"]["train"]["patches_per_s"] > 0 and len(f["train"]["stream"]) == 2

@@ -80,8 +80,10 @@ GOALS = {
     "train_patches_per_s": 150.0,
     "monai_ratio": 1.1,
 }
-#: generator FLOPs are counted per 256² tile (benchmarks/_common.tile_flops)
+#: the stain's tile side (generator FLOPs are counted per tile, benchmarks/_common.tile_flops);
+#: the toy run (--small) tiles 64² planes with 64² tiles, the same steps per tile
 TILE = 256
+SMALL_TILE = 64
 
 
 # ---------------------------------------------------------------------------------------------
@@ -297,6 +299,9 @@ def _headlines(steps: list[dict]) -> dict:
     return {
         "volume": "x".join(map(str, shape)),
         "side": shape[-1],
+        # the steps the stains ran with (the toy run's are smaller, with its tile)
+        "fast_step": _get(f, "fast-z", "config", "step", default=192),
+        "paper_step": _get(f, "paper-slab", "config", "step", default=64),
         "paper_planes": (_get(f, "paper-slab", "shape") or ["?"])[0],
         "paper_1536_s_est": _get(f, "paper-slab", "est_1536_s"),
         "fast_1536_s": _get(f, "fast-z", "stain_s"),
@@ -318,9 +323,9 @@ def _table(steps: list[dict]) -> str:
         ("GPU tests", f"{_n(h['tests_passed'])} passed, {h['tests_failed']} failed", "all pass"),
         ("bf16 matmul 8192³", f"{_n(h['matmul_tflops'])} TFLOP/s", "-"),
         ("device copy", f"{_n(h['copy_tb_s'])} TB/s", "-"),
-        (f"{h['volume']} fast (z, step 192)", f"{_n(h['fast_1536_s'])} s",
+        (f"{h['volume']} fast (z, step {h['fast_step']})", f"{_n(h['fast_1536_s'])} s",
          f"≤ {GOALS['fast_1536_s']:.0f} s at 1536³"),
-        (f"{h['side']}³ paper (z, step 64)", f"{_n(h['paper_1536_s_est'])} s (from "
+        (f"{h['side']}³ paper (z, step {h['paper_step']})", f"{_n(h['paper_1536_s_est'])} s (from "
          f"{h['paper_planes']} planes)", f"≤ {GOALS['paper_1536_s']:.0f} s at 1536³"),
         ("fusion zyx / z", f"{_n(h['fusion_ratio'])}×", f"≤ {GOALS['fusion_ratio']:.0f}×"),
         ("vs MONAI (paper, fast)",
@@ -353,14 +358,15 @@ class Ctx:
         self.name = args.step
         self.figures: dict = {}
         # sizes: the full run and the smoke run
-        self.side = 256 if self.small else 1536
+        self.tile = SMALL_TILE if self.small else TILE
+        self.side = SMALL_TILE if self.small else 1536
         self.slab_planes = 4 if self.small else 64
         self.copies = 2 if self.small else 24  # the "1536³" volume: slab × copies
         # the paper-setting slab: 256 planes by default
         self.paper_copies = 1 if self.small else max(1, args.paper_planes // self.slab_planes)
         self.steps = (args.only or "").split(",")
-        self.cube = 64 if self.small else 512
-        self.chunks = (min(64, self.slab_planes), 256, 256)
+        self.cube = 16 if self.small else 512
+        self.chunks = (min(64, self.slab_planes), min(256, self.side), min(256, self.side))
         self.model_name = "tiny" if self.small else "paper"
 
     def save(self, **figures) -> None:
@@ -377,6 +383,17 @@ class Ctx:
         import _common as C
 
         return C.model_file(self.model_name, self.work / "models")
+
+    def setting(self, name: str) -> dict:
+        """A stain setting's tile, step and blend at this run's tile: paper steps a quarter of
+        a tile (64 of 256), fast three quarters (192)."""
+        return {"tile": self.tile, "step": self.tile * SETTINGS[name]["steps"] // 4,
+                "blend": SETTINGS[name]["blend"]}  # fmt: skip
+
+    def flops(self, config) -> float:
+        import _common as C
+
+        return C.tile_flops(config, self.tile)
 
     def peak_tflops(self) -> float | None:
         return _get(_read(self.details / "ceilings.json"), "matmul_tflops")
@@ -606,15 +623,14 @@ def step_ceilings(ctx: Ctx) -> int:
     x = y = None
 
     # the bare generator on one batch of tiles, as the stain calls it (bf16, channels-last)
-    import _common as C
 
     from vstain_dask.models import load_model
 
     model = load_model(ctx.model(), device=ctx.device)
-    flops = C.tile_flops(model.config)
+    flops = ctx.flops(model.config)
     rows = []
     for batch in [2] if ctx.small else [32, 64]:
-        t = torch.rand(batch, 1, TILE, TILE, device=dev) * 40000
+        t = torch.rand(batch, 1, ctx.tile, ctx.tile, device=dev) * 40000
         fmt = torch.channels_last if cuda else torch.contiguous_format
         gen = model.generator.to(memory_format=fmt)
         t = t.contiguous(memory_format=fmt)
@@ -665,7 +681,6 @@ def _channels_last_instance_norm(module):
 def step_profile(ctx: Ctx) -> int:
     import copy
 
-    import _common as C
     import torch
 
     from vstain_dask.models import load_model
@@ -673,9 +688,9 @@ def step_profile(ctx: Ctx) -> int:
     cuda = ctx.cuda
     dev = torch.device(ctx.device)
     model = load_model(ctx.model(), device=ctx.device)
-    flops = C.tile_flops(model.config)
-    batch = 2 if ctx.small else 32
-    x = torch.rand(batch, 1, TILE, TILE, device=dev) * 40000
+    flops = ctx.flops(model.config)
+    batch = 1 if ctx.small else 32
+    x = torch.rand(batch, 1, ctx.tile, ctx.tile, device=dev) * 40000
     rows = []
 
     def variant(name, gen, *, fmt, benchmark=False, autocast=True, compile_=False):
@@ -694,7 +709,7 @@ def step_profile(ctx: Ctx) -> int:
         t0 = time.perf_counter()
         forward()
         first = time.perf_counter() - t0
-        s = _timed(forward, repeats=3 if ctx.small else 10, warmup=1 if ctx.small else 3,
+        s = _timed(forward, repeats=1 if ctx.small else 10, warmup=0 if ctx.small else 3,
                    cuda=cuda)  # fmt: skip
         rows.append({"variant": name, "tiles_per_s": batch / s, "ms_per_batch": 1e3 * s,
                      "tflops": batch * flops / s / 1e12, "first_call_s": first})  # fmt: skip
@@ -781,9 +796,10 @@ def _du(path: Path) -> int:
 
 # -- stains -------------------------------------------------------------------------------------
 
+#: each setting's step in quarters of the tile, and its blend
 SETTINGS = {
-    "paper": {"tile": TILE, "step": 64, "blend": "mean"},
-    "fast": {"tile": TILE, "step": 192, "blend": "gaussian"},
+    "paper": {"steps": 1, "blend": "mean"},
+    "fast": {"steps": 3, "blend": "gaussian"},
 }
 
 
@@ -839,15 +855,13 @@ def _stain(ctx: Ctx, source: Path, setting: str, axes: str, *, client=None, **co
     default cluster for the device, started here unless ``client`` is given); its figures."""
     import contextlib
 
-    import _common as C
-
     from vstain_dask.cluster import ClusterConfig, connect
     from vstain_dask.models import load_model
     from vstain_dask.stain import StainConfig, _local_gpu_workers, stain_to_zarr
 
     model = ctx.model()
-    flops = C.tile_flops(load_model(model).config)
-    cfg = StainConfig(axes=axes, device=ctx.device, **SETTINGS[setting], **config)
+    flops = ctx.flops(load_model(model).config)
+    cfg = StainConfig(axes=axes, device=ctx.device, **ctx.setting(setting), **config)
     out = ctx.path(f"out-{setting}-{axes}.ome.zarr")
     with contextlib.ExitStack() as stack:
         t_start = time.perf_counter()
@@ -910,7 +924,7 @@ def step_paper_slab(ctx: Ctx) -> int:
 
     fig = _stain(ctx, ctx.path("paper.ome.zarr"), "paper", "z")
     full = (ctx.side,) * 3
-    tiles_full = count_tiles(full, tile=TILE, step=64, axes="z")
+    tiles_full = count_tiles(full, tile=ctx.tile, step=ctx.setting("paper")["step"], axes="z")
     scale = tiles_full / fig["tiles"]
     ph = fig["phases"]
     # the first block carries the fixed costs (model load, compilation); the steady rate
@@ -994,15 +1008,15 @@ def step_train(ctx: Ctx) -> int:
                            normalization=InputNormalization(low=0.0, high=50000.0, channels=1))  # fmt: skip
     stream = []
     for workers in (0, 2) if small else (0, 2, 8):
-        r = measure_stream(dataset, batch_size=4, workers=workers, batches=10 if small else 60)
+        r = measure_stream(dataset, batch_size=4, workers=workers, batches=4 if small else 60)
         stream.append({"loader_workers": workers, "patches_per_s": r["samples_per_s"]})
         ctx.save(stream=stream)
         print(f"patch stream, {workers} loader processes: {r['samples_per_s']:.0f} patches/s",
               flush=True)  # fmt: skip
 
-    window = 3.0 if small else 60.0
+    window = 1.0 if small else 60.0
     n_train = len(make_split(list_pairs(store), seed=0).train)
-    epoch_patches = 16 if small else 600
+    epoch_patches = 8 if small else 600
     config = TrainConfig(
         variant="mod-cyclegan", epochs=10_000, patch_size=patch,
         patches_per_pair=max(1, math.ceil(epoch_patches / n_train)), device=ctx.device,
@@ -1062,10 +1076,11 @@ def step_sweeps(ctx: Ctx) -> int:
     model = load_model(ctx.model(), device=ctx.device)
     fmt = torch.channels_last if ctx.cuda else torch.contiguous_format
     gen = model.generator.to(memory_format=fmt)
-    n = 2 if ctx.small else 8
+    n = 1 if ctx.small else 8
+    tries = 1 if ctx.small else 2  # best of
     planes = np.asarray(ngff.level_array(ctx.path("paper.ome.zarr"))[:n], np.float32)[:, None]
     x = torch.from_numpy(planes).to(ctx.device)
-    grid = TileGrid(extent=planes.shape[-2:], tile=TILE, step=64)
+    grid = TileGrid(extent=planes.shape[-2:], tile=ctx.tile, step=ctx.setting("paper")["step"])
     tiles = n * grid.n_tiles
 
     def run(batch: int, compile_: bool = False, to_uint8: bool = True) -> float:
@@ -1080,11 +1095,11 @@ def step_sweeps(ctx: Ctx) -> int:
     batches = [8, 32] if ctx.small else [16, 32, 64, 128]
     for batch in batches:
         run(batch)  # warm-up (cuDNN picks its kernels per shape)
-        s = min(run(batch) for _ in range(2))
+        s = min(run(batch) for _ in range(tries))
         rows.append({"what": f"batch {batch}", "batch": batch, "tiles_per_s": tiles / s})
         ctx.save(rows=rows, planes=n, plane=list(planes.shape[-2:]), tiles=tiles)
         print(f"predict_region, {n} planes, batch {batch}: {tiles / s:,.0f} tiles/s", flush=True)
-    s = min(run(32, to_uint8=False) for _ in range(2))
+    s = min(run(32, to_uint8=False) for _ in range(tries))
     rows.append({"what": "batch 32 float32 out", "batch": 32, "tiles_per_s": tiles / s})
     ctx.save(rows=rows)
     print(f"predict_region, batch 32, float32 result to the host: {tiles / s:,.0f} tiles/s",
@@ -1093,7 +1108,7 @@ def step_sweeps(ctx: Ctx) -> int:
     t0 = time.perf_counter()
     run(32, compile_=backend)
     first = time.perf_counter() - t0
-    s = min(run(32, compile_=backend) for _ in range(2))
+    s = min(run(32, compile_=backend) for _ in range(tries))
     rows.append({"what": f"batch 32 compile={backend}", "batch": 32, "tiles_per_s": tiles / s,
                  "first_call_s": first})  # fmt: skip
     ctx.save(rows=rows)
