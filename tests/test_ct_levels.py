@@ -103,16 +103,6 @@ CASES = {
         CTScene(size=160, view=0.3, marrow=6500, slices=3),
         "no background in view: .* lies inside the bone",
     ),
-    # the field cuts the soft tissue, air in its corners: the sample in air (air is the
-    # background) or in a block of medium; the former rules took the soft tissue
-    "field-cuts-the-soft-tissue-air-corners": (
-        CTScene(size=300, view=0.5, marrow=6500),
-        "background is ambiguous: the outer air .* no wall between them",
-    ),
-    "field-cuts-the-soft-tissue-mg": (
-        CTScene(size=300, view=0.4, screw=19000),
-        "background is ambiguous: the outer air .* no wall between them",
-    ),
     # a cylinder of medium in air, no wall, cut by the field: its circle shows the container
     "medium-cylinder-cut-by-field-ti": (
         CTScene(size=300, holder=None, medium=6000, holder_radius=1.15, screw=50000),

@@ -192,10 +192,7 @@ class CTLevelRules:
        bone comes first, the field is tried; when it comes first there too, there is no
        background and the estimate is refused. A medium found from the field's edge is
        refused when more than 90 % of it lies inside the bone's convex hull (marrow: the
-       field is inside the sample), and when the outer air is in view with no wall between
-       it and the medium and no circle around the field (arcs in at least 6 of 16 sectors)
-       that shows a container (the sample's outer layer in air, or a block of medium in
-       air: either could be the background). A 3D volume whose planes normal to Z show no
+       field is inside the sample). A 3D volume whose planes normal to Z show no
        container and neither air nor a wall (a holder tube lying along them) is sampled
        across Y and X as well, and their estimate is taken where they show the holder's
        ring with air or a wall around it.
@@ -206,10 +203,12 @@ class CTLevelRules:
        refused.
 
     The spatial cues assume the sample inside a holder tube or a medium cylinder, or in
-    air, seen across the tube; a field whose edge is all soft tissue, with no medium, air or
-    marrow in view, is outside them (the soft tissue is taken for the medium). Check the QC figure
-    (:func:`vstain_dask.levels_qc.write_levels_qc`), and where the cues do not hold pass
-    ``material``, a ``mask`` of the sample, or measure regions with :func:`levels_from_rois`.
+    air, seen across the tube; a field whose edge is soft tissue, with no medium in view
+    (air in its corners at most), is outside them: the soft tissue is taken for the medium
+    (a holder wall too thin to resolve, between the air and the medium, looks the same).
+    Check the QC figure (:func:`vstain_dask.levels_qc.write_levels_qc`), and where the cues
+    do not hold pass ``material``, a ``mask`` of the sample, or measure regions with
+    :func:`levels_from_rois`.
 
     Attributes
     ----------
@@ -797,18 +796,14 @@ def _find_medium(lab, valid, modes, bone: int):
         if found is None:
             return None
     air = 0 if outer.any() and found[0].mode != 0 else None
-    # a circle seen in arcs around the field (not one arc) is a container's, a wall or not
-    circular = any(c is not None and c[3] >= 0.375 for c in circles)
-    _check_field_medium(lab, modes, found, None if circular else air, bone)
+    _check_not_marrow(lab, modes, found[0], bone)
     return (*found, air, "field", depth)
 
 
-def _check_field_medium(lab, modes, found, air: int | None, bone: int) -> None:
-    """Refuse a medium that the field's edge does not tell apart: one lying inside the bone
-    (marrow, in a field inside the sample), or one that the outer ``air`` (when its boundary
-    is not a container's circle) meets with no wall between them (the sample's outer layer in air, or a
-    block of medium in air)."""
-    (layer, walls), medium = found, modes[found[0].mode]
+def _check_not_marrow(lab, modes, layer: _Layer, bone: int) -> None:
+    """Refuse a medium found from the field's edge that lies inside the bone: marrow, in a
+    field inside the sample."""
+    medium = modes[layer.mode]
     min_size = _default_min_size(lab.shape[1:])
     inside = sum(
         int((_convex_hull(_remove_small(plane == bone, min_size)) & (plane == layer.mode)).sum())
@@ -819,12 +814,6 @@ def _check_field_medium(lab, modes, found, air: int | None, bone: int) -> None:
         raise InputError(
             f"ct: no background in view: the class at the field's edge ({medium.level:.6g}) "
             "lies inside the bone (marrow: the field is inside the sample?)"
-        )
-    if air is not None and not walls:
-        raise InputError(
-            f"ct: the background is ambiguous: the outer air ({modes[air].level:.6g}) meets "
-            f"the layer at the field's edge ({medium.level:.6g}) with no wall between them, "
-            "so either can surround the sample (a sample in air, or in a block of medium)"
         )
 
 
