@@ -86,13 +86,15 @@ class RegisterConfig:
 
     def __post_init__(self) -> None:
         if self.axis not in ("auto", *AXES):
-            raise InputError(f"--axis must be auto, z, y or x, got {self.axis!r}")
+            raise InputError(f"--axis (axis=) must be auto, z, y or x, got {self.axis!r}")
         if self.flip not in ("auto", "yes", "no"):
-            raise InputError(f"--flip must be auto, yes or no, got {self.flip!r}")
+            raise InputError(f"--flip (flip=) must be auto, yes or no, got {self.flip!r}")
         for name in ("depth_window", "section_pixel_size", "max_off_plane"):
             v = getattr(self, name)
             if v is not None and not (math.isfinite(v) and v > 0):
-                raise InputError(f"{name.replace('_', '-')} must be a positive number, got {v}")
+                # depth_window has no command-line option
+                shown = name if name == "depth_window" else f"--{name.replace('_', '-')} ({name}=)"
+                raise InputError(f"{shown} must be a positive number, got {v}")
 
     def axes(self) -> tuple[str, ...]:
         return AXES if self.axis == "auto" else (self.axis,)
@@ -218,20 +220,21 @@ def _check_trusted(conf: dict, final_metric: float, config: RegisterConfig, voxe
     if mi < config.min_mi:
         raise RegistrationError(
             f"no plane of the CT matches the section: the best reaches mutual information "
-            f"{mi:.3f}, below {config.min_mi} (wrong CT or section, or give --axis/--init-z)"
+            f"{mi:.3f}, below {config.min_mi} (wrong CT or section, or give --axis/--init-z; "
+            "axis=/init_depth= in Python)"
         )
     if conf["margin"] < config.min_margin:
         raise RegistrationError(
             f"the section matches several planes of the CT almost equally (best "
             f"{-conf['best']:.3f}, another pose {-conf['runner_up']:.3f}): give --axis, "
-            "--flip or --init-z to narrow the search"
+            "--flip or --init-z (axis=, flip=, init_depth=) to narrow the search"
         )
     if conf["off_plane_um"] > config.max_off_plane * voxel:
         raise RegistrationError(
             f"the section's depth and tilt are not determined: a plane {conf['off_plane_um']:.0f} "
             f"µm away (mean, over {config.max_off_plane:g} CT voxels) matches it almost as well "
-            f"(mutual information within {config.min_margin:.0%}); give --init-z to narrow "
-            "the search, or a larger --max-off-plane to accept it"
+            f"(mutual information within {config.min_margin:.0%}); give --init-z (init_depth=) "
+            "to narrow the search, or a larger --max-off-plane (max_off_plane=) to accept it"
         )
 
 
