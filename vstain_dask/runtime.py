@@ -57,7 +57,8 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
         ) from e
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise InputError(
-            f"device {str(device)!r} was asked for but CUDA is not available; use --device cpu"
+            f"device {str(device)!r} was asked for but CUDA is not available; use --device cpu "
+            "(device='cpu')"
         )
     return dev
 

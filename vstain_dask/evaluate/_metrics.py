@@ -497,6 +497,6 @@ def load_lpips(
             raise CheckpointError(
                 f"the SqueezeNet weights {path} could not be read ({' '.join(str(e).split())}); "
                 f"delete the file and put a fresh copy from {url} there, or skip LPIPS with "
-                "--no-lpips"
+                "--no-lpips (lpips=False)"
             ) from e
     return model.eval().requires_grad_(False).to(device)

@@ -508,8 +508,8 @@ def _prepare(out_dir: Path, overwrite: bool) -> None:
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         if not overwrite:
             raise OutputExistsError(
-                f"report folder {out_dir} exists and is not empty; use --overwrite to replace it "
-                "or choose another -o"
+                f"report folder {out_dir} exists and is not empty; use --overwrite "
+                "(overwrite=True) to replace it or choose another -o"
             )
         if out_dir.is_dir():
             shutil.rmtree(out_dir)

@@ -593,7 +593,8 @@ def _plan(
                          {e.get("role") or UNASSIGNED for e in entries}, key=_SPLIT_ORDER.index)  # fmt: skip
         raise InputError(
             f"no pairs in split {config.split.value!r} in {pairs} (splits present: "
-            f"{', '.join(present)}); choose another --split or assign roles to the pairs"
+            f"{', '.join(present)}); choose another --split (split=) or assign roles to the "
+            "pairs"
         )
     return plan
 

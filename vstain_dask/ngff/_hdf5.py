@@ -71,11 +71,11 @@ def _choose(path: Path, datasets: dict, dataset: str | None) -> tuple[str, str]:
     if not volumes:
         raise VolumeFormatError(
             f"{path.name} holds no 3D dataset (it holds: {_listing(datasets) or 'none'}); "
-            "give a 2D one with --dataset"
+            "give a 2D one with --dataset (dataset=)"
         )
     raise InputError(
         f"{path.name} holds {len(volumes)} 3D datasets: {_listing(volumes)}; choose one with "
-        "--dataset (DXchange keeps the volume in /exchange/data)"
+        "--dataset (dataset=; DXchange keeps the volume in /exchange/data)"
     )
 
 

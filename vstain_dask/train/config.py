@@ -437,7 +437,8 @@ class TrainConfig:
         if differ:
             shown = ", ".join(f"{k}: run {run!r}, now {now!r}" for k, (run, now) in differ[:4])
             raise InputError(
-                f"--resume needs the run's settings; these differ ({shown}); resume with the "
+                f"--resume (resume=True) needs the run's settings; these differ ({shown}); "
+                "resume with the "
                 "run's settings or start a new run"
             )
 

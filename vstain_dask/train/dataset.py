@@ -238,7 +238,7 @@ class PatchDataset(Dataset):
         if small:
             raise InputError(
                 f"patch_size {patch_size} is larger than pair(s) {small[:5]}; use a smaller "
-                "--patch-size"
+                "--patch-size (patch_size=)"
             )
         self.source = source
         self.pairs = list(pairs)

@@ -126,8 +126,8 @@ def _refuse_existing(runs: list[Path]) -> None:
     existing = [str(r) for r in runs if r.exists()]
     if existing:
         raise OutputExistsError(
-            f"fold outputs {existing} exist; pass --overwrite to replace them or --resume "
-            "to continue"
+            f"fold outputs {existing} exist; pass --overwrite (overwrite=True) to replace them "
+            "or --resume (resume=True) to continue"
         )
 
 

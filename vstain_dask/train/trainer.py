@@ -261,8 +261,8 @@ def _prepare_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
     if resume:
         if not (run_dir / "checkpoints" / LAST).exists():
             raise CheckpointError(
-                f"--resume: {run_dir} holds no training checkpoint (checkpoints/{LAST}); start "
-                "the run without --resume"
+                f"--resume (resume=True): {run_dir} holds no training checkpoint "
+                f"(checkpoints/{LAST}); start the run without it"
             )
         # a process killed while writing a checkpoint leaves its temporary file behind
         for stale in (run_dir / "checkpoints").glob(".*.tmp"):
@@ -272,12 +272,13 @@ def _prepare_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
         if not overwrite:
             raise OutputExistsError(
                 f"run directory {run_dir} exists and is not empty; pass --resume to continue "
-                "the run, --overwrite to replace it, or choose another -o"
+                "the run, --overwrite to replace it (resume=True, overwrite=True in Python), or "
+                "choose another -o"
             )
         if not (run_dir / _CONFIG_FILE).exists():
             raise OutputExistsError(
                 f"run directory {run_dir} is not a training run (no {_CONFIG_FILE}), so it is "
-                "not deleted even with --overwrite; choose another -o"
+                "not deleted even with --overwrite (overwrite=True); choose another -o"
             )
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -537,7 +538,8 @@ def _check_finite(run: Run, block: torch.Tensor, epoch: int, step: int) -> None:
     raise DivergenceError(
         f"training diverged: the {run.names[j]} loss became {float(block[i, j])} at epoch "
         f"{epoch + 1}, step {at} of {run.n_batches}; try a lower learning rate (--lr, now "
-        f"{run.config.lr:g}), --decay-start, or check the pairs (CT levels, masks)"
+        f"{run.config.lr:g}), --decay-start (lr=, decay_start= in Python), or check the pairs "
+        "(CT levels, masks)"
     )
 
 
