@@ -126,3 +126,34 @@ def test_a_pose_leaving_tissue_off_the_ct_competes_with_what_it_matched(poses):
     conf = _confidence([best, whole], section, 5.0, section, RegisterConfig())
     with pytest.raises(RegistrationError, match="several planes"):
         _check_trusted(conf, best.metric, RegisterConfig(), 5.0)
+
+
+def _blank_section(side: int) -> SectionLevel:
+    return SectionLevel(np.zeros((side, side + 10, 3), np.uint8), np.array([80.0, 80.0]),
+                        np.zeros(2))  # fmt: skip
+
+
+@pytest.mark.parametrize("side", [40, 93, 96])
+def test_the_coarse_grid_of_a_section_up_to_96_pixels_is_the_tuned_one(side):
+    from vstain_dask.register._search import SearchSettings, grid_for
+
+    settings = SearchSettings()
+    assert grid_for(_blank_section(side), settings) == (settings, 1.0)
+
+
+def test_a_wide_section_gets_steps_that_move_its_edge_no_farther():
+    # a 1536³ CT's section, 144 pixels wide at 80 µm, was lost with the tuned steps and found
+    # with steps 2.2 times finer (benchmarks/RESULTS.md §8)
+    from vstain_dask.register._search import SearchSettings, grid_for
+
+    side, settings = 144, SearchSettings()
+    grid, k = grid_for(_blank_section(side), settings)
+    assert k == pytest.approx(side / 64, abs=1e-3)
+    # how far a step moves the section's edge (half its width away), in coarse pixels, is at
+    # most what it is for a 64-pixel section with the tuned steps; the shifts reach as far
+    assert side / 2 * math.radians(grid.angle_step) <= 32 * math.radians(settings.angle_step) + 1e-9
+    assert side * grid.shift_fraction <= 64 * settings.shift_fraction + 1e-9
+    reach = grid.shift_steps * grid.shift_fraction
+    assert reach >= settings.shift_steps * settings.shift_fraction
+    assert (grid.depth_step, grid.starts, grid.coarse_tilt_steps) == (
+        settings.depth_step, settings.starts, settings.coarse_tilt_steps)  # fmt: skip

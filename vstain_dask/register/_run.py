@@ -327,6 +327,7 @@ def _register(pyramid: CTPyramid, sec: Section, config: RegisterConfig) -> dict[
         "ct_voxel_size": pyramid.voxel_size,
         "settings": _settings(config),
         "grid_points": search.grid_points,
+        "grid_scale": search.grid_scale,
         "coarse_mi": search.coarse_mi,
         "levels": search.levels,
         "seconds": dict(search.seconds),
