@@ -45,13 +45,17 @@ def _kill_after(args, out, n_blocks: int) -> int:
                          start_new_session=True, stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL)  # fmt: skip
     ledger = _Ledger(out)
-    deadline = time.time() + 240
-    while time.time() < deadline and len(ledger.done()) < n_blocks and p.poll() is None:
+    t0 = time.time()
+    while time.time() < t0 + 240 and len(ledger.done()) < n_blocks and p.poll() is None:
         time.sleep(0.05)
+    ended = p.poll()  # None: still running when killed
     os.killpg(p.pid, signal.SIGKILL)
     p.wait()
     n = len(ledger.done())
-    assert n_blocks <= n < 10, f"the job should have been killed mid-run ({n} done)"
+    assert n_blocks <= n < 10, (
+        f"the job should have been killed mid-run ({n} done after {time.time() - t0:.0f} s; "
+        f"{'it had exited with ' + str(ended) if ended is not None else 'killed while running'})"
+    )
     return n
 
 
