@@ -1107,8 +1107,7 @@ def estimate_ct_levels(
         mask = _as_mask(mask, data.shape, "mask")
     read = functools.partial(_read_planes, sample=int(sample), max_chunks=int(max_chunks),
                              denoise=bool(rules.denoise))  # fmt: skip
-    evidence = _across(data, mask, read, _levels_from_planes(read(data, mask), data.dtype, hint,
-                                                             rules), hint, rules)  # fmt: skip
+    evidence = _sampled(data, mask, read, hint, rules)
     levels = evidence.levels
     if levels.confidence < rules.min_confidence:
         weak = ", ".join(f"{k} {v:.2f}" for k, v in levels.basis["parts"].items() if v < 1)
@@ -1124,25 +1123,31 @@ def estimate_ct_levels(
     return levels
 
 
-def _across(data, mask, read, evidence: _Evidence, hint, rules) -> _Evidence:
-    """``evidence`` from planes normal to Z, or, where those show no container and nothing to
-    confirm the levels (a holder tube lying along them, its wall cut by the field), the
-    evidence of planes normal to Y or X where those show a container's circle and the air or
-    wall around it. Not with a ``mask``: its edge is the field's by the user's choice."""
-    basis = evidence.levels.basis
-    seen = {"air", "holder wall"} & set(basis["found"])
-    if data.ndim != 3 or mask is not None or basis["container"] != "field" or seen:
+def _surrounded(levels: CTLevels) -> bool:
+    """Whether the estimate saw what lies around the sample: the outer air or a holder wall."""
+    return bool({"air", "holder wall"} & set(levels.basis["found"]))
+
+
+def _sampled(data, mask, read, hint, rules) -> _Evidence:
+    """The evidence of planes normal to Z, or, where those show no container and nothing
+    around the sample (a holder tube lying along them, its wall cut by the field), that of
+    planes normal to Y or X where those show a container's circle and the air or wall around
+    it. Not with a ``mask``: its edge is the field's by the user's choice."""
+    evidence = _levels_from_planes(read(data, mask), data.dtype, hint, rules)
+    levels = evidence.levels
+    if data.ndim != 3 or mask is not None or levels.basis["container"] != "field":
+        return evidence
+    if _surrounded(levels):
         return evidence
     for axis, order in (("y", (1, 0, 2)), ("x", (2, 1, 0))):
         if data.shape[order[0]] < 16:
             continue
-        planes = read(data.transpose(order), None)
+        planes = read(data.transpose(order), None)._replace(axis=axis)
         try:
-            other = _levels_from_planes(planes._replace(axis=axis), data.dtype, hint, rules)
+            other = _levels_from_planes(planes, data.dtype, hint, rules)
         except InputError:
             continue
-        found = other.levels.basis["found"]
-        if other.levels.basis["container"] == "circle" and {"air", "holder wall"} & set(found):
+        if other.levels.basis["container"] == "circle" and _surrounded(other.levels):
             return other
     return evidence
 
