@@ -157,3 +157,76 @@ def test_a_wide_section_gets_steps_that_move_its_edge_no_farther():
     assert reach >= settings.shift_steps * settings.shift_fraction
     assert (grid.depth_step, grid.starts, grid.coarse_tilt_steps) == (
         settings.depth_step, settings.starts, settings.coarse_tilt_steps)  # fmt: skip
+
+
+def test_the_coarse_grid_of_a_wide_section_is_scored_on_a_sample_the_descent_on_all():
+    # a 144-pixel section's grid has 10 times the tuned grid's points; scored on every tissue
+    # pixel it took 20 minutes on two cores (benchmarks/RESULTS.md §8)
+    import SimpleITK as sitk
+
+    from vstain_dask.register._search import GRID_SAMPLES, SearchSettings, grid_for, mi_method
+
+    rng = np.random.default_rng(0)
+    side, settings = 144, SearchSettings()
+    grid, _ = grid_for(_blank_section(side), settings)
+    fixed = sitk.GetImageFromArray(rng.random((1, side, side)).astype(np.float32))
+    mask = sitk.GetImageFromArray(np.ones((1, side, side), np.uint8))
+    moving = sitk.GetImageFromArray(rng.random((9, side + 20, side + 20)).astype(np.float32))
+    moving.SetOrigin((-10.0, -10.0, -4.0))
+    used = {}
+    for name, s in (("grid", grid), ("descent", settings)):
+        reg = mi_method(s, mask, moving)
+        reg.SetInitialTransform(sitk.Euler3DTransform())
+        reg.SetOptimizerAsExhaustive([0] * 6)  # one evaluation, at the start
+        points = []
+        reg.AddCommand(
+            sitk.sitkIterationEvent,
+            lambda r=reg, p=points: p.append(r.GetMetricNumberOfValidPoints()),
+        )
+        reg.Execute(fixed, moving)
+        used[name] = points[0]
+    assert used["descent"] == side * side
+    # a regular sample, jittered within each pixel by SimpleITK (some land off the 1-slice mask)
+    assert GRID_SAMPLES / 2 <= used["grid"] <= GRID_SAMPLES
+
+
+def _tissue_disc(diameter_um: float, pixel: float) -> SectionLevel:
+    """Stained tissue, a disc ``diameter_um`` across, on glass."""
+    n = int(diameter_um / pixel) + 8
+    rows, cols = np.mgrid[:n, :n]
+    disc = np.hypot(rows - n / 2, cols - n / 2) < diameter_um / pixel / 2
+    rgb = np.full((n, n, 3), 245, np.uint8)
+    rgb[disc] = (70, 40, 130)
+    return SectionLevel(rgb, np.array([pixel, pixel]), np.zeros(2))
+
+
+@pytest.mark.parametrize("diameter_um", [600.0, 16000.0])
+def test_a_finer_level_tilts_the_plane_in_steps_that_move_the_farthest_tissue_a_voxel(
+    diameter_um,
+):
+    # steps fixed at 3° were wider than the span a finer level searches for a wide section
+    # (its tissue 8 mm from the centre moves 420 µm per 3°), so the 1536³ CT's section kept
+    # the coarse level's tilt: 10 voxels off at 5 µm (benchmarks/RESULTS.md §8)
+    from vstain_dask.register._search import SearchSettings, tilt_grid
+
+    section = _tissue_disc(diameter_um, pixel=diameter_um / 150)
+    q_mid = section.spacing * (np.array(section.shape) - 1) / 2
+    cand = Candidate("y", False, Placement.untilted("y", np.zeros(3), q_mid), (0.0,) * 6)
+    span, tilts = tilt_grid(section, cand, SearchSettings(), voxel=5.0, previous=10.0)
+    assert round(span / tilts.tilt_step) == 4  # out to two voxels of the level before
+
+    rows, cols = np.nonzero(np.any(section.rgb < 200, axis=-1))
+    pts = np.column_stack([rows, cols]) * section.spacing
+
+    def farthest_move(tilt_deg: float) -> float:
+        for k in (0, 2):  # the two tilts: about z and about x (the plane's in-plane axes)
+            params = [0.0] * 6
+            params[k] = math.radians(tilt_deg)
+            moved = dataclasses.replace(cand, params=tuple(params))
+            before = apply(cand.section_to_plane(), pts)
+            after = apply(moved.section_to_plane(), pts)
+            yield float(np.max(np.linalg.norm(after - before, axis=1)))
+
+    # reckoned on the tissue's bounding box (its half-diagonal), so a disc's edge moves less
+    assert all(0.6 * 5.0 <= move <= 5.0 for move in farthest_move(tilts.tilt_step))
+    assert all(0.6 * 20.0 <= move <= 20.0 for move in farthest_move(span))
