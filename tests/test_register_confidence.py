@@ -230,3 +230,18 @@ def test_a_finer_level_tilts_the_plane_in_steps_that_move_the_farthest_tissue_a_
     # reckoned on the tissue's bounding box (its half-diagonal), so a disc's edge moves less
     assert all(0.6 * 5.0 <= move <= 5.0 for move in farthest_move(tilts.tilt_step))
     assert all(0.6 * 20.0 <= move <= 20.0 for move in farthest_move(span))
+
+
+@pytest.mark.parametrize(("fall_per_um", "doubt_um"), [(0.0015, 10.0), (0.01, 0.0)])
+def test_how_fast_the_metric_falls_across_the_plane_gives_the_doubt(poses, fall_per_um, doubt_um):
+    # no other pose scores near the best, but the finest level's profile (depths 30 µm each
+    # side) stays within 2 % of the best up to 10 µm deeper or shallower when the metric falls
+    # 0.15 % per µm, and nowhere off the best when it falls 1 % per µm
+    section, best = poses
+    profile = [
+        (best.metric * (1 - fall_per_um * abs(d)), _moved(best, 0.0, across=d).params)
+        for d in range(-30, 31, 5)
+    ]
+    elsewhere = _moved(best, -0.70, along=30.0)
+    conf = _confidence([best, elsewhere], section, 5.0, section, RegisterConfig(), profile)
+    assert conf["off_plane_um"] == pytest.approx(doubt_um, abs=0.01)

@@ -92,7 +92,7 @@ def _off_plane(confidence: dict) -> str:
     off = confidence.get("off_plane_um", 0.0)
     if not off:
         return ""
-    return f"; depth and tilt known to about {off:.0f} µm (a plane that far across scores as well)"
+    return f"; depth and tilt known to about {off:.0f} µm (a plane that far across scores about as well)"
 
 
 @click.command("phantom-section", context_settings=_HELP)

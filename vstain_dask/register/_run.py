@@ -29,6 +29,7 @@ from vstain_dask.register._search import (
     Candidate,
     SearchRecord,
     SearchSettings,
+    across_profile,
     coarse_search,
     refine,
     tissue_mask,
@@ -169,7 +170,12 @@ def _distinct(found: list[Candidate], section: SectionLevel, voxel: float, n: in
 
 
 def _confidence(
-    ranked: list[Candidate], section: SectionLevel, voxel: float, fine: SectionLevel, config
+    ranked: list[Candidate],
+    section: SectionLevel,
+    voxel: float,
+    fine: SectionLevel,
+    config,
+    profile=(),
 ) -> dict[str, Any]:
     """The best pose against the best pose that puts the section elsewhere (≥ 4 ``voxel``
     away, and more than :data:`SAME_IN_PLANE` finest voxels apart along the best plane), by
@@ -180,13 +186,15 @@ def _confidence(
     through the section) is not another answer: it maps the section's pixels onto the same
     CT pixels in the plane, and a specimen that hardly changes along the plane's normal (a
     long bone cut across its axis) scores it almost as high. Those within ``min_margin`` of the
-    best say how well the plane's depth and tilt are known: ``off_plane_um``, the largest mean
-    distance across the plane between the best and any of them (0 when none)."""
+    best, and the poses of the best's ``profile`` (:func:`across_profile`) within
+    :data:`ACROSS_TOLERANCE` of the profile's best, say how well the plane's depth and tilt
+    are known: ``off_plane_um``, the largest mean distance across the plane between the best
+    and any of them (0 when none)."""
     best = ranked[0]
     points = tissue_points(fine, False, 2000)
     fine_voxel = float(min(fine.spacing))
     ref = best.section_to_ct(fine.col_mid())
-    runner, off_plane = None, [0.0]
+    runner, off_plane = None, [_profile_doubt(best, profile, fine, points)]
     for c in ranked[1:]:
         if _pose_distance(best, c, section) <= 4 * voxel:
             continue
@@ -208,6 +216,24 @@ def _confidence(
 #: poses that put the section's pixels within this many finest CT voxels of each other along
 #: the plane (mean) are the same answer in the plane
 SAME_IN_PLANE = 2.0
+#: poses across the plane from the best whose mutual information is within this share of the
+#: best's, at the finest level and with the section's distortion kept, count as in doubt
+ACROSS_TOLERANCE = 0.02
+
+
+def _profile_doubt(best: Candidate, profile, fine: SectionLevel, points) -> float:
+    """The largest mean distance (µm) across the plane from ``best`` of a pose of ``profile``
+    ([(metric, params)]) within :data:`ACROSS_TOLERANCE` of the profile's best; 0 without one."""
+    if not profile:
+        return 0.0
+    top = min(m for m, _ in profile)
+    ref = best.section_to_ct(fine.col_mid())
+    doubt = 0.0
+    for m, p in profile:
+        if _relative(m, top) < ACROSS_TOLERANCE:
+            pose = dataclasses.replace(best, params=tuple(p)).section_to_ct(fine.col_mid())
+            doubt = max(doubt, split_distance(ref, pose, points)[1])
+    return doubt
 
 
 def _relative(metric: float, best: float) -> float:
@@ -296,8 +322,7 @@ def _register(pyramid: CTPyramid, sec: Section, config: RegisterConfig) -> dict[
     best = refined[0]
     fine = section_at(pyramid.voxel_size)
     ranked = refined if len(refined) > 1 else found
-    conf = _confidence(ranked, section_c, coarse_voxel, fine, config)
-    _check_trusted(conf, best.metric, config, pyramid.voxel_size)
+    conf = _trusted(pyramid, ranked, (section_c, coarse_voxel), fine, config, search)
     affine = AffineResult(np.eye(4), best.metric, best.metric, False, "not asked", ())
     if config.affine:
         t = time.perf_counter()
@@ -334,6 +359,19 @@ def _register(pyramid: CTPyramid, sec: Section, config: RegisterConfig) -> dict[
         "_curve": list(best.history) + list(affine.history),
         "_plane": (best, affine, fine),
     }
+
+
+def _trusted(pyramid, ranked, coarse, fine: SectionLevel, config, search) -> dict[str, Any]:
+    """The best pose's :func:`_confidence`, with its :func:`across_profile` (timed in
+    ``search``), refused unless trusted; ``coarse``: the section and voxel size of the coarse
+    level."""
+    best = ranked[0]
+    t = time.perf_counter()
+    profile = across_profile(pyramid, fine, best, config.search)
+    search.seconds["profile"] = round(time.perf_counter() - t, 2)
+    conf = _confidence(ranked, *coarse, fine, config, profile)
+    _check_trusted(conf, best.metric, config, pyramid.voxel_size)
+    return conf
 
 
 def _outside(min_overlap: float, why: str = "") -> RegistrationError:

@@ -293,8 +293,16 @@ def grid_search(
 def tilt_search(
     ct, section: SectionLevel, cand: Candidate, settings: SearchSettings, span: float, starts: int
 ) -> list[Candidate]:
-    """The ``starts`` best points of a grid over the two tilts (±``span`` degrees) and nearby
-    depths."""
+    """The ``starts`` best points of :func:`tilt_samples`."""
+    samples = sorted(tilt_samples(ct, section, cand, settings, span), key=lambda s: s[0])
+    return [dataclasses.replace(cand, params=p, metric=m) for m, p in samples[:starts]]
+
+
+def tilt_samples(
+    ct, section: SectionLevel, cand: Candidate, settings: SearchSettings, span, depths: int = 2
+):
+    """Mattes MI on a grid around ``cand`` over the two tilts (±``span`` degrees, steps of
+    ``settings.tilt_step``) and the depths ``depths`` CT voxels each side: [(metric, params)]."""
     angle, depth, _ = _param_index(cand.axis)
     steps = [0] * 6
     scales = [1.0] * 6
@@ -303,10 +311,9 @@ def tilt_search(
         if k != angle:
             steps[k] = n
             scales[k] = math.radians(settings.tilt_step)
-    steps[depth] = 2
+    steps[depth] = depths
     scales[depth] = float(np.mean(_moving(ct)[0].GetSpacing()))
-    samples = sorted(_exhaustive(ct, section, cand, settings, steps, scales), key=lambda s: s[0])
-    return [dataclasses.replace(cand, params=p, metric=m) for m, p in samples[:starts]]
+    return _exhaustive(ct, section, cand, settings, steps, scales)
 
 
 def descend(ct, section: SectionLevel, cand: Candidate, settings: SearchSettings) -> Candidate:
@@ -505,6 +512,19 @@ def tilt_grid(section: SectionLevel, cand: Candidate, settings, voxel: float, pr
     span = min(2 * settings.tilt_step, _tilt_within(section, cand, 2 * previous))
     step = min(settings.tilt_step, _tilt_within(section, cand, voxel))
     return span, dataclasses.replace(settings, tilt_step=step)
+
+
+def across_profile(
+    pyramid: CTPyramid, section: SectionLevel, cand: Candidate, settings, reach: int = 4
+):
+    """Mattes MI, at the finest level, of the poses across the plane from ``cand``: depths up
+    to ``reach`` CT voxels each side, and tilts that move the section's farthest tissue up
+    to that, both in steps of one voxel ([(metric, params)]; ``cand`` is the middle one)."""
+    voxel = pyramid.voxel_size
+    span = _tilt_within(section, cand, reach * voxel)
+    tilts = dataclasses.replace(settings, tilt_step=span / reach)
+    ct = region(pyramid, 0, cand, section, margin=(reach + 2) * voxel, tilt=span)
+    return tilt_samples(ct, section, cand, tilts, span, depths=reach)
 
 
 def _tilt_within(section: SectionLevel, cand: Candidate, offset: float) -> float:
