@@ -194,7 +194,7 @@ def _confidence(
     points = tissue_points(fine, False, 2000)
     fine_voxel = float(min(fine.spacing))
     ref = best.section_to_ct(fine.col_mid())
-    runner, off_plane = None, [_profile_doubt(best, profile, fine, points)]
+    runner, off_plane = None, [_profile_doubt(best, profile, ref, fine, points)]
     for c in ranked[1:]:
         if _pose_distance(best, c, section) <= 4 * voxel:
             continue
@@ -221,13 +221,13 @@ SAME_IN_PLANE = 2.0
 ACROSS_TOLERANCE = 0.02
 
 
-def _profile_doubt(best: Candidate, profile, fine: SectionLevel, points) -> float:
-    """The largest mean distance (µm) across the plane from ``best`` of a pose of ``profile``
-    ([(metric, params)]) within :data:`ACROSS_TOLERANCE` of the profile's best; 0 without one."""
+def _profile_doubt(best: Candidate, profile, ref, fine: SectionLevel, points) -> float:
+    """The largest mean distance (µm) across the plane from ``best`` (whose section_to_ct is
+    ``ref``) of a pose of ``profile`` ([(metric, params)]) within :data:`ACROSS_TOLERANCE` of
+    the profile's best; 0 without one."""
     if not profile:
         return 0.0
     top = min(m for m, _ in profile)
-    ref = best.section_to_ct(fine.col_mid())
     doubt = 0.0
     for m, p in profile:
         if _relative(m, top) < ACROSS_TOLERANCE:
